@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+comma  := ,
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= cpu,export,serve,dev,demo
+# CPU installs pin the local CPU torch build (see constraints-cpu.txt).
+CONSTRAINTS ?= constraints-cpu.txt
+DEMO_OUT ?= build/all-MiniLM-L6-v2
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+demo: install
+	$(BIN)/onnxformer build --out $(DEMO_OUT) --overwrite
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/run_suite.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,3 @@
+from onnxformer.cli import main
+
+raise SystemExit(main())

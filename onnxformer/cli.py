@@ -1,0 +1,99 @@
+"""The `onnxformer` command. Each stage registers its own sub-command; user mistakes exit 1 with one line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from onnxformer.errors import OnnxformerError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a Hugging Face checkpoint to a validated ONNX artifact directory")
+    p.add_argument("model", help="local checkpoint directory (or a hub id where the hub is reachable)")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    _export_options(p)
+    p.set_defaults(func=_run_export)
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="feature-extraction | text-classification | token-classification | question-answering")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the architecture)")
+    p.add_argument("--atol", type=float, help="max |Δ| against PyTorch (default per task)")
+    p.add_argument("--allow-pickle", action="store_true", help="load pickle weights (torch.load weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an onnxformer artifact")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from onnxformer.export import export_checkpoint
+    from onnxformer.progress import console, summarize_export
+
+    result = export_checkpoint(
+        args.model, args.out, task=args.task, opset=args.opset, atol=args.atol, allow_pickle=args.allow_pickle,
+        trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=lambda m: console.log(m),
+    )
+    summarize_export(result)
+    return 0
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="run every stage (export → quantize → benchmark) and write report.md")
+    p.add_argument("model", nargs="?", help="checkpoint directory (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    _export_options(p)
+    p.set_defaults(func=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from onnxformer.build import build
+
+    build(args)
+    return 0
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build]
+
+
+def parser() -> argparse.ArgumentParser:
+    from onnxformer import __version__
+
+    p = argparse.ArgumentParser(prog="onnxformer", description="Transformer checkpoints → fast, validated ONNX.")
+    p.add_argument("--version", action="version", version=f"onnxformer {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        return args.func(args)
+    except OnnxformerError as e:
+        if args.verbose:
+            raise
+        print(f"onnxformer: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("onnxformer: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Exporters are chatty (tracer warnings, deprecations); keep the CLI readable unless -v."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO)
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.ERROR)

@@ -1,0 +1,32 @@
+"""Sentence-embedding pooling over token states, as sentence-transformers defines it."""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxformer.errors import ArtifactError
+
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
+
+
+def pool(states: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """states (B, T, C), mask (B, T) of 0/1 → (B, C)."""
+    m = mask[..., None].astype(states.dtype)  # (B, T, 1)
+    if mode == "cls":
+        return states[:, 0]
+    if mode == "last":
+        last = mask.sum(axis=1).astype(np.int64) - 1  # (B,)
+        return states[np.arange(states.shape[0]), last]
+    if mode == "max":
+        return np.where(m > 0, states, -1e9).max(axis=1)
+    summed = (states * m).sum(axis=1)  # (B, C)
+    counts = np.clip(m.sum(axis=1), 1e-9, None)  # (B, 1)
+    if mode == "mean":
+        return summed / counts
+    if mode == "mean_sqrt_len":
+        return summed / np.sqrt(counts)
+    raise ArtifactError(f"unknown pooling {mode!r} in the manifest; expected one of {POOLINGS}")
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.clip(norms, 1e-12, None)
