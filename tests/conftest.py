@@ -34,6 +34,8 @@ def tiny_config(family: str, task: str):
     kwargs = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
                   id2label=labels, label2id={v: k for k, v in labels.items()})
+    if task == "question-answering":  # QA heads have exactly two outputs (start, end)
+        del kwargs["id2label"], kwargs["label2id"]
     if family == "distilbert":
         kwargs.update(dim=32, n_layers=2, n_heads=4, hidden_dim=64)
     if family in ("albert", "electra"):
