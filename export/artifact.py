@@ -12,7 +12,7 @@ from onnxformer.export.checkpoint import Checkpoint, inspect_checkpoint, resolve
 from onnxformer.export.hf import export_onnx, load_reference
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.tasks import check_architecture, get_task, infer_task
-from onnxformer.export.validate import validate, validation_cases
+from onnxformer.export.validate import hf_reference, validate, validation_cases
 from onnxformer.export.versions import library_versions
 from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, file_record, save_manifest, variant_record
 from onnxformer.runtime.session import create_session
@@ -64,7 +64,7 @@ def export_checkpoint(
         session = create_session(stage / "fp32" / "model.onnx")
         inputs = [_io_record(i) for i in session.get_inputs()]
         cases = validation_cases(tokenizer, [i["name"] for i in inputs], int(ckpt.config.get("vocab_size", 100)))
-        validation = validate(reference, stage / "fp32" / "model.onnx", cases, atol or spec.atol)
+        validation = validate(hf_reference(reference), stage / "fp32" / "model.onnx", cases, atol or spec.atol)
         manifest = _manifest(ckpt, spec, stage, tokenizer, inputs, [_io_record(o) for o in session.get_outputs()],
                              validation, opset)
         manifest["name"] = name or manifest["name"]

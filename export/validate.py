@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,31 +46,35 @@ def validation_cases(tokenizer: Any, input_names: list[str], vocab_size: int, se
     ]
 
 
-def validate(model: Any, onnx_path: Path, cases: list[Case], atol: float) -> dict[str, Any]:
-    """Per-output max |Δ| (ORT vs PyTorch) over every case; over ``atol`` raises ValidationError."""
+Reference = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def hf_reference(model: Any) -> Reference:
+    """Run a transformers model on numpy feeds, returning numpy outputs by name."""
     import torch
 
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return {k: v.numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    return run
+
+
+def validate(reference: Reference, onnx_path: Path, cases: list[Case], atol: float) -> dict[str, Any]:
+    """Per-output max |Δ| (ORT vs PyTorch) over every case; over ``atol`` raises ValidationError."""
     session = create_session(onnx_path)
     output_names = [o.name for o in session.get_outputs()]
     worst: dict[str, float] = {name: 0.0 for name in output_names}
     per_case = []
     for case in cases:
         ort_out = dict(zip(output_names, session.run(output_names, case.feeds)))
-        with torch.inference_mode():
-            pt_out = model(**{k: torch.from_numpy(v) for k, v in case.feeds.items()})
-        diffs = {}
-        mask = case.feeds.get("attention_mask")
-        for name in output_names:
-            ref = pt_out[name].numpy()
-            got = ort_out[name]
-            if got.shape != ref.shape:
-                raise ValidationError(f"{case.name}: output {name} has shape {got.shape}, PyTorch gives {ref.shape}")
-            delta = np.abs(got - ref)
-            if mask is not None and delta.ndim >= 2 and delta.shape[:2] == mask.shape:
-                delta = delta[mask.astype(bool)]  # padded positions are undefined in both frameworks
-            diffs[name] = float(delta.max()) if delta.size else 0.0
-            worst[name] = max(worst[name], diffs[name])
-        per_case.append({"case": case.name, "shape": list(case.feeds["input_ids"].shape), "max_abs_diff": diffs})
+        pt_out = reference(case.feeds)
+        diffs = {name: _max_abs_diff(case, name, ort_out[name], pt_out[name]) for name in output_names}
+        for name, diff in diffs.items():
+            worst[name] = max(worst[name], diff)
+        first = next(iter(case.feeds.values()))
+        per_case.append({"case": case.name, "shape": list(first.shape), "max_abs_diff": diffs})
     result = {"atol": atol, "max_abs_diff": worst, "cases": per_case, "passed": max(worst.values()) <= atol}
     if not result["passed"]:
         name = max(worst, key=worst.get)
@@ -79,3 +83,13 @@ def validate(model: Any, onnx_path: Path, cases: list[Case], atol: float) -> dic
             "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"
         )
     return result
+
+
+def _max_abs_diff(case: Case, name: str, got: np.ndarray, ref: np.ndarray) -> float:
+    if got.shape != ref.shape:
+        raise ValidationError(f"{case.name}: output {name} has shape {got.shape}, PyTorch gives {ref.shape}")
+    delta = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    mask = case.feeds.get("attention_mask")
+    if mask is not None and delta.ndim >= 2 and delta.shape[:2] == mask.shape:
+        delta = delta[mask.astype(bool)]  # padded positions are undefined in both frameworks
+    return float(delta.max()) if delta.size else 0.0
