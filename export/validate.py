@@ -68,7 +68,7 @@ def validate(reference: Reference, onnx_path: Path, cases: list[Case], atol: flo
     worst: dict[str, float] = {name: 0.0 for name in output_names}
     per_case = []
     for case in cases:
-        ort_out = dict(zip(output_names, session.run(output_names, case.feeds)))
+        ort_out = _run_case(session, output_names, case)
         pt_out = reference(case.feeds)
         diffs = {name: _max_abs_diff(case, name, ort_out[name], pt_out[name]) for name in output_names}
         for name, diff in diffs.items():
@@ -83,6 +83,19 @@ def validate(reference: Reference, onnx_path: Path, cases: list[Case], atol: flo
             "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"
         )
     return result
+
+
+def _run_case(session: Any, output_names: list[str], case: Case) -> dict[str, np.ndarray]:
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+    try:
+        return dict(zip(output_names, session.run(output_names, case.feeds)))
+    except (Fail, InvalidArgument, RuntimeException) as e:
+        shapes = {k: list(v.shape) for k, v in case.feeds.items()}
+        raise ValidationError(
+            f"the exported graph cannot run {case.name} {shapes}: {str(e).splitlines()[0][:200]}; "
+            "declare the varying axes as dynamic"
+        ) from None
 
 
 def _max_abs_diff(case: Case, name: str, got: np.ndarray, ref: np.ndarray) -> float:
