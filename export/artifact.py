@@ -44,6 +44,11 @@ def export_checkpoint(
     progress: Progress = lambda _: None,
 ) -> ExportResult:
     """Export a Hugging Face encoder checkpoint to ``out`` and validate it against PyTorch."""
+    from onnxformer.export.generative import export_generative, is_generative_request
+
+    if is_generative_request(model, task):  # decoders / seq2seq with a KV cache: export/generative.py
+        return export_generative(model, out, task=task, opset=opset, atol=atol, allow_pickle=allow_pickle,
+                                 trust_remote_code=trust_remote_code, overwrite=overwrite, name=name, progress=progress)
     start = time.perf_counter()
     out = Path(out)
     if task is not None:

@@ -71,3 +71,27 @@ def infer_task(config: dict[str, Any], is_sentence_transformer: bool) -> str:
             if arch.endswith(suffix):
                 return task
     return "feature-extraction"
+
+
+# Generative families (export/generative.py): decoder-only with a KV cache, and encoder-decoder.
+DECODER_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2")
+SEQ2SEQ_FAMILIES: tuple[str, ...] = ("bart", "marian", "t5")
+GENERATIVE_TASKS: dict[str, str] = {  # task → transformers auto-class of the PyTorch reference
+    "text-generation": "AutoModelForCausalLM",
+    "text2text-generation": "AutoModelForSeq2SeqLM",
+}
+
+
+def generative_task(model_type: str, task: str | None) -> str | None:
+    """The generative task this export request means, or None when it is an encoder export.
+
+    Accepts optimum's ``-with-past`` spellings; a generative family with no task gets its natural one.
+    """
+    if task is not None:
+        base = task.removesuffix("-with-past")
+        return base if base in GENERATIVE_TASKS else None
+    if model_type in DECODER_FAMILIES:
+        return "text-generation"
+    if model_type in SEQ2SEQ_FAMILIES:
+        return "text2text-generation"
+    return None

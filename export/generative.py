@@ -1,0 +1,239 @@
+"""Generative checkpoints → validated ONNX with a KV cache: decoder-only (one graph, with and without
+past) and encoder-decoder (encoder, first decoder step, decoder with past), through optimum.
+
+The manifest gains a ``generation`` section: which graphs make up the model, the cache layout, the
+special token ids and the position limit — everything the torch-free runtime needs to generate.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from onnxformer.errors import CheckpointError, ExportError
+from onnxformer.export.artifact import ExportResult, _architecture, _io_record, _save_tokenizer
+from onnxformer.export.checkpoint import Checkpoint, inspect_checkpoint, resolve_model_path
+from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
+from onnxformer.export.hf import _first_line
+from onnxformer.export.staging import staging_dir
+from onnxformer.export.tasks import DECODER_FAMILIES, GENERATIVE_TASKS, SEQ2SEQ_FAMILIES, generative_task
+from onnxformer.export.versions import library_versions
+from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, file_record, save_manifest, variant_record
+from onnxformer.runtime.session import create_session
+
+Progress = Callable[[str], None]
+# Graph files per kind, as optimum names them (post-processing/merging disabled for seq2seq).
+COMPONENTS = {
+    "decoder": {"decoder": "model.onnx"},
+    "seq2seq": {"encoder": "encoder_model.onnx", "decoder": "decoder_model.onnx",
+                "decoder_with_past": "decoder_with_past_model.onnx"},
+}
+DEFAULT_ATOL = 1e-4
+
+
+def is_generative_request(model: str, task: str | None) -> bool:
+    """True when ``export_checkpoint`` should hand this checkpoint to :func:`export_generative`."""
+    if task is not None:
+        return generative_task("", task) is not None
+    config = Path(model).expanduser() / "config.json"
+    if not config.is_file():
+        return False  # let the encoder path report the missing/odd checkpoint
+    import json
+
+    try:
+        model_type = json.loads(config.read_text()).get("model_type", "")
+    except ValueError:
+        return False
+    return generative_task(model_type, None) is not None
+
+
+def export_generative(
+    model: str,
+    out: str | Path,
+    *,
+    task: str | None = None,
+    opset: int | None = None,
+    atol: float | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    name: str | None = None,
+    progress: Progress = lambda _: None,
+) -> ExportResult:
+    """Export a decoder-only or encoder-decoder checkpoint with its KV cache, validated against PyTorch."""
+    start = time.perf_counter()
+    out = Path(out)
+    ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)
+    task_name = _check_family(ckpt.model_type, task)
+    kind = "decoder" if task_name == "text-generation" else "seq2seq"
+    progress(f"task: {task_name} ({kind}, KV cache)")
+    with staging_dir(out, overwrite) as stage:
+        progress("loading the PyTorch reference")
+        reference = _load_reference(ckpt, task_name, trust_remote_code)
+        tokenizer = _save_tokenizer(ckpt, stage, trust_remote_code)
+        progress("exporting with optimum (with past)")
+        _export(reference, task_name, kind, stage / "fp32", opset)
+        paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
+        progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
+        validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
+        manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset)
+        manifest["name"] = name or manifest["name"]
+        save_manifest(stage, manifest)
+    return ExportResult(out, manifest, time.perf_counter() - start, task is None)
+
+
+def _check_family(model_type: str, task: str | None) -> str:
+    task_name = generative_task(model_type, task)
+    families = DECODER_FAMILIES if task_name == "text-generation" else SEQ2SEQ_FAMILIES
+    if task_name is None or model_type not in families:
+        raise CheckpointError(
+            f"{model_type!r} cannot be exported for {task or 'generation'}; supported: text-generation "
+            f"({', '.join(DECODER_FAMILIES)}), text2text-generation ({', '.join(SEQ2SEQ_FAMILIES)})"
+        )
+    return task_name
+
+
+def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any:
+    import transformers
+
+    auto = getattr(transformers, GENERATIVE_TASKS[task])
+    try:
+        model = auto.from_pretrained(ckpt.path, use_safetensors=ckpt.weight_format == "safetensors",
+                                     trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"transformers could not load {ckpt.path} for {task}: {_first_line(e)}") from None
+    return model.eval()
+
+
+def _export(model: Any, task: str, kind: str, out_dir: Path, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    wanted = set(COMPONENTS[kind].values())
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".optimum-") as scratch:
+        try:  # no_post_process: keep optimum's separate seq2seq decoders instead of merging them with If.
+            # A copy: optimum flips use_cache on sub-configs (T5's encoder), which breaks the reference after.
+            onnx_export_from_model(copy.deepcopy(model), output=scratch, opset=opset, task=f"{task}-with-past",
+                                   do_validation=False, no_post_process=True)
+        except (ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+            raise ExportError(f"optimum could not export {task} with past: {_first_line(e)}") from e
+        produced = sorted(p.name for p in Path(scratch).iterdir())
+        if not wanted <= set(produced):
+            raise ExportError(f"optimum produced {produced}, expected {sorted(wanted)}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in Path(scratch).iterdir():  # graphs plus their external data files
+            if any(p.name.startswith(w) for w in wanted):
+                shutil.move(str(p), out_dir / p.name)
+
+
+def _validate(model: Any, kind: str, paths: dict[str, Path], atol: float) -> dict[str, Any]:
+    cfg = model.config
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    if kind == "decoder":
+        return validate_decoder(model, paths["decoder"], cfg.vocab_size, pad, atol)
+    return validate_seq2seq(model, paths, cfg.vocab_size, pad, int(cfg.decoder_start_token_id), atol)
+
+
+def cache_layout(session: Any, config: Any, kind: str) -> dict[str, Any]:
+    """Names, shapes and dtype of the KV cache as the graph declares them (batch, kv_heads, seq, head_size)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    self_kind = "decoder" if kind == "seq2seq" else None
+    layers = past_names(list(inputs), self_kind)
+    if not layers:
+        raise ExportError(f"the exported graph has no past_key_values inputs (got {sorted(inputs)})")
+    first = inputs[layers[0][0]]
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "decoder_attention_heads", None)
+    layout = {
+        "layout": ["batch", "kv_heads", "sequence", "head_size"],
+        "num_layers": len(layers),
+        "num_heads": heads,
+        "num_kv_heads": int(first.shape[1]),
+        "head_size": int(first.shape[3]),
+        "dtype": _io_record(first)["dtype"],
+        "past_inputs": [list(pair) for pair in layers],
+        "present_outputs": [[n.replace("past_key_values.", "present.", 1) for n in pair] for pair in layers],
+    }
+    if kind == "seq2seq":
+        cross = past_names(list(inputs), "encoder")
+        layout["cross_past_inputs"] = [list(pair) for pair in cross]
+        layout["cross_present_outputs"] = [[n.replace("past_key_values.", "present.", 1) for n in p] for p in cross]
+    return layout
+
+
+def special_tokens(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """Token ids the generation loop needs; eos may be several ids (generation_config allows a list)."""
+    gen = model.generation_config
+    cfg = model.config
+    eos = gen.eos_token_id if gen.eos_token_id is not None else cfg.eos_token_id
+    eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    pad = next(v for v in (gen.pad_token_id, cfg.pad_token_id, tokenizer.pad_token_id, *eos_ids, 0) if v is not None)
+    start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else cfg.decoder_start_token_id
+    return {
+        "bos_token_id": gen.bos_token_id if gen.bos_token_id is not None else cfg.bos_token_id,
+        "eos_token_ids": eos_ids,
+        "pad_token_id": int(pad),
+        "decoder_start_token_id": start,
+        "forced_bos_token_id": gen.forced_bos_token_id,
+        "forced_eos_token_id": gen.forced_eos_token_id,
+    }
+
+
+def max_positions(config: Any, tokenizer: Any) -> int:
+    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions") if getattr(config, k, None)),
+                 None)
+    if limit is None:
+        limit = tokenizer.model_max_length if 0 < tokenizer.model_max_length < 1_000_000 else 512
+    return int(limit)
+
+
+def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
+              validation: dict[str, Any], opset: int | None) -> dict[str, Any]:
+    import datetime as _dt
+
+    import onnx
+
+    files = {role: f"fp32/{f}" for role, f in COMPONENTS[kind].items()}
+    main = "decoder_with_past" if kind == "seq2seq" else "decoder"
+    graph = onnx.load(str(stage / files["decoder"]), load_external_data=False)
+    actual_opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    session = create_session(stage / files[main])
+    positions = max_positions(model.config, tokenizer)
+    specials = special_tokens(model, tokenizer)
+    tok_files = [p.name for p in stage.iterdir() if p.is_file()]
+    fp32 = variant_record(stage, files["decoder"], precision="fp32", providers=["cuda", "cpu"],
+                          made_by={"tool": "optimum.exporters.onnx", "task": f"{task}-with-past",
+                                   "opset": actual_opset, "requested_opset": opset},
+                          fidelity={"reference": "pytorch-fp32", "max_abs_diff": validation["max_abs_diff"]})
+    fp32["components"] = files
+    fp32["cache_dtype"] = "float32"
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": ckpt.path.name,
+        "task": task,
+        "architecture": _architecture(ckpt),
+        "source": ckpt.fingerprint(),
+        "opset": actual_opset,
+        "inputs": [_io_record(i) for i in session.get_inputs()],
+        "outputs": [_io_record(o) for o in session.get_outputs()],
+        "tokenizer": {
+            "files": file_record(stage, tok_files),
+            "max_length": positions,
+            "pad_id": specials["pad_token_id"],
+            "pad_token": tokenizer.pad_token,
+        },
+        "generation": {
+            "kind": kind,
+            "cache": cache_layout(session, model.config, kind),
+            "special_tokens": specials,
+            "max_positions": positions,
+            "position_ids": "position_ids" in [i.name for i in session.get_inputs()],
+        },
+        "postprocess": {},
+        "versions": library_versions(),
+        "validation": validation,
+        "variants": {"fp32": fp32},
+    }

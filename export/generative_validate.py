@@ -1,0 +1,141 @@
+"""Validate exported generative graphs against PyTorch: several prompt lengths, and steps with a non-empty past.
+
+The ONNX side runs the way the runtime does (prefill with an empty cache, then chunks fed with the
+cache it returned); the PyTorch side runs the whole sequence at once without a cache. Agreement of
+every step's logits therefore checks the exported cache handling, not only one forward pass.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxformer.errors import ValidationError
+from onnxformer.runtime.session import create_session
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
+# (prompt lengths per row, chunk sizes fed after the prefill with the cache)
+DECODER_CASES = (((5, 11), (3, 1)), ((1,), (1, 1)), ((8, 2, 6), (2,)))
+# (source lengths per row, decoder tokens fed one at a time after the start token)
+SEQ2SEQ_CASES = (((7, 12), 4), ((3,), 3))
+
+
+def past_names(names: list[str], kind: str | None = None) -> list[tuple[str, str]]:
+    """Cache input names per layer as (key, value), in layer order; ``kind`` = decoder/encoder for seq2seq."""
+    found: dict[int, dict[str, str]] = {}
+    for name in names:
+        m = _PAST.match(name)
+        if m and m.group(2) == kind:
+            found.setdefault(int(m.group(1)), {})[m.group(3)] = name
+    return [(found[i]["key"], found[i]["value"]) for i in sorted(found)]
+
+
+def present_name(past: str) -> str:
+    return past.replace("past_key_values.", "present.", 1)
+
+
+def _left_padded(rng: np.random.Generator, lengths: tuple[int, ...], extra: int, vocab: int, pad: int):
+    width = max(lengths)
+    ids = rng.integers(4, vocab, size=(len(lengths), width + extra), dtype=np.int64)
+    mask = np.ones_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, : width - n] = 0
+        ids[row, : width - n] = pad
+    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)  # what transformers' generate computes
+    return ids, mask, positions, width
+
+
+def _check(diffs: dict[str, float], name: str, got: np.ndarray, ref: np.ndarray, keep: np.ndarray) -> None:
+    if got.shape != ref.shape:
+        raise ValidationError(f"{name}: ONNX gives shape {got.shape}, PyTorch {ref.shape}; the export is wrong")
+    diffs[name] = float(np.abs(got - ref)[keep].max())
+
+
+def validate_decoder(model: Any, path: Path, vocab: int, pad: int, atol: float, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    session = create_session(path)
+    inputs = [i.name for i in session.get_inputs()]
+    layers = past_names(inputs)
+    shape = next(i.shape for i in session.get_inputs() if i.name == layers[0][0])
+    rng = np.random.default_rng(seed)
+    cases = []
+    for lengths, chunks in DECODER_CASES:
+        ids, mask, positions, width = _left_padded(rng, lengths, sum(chunks), vocab, pad)
+        with torch.inference_mode():
+            ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                        position_ids=torch.from_numpy(positions), use_cache=False).logits.float().numpy()
+        empty = np.zeros((len(lengths), shape[1], 0, shape[3]), dtype=np.float32)
+        past = {n: empty for pair in layers for n in pair}
+        logits, start = [], 0
+        for end in np.cumsum((width, *chunks)):
+            feeds = {"input_ids": ids[:, start:end], "attention_mask": mask[:, :end],
+                     "position_ids": positions[:, start:end], **past}
+            out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {k: feeds[k] for k in inputs})))
+            logits.append(out["logits"])
+            past = {n: out[present_name(n)] for pair in layers for n in pair}
+            start = end
+        diffs: dict[str, float] = {}
+        _check(diffs, "logits", np.concatenate(logits, axis=1), ref, mask.astype(bool))
+        cases.append({"case": f"prompts{list(lengths)}+chunks{list(chunks)}", "max_abs_diff": diffs})
+    return _result(cases, atol)
+
+
+def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, start_id: int, atol: float,
+                     seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    enc = create_session(paths["encoder"])
+    first = create_session(paths["decoder"])
+    step = create_session(paths["decoder_with_past"])
+    rng = np.random.default_rng(seed)
+    cases = []
+    for lengths, steps in SEQ2SEQ_CASES:
+        src, src_mask, _, _ = _left_padded(rng, lengths, 0, vocab, pad)
+        src, src_mask = src[:, ::-1].copy(), src_mask[:, ::-1].copy()  # sources are right-padded
+        dec = rng.integers(4, vocab, size=(len(lengths), steps + 1), dtype=np.int64)
+        dec[:, 0] = start_id
+        with torch.inference_mode():
+            ref = model(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(src_mask),
+                        decoder_input_ids=torch.from_numpy(dec), use_cache=False)
+        hidden = enc.run(None, {"input_ids": src, "attention_mask": src_mask})[0]
+        diffs: dict[str, float] = {}
+        keep = np.broadcast_to(src_mask.astype(bool)[..., None], hidden.shape)
+        _check(diffs, "encoder_last_hidden_state", hidden, ref.encoder_last_hidden_state.numpy(), keep)
+        logits = _run_seq2seq_decoder(first, step, hidden, src_mask, dec)
+        _check(diffs, "logits", logits, ref.logits.float().numpy(), np.ones(logits.shape, dtype=bool))
+        cases.append({"case": f"sources{list(lengths)}+steps{steps}", "max_abs_diff": diffs})
+    return _result(cases, atol)
+
+
+def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np.ndarray, dec: np.ndarray):
+    names = [o.name for o in first.get_outputs()]
+    out = dict(zip(names, first.run(None, {"input_ids": dec[:, :1], "encoder_hidden_states": hidden,
+                                           "encoder_attention_mask": src_mask})))
+    logits = [out["logits"]]
+    step_inputs = [i.name for i in step.get_inputs()]
+    cache = {n: out[present_name(n)] for n in step_inputs if n.startswith("past_key_values.")}
+    step_names = [o.name for o in step.get_outputs()]
+    for t in range(1, dec.shape[1]):
+        feeds = {"input_ids": dec[:, t : t + 1], "encoder_attention_mask": src_mask, **cache}
+        out = dict(zip(step_names, step.run(None, {k: feeds[k] for k in step_inputs})))
+        logits.append(out["logits"])
+        cache.update({n: out[present_name(n)] for n in cache if ".decoder." in n})  # cross-attention cache is fixed
+    return np.concatenate(logits, axis=1)
+
+
+def _result(cases: list[dict[str, Any]], atol: float) -> dict[str, Any]:
+    worst: dict[str, float] = {}
+    for case in cases:
+        for name, value in case["max_abs_diff"].items():
+            worst[name] = max(worst.get(name, 0.0), value)
+    result = {"atol": atol, "max_abs_diff": worst, "cases": cases, "passed": max(worst.values()) <= atol}
+    if not result["passed"]:
+        name = max(worst, key=worst.get)
+        raise ValidationError(
+            f"ONNX {name} differs from PyTorch by {worst[name]:.3g} > atol {atol:g} (with a KV cache); "
+            "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"
+        )
+    return result
