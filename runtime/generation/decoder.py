@@ -1,0 +1,46 @@
+"""Decoder-only models (GPT-2, Llama, Qwen2, Mistral): left-padded prefill, then one token per step."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxformer.runtime.generation.cache import KVCache, flat_names, run_bound
+from onnxformer.runtime.generation.text import Prompts
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Position ids of a left-padded batch: count of real tokens so far (pads get 1, like transformers)."""
+    return np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
+
+
+class DecoderStepper:
+    def __init__(self, session: ort.InferenceSession, cache_layout: dict[str, Any], prompts: Prompts, max_new: int):
+        self.session = session
+        self.prompts = prompts
+        batch, width = prompts.ids.shape
+        self.cache = KVCache(session, flat_names(cache_layout["past_inputs"]),
+                             flat_names(cache_layout["present_outputs"]), batch, width + max_new)
+        self.mask = np.zeros((batch, width + max_new), dtype=np.int64)  # grows one column per step
+        self.mask[:, :width] = prompts.mask
+        self.length = width
+        self.next_position = positions_from_mask(prompts.mask)[:, -1:] + 1  # (B, 1)
+
+    def first(self) -> np.ndarray:
+        feeds = {"input_ids": self.prompts.ids, "attention_mask": self.prompts.mask,
+                 "position_ids": positions_from_mask(self.prompts.mask)}
+        return self._run(feeds, self.prompts.ids.shape[1])
+
+    def next(self, tokens: np.ndarray) -> np.ndarray:
+        self.mask[:, self.length] = 1
+        feeds = {"input_ids": tokens[:, None], "attention_mask": self.mask[:, : self.length + 1],
+                 "position_ids": self.next_position}
+        logits = self._run(feeds, 1)
+        self.next_position = self.next_position + 1
+        return logits
+
+    def _run(self, feeds: dict[str, np.ndarray], new_tokens: int) -> np.ndarray:
+        out = run_bound(self.session, feeds, {}, self.cache, new_tokens, ["logits"])
+        self.length = self.cache.length
+        return out["logits"].numpy()[:, -1, :]

@@ -1,0 +1,123 @@
+"""`Generator`: load a generative artifact and produce text — batched, streamed, greedy or sampled."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxformer.errors import ArtifactError, InputError
+from onnxformer.runtime.files import confined
+from onnxformer.runtime.generation.decoder import DecoderStepper
+from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
+from onnxformer.runtime.generation.options import GenerationOptions, make_options
+from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
+from onnxformer.runtime.generation.text import PromptEncoder, TextStream
+from onnxformer.runtime.manifest import load_manifest, verify_files, verify_variant
+from onnxformer.runtime.session import create_session
+
+
+class Generator:
+    """Text generation from an artifact exported by ``export/generative.py``. Not thread-safe per call:
+    each call builds its own cache, so concurrent calls are fine; the sessions are shared read-only."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], variant: str,
+                 sessions: dict[str, ort.InferenceSession]):
+        spec = manifest.get("generation")
+        if spec is None:
+            raise ArtifactError(f"{directory} is a {manifest['task']} artifact, not a generative one; "
+                                "export a text-generation or text2text-generation checkpoint")
+        self.directory, self.manifest, self.variant, self.sessions = directory, manifest, variant, sessions
+        self.kind: str = spec["kind"]
+        self.cache_layout = spec["cache"]
+        self.max_positions = int(spec["max_positions"])
+        tokens = spec["special_tokens"]
+        self.start_id = tokens.get("decoder_start_token_id")
+        self.special = SpecialTokens(tuple(tokens["eos_token_ids"]), int(tokens["pad_token_id"]),
+                                     tokens.get("forced_bos_token_id"), tokens.get("forced_eos_token_id"))
+        side = "left" if self.kind == "decoder" else "right"
+        self.prompts = PromptEncoder(confined(directory, "tokenizer.json"), self.special.pad, side)
+
+    @classmethod
+    def load(cls, directory: str | Path, variant: str = "fp32", threads: int | None = None,
+             providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",)) -> "Generator":
+        directory = Path(directory)
+        manifest = load_manifest(directory)
+        verify_variant(directory, manifest, variant)  # every graph of the variant, sha256-checked
+        verify_files(directory, manifest["tokenizer"]["files"])
+        components = manifest["variants"][variant].get("components")
+        if not components:
+            raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
+        sessions = {role: create_session(confined(directory, rel), providers=providers, threads=threads)
+                    for role, rel in components.items()}
+        return cls(directory, manifest, variant, sessions)
+
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
+        """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
+        repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
+        opts = make_options(max_new_tokens, **options)
+        streams = self._streams(prompts, opts)
+        for _ in self._steps(prompts, opts, streams):
+            pass
+        texts = [s.text for s in streams]
+        return texts[0] if isinstance(prompts, str) else texts
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Iterator[str]:
+        """Yield text pieces of one prompt as they are produced; joined they equal ``generate(prompt)``."""
+        if not isinstance(prompt, str):
+            raise InputError("stream() takes one prompt string; use generate() for a batch")
+        opts = make_options(max_new_tokens, **options)
+        streams = self._streams([prompt], opts)
+        for _ in self._steps([prompt], opts, streams):
+            if chunk := streams[0].pending:
+                streams[0].pending = ""
+                yield chunk
+        if tail := streams[0].pending + streams[0].flush():
+            yield tail
+
+    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 32, **options: Any) -> list[list[int]]:
+        """Generated token ids per prompt, up to and including the end-of-sequence token."""
+        opts = make_options(max_new_tokens, **options)
+        streams = self._streams(prompts, opts)
+        for _ in self._steps(prompts, opts, streams):
+            pass
+        return [s.ids for s in streams]
+
+    def _streams(self, prompts: str | Sequence[str], opts: GenerationOptions) -> list[TextStream]:
+        count = 1 if isinstance(prompts, str) else len(prompts)
+        return [TextStream(self.prompts.tokenizer, opts.stop) for _ in range(count)]
+
+    def _steps(self, prompts: str | Sequence[str], opts: GenerationOptions,
+               streams: list[TextStream]) -> Iterator[np.ndarray]:
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        stepper, history = self._stepper(batch, opts)
+        finished = np.zeros(len(batch), dtype=bool)
+        for tokens, active in token_loop(stepper, history, opts, self.special, finished):
+            for row in np.flatnonzero(active):
+                stream = streams[row]
+                stream.pending += stream.add(int(tokens[row]))
+                if stream.stopped:
+                    finished[row] = True
+            yield tokens
+        for stream in streams:
+            stream.pending += stream.flush()
+
+    def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray]:
+        if self.kind == "decoder":
+            room = self.max_positions - opts.max_new_tokens
+            if room < 1:
+                raise InputError(f"max_new_tokens={opts.max_new_tokens} leaves no room for a prompt in this "
+                                 f"model's {self.max_positions} positions; lower max_new_tokens")
+            prompts = self.prompts.encode(batch, room, opts.truncate,
+                                          f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
+                                          f"in this model's {self.max_positions} positions")
+            history = np.where(prompts.mask == 1, prompts.ids, -1)
+            return DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens), history
+        if opts.max_new_tokens + 1 > self.max_positions:
+            raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
+                             "decoder positions; lower it")
+        sources = self.prompts.encode(batch, self.max_positions, opts.truncate,
+                                      f"token limit of this model's encoder")
+        history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
+        return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history

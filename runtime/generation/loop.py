@@ -1,0 +1,63 @@
+"""The token loop shared by decoder-only and seq2seq generation: choose, force, stop per row, step."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from onnxformer.runtime.generation.options import GenerationOptions
+from onnxformer.runtime.generation.sampling import choose
+
+
+class Stepper(Protocol):
+    """Runs the model: ``first`` gives the logits of the first new token, ``next`` feeds one token per row."""
+
+    def first(self) -> np.ndarray: ...  # (B, V) float
+
+    def next(self, tokens: np.ndarray) -> np.ndarray: ...  # tokens (B,) int64 → (B, V)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    eos: tuple[int, ...]
+    pad: int
+    forced_bos: int | None = None  # seq2seq: the first generated token (mBART-style language codes)
+    forced_eos: int | None = None  # the last token when max_new_tokens is reached (BART, Marian)
+
+
+def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, special: SpecialTokens,
+               finished: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (tokens (B,), active (B,) bool) per step; finished rows get the pad token.
+
+    ``finished`` is shared with the caller, who may mark rows done between steps (stop sequences);
+    ``history`` (B, T) holds the ids the repetition penalty counts as already seen (-1: none).
+    """
+    rng = np.random.default_rng(opts.seed)
+    eos = np.array(special.eos or (-1,), dtype=np.int64)
+    logits = stepper.first()
+    rows = np.arange(len(logits))
+    seen = np.zeros(logits.shape, dtype=bool)
+    for row, ids in enumerate(history):
+        seen[row, ids[ids >= 0]] = True
+    for step in range(opts.max_new_tokens):
+        logits = _force(logits, step, opts.max_new_tokens, special)
+        active = ~finished
+        tokens = np.where(active, choose(logits, seen, opts, rng), special.pad)
+        seen[rows[active], tokens[active]] = True
+        finished |= np.isin(tokens, eos)
+        yield tokens, active
+        if finished.all() or step == opts.max_new_tokens - 1:
+            return
+        logits = stepper.next(tokens)
+
+
+def _force(logits: np.ndarray, step: int, max_new: int, special: SpecialTokens) -> np.ndarray:
+    forced = special.forced_bos if step == 0 else None
+    if step == max_new - 1 and special.forced_eos is not None:
+        forced = special.forced_eos
+    if forced is None:
+        return logits
+    out = np.full_like(logits, -np.inf)
+    out[:, forced] = 0.0
+    return out

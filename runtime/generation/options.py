@@ -1,0 +1,43 @@
+"""Generation settings and their checks: bad settings fail before any model runs, with a fix in the message."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from onnxformer.errors import InputError
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+    repetition_penalty: float = 1.0  # 1.0: none (CTRL-style: divide positive logits, multiply negative ones)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise InputError(
+                f"temperature must be > 0 when do_sample=True (got {self.temperature!r}); "
+                "use do_sample=False for greedy decoding"
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InputError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InputError(f"stop sequences must be non-empty strings, got {list(self.stop)!r}")
+
+
+def make_options(max_new_tokens: int = 32, stop: str | Sequence[str] | None = None, **kwargs: object) -> GenerationOptions:
+    """Options from keyword arguments; ``stop`` may be one string or several."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return GenerationOptions(max_new_tokens=max_new_tokens, stop=stops, **kwargs)  # type: ignore[arg-type]
