@@ -95,3 +95,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def _bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+    from onnxformer.benchmarks.stage import bench_stage
+
+    return bench_stage(args, out, progress)
+
+
+# Kept at the end of the module so it runs after every other stage: it measures what they made.
+STAGES.append(("bench", _bench_stage))

@@ -56,7 +56,13 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from onnxformer.benchmarks.cli import add_parser  # argparse only; the harness loads inside its handler
+
+    add_parser(sub)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench]
 
 
 def parser() -> argparse.ArgumentParser:

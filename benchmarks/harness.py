@@ -1,0 +1,200 @@
+"""The benchmark matrix: every candidate × every (batch, seq), timed, measured and compared.
+
+Order matters only for memory: each candidate is loaded, measured on every shape, then released
+before the next one loads. Fidelity and speedups are computed after the loop, so a Ctrl-C at any
+point still yields a consistent (partial) report.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from onnxformer.benchmarks import memory
+from onnxformer.benchmarks.baselines import AUTO_CLASSES, OptimumPeer, pytorch_candidates
+from onnxformer.benchmarks.environment import environment
+from onnxformer.benchmarks.inputs import Inputs, make_inputs
+from onnxformer.benchmarks.postprocess import min_cosine, signature
+from onnxformer.benchmarks.providers import resolve
+from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, artifact_tokenizer, variant_candidates
+from onnxformer.benchmarks.stats import Budget, summarize, time_calls
+from onnxformer.benchmarks.summary import add_comparisons
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime.manifest import load_manifest
+
+SCHEMA = "onnxformer-bench/1"
+Progress = Callable[[int, int, str], None]  # (done, total, description)
+
+
+@dataclass
+class Settings:
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    seqs: list[int] = field(default_factory=lambda: [16, 128])
+    threads: int = 2
+    budget: Budget = field(default_factory=Budget)
+    providers: list[str] | None = None  # short names; None = every available one
+    variants: list[str] | None = None  # None = every variant in the manifest
+    baselines: bool = True  # PyTorch eager fp32 + autocast
+    peers: bool = True  # optimum ORTModel fp32 + int8
+    seed: int = 0
+
+
+def run_benchmark(directory: str | Path, settings: Settings, progress: Progress = lambda *_: None) -> dict[str, Any]:
+    """Measure everything ``settings`` asks for; returns the report dict (raw floats, JSON-ready)."""
+    import onnxruntime as ort
+
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    if manifest["task"] not in AUTO_CLASSES:
+        raise ArtifactError(f"bench measures encoder tasks ({', '.join(AUTO_CLASSES)}); {directory} is {manifest['task']!r}")
+    providers = resolve(settings.providers, ort.get_available_providers())
+    ctx = ArtifactContext(directory, manifest, settings.threads, max(settings.batches), max(settings.seqs))
+    env = environment()
+    report = _skeleton(directory, manifest, settings, providers, env)
+    shapes, report["skipped_shapes"] = _shapes(ctx, settings)
+    peer = OptimumPeer(ctx, env["cpu"]["flags"]["avx512_vnni"]) if settings.peers and "cpu" in providers else None
+    candidates = _candidates(ctx, settings, providers, peer)
+    signatures: dict[tuple[str, int, int], np.ndarray] = {}
+    try:
+        _measure_all(candidates, shapes, settings.budget, report, signatures, progress)
+    except KeyboardInterrupt:
+        report["interrupted"] = True  # keep what was measured; the caller writes it
+    finally:
+        if peer is not None:
+            peer.close()
+    _add_fidelity(report, signatures)
+    add_comparisons(report)
+    return report
+
+
+def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, providers: list[str],
+              env: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "artifact": {"directory": str(directory), "name": manifest.get("name"), "task": manifest["task"],
+                     "architecture": manifest["architecture"], "source": (manifest.get("source") or {}).get("path"),
+                     "postprocess": manifest.get("postprocess", {})},
+        "settings": {"batches": settings.batches, "seqs": settings.seqs, "threads": settings.threads,
+                     "warmup": settings.budget.warmup, "iters": settings.budget.iters,
+                     "seconds": settings.budget.seconds, "providers": providers,
+                     "variants": settings.variants or list(manifest["variants"])},
+        "memory_method": memory.METHOD,
+        "environment": env,
+        "configs": [],
+        "results": [],
+        "interrupted": False,
+    }
+
+
+def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], list[dict[str, Any]]]:
+    """Inputs per (batch, seq); sequence lengths over the model's limit are skipped and reported."""
+    tokenizer = artifact_tokenizer(ctx, [i["name"] for i in ctx.manifest["inputs"]])
+    shapes, skipped = [], []
+    for seq in settings.seqs:
+        if seq > tokenizer.max_length:
+            skipped.append({"seq": seq, "reason": f"over the model's limit of {tokenizer.max_length} tokens"})
+            continue
+        shapes += [make_inputs(tokenizer, batch, seq, settings.seed) for batch in settings.batches]
+    if not shapes:
+        raise ArtifactError(f"every --seq is over the model's limit of {tokenizer.max_length} tokens; pass shorter ones")
+    return shapes, skipped
+
+
+def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], peer: OptimumPeer | None) -> list[Candidate]:
+    out: list[Candidate] = []
+    if settings.baselines:
+        devices = ["cpu"] + (["cuda"] if any(p in providers for p in ("cuda", "tensorrt")) and _torch_cuda() else [])
+        out += pytorch_candidates(ctx, devices)
+    if peer is not None:
+        out += peer.candidates()
+    return out + variant_candidates(ctx, settings.variants, providers)
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budget, report: dict[str, Any],
+                 signatures: dict, progress: Progress) -> None:
+    task = report["artifact"]["task"]
+    post = report["artifact"]["postprocess"]
+    total, done = len(candidates) * len(shapes), 0
+    for cand in candidates:
+        config = {"name": cand.name, "kind": cand.kind, "device": cand.device, "precision": cand.precision,
+                  "status": "unavailable" if cand.load is None else "ok", "reason": cand.reason}
+        report["configs"].append(config)
+        if cand.load is None:
+            done += len(shapes)
+            progress(done, total, f"{cand.name}: unavailable")
+            continue
+        progress(done, total, f"{cand.name}: loading")
+        try:
+            runner = _load(cand, config)
+            for inputs in shapes:
+                progress(done, total, f"{cand.name}: batch {inputs.batch} × {inputs.seq}")
+                row, signatures[(cand.name, inputs.batch, inputs.seq)] = _measure(runner, inputs, budget, config, task, post)
+                report["results"].append({"config": cand.name, **row})
+                done += 1
+        except Exception as e:  # one configuration failing (e.g. an op without a kernel) must not lose the others
+            config.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            progress(done, total, f"{cand.name}: failed ({config['reason']})")
+        runner = None
+        gc.collect()
+    progress(total, total, "done")
+
+
+def _load(cand: Candidate, config: dict[str, Any]) -> Runner:
+    cand.prepare()  # e.g. optimum's export: not part of this configuration's load time or memory
+    gc.collect()
+    config["rss_before_load_mb"] = memory.current_rss_mb()
+    config["load_average_1m"] = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    memory.reset_peak()
+    start = time.perf_counter()
+    runner = cand.load()
+    config["load_seconds"] = time.perf_counter() - start
+    config["load_peak_rss_mb"] = memory.peak_rss_mb()
+    config["size_mb"] = runner.size_bytes / 1e6
+    return runner
+
+
+def _measure(runner: Runner, inputs: Inputs, budget: Budget, config: dict[str, Any], task: str,
+             post: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    memory.reset_peak()
+    outputs = runner.model_only(inputs.feeds)
+    sig = signature(outputs, inputs.feeds["attention_mask"], task, post)
+    model = time_calls(lambda: runner.model_only(inputs.feeds), budget, runner.synchronize)
+    e2e = time_calls(lambda: runner.end_to_end(inputs.texts), budget, runner.synchronize)
+    peak = memory.peak_rss_mb()
+    row = {
+        "batch": inputs.batch,
+        "seq": inputs.seq,
+        "model_only": summarize(model, inputs.batch, inputs.seq),
+        "end_to_end": summarize(e2e, inputs.batch, inputs.seq),
+        "peak_rss_mb": peak,
+        "peak_rss_over_base_mb": peak - config["rss_before_load_mb"],
+        "gpu_memory_mb": runner.gpu_memory_mb(),
+        "size_mb": config["size_mb"],
+    }
+    return row, sig
+
+
+def _add_fidelity(report: dict[str, Any], signatures: dict) -> None:
+    """Worst-row cosine against PyTorch fp32 on the same inputs (the fp32 ONNX variant when PyTorch is unavailable)."""
+    ran = [c["name"] for c in report["configs"] if c["status"] == "ok"]
+    preferred = ["pytorch-fp32@cpu", "pytorch-fp32@cuda", "fp32@cpu"]
+    reference = next((name for name in preferred + ran if name in ran), None)
+    report["fidelity_reference"] = reference
+    for row in report["results"]:
+        ref = signatures.get((reference, row["batch"], row["seq"]))
+        mine = signatures.get((row["config"], row["batch"], row["seq"]))
+        row["fidelity_cosine"] = None if ref is None or mine is None else min_cosine(mine, ref)

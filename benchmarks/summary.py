@@ -1,0 +1,67 @@
+"""Comparisons derived from raw results: speedups, fidelity budgets, and the headline numbers.
+
+Speedup = PyTorch eager fp32 p50 / this configuration's p50, same device, same (batch, seq).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# Minimum worst-row cosine against PyTorch fp32 for a configuration to count as "within budget".
+FIDELITY_BUDGETS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.99, "int4": 0.98}
+HEADLINE_SHAPE = (1, 128)
+
+
+def budget_for(precision: str) -> float:
+    for prefix, budget in FIDELITY_BUDGETS.items():
+        if precision.startswith(prefix):
+            return budget
+    return FIDELITY_BUDGETS["int8"]
+
+
+def add_comparisons(report: dict[str, Any]) -> None:
+    configs = {c["name"]: c for c in report["configs"]}
+    index = {(r["config"], r["batch"], r["seq"]): r for r in report["results"]}
+    for row in report["results"]:
+        config = configs[row["config"]]
+        base = index.get((f"pytorch-fp32@{'cpu' if config['device'] == 'cpu' else 'cuda'}", row["batch"], row["seq"]))
+        for mode in ("model_only", "end_to_end"):
+            row[f"speedup_{mode}"] = base[mode]["p50_ms"] / row[mode]["p50_ms"] if base else None
+        budget = budget_for(config["precision"])
+        row["fidelity_budget"] = budget
+        row["within_budget"] = row["fidelity_cosine"] is not None and row["fidelity_cosine"] >= budget
+    report["headline"] = headline(report)
+
+
+def headline(report: dict[str, Any], shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
+    """CPU, batch 1 × 128 (or the first measured shape): best ONNX variant within budget vs the references."""
+    cpu = {c["name"] for c in report["configs"] if c["device"] == "cpu"}
+    rows = [r for r in report["results"] if r["config"] in cpu]
+    shapes = [(r["batch"], r["seq"]) for r in rows]
+    if not shapes:
+        return None
+    batch, seq = shape if shape in shapes else shapes[0]
+    at = {r["config"]: r for r in rows if (r["batch"], r["seq"]) == (batch, seq)}
+    variants = [r for name, r in at.items() if not name.startswith(("pytorch-", "optimum-")) and r["within_budget"]]
+    best = min(variants, key=lambda r: r["model_only"]["p50_ms"], default=None)
+
+    def p50(name: str) -> float | None:
+        return at[name]["model_only"]["p50_ms"] if name in at else None
+
+    def ratio(name: str) -> float | None:
+        ref = p50(name)
+        return ref / best["model_only"]["p50_ms"] if best and ref is not None else None
+
+    return {
+        "batch": batch,
+        "seq": seq,
+        "device": "cpu",
+        "best_variant": best["config"] if best else None,
+        "best_p50_ms": best["model_only"]["p50_ms"] if best else None,
+        "best_fidelity_cosine": best["fidelity_cosine"] if best else None,
+        "pytorch_fp32_p50_ms": p50("pytorch-fp32@cpu"),
+        "speedup_vs_pytorch_fp32": ratio("pytorch-fp32@cpu"),
+        "speedup_vs_pytorch_bf16": ratio("pytorch-bf16@cpu"),
+        "speedup_vs_optimum_int8": ratio("optimum-int8@cpu"),
+        "speedup_vs_optimum_fp32": ratio("optimum-fp32@cpu"),
+        "speedup_end_to_end_vs_pytorch_fp32": best["speedup_end_to_end"] if best else None,
+    }

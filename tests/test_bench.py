@@ -1,0 +1,155 @@
+"""The benchmark harness on a tiny model: fields, ordering, round-trips, plots, baselines, missing torch, Ctrl-C."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from onnxformer.benchmarks import harness
+from onnxformer.benchmarks.harness import Settings, run_benchmark
+from onnxformer.benchmarks.report import load_report, output_paths, write_report
+from onnxformer.benchmarks.stats import Budget, summarize, time_calls
+
+FAST = Budget(warmup=1, iters=3, seconds=None)
+STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "iterations", "seq_per_s", "tokens_per_s")
+ROW_NUMBERS = ("peak_rss_mb", "peak_rss_over_base_mb", "size_mb", "fidelity_cosine", "speedup_model_only",
+               "speedup_end_to_end", "fidelity_budget")
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tiny_artifact) -> dict:
+    settings = Settings(batches=[1, 2], seqs=[8, 16], threads=1, budget=FAST, providers=["cpu"])
+    return run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+
+
+def test_every_configuration_ran(tiny_report):
+    status = {c["name"]: c["status"] for c in tiny_report["configs"]}
+    assert status == {name: "ok" for name in ("pytorch-fp32@cpu", "pytorch-bf16@cpu", "optimum-fp32@cpu",
+                                              "optimum-int8@cpu", "fp32@cpu")}, tiny_report["configs"]
+    assert len(tiny_report["results"]) == 5 * 4  # every configuration × (1, 2) × (8, 16)
+    assert tiny_report["interrupted"] is False
+
+
+def test_all_fields_present_and_numeric(tiny_report):
+    for row in tiny_report["results"]:
+        for mode in ("model_only", "end_to_end"):
+            for name in STAT_FIELDS:
+                value = row[mode][name]
+                assert isinstance(value, float) and math.isfinite(value) and value > 0, (row["config"], mode, name)
+            assert row[mode]["iterations"] == 3.0
+            assert row[mode]["tokens_per_s"] == pytest.approx(row[mode]["seq_per_s"] * row["seq"])
+        for name in ROW_NUMBERS:
+            assert isinstance(row[name], float) and math.isfinite(row[name]), (row["config"], name)
+        assert row["gpu_memory_mb"] is None  # CPU only: no GPU memory to report
+        assert isinstance(row["within_budget"], bool)
+
+
+def test_percentiles_ordered(tiny_report):
+    for row in tiny_report["results"]:
+        for mode in ("model_only", "end_to_end"):
+            s = row[mode]
+            assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
+
+
+def test_fidelity_and_speedup_against_pytorch_fp32(tiny_report):
+    assert tiny_report["fidelity_reference"] == "pytorch-fp32@cpu"
+    for row in tiny_report["results"]:
+        if row["config"] == "pytorch-fp32@cpu":
+            assert row["fidelity_cosine"] == pytest.approx(1.0) and row["speedup_model_only"] == pytest.approx(1.0)
+        if row["config"] in ("fp32@cpu", "optimum-fp32@cpu"):
+            assert row["fidelity_cosine"] > 0.99999 and row["within_budget"]
+        if row["config"] == "optimum-int8@cpu":
+            assert 0.9 < row["fidelity_cosine"] < 1.0 + 1e-9
+    h = tiny_report["headline"]
+    assert (h["batch"], h["seq"]) == (1, 8)  # 1×128 not measured: first shape instead
+    assert h["best_variant"] == "fp32@cpu" and isinstance(h["speedup_vs_pytorch_fp32"], float)
+    assert isinstance(h["speedup_vs_optimum_int8"], float) and isinstance(h["speedup_vs_pytorch_bf16"], float)
+
+
+def test_environment_block(tiny_report):
+    env = tiny_report["environment"]
+    assert set(env["cpu"]["flags"]) >= {"avx512_vnni", "amx_tile", "avx2"}
+    assert env["cpu"]["physical_cores"] >= 1 and env["gpus"] == [] or isinstance(env["gpus"], list)
+    assert env["libraries"]["onnxruntime"] and env["libraries"]["torch"]
+    assert "CPUExecutionProvider" in env["onnxruntime_providers"]
+
+
+def test_json_round_trips_and_files_written(tiny_report, tmp_path):
+    paths = write_report(tiny_report, tmp_path / "out" / "bench.json")
+    assert paths == output_paths(tmp_path / "out" / "bench.json")
+    assert load_report(paths["json"]) == json.loads(json.dumps(tiny_report))
+    for key in ("latency_png", "speedup_png"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[key].stat().st_size > 5000
+    md = paths["markdown"].read_text()
+    assert "| config | batch | seq | model p50 ms" in md and "## Environment" in md and "avx512_vnni=" in md
+    assert md.count("| fp32@cpu |") == 4 and "![latency](bench-latency.png)" in md
+
+
+def test_logits_task(tiny_artifact):
+    settings = Settings(batches=[2], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False)
+    report = run_benchmark(tiny_artifact("bert", "text-classification"), settings)
+    rows = {r["config"]: r for r in report["results"]}
+    assert rows["fp32@cpu"]["fidelity_cosine"] > 0.99999
+    assert rows["pytorch-bf16@cpu"]["fidelity_cosine"] > 0.9
+
+
+def test_missing_torch_is_reported_not_a_crash(tiny_artifact, monkeypatch, tmp_path):
+    for name in ("torch", "transformers"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import torch` now raises ImportError
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"])
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+    configs = {c["name"]: c for c in report["configs"]}
+    for name in ("pytorch-fp32@cpu", "pytorch-bf16@cpu", "optimum-fp32@cpu", "optimum-int8@cpu"):
+        assert configs[name]["status"] == "unavailable"
+        assert "torch is not installed" in configs[name]["reason"] and "onnxformer[export]" in configs[name]["reason"]
+    assert configs["fp32@cpu"]["status"] == "ok"
+    assert report["fidelity_reference"] == "fp32@cpu"  # falls back to the exported fp32 graph
+    assert [r["config"] for r in report["results"]] == ["fp32@cpu"]
+    assert report["results"][0]["speedup_model_only"] is None
+    md = Path(write_report(report, tmp_path / "b.json")["markdown"]).read_text()
+    assert "## Not measured" in md and "pytorch-fp32@cpu: unavailable — PyTorch baseline unavailable: torch" in md
+
+
+def test_ctrl_c_keeps_what_was_measured(tiny_artifact):
+    def progress(done: int, total: int, what: str) -> None:
+        if what.startswith("fp32@cpu"):
+            raise KeyboardInterrupt
+
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False)
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings, progress)
+    assert report["interrupted"] is True
+    assert [r["config"] for r in report["results"]] == ["pytorch-fp32@cpu", "pytorch-bf16@cpu"]
+    assert report["results"][1]["fidelity_cosine"] > 0.9  # comparisons still computed on the partial run
+
+
+def test_failed_configuration_is_recorded(tiny_artifact, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for op X")
+
+    monkeypatch.setattr(harness, "signature", broken)
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False, baselines=False)
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+    assert report["configs"][0]["status"] == "failed"
+    assert report["configs"][0]["reason"] == "RuntimeError: no kernel for op X"
+
+
+def test_seq_over_model_limit_is_skipped(tiny_artifact):
+    settings = Settings(batches=[1], seqs=[8, 4096], threads=1, budget=FAST, providers=["cpu"], peers=False,
+                        baselines=False)
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+    assert report["skipped_shapes"][0]["seq"] == 4096 and "limit" in report["skipped_shapes"][0]["reason"]
+    assert {r["seq"] for r in report["results"]} == {8}
+
+
+def test_budget_by_iterations_and_seconds():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), Budget(warmup=2, iters=7, seconds=None))
+    assert len(samples) == 7 and len(calls) == 9
+    samples = time_calls(lambda: None, Budget(warmup=0, iters=None, seconds=0.01))
+    assert len(samples) >= 5
+    stats = summarize(samples, batch=4, seq=10)
+    assert all(isinstance(v, float) for v in stats.values())
+    assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
