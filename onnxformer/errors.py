@@ -36,3 +36,11 @@ class ProviderError(OnnxformerError):
 
 class InputError(OnnxformerError, ValueError):
     """A call to the runtime got bad input (empty list, non-string, too long, wrong task)."""
+
+
+class ServingError(OnnxformerError):
+    """The server refused a request or cannot start; ``status`` is the HTTP status a request gets for it."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app (so several servers in one process never collide)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("onnxformer_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("onnxformer_request_duration_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("onnxformer_batch_size", "items per model call", ["lane"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("onnxformer_queue_depth", "items admitted and waiting for the model",
+                                 registry=self.registry)
+
+    def track_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def observe_batch(self, lane: str, n: int) -> None:
+        self.batch_size.labels(lane=lane).observe(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no per-request task like BaseHTTPMiddleware): status and latency of every HTTP request."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), {"code": 500}
+
+        async def record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template, never the raw path
+            self.metrics.requests.labels(route=route, status=str(status["code"])).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)

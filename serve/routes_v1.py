@@ -1,0 +1,103 @@
+"""Convenience routes: OpenAI-shaped embeddings and one JSON endpoint per task."""
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal, Union
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from onnxformer.errors import ServingError
+from onnxformer.serve.httpio import parse_json, read_body, within
+from onnxformer.serve.state import ServerState, server_state
+
+router = APIRouter()
+Texts = Union[str, list[str]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # OpenAI clients send extra fields (user, …): tolerate them
+    input: Texts
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class ClassifyRequest(_Strict):
+    inputs: Texts
+    top_k: int | None = Field(default=None, ge=1)
+
+
+class TagRequest(_Strict):
+    inputs: Texts
+    aggregation: str | None = None
+
+
+class QAPair(_Strict):
+    question: str
+    context: str
+
+
+class AnswerRequest(_Strict):
+    inputs: list[QAPair]
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> dict[str, Any]:
+    state, req = await _parse(request, EmbeddingsRequest)
+    service = state.require_service(req.model)
+    texts = [req.input] if isinstance(req.input, str) else req.input
+    vectors, tokens = await within(state.config.timeout_s, service.embed(texts))
+    if req.dimensions is not None and req.dimensions != vectors.shape[1]:
+        raise ServingError(f"dimensions={req.dimensions} is not available; this model gives {vectors.shape[1]}", 400)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": service.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+@router.post("/v1/classify")
+async def classify(request: Request) -> dict[str, Any]:
+    state, req = await _parse(request, ClassifyRequest)
+    service = state.require_service()
+    results = await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k))
+    return {"model": service.name, "results": results}
+
+
+@router.post("/v1/tag")
+async def tag(request: Request) -> dict[str, Any]:
+    state, req = await _parse(request, TagRequest)
+    service = state.require_service()
+    results = await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation))
+    return {"model": service.name, "results": results}
+
+
+@router.post("/v1/answer")
+async def answer(request: Request) -> dict[str, Any]:
+    state, req = await _parse(request, AnswerRequest)
+    service = state.require_service()
+    pairs = [(p.question, p.context) for p in req.inputs]
+    if not pairs:
+        raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', 400)
+    results = await within(state.config.timeout_s, service.answer(pairs))
+    return {"model": service.name, "results": results}
+
+
+async def _parse(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:
+    state = server_state(request)
+    state.require_service()  # 503 before reading a body we could not serve
+    return state, parse_json(await read_body(request, state.config.max_body_bytes), schema)
+
+
+def _texts(inputs: Texts) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else inputs
+
+
+def _encode(vector: Any, fmt: str) -> Any:
+    if fmt == "base64":  # OpenAI's compact form: little-endian float32 bytes
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.tolist()

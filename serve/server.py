@@ -1,0 +1,34 @@
+"""Run the app under uvicorn: loopback by default, graceful shutdown on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from onnxformer.progress import console
+from onnxformer.runtime import Model
+from onnxformer.serve.app import create_app
+from onnxformer.serve.config import ServeConfig
+
+log = logging.getLogger("onnxformer.serve")
+
+
+def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning") -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=int(config.graceful_s) or None,  # in-flight requests get this long to finish
+        timeout_keep_alive=5, lifespan="on",
+    )
+
+
+def serve(directory: str | Path, config: ServeConfig, variant: str | None = None, threads: int | None = None) -> None:
+    """Load the model up front (a bad artifact is a one-line CLI error), then serve until signalled."""
+    config.check()
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+        log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", config.host)
+    kwargs = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
+    model = Model.load(directory, **kwargs)
+    app = create_app(lambda: model, config)
+    console.print(f"serving {model.manifest.get('name')} ({model.task}, {model.variant}) on http://{config.host}:{config.port}")
+    uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken
