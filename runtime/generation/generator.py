@@ -24,10 +24,7 @@ class Generator:
 
     def __init__(self, directory: Path, manifest: dict[str, Any], variant: str,
                  sessions: dict[str, ort.InferenceSession]):
-        spec = manifest.get("generation")
-        if spec is None:
-            raise ArtifactError(f"{directory} is a {manifest['task']} artifact, not a generative one; "
-                                "export a text-generation or text2text-generation checkpoint")
+        spec = generation_spec(directory, manifest)
         self.directory, self.manifest, self.variant, self.sessions = directory, manifest, variant, sessions
         self.kind: str = spec["kind"]
         self.cache_layout = spec["cache"]
@@ -44,6 +41,7 @@ class Generator:
              providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",)) -> "Generator":
         directory = Path(directory)
         manifest = load_manifest(directory)
+        generation_spec(directory, manifest)
         verify_variant(directory, manifest, variant)  # every graph of the variant, sha256-checked
         verify_files(directory, manifest["tokenizer"]["files"])
         components = manifest["variants"][variant].get("components")
@@ -121,3 +119,11 @@ class Generator:
                                       f"token limit of this model's encoder")
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
         return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history
+
+
+def generation_spec(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = manifest.get("generation")
+    if spec is None:
+        raise ArtifactError(f"{directory} is a {manifest['task']} artifact, not a generative one; "
+                            "export a text-generation or text2text-generation checkpoint")
+    return spec

@@ -1,0 +1,234 @@
+"""Generation: export + validation per family, greedy parity with transformers, streaming, stops, bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from onnxformer.errors import CheckpointError, InputError
+
+DECODERS = ("gpt2", "llama", "qwen2", "mistral")
+SEQ2SEQ = ("t5", "bart", "marian")
+PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; PyTorch is the reference"]
+
+
+@pytest.fixture(scope="session")
+def gen_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
+    from onnxformer.export.generative_random import make_generative_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in cache:
+            cache[family] = make_generative_checkpoint(tmp_path_factory.mktemp(f"gen-ckpt-{family}"), family)
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gen_artifact(gen_checkpoint, tmp_path_factory) -> Callable[[str], Path]:
+    """Exported through the public export_checkpoint (its generative dispatch). Read-only."""
+    from onnxformer.export import export_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in cache:
+            out = tmp_path_factory.mktemp(f"gen-art-{family}") / "artifact"
+            export_checkpoint(str(gen_checkpoint(family)), out)
+            cache[family] = out
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def generator(gen_artifact) -> Callable[[str], object]:
+    from onnxformer.runtime.generation import Generator
+
+    cache: dict[str, Generator] = {}
+
+    def make(family: str) -> Generator:
+        if family not in cache:
+            cache[family] = Generator.load(gen_artifact(family))
+        return cache[family]
+
+    return make
+
+
+@pytest.mark.parametrize("family", DECODERS + SEQ2SEQ)
+def test_export_records_cache_layout_and_validates(family, gen_artifact):
+    from onnxformer.runtime.manifest import load_manifest
+
+    m = load_manifest(gen_artifact(family))
+    gen = m["generation"]
+    seq2seq = family in SEQ2SEQ
+    assert m["task"] == ("text2text-generation" if seq2seq else "text-generation")
+    assert gen["kind"] == ("seq2seq" if seq2seq else "decoder")
+    cache = gen["cache"]
+    kv_heads = 2 if family in ("llama", "qwen2", "mistral") else 4
+    assert (cache["num_layers"], cache["num_heads"], cache["num_kv_heads"], cache["head_size"]) == (2, 4, kv_heads, 8)
+    assert cache["dtype"] == "float32"
+    infix = ".decoder" if seq2seq else ""
+    assert cache["past_inputs"][1] == [f"past_key_values.1{infix}.key", f"past_key_values.1{infix}.value"]
+    assert cache["present_outputs"][0] == [f"present.0{infix}.key", f"present.0{infix}.value"]
+    if seq2seq:
+        assert cache["cross_past_inputs"][0] == ["past_key_values.0.encoder.key", "past_key_values.0.encoder.value"]
+    tokens = gen["special_tokens"]
+    assert tokens["eos_token_ids"] == [2] and tokens["pad_token_id"] == 0 and tokens["bos_token_id"] == 1
+    if seq2seq:
+        assert tokens["decoder_start_token_id"] == (2 if family == "bart" else 0)
+    assert gen["max_positions"] == 128
+    # validated on several prompt lengths, each continued with a non-empty past
+    assert m["validation"]["passed"] and len(m["validation"]["cases"]) >= 2
+    assert max(m["validation"]["max_abs_diff"].values()) < 1e-4
+    fp32 = m["variants"]["fp32"]
+    assert set(fp32["components"]) == ({"encoder", "decoder", "decoder_with_past"} if seq2seq else {"decoder"})
+    assert all(f in fp32["files"] for f in fp32["components"].values())
+
+
+@pytest.mark.parametrize("family", DECODERS + SEQ2SEQ)
+def test_greedy_is_token_identical_to_transformers(family, gen_checkpoint, generator):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    seq2seq = family in SEQ2SEQ
+    ckpt = gen_checkpoint(family)
+    tok = AutoTokenizer.from_pretrained(ckpt, padding_side="right" if seq2seq else "left")
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(ckpt).eval()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
+                             max_new_tokens=32)
+    expected = (out[:, 1:] if seq2seq else out[:, enc.input_ids.shape[1]:]).tolist()
+    got = generator(family).generate_ids(PROMPTS, max_new_tokens=32)
+    for row, ids in zip(expected, got):
+        assert ids == row[: len(ids)]
+        assert all(t == tok.pad_token_id for t in row[len(ids):])  # transformers pads rows after their eos
+    assert max(len(ids) for ids in got) == 32
+    assert len({tuple(ids) for ids in got}) == len(PROMPTS)  # rows differ: a real batch, not one row copied
+    texts = generator(family).generate(PROMPTS, max_new_tokens=32)
+    assert texts == [tok.decode(ids, skip_special_tokens=True) for ids in got]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_stream_yields_the_same_text(family, generator):
+    gen = generator(family)
+    pieces = list(gen.stream(PROMPTS[0], max_new_tokens=24))
+    assert len(pieces) > 1
+    assert "".join(pieces) == gen.generate(PROMPTS[0], max_new_tokens=24)
+    sampled = dict(max_new_tokens=24, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
+    assert "".join(gen.stream(PROMPTS[1], **sampled)) == gen.generate(PROMPTS[1], **sampled)
+
+
+@pytest.mark.parametrize("family", ["llama", "bart"])
+def test_stop_sequence_ends_the_text_before_it_per_row(family, generator):
+    gen = generator(family)
+    full = gen.generate(PROMPTS, max_new_tokens=32)
+    text = full[0]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert len(stop) == 2 and stop.strip()
+    cut = text[: text.index(stop)]
+    stopped = gen.generate(PROMPTS, max_new_tokens=32, stop=[stop, "\x00never"])
+    assert stopped[0] == cut
+    for other, before in zip(stopped[1:], full[1:]):  # per-row: other rows run on unless they contain it
+        assert other == (before[: before.index(stop)] if stop in before else before)
+    assert "".join(gen.stream(PROMPTS[0], max_new_tokens=32, stop=stop)) == cut
+
+
+def test_sampling_is_reproducible_with_a_seed(generator):
+    gen = generator("qwen2")
+    opts = dict(max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, repetition_penalty=1.2)
+    a = gen.generate_ids(PROMPTS, seed=7, **opts)
+    assert a == gen.generate_ids(PROMPTS, seed=7, **opts)
+    assert a != gen.generate_ids(PROMPTS, seed=8, **opts)
+    greedy = gen.generate_ids(PROMPTS, max_new_tokens=20)
+    assert gen.generate_ids(PROMPTS, max_new_tokens=20, do_sample=True, top_k=1, seed=1) == greedy
+
+
+def test_sampling_filters():
+    from onnxformer.runtime.generation.sampling import penalize, top_k_filter, top_p_filter
+
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype=np.float32))
+    assert np.isfinite(top_k_filter(logits, 2)).tolist() == [[True, True, False, False]]
+    assert np.isfinite(top_p_filter(logits, 0.75)).tolist() == [[True, True, False, False]]
+    assert np.isfinite(top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
+    pen = penalize(np.array([[2.0, -2.0, 1.0]]), np.array([[True, True, False]]), 2.0)
+    assert pen.tolist() == [[1.0, -4.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(max_new_tokens=-3), "max_new_tokens must be an integer >= 1"),
+        (dict(do_sample=True, temperature=0.0), "temperature must be > 0 when do_sample=True"),
+        (dict(do_sample=True, temperature=-1.0), "temperature must be > 0 when do_sample=True"),
+        (dict(top_p=0.0), "top_p must be in (0, 1]"),
+        (dict(stop=[""]), "stop sequences must be non-empty strings"),
+    ],
+)
+def test_bad_options_fail_clearly(kwargs, message, generator):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        generator("gpt2").generate(PROMPTS, **kwargs)
+
+
+@pytest.mark.parametrize(("prompts", "message"), [([""], "item 0 is an empty string"), (["ok", "  "], "item 1"),
+                                                  ([], "empty list")])
+def test_empty_prompts_fail_clearly(prompts, message, generator):
+    with pytest.raises(InputError, match=message):
+        generator("gpt2").generate(prompts)
+
+
+def test_too_long_prompt_fails_unless_truncated(generator):
+    gen = generator("mistral")
+    long = "The quick brown fox jumps over the lazy dog. " * 20  # well over 128 tokens
+    with pytest.raises(InputError, match=r"prompt 1 has \d+ tokens, over the 96 tokens that fit with "
+                                         r"max_new_tokens=32 in this model's 128 positions.*truncate=True"):
+        gen.generate(["short", long], max_new_tokens=32)
+    out = gen.generate_ids(["short", long], max_new_tokens=32, truncate=True)
+    assert len(out) == 2 and all(out)
+    with pytest.raises(InputError, match="max_new_tokens=128 leaves no room"):
+        gen.generate(["short"], max_new_tokens=128)
+    with pytest.raises(InputError, match="over the 128 token limit of this model's encoder"):
+        generator("marian").generate([long])
+    assert generator("marian").generate([long], max_new_tokens=4, truncate=True)
+
+
+def test_generate_on_an_encoder_artifact_is_refused(tiny_artifact):
+    from onnxformer.errors import ArtifactError
+    from onnxformer.runtime.generation import Generator
+
+    with pytest.raises(ArtifactError, match="not a generative one"):
+        Generator.load(tiny_artifact("bert", "feature-extraction"))
+
+
+def test_unsupported_family_for_generation_is_refused(tiny_checkpoint, tmp_path):
+    from onnxformer.export import export_checkpoint
+
+    with pytest.raises(CheckpointError, match="'bert' cannot be exported for text-generation; supported"):
+        export_checkpoint(str(tiny_checkpoint("bert")), tmp_path / "out", task="text-generation")
+
+
+def test_tampered_generative_artifact_is_refused(gen_artifact, copy_artifact):
+    from onnxformer.errors import IntegrityError
+    from onnxformer.runtime.generation import Generator
+
+    art = copy_artifact(gen_artifact("t5"))
+    with open(art / "fp32" / "decoder_with_past_model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(IntegrityError, match="decoder_with_past_model.onnx does not match the manifest"):
+        Generator.load(art)
+
+
+def test_runtime_generation_does_not_import_torch(gen_artifact):
+    code = ("import sys; from onnxformer.runtime.generation import Generator; "
+            f"g = Generator.load({str(gen_artifact('gpt2'))!r}); g.generate(['hi'], max_new_tokens=3); "
+            "bad = [m for m in ('torch', 'transformers', 'onnx', 'optimum') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
