@@ -62,7 +62,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench]
+def _add_serving(sub: argparse._SubParsersAction) -> None:
+    from onnxformer.serve.cli import add_serve, add_triton  # argparse only; FastAPI/uvicorn load in the handlers
+
+    add_serve(sub)
+    add_triton(sub)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving]
 
 
 def parser() -> argparse.ArgumentParser:
