@@ -1,0 +1,152 @@
+"""Fidelity of a variant against the fp32 reference, one metric family per task.
+
+The reference is the fp32 ONNX graph, itself validated against PyTorch at export (max |Δ| recorded in
+the manifest), run on the shipped evaluation texts one text at a time (batch 1, no padding, so a
+number reflects the model and not the batch). Metrics:
+
+- feature-extraction: cosine of the pooled (and, if the checkpoint says so, normalised) embeddings;
+- text-classification: cosine of the logits and argmax agreement;
+- token-classification: per-token argmax agreement over real (unpadded) tokens;
+- question-answering: span agreement (same argmax start and end).
+
+``BUDGETS`` names, per task, the metric the accuracy budget applies to and its default value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from onnxformer.errors import QuantizationError
+from onnxformer.runtime.files import confined
+from onnxformer.runtime.pooling import l2_normalize, pool
+from onnxformer.runtime.session import create_session
+from onnxformer.runtime.tokenizer import TextTokenizer
+
+Feeds = dict[str, np.ndarray]
+Outputs = dict[str, np.ndarray]
+
+# task → (budget metric, default budget). Embeddings: the worst text must stay within cosine 0.99.
+BUDGETS: dict[str, tuple[str, float]] = {
+    "feature-extraction": ("min_cosine", 0.99),
+    "text-classification": ("argmax_agreement", 0.95),
+    "token-classification": ("token_agreement", 0.95),
+    "question-answering": ("span_agreement", 0.9),
+}
+REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation texts"
+
+
+@dataclass
+class Evaluation:
+    """The evaluation inputs of one artifact and the fp32 reference outputs on them."""
+
+    manifest: dict[str, Any]
+    feeds: list[Feeds]
+    reference: list[Outputs]
+    threads: int | None = None
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    def measure(self, model: Path) -> dict[str, Any]:
+        """Run ``model`` on the evaluation inputs and compare it with the reference."""
+        return compare(self.manifest, self.feeds, self.reference, run_model(model, self.feeds, self.threads))
+
+    def score(self, fidelity: dict[str, Any]) -> float:
+        return float(fidelity[budget_metric(self.task)])
+
+
+def budget_metric(task: str) -> str:
+    return BUDGETS[task][0]
+
+
+def default_budget(task: str) -> float:
+    return BUDGETS[task][1]
+
+
+def prepare(directory: Path, manifest: dict[str, Any], reference: Path, texts: Sequence[str],
+            threads: int | None = None) -> Evaluation:
+    """Tokenize the evaluation texts as the runtime would and run the fp32 reference on them."""
+    feeds = evaluation_feeds(directory, manifest, texts)
+    return Evaluation(manifest, feeds, run_model(reference, feeds, threads), threads)
+
+
+def evaluation_feeds(directory: Path, manifest: dict[str, Any], texts: Sequence[str]) -> list[Feeds]:
+    names = [i["name"] for i in manifest["inputs"]]
+    tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), manifest["tokenizer"], names)
+    if manifest["task"] == "question-answering":  # each text asks about the next one
+        pairs = [(q, texts[(i + 1) % len(texts)]) for i, q in enumerate(texts)]
+        return [tokenizer.encode([q], truncate=True, pair=[c]).feeds for q, c in pairs]
+    return [tokenizer.encode([t], truncate=True).feeds for t in texts]
+
+
+def run_model(model: Path, feeds: list[Feeds], threads: int | None = None) -> list[Outputs]:
+    session = create_session(model, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, f))) for f in feeds]
+
+
+def compare(manifest: dict[str, Any], feeds: list[Feeds], reference: list[Outputs],
+            outputs: list[Outputs]) -> dict[str, Any]:
+    finite = all(np.isfinite(v).all() for out in outputs for v in out.values())
+    metrics = _METRICS[manifest["task"]](manifest, feeds, reference, outputs)
+    return {"reference": REFERENCE, "texts": len(feeds), "finite": bool(finite), **metrics}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(b)  # NaN grades as 0, not as NaN
+    return (l2_normalize(a) * l2_normalize(b)).sum(axis=-1)
+
+
+def _embeddings(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+    post = manifest["postprocess"]
+
+    def pooled(o: Outputs, f: Feeds) -> np.ndarray:
+        vec = pool(o["last_hidden_state"], f["attention_mask"], post["pooling"])  # (1, C)
+        return l2_normalize(vec) if post.get("normalize") else vec
+
+    cos = np.concatenate([_cosines(pooled(o, f), pooled(r, f)) for o, r, f in zip(out, ref, feeds)])
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+
+
+def _classification(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+    got = np.concatenate([o["logits"] for o in out])  # (N, labels)
+    want = np.concatenate([r["logits"] for r in ref])
+    cos = _cosines(got, want)
+    agree = np.mean(got.argmax(-1) == want.argmax(-1))
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
+
+
+def _tokens(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+    same = total = 0
+    for o, r, f in zip(out, ref, feeds):
+        real = f["attention_mask"].astype(bool)  # (1, T)
+        same += int((o["logits"].argmax(-1) == r["logits"].argmax(-1))[real].sum())
+        total += int(real.sum())
+    return {"token_agreement": same / total}
+
+
+def _spans(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+    def span(o: Outputs) -> tuple[int, int]:
+        return int(o["start_logits"].argmax()), int(o["end_logits"].argmax())
+
+    agree = np.mean([span(o) == span(r) for o, r in zip(out, ref)])
+    return {"span_agreement": float(agree)}
+
+
+_METRICS = {
+    "feature-extraction": _embeddings,
+    "text-classification": _classification,
+    "token-classification": _tokens,
+    "question-answering": _spans,
+}
+
+
+def check_budget(budget: float) -> float:
+    """A budget is a fidelity floor in (0, 1]."""
+    if not isinstance(budget, (int, float)) or not 0.0 < float(budget) <= 1.0:
+        raise QuantizationError(f"--budget must be in (0, 1] (a fidelity floor such as 0.99), got {budget}")
+    return float(budget)

@@ -1,0 +1,108 @@
+"""FP16 with a measured overflow guard.
+
+1. Guard inputs: the longest allowed sequence, one token repeated to the limit, a heavily padded
+   batch, and the calibration texts.
+2. Activation ranges: ORT's MinMax calibrator records min/max of every float tensor (node inputs
+   and outputs) of the fp32 graph on those inputs (after ORT's symbolic shape inference, so the
+   contrib operators' tensors are seen too).
+3. Nodes that read or write a tensor beyond half the fp16 range (overflow, with 2× headroom for
+   inputs we did not try) or whose tensor lives entirely below fp16's smallest normal (it would
+   flush to zero) stay fp32, as do known-fragile operator types (hand-decomposed LayerNorm
+   statistics). ONNX Runtime's float16 converter does the rest, with fp32 inputs/outputs kept.
+4. Proof: the fp16 graph runs on the guard inputs and every output must be finite.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from onnxformer.errors import QuantizationError
+from onnxformer.quantize.calibration import TextReader
+from onnxformer.quantize.fidelity import Feeds, evaluation_feeds, run_model
+from onnxformer.quantize.shapes import annotate
+from onnxformer.quantize.source import MODEL_FILE, save_model
+
+FP16_MAX = 65504.0
+FP16_TINY = 6.104e-05  # smallest normal fp16
+HEADROOM = 2.0
+# Decomposed LayerNorm statistics (x² summed over the hidden size) overflow fp16 long before x does.
+FRAGILE_OPS = ("Pow", "ReduceMean", "ReduceSumSquare", "Sqrt", "Reciprocal")
+
+
+def guard_feeds(directory: Path, manifest: dict[str, Any], calibration: Sequence[str]) -> list[Feeds]:
+    """Inputs chosen to push activations to their extremes, plus ordinary text."""
+    limit = int(manifest["tokenizer"]["max_length"])
+    long_text = " ".join(calibration * (1 + limit // max(1, len(" ".join(calibration).split()))))
+    extremes = [[long_text], [" ".join(["the"] * limit)], [long_text, "ok"]]  # last: row 2 is nearly all padding
+    feeds = [evaluation_feeds(directory, manifest, batch)[0] if len(batch) == 1 else _batch(directory, manifest, batch)
+             for batch in extremes]
+    return feeds + evaluation_feeds(directory, manifest, calibration)
+
+
+def _batch(directory: Path, manifest: dict[str, Any], texts: list[str]) -> Feeds:
+    from onnxformer.runtime.files import confined
+    from onnxformer.runtime.tokenizer import TextTokenizer
+
+    names = [i["name"] for i in manifest["inputs"]]
+    tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), manifest["tokenizer"], names)
+    return tokenizer.encode(texts, truncate=True).feeds
+
+
+def activation_ranges(source: Path, feeds: list[Feeds], work: Path) -> dict[str, float]:
+    """max |value| of every float tensor of ``source`` over ``feeds`` (ORT's MinMax calibrator)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    typed = annotate(source, work / "typed" / MODEL_FILE)
+    calibrator = create_calibrator(typed, None, augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)
+    calibrator.collect_data(TextReader(feeds))
+    ranges = calibrator.compute_data()
+    return {name: float(max(abs(np.min(r.range_value[0])), abs(np.max(r.range_value[1]))))
+            for name, r in ranges.items()}
+
+
+def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str, str]:
+    """node name → why it stays fp32."""
+    limit = FP16_MAX / HEADROOM
+    blocked = {}
+    for node in model.graph.node:
+        values = [ranges[t] for t in (*node.input, *node.output) if t in ranges]
+        if any(v > limit for v in values):
+            blocked[node.name] = f"|x| up to {max(values):.4g} > {limit:.0f}"
+        elif values and all(0.0 < v < FP16_TINY for v in values):
+            blocked[node.name] = f"|x| at most {max(values):.3g}, below fp16's smallest normal"
+    return blocked
+
+
+def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    """Guarded fp16 conversion of ``source``; returns the graph and how it was made."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    ranges = activation_ranges(source, feeds, work)
+    model = onnx.load(str(source))
+    blocked = guarded_nodes(model, ranges)
+    ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS))
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(blocked), op_block_list=ops)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_model(half, out_dir / MODEL_FILE)
+    prove_finite(path, feeds)
+    made_by = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
+               "guard": {"inputs": len(feeds), "tensors_measured": len(ranges), "overflow_limit": FP16_MAX / HEADROOM,
+                         "max_abs_activation": max(ranges.values(), default=0.0), "fp32_nodes": blocked,
+                         "fp32_op_types": [op for op in FRAGILE_OPS if any(n.op_type == op for n in model.graph.node)],
+                         "finite_on_guard_inputs": True}}
+    return path, made_by
+
+
+def prove_finite(model: Path, feeds: list[Feeds]) -> None:
+    """Every output of ``model`` on the guard inputs must be finite."""
+    for i, out in enumerate(run_model(model, feeds)):
+        for name, value in out.items():
+            if not np.isfinite(value).all():
+                raise QuantizationError(
+                    f"the fp16 graph still produces NaN/inf in {name!r} on guard input {i} despite the guard; "
+                    "use the fp32-opt variant for this model"
+                )

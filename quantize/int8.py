@@ -1,0 +1,102 @@
+"""INT8 graphs through ``onnxruntime.quantization`` (never optimum's wrapper).
+
+- dynamic (``int8``, CPU): the fused fp32-opt graph, MatMul and the fused Attention quantized
+  (MatMulInteger / QAttention), weights per-channel int8. ``DefaultTensorType`` tells the quantizer
+  the type of contrib-op outputs that ONNX shape inference cannot see: without it, quantizing an
+  ORT-fused graph fails with "Unable to find data type for weight_name" (what breaks optimum's
+  quantizer on fused graphs with onnxruntime ≥ 1.32). ``reduce_range`` (7-bit weights) only on
+  CPUs without VNNI, where 8-bit products can saturate the 16-bit intermediate sums.
+- static QDQ (``int8-static`` on CPU, ``int8-trt`` for TensorRT): ranges from calibration texts
+  (MinMax, Entropy or Percentile), computed once and cached so the budget loop re-quantizes
+  without re-calibrating. The TensorRT flavour is symmetric int8 for activations and weights and
+  starts from the unfused fp32 graph (TensorRT cannot run ORT's contrib operators).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+from onnxformer.quantize.source import MODEL_FILE
+
+DYNAMIC_OPS = ("MatMul", "Attention")
+STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has 8-bit dot-product instructions (x86 VNNI/AMX, ARM dot-product)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False  # unknown CPU: assume the worst, reduce_range is the safe choice
+    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for f in line.split(":", 1)[-1].split()}
+    return any(flag in flags for flag in _VNNI_FLAGS)
+
+
+@dataclass
+class Int8Recipe:
+    """Everything that decides an int8 graph except which nodes stay fp32."""
+
+    mode: str  # "dynamic" | "static"
+    target: str  # "cpu" | "tensorrt"
+    reduce_range: bool
+    method: str | None = None  # calibration method (static only)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def op_types(self) -> tuple[str, ...]:
+        return DYNAMIC_OPS if self.mode == "dynamic" else STATIC_OPS
+
+    @property
+    def symmetric(self) -> bool:
+        return self.target == "tensorrt"
+
+    def options(self) -> dict[str, Any]:
+        """The options as recorded in the manifest."""
+        opts: dict[str, Any] = {"mode": self.mode, "per_channel": True, "reduce_range": self.reduce_range,
+                                "weight_type": "int8", "op_types": list(self.op_types)}
+        if self.mode == "static":
+            opts.update(format="QDQ", calibration=self.method, activation_type="int8" if self.symmetric else "uint8",
+                        symmetric=self.symmetric)
+        else:
+            opts.update(activation_type="uint8 (dynamic, per tensor)")
+        return opts
+
+
+def candidate_nodes(model: Path, op_types: Sequence[str]) -> list[str]:
+    """Nodes the quantizer would convert: the given op types with a constant (initializer) weight."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in weights]
+
+
+def quantize(source: Path, recipe: Int8Recipe, out_dir: Path, exclude: Sequence[str] = (),
+             only: Sequence[str] | None = None, reader: CalibrationDataReader | None = None,
+             cache: Path | None = None) -> Path:
+    """Quantize ``source`` into ``out_dir/model.onnx``, keeping ``exclude`` in fp32 (or quantizing only ``only``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / MODEL_FILE
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing" noise
+    common = dict(per_channel=True, reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
+                  op_types_to_quantize=list(recipe.op_types), nodes_to_exclude=list(exclude),
+                  nodes_to_quantize=list(only) if only is not None else None)
+    if recipe.mode == "dynamic":
+        quantize_dynamic(str(source), str(out), **common,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        return out
+    from onnxformer.quantize.calibration import calibration_method
+
+    quantize_static(
+        str(source), str(out), reader, quant_format=QuantFormat.QDQ, **common,
+        activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8,
+        calibrate_method=calibration_method(recipe.method or "minmax"), calibration_cache_path=cache,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True,
+                       "ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True, **recipe.extra},
+    )
+    return out
