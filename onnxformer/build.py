@@ -43,6 +43,15 @@ def export_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], 
 STAGES: list[tuple[str, Stage]] = [("export", export_stage)]
 
 
+def _quantize_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+    from onnxformer.quantize.stage import quantize_stage
+
+    return quantize_stage(args, out, progress)
+
+
+STAGES.append(("quantize", _quantize_stage))
+
+
 def build(args: argparse.Namespace) -> list[Row]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

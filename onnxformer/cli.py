@@ -69,7 +69,13 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     add_triton(sub)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving]
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    from onnxformer.quantize.cli import register  # argparse only; ONNX Runtime tooling loads in the handlers
+
+    register(sub)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving, _add_quantize]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,24 @@
+"""The quantize stage of `onnxformer build`: fp32-opt, then fp16 and dynamic int8 under the default budget."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from onnxformer.runtime.manifest import load_manifest
+
+Row = dict[str, Any]
+
+
+def quantize_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+    from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
+
+    task = load_manifest(out)["task"]
+    opt = optimize_artifact(out, progress=progress)
+    fused = ", ".join(f"{op}×{n}" for op, n in opt.record["made_by"]["fused_ops"].items())
+    rows = [{"stage": "quantize", "variant": opt.name, "detail": f"{fused}; {opt.summary(task)}", "seconds": opt.seconds}]
+    for precision in ("fp16", "int8"):
+        result = quantize_artifact(out, precision, progress=progress)
+        rows.append({"stage": "quantize", "variant": result.name, "detail": result.summary(task),
+                     "seconds": result.seconds})
+    return rows
