@@ -1,0 +1,75 @@
+"""Generative variants: fp16, int8 dynamic, int4 MatMulNBits — made by ORT tooling, measured, loadable."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxformer.errors import QuantizationError
+
+
+@pytest.fixture(scope="session", params=["gpt2", "t5"])
+def quantized(request, tmp_path_factory) -> Path:
+    from onnxformer.export import export_checkpoint
+    from onnxformer.export.generative_random import make_generative_checkpoint
+    from onnxformer.quantize.generative import quantize_generative
+
+    family = request.param
+    ckpt = make_generative_checkpoint(tmp_path_factory.mktemp(f"q-ckpt-{family}"), family)
+    out = tmp_path_factory.mktemp(f"q-art-{family}") / "artifact"
+    export_checkpoint(str(ckpt), out)
+    quantize_generative(out)
+    return out
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def test_every_variant_is_recorded_with_fidelity(quantized):
+    from onnxformer.runtime.manifest import load_manifest
+
+    m = load_manifest(quantized)
+    assert set(m["variants"]) == {"fp32", "fp16", "int8", "int4"}
+    for name in ("fp16", "int8", "int4"):
+        v = m["variants"][name]
+        fid = v["fidelity"]
+        assert fid["reference"] == "fp32" and fid["texts"] >= 3 and fid["positions"] > 100
+        assert 0.0 <= fid["next_token_agreement"] <= 1.0
+        assert fid["perplexity_delta"] == pytest.approx(fid["perplexity"] / fid["perplexity_fp32"] - 1.0)
+        assert set(v["components"]) == set(m["variants"]["fp32"]["components"])
+        assert all(rel.startswith(f"{name}/") and rel in v["files"] for rel in v["components"].values())
+    assert m["variants"]["fp16"]["cache_dtype"] == "float16"  # the KV cache itself is half size
+    assert m["variants"]["int8"]["cache_dtype"] == "float32"
+    assert m["variants"]["fp16"]["fidelity"]["next_token_agreement"] > 0.8
+
+
+def test_variants_use_the_quantized_operators(quantized):
+    from onnxformer.runtime.manifest import load_manifest
+
+    m = load_manifest(quantized)
+    decoder = Path(m["variants"]["int4"]["components"]["decoder"]).name
+    assert "MatMulNBits" in _ops(quantized / "int4" / decoder)
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(quantized / "int8" / decoder)
+    fp16 = onnx.load(str(quantized / "fp16" / decoder), load_external_data=False)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+
+
+@pytest.mark.parametrize("variant", ["fp16", "int8", "int4"])
+def test_each_variant_generates(quantized, variant):
+    from onnxformer.runtime.generation import Generator
+
+    gen = Generator.load(quantized, variant)
+    ids = gen.generate_ids(["The quick brown fox", "Hi"], max_new_tokens=6)
+    assert all(1 <= len(row) <= 6 for row in ids)
+    assert "".join(gen.stream("Hi", max_new_tokens=6)) == gen.generate("Hi", max_new_tokens=6)
+
+
+def test_bad_requests_are_refused(quantized, tiny_artifact):
+    from onnxformer.quantize.generative import quantize_generative
+
+    with pytest.raises(QuantizationError, match="unknown generative variant"):
+        quantize_generative(quantized, ["int2"])
+    with pytest.raises(QuantizationError, match="not a generative artifact"):
+        quantize_generative(tiny_artifact("bert", "feature-extraction"))
