@@ -75,7 +75,13 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving, _add_quantize]
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from onnxformer.runtime.generation.cli import add_parser  # argparse only; sessions load in the handler
+
+    add_parser(sub)
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving, _add_quantize, _add_generate]
 
 
 def parser() -> argparse.ArgumentParser:

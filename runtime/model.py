@@ -59,6 +59,21 @@ class Model:
             pooled = l2_normalize(pooled)
         return pooled.astype(np.float32)
 
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
+        """Text generation (text-generation / text2text-generation artifacts); see runtime/generation."""
+        return self._generator().generate(prompts, max_new_tokens, **options)
+
+    def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Any:
+        """Yield generated text as it is produced; joined it equals ``generate(prompt)``."""
+        return self._generator().stream(prompt, max_new_tokens, **options)
+
+    def _generator(self) -> Any:
+        from onnxformer.runtime.generation import Generator  # lazy: encoder users never load it
+
+        if getattr(self, "_generation", None) is None:
+            self._generation = Generator.from_model(self)
+        return self._generation
+
     def __repr__(self) -> str:
         return f"Model({str(self.directory)!r}, task={self.task!r}, variant={self.variant!r})"
 

@@ -232,3 +232,25 @@ def test_runtime_generation_does_not_import_torch(gen_artifact):
             "bad = [m for m in ('torch', 'transformers', 'onnx', 'optimum') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_model_generate_delegates_to_the_generator(family, gen_artifact, generator):
+    from onnxformer.runtime import Model
+
+    model = Model.load(gen_artifact(family))
+    expected = generator(family).generate(PROMPTS, max_new_tokens=12)
+    assert model.generate(PROMPTS, max_new_tokens=12) == expected
+    assert "".join(model.stream(PROMPTS[0], max_new_tokens=12)) == expected[0]
+
+
+def test_cli_generate_streams_and_reports_bad_input(gen_artifact, generator, capsys):
+    from onnxformer.cli import main
+
+    art = str(gen_artifact("gpt2"))
+    assert main(["generate", art, PROMPTS[0], "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out == generator("gpt2").generate(PROMPTS[0], max_new_tokens=10) + "\n"
+    assert main(["generate", art, "a", "b", "--sample", "--seed", "1", "--top-k", "5"]) == 0
+    assert capsys.readouterr().out.count("→") == 2
+    assert main(["generate", art, "a", "--sample", "--temperature", "0"]) == 1
+    assert "temperature must be > 0 when do_sample=True" in capsys.readouterr().err

@@ -51,6 +51,15 @@ class Generator:
                     for role, rel in components.items()}
         return cls(directory, manifest, variant, sessions)
 
+    @classmethod
+    def from_model(cls, model: Any) -> "Generator":
+        """From a loaded ``runtime.Model`` (files already verified): reuse its session, load the other graphs."""
+        record = model.manifest["variants"][model.variant]
+        generation_spec(model.directory, model.manifest)
+        sessions = {role: model.session if rel == record["file"] else create_session(confined(model.directory, rel))
+                    for role, rel in record["components"].items()}
+        return cls(model.directory, model.manifest, model.variant, sessions)
+
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
         repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
