@@ -22,7 +22,7 @@ from onnxformer.benchmarks.inputs import Inputs, make_inputs
 from onnxformer.benchmarks.postprocess import min_cosine, signature
 from onnxformer.benchmarks.providers import resolve
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, artifact_tokenizer, variant_candidates
-from onnxformer.benchmarks.stats import Budget, summarize, time_calls
+from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import ArtifactError
 from onnxformer.runtime.manifest import load_manifest
@@ -40,6 +40,7 @@ class Settings:
     providers: list[str] | None = None  # short names; None = every available one
     variants: list[str] | None = None  # None = every variant in the manifest
     baselines: bool = True  # PyTorch eager fp32 + autocast
+    baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
     peers: bool = True  # optimum ORTModel fp32 + int8
     seed: int = 0
 
@@ -109,7 +110,8 @@ def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], lis
 def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], peer: OptimumPeer | None) -> list[Candidate]:
     out: list[Candidate] = []
     if settings.baselines:
-        devices = ["cpu"] + (["cuda"] if any(p in providers for p in ("cuda", "tensorrt")) and _torch_cuda() else [])
+        gpu = ["cuda"] if any(p in providers for p in ("cuda", "tensorrt")) and _torch_cuda() else []
+        devices = settings.baseline_devices or ["cpu"] + gpu
         out += pytorch_candidates(ctx, devices)
     if peer is not None:
         out += peer.candidates()
@@ -126,66 +128,77 @@ def _torch_cuda() -> bool:
 
 def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budget, report: dict[str, Any],
                  signatures: dict, progress: Progress) -> None:
-    task = report["artifact"]["task"]
-    post = report["artifact"]["postprocess"]
-    total, done = len(candidates) * len(shapes), 0
-    for cand in candidates:
+    """Load every configuration (one at a time, measuring its memory), then time them shape by shape,
+    interleaved (stats.time_interleaved) so a shared machine's load hits all of them alike."""
+    loaded: list[tuple[dict[str, Any], Runner]] = []
+    total = len(candidates) + len(shapes) * 2
+    for i, cand in enumerate(candidates):
         config = {"name": cand.name, "kind": cand.kind, "device": cand.device, "precision": cand.precision,
                   "status": "unavailable" if cand.load is None else "ok", "reason": cand.reason}
         report["configs"].append(config)
-        if cand.load is None:
-            done += len(shapes)
-            progress(done, total, f"{cand.name}: unavailable")
-            continue
-        progress(done, total, f"{cand.name}: loading")
-        try:
-            runner = _load(cand, config)
-            for inputs in shapes:
-                progress(done, total, f"{cand.name}: batch {inputs.batch} × {inputs.seq}")
-                row, signatures[(cand.name, inputs.batch, inputs.seq)] = _measure(runner, inputs, budget, config, task, post)
-                report["results"].append({"config": cand.name, **row})
-                done += 1
-        except Exception as e:  # one configuration failing (e.g. an op without a kernel) must not lose the others
-            config.update(status="failed", reason=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-            progress(done, total, f"{cand.name}: failed ({config['reason']})")
-        runner = None
-        gc.collect()
+        if cand.load is not None:
+            progress(i, total, f"loading {cand.name}")
+            runner = _guarded(config, lambda: _load(cand, config))
+            if runner is not None:
+                loaded.append((config, runner))
+    for j, inputs in enumerate(shapes):
+        progress(len(candidates) + 2 * j, total, f"batch {inputs.batch} × {inputs.seq}: memory and fidelity")
+        active = [(c, r, row) for c, r in loaded if (row := _guarded(c, lambda: _probe(r, inputs, c, report, signatures)))]
+        loaded = [(c, r) for c, r, _ in active]  # a configuration that failed on one shape is dropped
+        progress(len(candidates) + 2 * j + 1, total, f"batch {inputs.batch} × {inputs.seq}: timing {len(active)} configurations")
+        syncs = [r.synchronize for _, r, _ in active]
+        model = time_interleaved([lambda r=r: r.model_only(inputs.feeds) for _, r, _ in active], budget, syncs)
+        e2e = time_interleaved([lambda r=r: r.end_to_end(inputs.texts) for _, r, _ in active], budget, syncs)
+        for (config, _, row), m, e in zip(active, model, e2e):
+            row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
+            report["results"].append(row)
     progress(total, total, "done")
+
+
+def _guarded(config: dict[str, Any], step: Callable[[], Any]) -> Any:
+    """Run one configuration's step; a failure (e.g. an op without a kernel) is recorded, not fatal to the others."""
+    try:
+        return step()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        config.update(status="failed", reason=f"{type(e).__name__}: {first}")
+        return None
 
 
 def _load(cand: Candidate, config: dict[str, Any]) -> Runner:
     cand.prepare()  # e.g. optimum's export: not part of this configuration's load time or memory
     gc.collect()
-    config["rss_before_load_mb"] = memory.current_rss_mb()
+    before = memory.current_rss_mb()
     config["load_average_1m"] = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     memory.reset_peak()
     start = time.perf_counter()
     runner = cand.load()
     config["load_seconds"] = time.perf_counter() - start
-    config["load_peak_rss_mb"] = memory.peak_rss_mb()
+    config["load_peak_over_base_mb"] = memory.peak_rss_mb() - before
+    config["resident_mb"] = memory.current_rss_mb() - before  # what stays resident once loaded
     config["size_mb"] = runner.size_bytes / 1e6
     return runner
 
 
-def _measure(runner: Runner, inputs: Inputs, budget: Budget, config: dict[str, Any], task: str,
-             post: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+def _probe(runner: Runner, inputs: Inputs, config: dict[str, Any], report: dict[str, Any], signatures: dict) -> dict[str, Any]:
+    """One untimed call: its peak memory above the steady state, and its outputs for the fidelity comparison."""
+    gc.collect()
+    steady = memory.current_rss_mb()
     memory.reset_peak()
     outputs = runner.model_only(inputs.feeds)
-    sig = signature(outputs, inputs.feeds["attention_mask"], task, post)
-    model = time_calls(lambda: runner.model_only(inputs.feeds), budget, runner.synchronize)
-    e2e = time_calls(lambda: runner.end_to_end(inputs.texts), budget, runner.synchronize)
-    peak = memory.peak_rss_mb()
-    row = {
+    run_peak = memory.peak_rss_mb() - steady
+    art = report["artifact"]
+    signatures[(config["name"], inputs.batch, inputs.seq)] = signature(
+        outputs, inputs.feeds["attention_mask"], art["task"], art["postprocess"])
+    return {
+        "config": config["name"],
         "batch": inputs.batch,
         "seq": inputs.seq,
-        "model_only": summarize(model, inputs.batch, inputs.seq),
-        "end_to_end": summarize(e2e, inputs.batch, inputs.seq),
-        "peak_rss_mb": peak,
-        "peak_rss_over_base_mb": peak - config["rss_before_load_mb"],
+        "peak_rss_over_base_mb": config["resident_mb"] + max(0.0, run_peak),
+        "run_peak_over_steady_mb": max(0.0, run_peak),
         "gpu_memory_mb": runner.gpu_memory_mb(),
         "size_mb": config["size_mb"],
     }
-    return row, sig
 
 
 def _add_fidelity(report: dict[str, Any], signatures: dict) -> None:

@@ -33,8 +33,9 @@ def resettable() -> bool:
 
 RESETTABLE = sys.platform.startswith("linux") and resettable()
 METHOD = (
-    "kernel peak RSS (VmHWM) reset via /proc/self/clear_refs before each configuration, read after it; "
-    "'over base' subtracts the RSS measured just before the configuration's model was loaded"
+    "in-process, Linux kernel peak RSS (VmHWM, reset through /proc/self/clear_refs): peak RSS over base = "
+    "RSS growth from loading the configuration (measured right before/after its load) + the peak above the "
+    "steady RSS during one call at that shape (VmHWM reset just before the call)"
     if RESETTABLE
     else "resource.getrusage ru_maxrss (process peak so far; not resettable on this platform)"
 )

@@ -43,7 +43,7 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
     lines += [f"{s['threads']} threads (PyTorch intra-op = ONNX Runtime intra-op), {s['warmup']} warm-up calls, "
               f"{budget} per configuration and mode; providers: {', '.join(s['providers'])}. "
               f"Created {report['created']}.", ""]
-    lines += _headline(report.get("headline"))
+    lines += _headline(report.get("headline")) + _headline(report.get("headline_gpu"))
     lines += _table(report)
     lines += _unavailable(report)
     for title, name in (images or {}).items():
@@ -56,31 +56,33 @@ def _headline(h: dict[str, Any] | None) -> list[str]:
     if not h:
         return []
     return [
-        f"## Headline (CPU, batch {h['batch']} × {h['seq']} tokens, model-only p50)", "",
+        f"## Headline ({h['device'].upper()}, batch {h['batch']} × {h['seq']} tokens, model-only p50)", "",
         f"- best variant within its fidelity budget: **{h['best_variant'] or 'none'}** "
         f"({_f(h['best_p50_ms'])} ms, cosine {_f(h['best_fidelity_cosine'], 5)})",
         f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup **{_f(h['speedup_vs_pytorch_fp32'])}×** "
         f"(end-to-end {_f(h['speedup_end_to_end_vs_pytorch_fp32'])}×)",
-        f"- vs PyTorch bf16 autocast: {_f(h['speedup_vs_pytorch_bf16'])}×; vs optimum int8: "
+        f"- vs PyTorch {'bf16' if h['device'] == 'cpu' else 'fp16'} autocast: "
+        f"{_f(h['speedup_vs_pytorch_bf16' if h['device'] == 'cpu' else 'speedup_vs_pytorch_fp16'])}×; vs optimum int8: "
         f"{_f(h['speedup_vs_optimum_int8'])}×; vs optimum fp32: {_f(h['speedup_vs_optimum_fp32'])}×", "",
     ]
 
 
 def _table(report: dict[str, Any]) -> list[str]:
     head = ("config", "batch", "seq", "model p50 ms", "p90", "p99", "mean", "e2e p50 ms", "e2e p99", "seq/s",
-            "tokens/s", "peak RSS MB", "RSS over base MB", "size MB", "cosine vs fp32", "speedup model", "speedup e2e")
+            "tokens/s", "RSS over base MB", "call peak MB", "size MB", "cosine vs fp32", "speedup model", "speedup e2e")
     lines = ["## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         m, e = r["model_only"], r["end_to_end"]
         cos = "n/a" if r["fidelity_cosine"] is None else f"{r['fidelity_cosine']:.5f}" + ("" if r["within_budget"] else " ✗")
         cells = (r["config"], str(r["batch"]), str(r["seq"]), _f(m["p50_ms"]), _f(m["p90_ms"]), _f(m["p99_ms"]),
                  _f(m["mean_ms"]), _f(e["p50_ms"]), _f(e["p99_ms"]), _f(m["seq_per_s"], 1), _f(m["tokens_per_s"], 0),
-                 _f(r["peak_rss_mb"], 0), _f(r["peak_rss_over_base_mb"], 0), _f(r["size_mb"], 1), cos,
+                 _f(r["peak_rss_over_base_mb"], 0), _f(r["run_peak_over_steady_mb"], 0), _f(r["size_mb"], 1), cos,
                  _f(r["speedup_model_only"]), _f(r["speedup_end_to_end"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Fidelity: worst-row cosine against {report.get('fidelity_reference')} on the same inputs "
               "(pooled embeddings for feature extraction, logits otherwise); ✗ = outside the precision's budget. "
-              f"Memory: {report['memory_method']}.", ""]
+              f"Memory: {report['memory_method']}. "
+              "Timing: configurations are timed in interleaved rounds, so background load hits all alike.", ""]
     return lines
 
 

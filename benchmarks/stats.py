@@ -24,19 +24,31 @@ class Budget:
         return count >= MIN_ITERS and elapsed >= (self.seconds or 0.0)
 
 
-def time_calls(fn: Callable[[], Any], budget: Budget, synchronize: Callable[[], None] = lambda: None) -> np.ndarray:
-    """Seconds per call after warm-up. ``synchronize`` waits for queued GPU work so timings are real."""
-    for _ in range(budget.warmup):
-        fn()
-    synchronize()
-    samples: list[float] = []
+def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
+                     syncs: list[Callable[[], None]] | None = None) -> list[np.ndarray]:
+    """Seconds per call for several configurations timed in rounds (one call each per round).
+
+    On a shared machine, background load then hits every configuration alike instead of whichever
+    happened to be running; ratios between configurations stay meaningful. A ``seconds`` budget is
+    per configuration, so the rounds run for ``seconds × len(calls)`` in total.
+    """
+    if not calls:
+        return []
+    syncs = syncs or [lambda: None] * len(calls)
+    for fn, sync in zip(calls, syncs):
+        for _ in range(budget.warmup):
+            fn()
+        sync()
+    samples: list[list[float]] = [[] for _ in calls]
+    per_config = Budget(budget.warmup, budget.iters, (budget.seconds or 0.0) * len(calls))
     start = time.perf_counter()
-    while not budget.done(len(samples), time.perf_counter() - start):
-        t0 = time.perf_counter()
-        fn()
-        synchronize()
-        samples.append(time.perf_counter() - t0)
-    return np.asarray(samples, dtype=np.float64)
+    while not per_config.done(len(samples[0]), time.perf_counter() - start):
+        for fn, sync, out in zip(calls, syncs, samples):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - t0)
+    return [np.asarray(s, dtype=np.float64) for s in samples]
 
 
 def summarize(seconds: np.ndarray, batch: int, seq: int) -> dict[str, float]:

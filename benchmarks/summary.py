@@ -29,13 +29,14 @@ def add_comparisons(report: dict[str, Any]) -> None:
         budget = budget_for(config["precision"])
         row["fidelity_budget"] = budget
         row["within_budget"] = row["fidelity_cosine"] is not None and row["fidelity_cosine"] >= budget
-    report["headline"] = headline(report)
+    report["headline"] = headline(report, "cpu")
+    report["headline_gpu"] = headline(report, "gpu")
 
 
-def headline(report: dict[str, Any], shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
-    """CPU, batch 1 × 128 (or the first measured shape): best ONNX variant within budget vs the references."""
-    cpu = {c["name"] for c in report["configs"] if c["device"] == "cpu"}
-    rows = [r for r in report["results"] if r["config"] in cpu]
+def headline(report: dict[str, Any], device: str = "cpu", shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
+    """Batch 1 × 128 (or the first measured shape) on ``device``: best ONNX variant within budget vs the references."""
+    on_device = {c["name"] for c in report["configs"] if c["device"] == device}
+    rows = [r for r in report["results"] if r["config"] in on_device]
     shapes = [(r["batch"], r["seq"]) for r in rows]
     if not shapes:
         return None
@@ -43,6 +44,8 @@ def headline(report: dict[str, Any], shape: tuple[int, int] = HEADLINE_SHAPE) ->
     at = {r["config"]: r for r in rows if (r["batch"], r["seq"]) == (batch, seq)}
     variants = [r for name, r in at.items() if not name.startswith(("pytorch-", "optimum-")) and r["within_budget"]]
     best = min(variants, key=lambda r: r["model_only"]["p50_ms"], default=None)
+
+    torch_device = "cpu" if device == "cpu" else "cuda"
 
     def p50(name: str) -> float | None:
         return at[name]["model_only"]["p50_ms"] if name in at else None
@@ -54,13 +57,14 @@ def headline(report: dict[str, Any], shape: tuple[int, int] = HEADLINE_SHAPE) ->
     return {
         "batch": batch,
         "seq": seq,
-        "device": "cpu",
+        "device": device,
         "best_variant": best["config"] if best else None,
         "best_p50_ms": best["model_only"]["p50_ms"] if best else None,
         "best_fidelity_cosine": best["fidelity_cosine"] if best else None,
-        "pytorch_fp32_p50_ms": p50("pytorch-fp32@cpu"),
-        "speedup_vs_pytorch_fp32": ratio("pytorch-fp32@cpu"),
+        "pytorch_fp32_p50_ms": p50(f"pytorch-fp32@{torch_device}"),
+        "speedup_vs_pytorch_fp32": ratio(f"pytorch-fp32@{torch_device}"),
         "speedup_vs_pytorch_bf16": ratio("pytorch-bf16@cpu"),
+        "speedup_vs_pytorch_fp16": ratio("pytorch-fp16@cuda"),
         "speedup_vs_optimum_int8": ratio("optimum-int8@cpu"),
         "speedup_vs_optimum_fp32": ratio("optimum-fp32@cpu"),
         "speedup_end_to_end_vs_pytorch_fp32": best["speedup_end_to_end"] if best else None,

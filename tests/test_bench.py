@@ -11,11 +11,11 @@ import pytest
 from onnxformer.benchmarks import harness
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import load_report, output_paths, write_report
-from onnxformer.benchmarks.stats import Budget, summarize, time_calls
+from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 
 FAST = Budget(warmup=1, iters=3, seconds=None)
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "iterations", "seq_per_s", "tokens_per_s")
-ROW_NUMBERS = ("peak_rss_mb", "peak_rss_over_base_mb", "size_mb", "fidelity_cosine", "speedup_model_only",
+ROW_NUMBERS = ("peak_rss_over_base_mb", "run_peak_over_steady_mb", "size_mb", "fidelity_cosine", "speedup_model_only",
                "speedup_end_to_end", "fidelity_budget")
 
 
@@ -115,14 +115,15 @@ def test_missing_torch_is_reported_not_a_crash(tiny_artifact, monkeypatch, tmp_p
 
 def test_ctrl_c_keeps_what_was_measured(tiny_artifact):
     def progress(done: int, total: int, what: str) -> None:
-        if what.startswith("fp32@cpu"):
+        if what.startswith("batch 1 × 16"):  # Ctrl-C once the first shape is measured
             raise KeyboardInterrupt
 
-    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False)
+    settings = Settings(batches=[1], seqs=[8, 16], threads=1, budget=FAST, providers=["cpu"], peers=False)
     report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings, progress)
     assert report["interrupted"] is True
-    assert [r["config"] for r in report["results"]] == ["pytorch-fp32@cpu", "pytorch-bf16@cpu"]
-    assert report["results"][1]["fidelity_cosine"] > 0.9  # comparisons still computed on the partial run
+    assert [(r["config"], r["seq"]) for r in report["results"]] == [
+        ("pytorch-fp32@cpu", 8), ("pytorch-bf16@cpu", 8), ("fp32@cpu", 8)]
+    assert report["results"][2]["fidelity_cosine"] > 0.9999  # comparisons still computed on the partial run
 
 
 def test_failed_configuration_is_recorded(tiny_artifact, monkeypatch):
@@ -145,10 +146,10 @@ def test_seq_over_model_limit_is_skipped(tiny_artifact):
 
 
 def test_budget_by_iterations_and_seconds():
-    calls = []
-    samples = time_calls(lambda: calls.append(1), Budget(warmup=2, iters=7, seconds=None))
-    assert len(samples) == 7 and len(calls) == 9
-    samples = time_calls(lambda: None, Budget(warmup=0, iters=None, seconds=0.01))
+    calls: list[str] = []
+    a, b = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], Budget(warmup=2, iters=7, seconds=None))
+    assert len(a) == len(b) == 7 and calls[:4] == ["a", "a", "b", "b"] and calls[4:8] == ["a", "b", "a", "b"]
+    (samples,) = time_interleaved([lambda: None], Budget(warmup=0, iters=None, seconds=0.01))
     assert len(samples) >= 5
     stats = summarize(samples, batch=4, seq=10)
     assert all(isinstance(v, float) for v in stats.values())
