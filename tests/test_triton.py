@@ -1,0 +1,69 @@
+"""`onnxformer triton`: the repository layout, and a config.pbtxt that parses with tritonclient's schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from onnxformer.cli import main
+from onnxformer.errors import ServingError
+from onnxformer.runtime.files import sha256_file
+from onnxformer.serve.triton import TritonOptions, export_triton
+
+
+def _parse(path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def test_onnxruntime_repository(tiny_artifact, tmp_path):
+    artifact = tiny_artifact("bert", "feature-extraction")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    target = export_triton(artifact, tmp_path / "repo", TritonOptions(instances=2, max_batch_size=16))
+    assert target == tmp_path / "repo" / manifest["name"]
+    config = _parse(target / "config.pbtxt")
+    assert config.name == manifest["name"] and config.backend == "onnxruntime" and config.max_batch_size == 16
+    assert [i.name for i in config.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(i.data_type == mc.TYPE_INT64 and list(i.dims) == [-1] for i in config.input)
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("last_hidden_state", mc.TYPE_FP32, [-1, 32])]
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_CPU)]
+    assert not config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert sha256_file(target / "1" / "model.onnx") == manifest["variants"]["fp32"]["sha256"]
+
+
+def test_tensorrt_repository_for_gpu(tiny_artifact, tmp_path):
+    artifact = tiny_artifact("bert", "text-classification")
+    options = TritonOptions(backend="tensorrt", precision="fp16", max_batch_size=8, name="clf")
+    config = _parse(export_triton(artifact, tmp_path, options) / "config.pbtxt")
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [3])]
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    (accel,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    params = dict(accel.parameters)
+    assert accel.name == "tensorrt" and params["precision_mode"] == "FP16"
+    assert params["trt_engine_cache_enable"] == "1" and params["trt_engine_cache_path"].startswith("/tmp/onnxformer-trt/clf-")
+    assert params["max_workspace_size_bytes"] == str(1 << 30)
+    assert params["trt_profile_max_shapes"] == "input_ids:8x128,attention_mask:8x128,token_type_ids:8x128"
+
+
+def test_refusals(tiny_artifact, tmp_path):
+    artifact = tiny_artifact("bert", "feature-extraction")
+    export_triton(artifact, tmp_path, TritonOptions(name="m"))
+    with pytest.raises(ServingError, match="--overwrite"):
+        export_triton(artifact, tmp_path, TritonOptions(name="m"))
+    export_triton(artifact, tmp_path, TritonOptions(name="m", overwrite=True))
+    with pytest.raises(Exception, match="variant 'int4' not in this artifact"):
+        export_triton(artifact, tmp_path, TritonOptions(variant="int4", name="x"))
+    with pytest.raises(ServingError, match="--name"):
+        export_triton(artifact, tmp_path, TritonOptions(name="../escape"))
+    with pytest.raises(ServingError, match="--instances"):
+        export_triton(artifact, tmp_path, TritonOptions(instances=0))
+
+
+def test_cli(tiny_artifact, tmp_path, capsys):
+    artifact = tiny_artifact("bert", "feature-extraction")
+    assert main(["triton", str(artifact), "--repo", str(tmp_path), "--name", "emb", "--max-batch-size", "4"]) == 0
+    assert _parse(tmp_path / "emb" / "config.pbtxt").max_batch_size == 4
+    assert main(["triton", str(tmp_path / "missing"), "--repo", str(tmp_path)]) == 1
+    assert "does not exist" in capsys.readouterr().err
