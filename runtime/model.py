@@ -1,80 +1,168 @@
-"""`Model`: load a verified artifact and run it — embeddings or raw outputs."""
+"""`Model`: a verified artifact on the best available provider, with one method per task.
+
+    model = Model.load("out/")                      # provider="auto", variant="auto"
+    model.embed(["a sentence", "another"])          # (N, C) float32
+    model.classify(texts, top_k=2)                  # [[{"label", "score"}, ...], ...]
+    model.tag(texts, aggregation="simple")          # [[{"entity_group", "score", "word", "start", "end"}, ...], ...]
+    model.answer(question, context)                 # {"score", "start", "end", "answer"}
+    model.run({"input_ids": ..., ...})              # raw tensors
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from tokenizers import Encoding
 
 from onnxformer.errors import InputError
+from onnxformer.runtime import classification, qa, tagging
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, plan_batches
+from onnxformer.runtime.binding import Runner
 from onnxformer.runtime.files import confined
-from onnxformer.runtime.manifest import load_manifest, verify_files, verify_variant
+from onnxformer.runtime.loader import LoadOptions, load
 from onnxformer.runtime.pooling import l2_normalize, pool
-from onnxformer.runtime.session import create_session
-from onnxformer.runtime.tokenizer import TextTokenizer
+from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
+
+# per batch: (feeds, encodings) → one result per encoding
+BatchFn = Callable[[dict[str, np.ndarray], Sequence[Encoding]], list[Any]]
 
 
 class Model:
-    """A loaded artifact. Thread-safe: ONNX Runtime sessions and the tokenizer are shared read-only."""
+    """A loaded artifact. Thread-safe: one Model may serve many threads (sessions and tokenizer are shared
+    read-only; I/O-binding buffers are per thread)."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], variant: str, session: Any, tokenizer: TextTokenizer):
-        self.directory = directory
-        self.manifest = manifest
-        self.variant = variant
-        self.session = session
-        self.tokenizer = tokenizer
+    def __init__(self, directory: Path, manifest: dict[str, Any], variant: str, provider: str, runner: Runner,
+                 tokenizer: TextTokenizer, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, reason: str = ""):
+        self.directory, self.manifest, self.variant, self.provider = directory, manifest, variant, provider
+        self.runner, self.tokenizer = runner, tokenizer
+        self.session = runner.session
         self.task: str = manifest["task"]
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
+        self.input_names = list(runner.inputs)
+        self.output_names = list(runner.outputs)
+        self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
+        self.reason = reason  # why this variant: logged at load, kept for callers to show
 
     @classmethod
-    def load(cls, directory: str | Path, variant: str = "fp32", threads: int | None = None) -> "Model":
+    def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "auto",
+             budget: float | dict[str, float] | None = None, threads: int | None = None, strict: bool = False,
+             *, io_binding: bool | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+             max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None) -> "Model":
+        """Verify and load an artifact. ``provider``: "auto" (TensorRT → CUDA → CPU), a name or a list;
+        ``variant``: "auto" (fastest whose recorded fidelity meets ``budget``) or a name; ``strict``: any
+        fallback is an error instead of a logged warning."""
         directory = Path(directory)
-        manifest = load_manifest(directory)
-        path = verify_variant(directory, manifest, variant)  # sha256 checked before ORT sees the file
-        tok_spec = manifest["tokenizer"]
-        verify_files(directory, tok_spec["files"])
-        session = create_session(path, threads=threads)
-        inputs = [i.name for i in session.get_inputs()]
-        tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), tok_spec, inputs)
-        return cls(directory, manifest, variant, session, tokenizer)
+        options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
+                              Path(trt_cache) if trt_cache else None)
+        loaded = load(directory, options)
+        tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), loaded.manifest["tokenizer"],
+                                  list(loaded.runner.inputs))
+        return cls(directory, loaded.manifest, loaded.choice.variant, loaded.provider, loaded.runner, tokenizer,
+                   max_batch_tokens, max_batch_size, loaded.choice.reason)
 
+    # --- raw -----------------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors in, raw tensors out (names as in the manifest)."""
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing inputs {missing}; this model takes {self.input_names}")
-        outputs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
-        return dict(zip(self.output_names, outputs))
+        if not isinstance(feeds, dict):
+            raise InputError(f"run() takes a dict of input name → array; this model takes {self.input_names}")
+        return self.runner.run(feeds)
 
-    def embed(self, texts: Sequence[str], truncate: bool = False, normalize: bool | None = None) -> np.ndarray:
-        """Sentence embeddings (N, C), pooled and normalised as the checkpoint specifies."""
-        if self.task != "feature-extraction":
-            raise InputError(f"embed() needs a feature-extraction model; this one is {self.task}")
+    # --- tasks ---------------------------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], truncate: bool = False, normalize: bool | None = None,
+              max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
+        """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies."""
+        self._require("feature-extraction", "embed")
         post = self.manifest["postprocess"]
-        batch = self.tokenizer.encode(texts, truncate=truncate)
-        states = self.run(batch.feeds)["last_hidden_state"]  # (B, T, C)
-        pooled = pool(states, batch.feeds["attention_mask"], post["pooling"])  # (B, C)
-        if normalize if normalize is not None else post.get("normalize", False):
-            pooled = l2_normalize(pooled)
-        return pooled.astype(np.float32)
+        name = "last_hidden_state" if "last_hidden_state" in self.output_names else self.output_names[0]
+        unit = normalize if normalize is not None else bool(post.get("normalize", False))
 
-    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
-        """Text generation (text-generation / text2text-generation artifacts); see runtime/generation."""
-        return self._generator().generate(prompts, max_new_tokens, **options)
+        def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
+            states = self.runner.run(feeds)[name].astype(np.float32)  # (B, T, C)
+            pooled = pool(states, feeds["attention_mask"], post["pooling"])  # (B, C)
+            return list(l2_normalize(pooled) if unit else pooled)
 
-    def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Any:
-        """Yield generated text as it is produced; joined it equals ``generate(prompt)``."""
-        return self._generator().stream(prompt, max_new_tokens, **options)
+        rows = self._batched(self.tokenizer.encodings(texts, truncate=truncate), batch, max_batch_tokens, batch_size)
+        return np.stack(rows).astype(np.float32)
 
-    def _generator(self) -> Any:
-        from onnxformer.runtime.generation import Generator  # lazy: encoder users never load it
+    def classify(self, texts: Sequence[str], top_k: int | None = 1, truncate: bool = False) -> list[list[dict[str, Any]]]:
+        """Per text, the ``top_k`` labels (None: all) with softmax/sigmoid scores, best first."""
+        self._require("text-classification", "classify")
+        post = self.manifest["postprocess"]
 
-        if getattr(self, "_generation", None) is None:
-            self._generation = Generator.from_model(self)
-        return self._generation
+        def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
+            return list(self.runner.run(feeds)["logits"].astype(np.float32))
+
+        logits = np.stack(self._batched(self.tokenizer.encodings(texts, truncate=truncate), batch))
+        return classification.top_labels(logits, post, top_k)
+
+    def tag(self, texts: Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",),
+            truncate: bool = False) -> list[list[dict[str, Any]]]:
+        """Per text, its entities with character offsets ("none": every token; "simple": adjacent tokens
+        grouped; "first"/"average"/"max": whole words first, then grouped)."""
+        self._require("token-classification", "tag")
+        tagging.check_aggregation(aggregation)
+        encodings = self.tokenizer.encodings(texts, truncate=truncate)
+        num_labels = self._logits_width()
+        labels = classification.label_names(self.manifest["postprocess"], num_labels)
+
+        def batch(feeds: dict[str, np.ndarray], encs: Sequence[Encoding]) -> list[np.ndarray]:
+            logits = self.runner.run(feeds)["logits"].astype(np.float32)  # (B, T, L)
+            return [logits[i, : len(e.ids)] for i, e in enumerate(encs)]
+
+        logits = self._batched(encodings, batch)
+        return [tagging.entities(t, e, lg, labels, self.tokenizer, aggregation, tuple(ignore_labels))
+                for t, e, lg in zip(texts, encodings, logits)]
+
+    def answer(self, question: str, context: str, top_k: int = 1, max_answer_len: int = 15,
+               doc_stride: int | None = None, max_seq_len: int | None = None,
+               handle_impossible_answer: bool = False, align_to_words: bool = True) -> dict[str, Any] | list[dict]:
+        """The best answer span in ``context`` ({"score", "start", "end", "answer"}; a list when top_k > 1).
+        A context longer than the window is split into overlapping windows (``doc_stride`` tokens shared)."""
+        self._require("question-answering", "answer")
+        if not isinstance(question, str) or not isinstance(context, str):
+            raise InputError("answer() takes one question string and one context string")
+        check_texts([question, context])
+        options = qa.QAOptions(top_k, max_answer_len, handle_impossible_answer, align_to_words).check()
+        window, stride = qa.window_defaults(self.tokenizer.max_length, max_seq_len, doc_stride)
+        spans = self.tokenizer.spans(question, context, window, stride)
+
+        def batch(feeds: dict[str, np.ndarray], encs: Sequence[Encoding]) -> list[tuple]:
+            out = self.runner.run(feeds)
+            start, end = out["start_logits"].astype(np.float32), out["end_logits"].astype(np.float32)
+            return [(e, start[i, : len(e.ids)], end[i, : len(e.ids)]) for i, e in enumerate(encs)]
+
+        windows = self._batched(spans, batch)
+        return qa.best_answers(context, windows, self.tokenizer.cls_id, options)
+
+    # --- internals -----------------------------------------------------------------------------------------
+    def _batched(self, encodings: Sequence[Encoding], fn: BatchFn, max_batch_tokens: int | None = None,
+                 batch_size: int | None = None) -> list[Any]:
+        """Run ``fn`` over length-sorted batches; results come back in the order of ``encodings``."""
+        plan = plan_batches([len(e.ids) for e in encodings], max_batch_tokens or self.max_batch_tokens,
+                            batch_size or self.max_batch_size)
+        results: list[Any] = [None] * len(encodings)
+        for indices in plan:
+            chosen = [encodings[i] for i in indices]
+            for i, value in zip(indices, fn(self.tokenizer.pad(chosen), chosen)):
+                results[i] = value
+        return results
+
+    def _require(self, task: str, method: str) -> None:
+        if self.task != task:
+            raise InputError(f"{method}() needs a {task} model; {self.directory} is {self.task} "
+                             f"(use {_METHODS[self.task]}() or run())")
+
+    def _logits_width(self) -> int:
+        for spec in self.manifest["outputs"]:
+            if spec["name"] == "logits" and isinstance(spec["shape"][-1], int):
+                return int(spec["shape"][-1])
+        return len(self.manifest["postprocess"].get("id2label") or {}) or 2
 
     def __repr__(self) -> str:
-        return f"Model({str(self.directory)!r}, task={self.task!r}, variant={self.variant!r})"
+        return (f"Model({str(self.directory)!r}, task={self.task!r}, provider={self.provider!r}, "
+                f"variant={self.variant!r})")
 
 
+_METHODS = {"feature-extraction": "embed", "text-classification": "classify", "token-classification": "tag",
+            "question-answering": "answer"}

@@ -1,6 +1,8 @@
 """Tokenization with the `tokenizers` library alone, configured from the manifest."""
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,9 +34,38 @@ class TextTokenizer:
         self._cutting = Tokenizer.from_file(str(path))
         self._cutting.no_padding()
         self._cutting.enable_truncation(self.max_length, strategy="longest_first")
+        self._json = self._strict.to_str()
+        self._spans: dict[tuple[int, int], Tokenizer] = {}  # (max_length, stride) → overflowing QA tokenizer
+        self._lock = threading.Lock()
+        model = self._strict.model
+        self.continuing_subword_prefix: str | None = getattr(model, "continuing_subword_prefix", None) or None
+        unk = getattr(model, "unk_token", None)
+        self.unk_id: int | None = self._strict.token_to_id(unk) if unk else None
+        self.cls_id: int | None = self._cls_id(path)
+
+    def _cls_id(self, path: Path) -> int | None:
+        """The [CLS]/<s> id (QA keeps it answerable as the 'no answer' slot): from tokenizer_config.json when
+        exported with one, else the usual spellings."""
+        config = path.parent / "tokenizer_config.json"
+        names = ["[CLS]", "<s>"]
+        if config.is_file():
+            token = json.loads(config.read_text()).get("cls_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            if isinstance(token, str):
+                names.insert(0, token)
+        ids = [self._strict.token_to_id(n) for n in names]
+        return next((i for i in ids if i is not None), None)
 
     def encode(self, texts: Sequence[str], truncate: bool = False, pair: Sequence[str] | None = None) -> Batch:
+        encodings = self.encodings(texts, truncate=truncate, pair=pair)
+        return Batch(self._pad(encodings), encodings)
+
+    def encodings(self, texts: Sequence[str], truncate: bool = False, pair: Sequence[str] | None = None) -> list[Encoding]:
+        """One encoding per text (no padding). Over-long text is an error unless ``truncate``: all texts are
+        checked before any is run, so a bad item never leaves partial results."""
         check_texts(texts)
+        if pair is not None:
+            check_texts(pair)
         inputs = list(zip(texts, pair)) if pair is not None else list(texts)
         encodings = self._strict.encode_batch(inputs)
         too_long = [i for i, e in enumerate(encodings) if len(e.ids) > self.max_length]
@@ -46,7 +77,38 @@ class TextTokenizer:
             )
         for i in too_long:
             encodings[i] = self._cutting.encode(*inputs[i]) if pair is not None else self._cutting.encode(inputs[i])
-        return Batch(self._pad(encodings), encodings)
+        return encodings
+
+    def pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+        """ONNX feeds (B, T) for ``encodings``, right-padded to the longest."""
+        return self._pad(list(encodings))
+
+    def spans(self, question: str, context: str, max_length: int, stride: int) -> list[Encoding]:
+        """Question + context, the context cut into overlapping windows (``stride`` tokens shared), as
+        transformers' question-answering pipeline does with ``truncation="only_second"``."""
+        try:
+            first = self._span_tokenizer(max_length, stride).encode(question, context)
+        except Exception as e:  # tokenizers raises a bare Exception when the question leaves no room
+            raise InputError(f"cannot fit the question into {max_length} tokens with a stride of {stride} "
+                             f"({e}); shorten the question or raise max_seq_len") from None
+        return [first, *first.overflowing]
+
+    def tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Join word pieces back into text the way the tokenizer's decoder does (transformers'
+        ``convert_tokens_to_string`` for fast tokenizers)."""
+        decoder = self._strict.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
+
+    def _span_tokenizer(self, max_length: int, stride: int) -> Tokenizer:
+        # Truncation settings live on the Tokenizer object, so each (length, stride) gets its own, built once.
+        with self._lock:
+            tok = self._spans.get((max_length, stride))
+            if tok is None:
+                tok = Tokenizer.from_str(self._json)
+                tok.no_padding()
+                tok.enable_truncation(max_length, stride=stride, strategy="only_second")
+                self._spans[(max_length, stride)] = tok
+            return tok
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._strict.encode_batch(list(texts))]

@@ -1,0 +1,175 @@
+"""The execution-provider registry: the one place that knows each provider's ORT name, default options,
+how to tell whether it can run here, and which precisions it takes.
+
+Resolution is plain data in, plain data out (``available`` and ``gpu`` can be injected), so fallbacks,
+strict mode and TensorRT option construction are tested on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from onnxformer.errors import ProviderError
+
+log = logging.getLogger("onnxformer.runtime")
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # short name users type: tensorrt / cuda / cpu
+    ort_name: str
+    precisions: tuple[str, ...]  # variant precisions it runs well (int8 = QDQ/dynamic, as the variant says)
+    device: str  # where I/O-bound buffers live
+    needs_gpu: bool
+    default_options: dict[str, Any] = field(default_factory=dict)
+
+
+REGISTRY: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("tensorrt", "TensorrtExecutionProvider", ("fp32", "fp16", "int8"), "cuda", True,
+                 {"device_id": 0, "trt_max_workspace_size": 4 << 30}),
+        Provider("cuda", "CUDAExecutionProvider", ("fp32", "fp16"), "cuda", True,
+                 {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}),
+        Provider("cpu", "CPUExecutionProvider", ("fp32", "int8"), "cpu", False, {}),
+    )
+}
+DEFAULT_ORDER: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+_BY_ORT_NAME = {p.ort_name.lower(): p.name for p in REGISTRY.values()}
+
+
+def provider_names(requested: str | Sequence[str]) -> list[str]:
+    """``"auto"`` → the default order; a name or list of names (short or ORT spelling) → short names."""
+    if isinstance(requested, str):
+        requested = list(DEFAULT_ORDER) if requested == "auto" else [requested]
+    if not requested:
+        raise ProviderError("provider list is empty; name at least one of tensorrt, cuda, cpu (or 'auto')")
+    names = []
+    for item in requested:
+        if not isinstance(item, str):
+            raise ProviderError(f"provider {item!r} is not a name; use tensorrt, cuda or cpu")
+        name = _BY_ORT_NAME.get(item.lower(), item.lower())
+        if name not in REGISTRY:
+            raise ProviderError(f"unknown provider {item!r}; choose from {', '.join(DEFAULT_ORDER)} or 'auto'")
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def gpu_present() -> bool:
+    """An NVIDIA device node or driver entry exists (ORT lists CUDA providers even on machines without one)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
+def gpu_name() -> str:
+    """The first GPU's model name (engine caches are GPU-specific), or ``no-gpu``."""
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        for line in Path(info).read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                return line.split(":", 1)[1].strip()
+    return os.environ.get("ONNXFORMER_GPU_NAME", "no-gpu")
+
+
+def unavailable_reason(name: str, available: Sequence[str], gpu: bool) -> str | None:
+    """Why ``name`` cannot run here, or None when it can."""
+    provider = REGISTRY[name]
+    if provider.ort_name not in available:
+        return f"{provider.ort_name} is not in this onnxruntime build (install onnxruntime-gpu for GPU providers)"
+    if provider.needs_gpu and not gpu:
+        return "no NVIDIA GPU device is present"
+    return None
+
+
+@dataclass
+class Fallbacks:
+    """Collects why each earlier provider was skipped; strict mode turns the first one into an error."""
+
+    strict: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str) -> None:
+        message = f"provider {name} skipped: {reason}"
+        if self.strict:
+            raise ProviderError(f"{message} (strict=True forbids falling back; pick another provider)")
+        log.warning("%s; falling back", message)
+        self.reasons.append(message)
+
+    def exhausted(self) -> ProviderError:
+        return ProviderError("no execution provider can run this model: " + "; ".join(self.reasons))
+
+
+def resolve(requested: str | Sequence[str], try_provider: Callable[[str], Any], *, strict: bool = False,
+            available: Sequence[str] | None = None, gpu: bool | None = None) -> Any:
+    """Try providers in order; ``try_provider(name)`` returns a result or raises ProviderError with the reason
+    (e.g. no variant fits). Returns the first result; each skip is logged, or raised when ``strict``."""
+    import onnxruntime as ort
+
+    available = list(ort.get_available_providers()) if available is None else list(available)
+    gpu = gpu_present() if gpu is None else gpu
+    fallbacks = Fallbacks(strict)
+    for name in provider_names(requested):
+        reason = unavailable_reason(name, available, gpu)
+        if reason is None:
+            try:
+                return try_provider(name)
+            except ProviderError as e:
+                reason = str(e)
+        fallbacks.skip(name, reason)
+    raise fallbacks.exhausted()
+
+
+def session_providers(name: str, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """ORT's provider list for ``name``: GPU providers keep CUDA/CPU behind them for nodes they cannot take."""
+    chain = {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"]}[name]
+    return [(REGISTRY[p].ort_name, options if p == name else dict(REGISTRY[p].default_options)) for p in chain]
+
+
+# --- TensorRT ------------------------------------------------------------------------------------------------
+
+def tensorrt_options(manifest: dict[str, Any], record: dict[str, Any], *, max_batch: int, cache_root: Path,
+                     ort_version: str, gpu: str, opt_length: int = 128) -> dict[str, Any]:
+    """fp16/int8 flags from the variant's precision, shape profiles from the declared dynamic axes and the
+    tokenizer limit, and engine/timing caches keyed so a changed model, ORT upgrade or other GPU rebuilds."""
+    precision = record.get("precision", "fp32")
+    max_length = int(manifest["tokenizer"]["max_length"])
+    options = dict(REGISTRY["tensorrt"].default_options)
+    options.update(
+        trt_fp16_enable=precision in ("fp16", "int8"),  # int8 engines keep non-quantized layers in fp16
+        trt_int8_enable=precision == "int8",
+        **shape_profiles(manifest["inputs"], max_batch, max_length, opt_length),
+    )
+    cache = engine_cache_dir(cache_root, record["sha256"], precision, ort_version, gpu)
+    options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
+                   trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
+    return options
+
+
+def shape_profiles(inputs: Sequence[dict[str, Any]], max_batch: int, max_length: int,
+                   opt_length: int = 128) -> dict[str, str]:
+    """min/opt/max shapes for every input with dynamic axes: axis 0 is the batch, other dynamic axes are tokens."""
+    rows: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for spec in inputs:
+        dynamic = {int(k) for k in (spec.get("dynamic_axes") or {})}
+        if not dynamic:
+            continue
+        limits = {"min": (1, 1), "opt": (min(max_batch, 8), min(opt_length, max_length)), "max": (max_batch, max_length)}
+        for key, (batch, tokens) in limits.items():
+            dims = [str(batch if i == 0 else tokens) if i in dynamic else str(d) for i, d in enumerate(spec["shape"])]
+            rows[key].append(f"{spec['name']}:{'x'.join(dims)}")
+    if not rows["min"]:
+        return {}
+    return {f"trt_profile_{k}_shapes": ",".join(v) for k, v in rows.items()}
+
+
+def engine_cache_dir(root: Path, sha256: str, precision: str, ort_version: str, gpu: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", gpu).strip("-") or "gpu"
+    return Path(root) / f"{sha256[:16]}-{precision}-ort{ort_version}-{slug}"
+
+
+def default_cache_root() -> Path:
+    root = os.environ.get("ONNXFORMER_TRT_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "onnxformer" / "tensorrt"
