@@ -99,7 +99,14 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
 
     size = float(sum(p.numel() * p.element_size() for p in model.parameters()))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    peak = (lambda: torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else (lambda: None)
+    def peak() -> float | None:
+        """PyTorch's CUDA allocator peak since the last call (then reset, so the next shape starts clean)."""
+        if device != "cuda":
+            return None
+        value = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return value
+
     return Runner(model_only, end_to_end, size, synchronize=sync, gpu_memory_mb=peak)
 
 

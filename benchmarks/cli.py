@@ -52,11 +52,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from onnxformer.benchmarks.harness import run_benchmark
+    from onnxformer.benchmarks.harness import preflight, run_benchmark
     from onnxformer.benchmarks.report import write_report
     from onnxformer.progress import console
 
     settings = settings_from_args(args)
+    preflight(args.directory, settings)  # user errors surface as one line, before the progress display starts
     out = Path(args.out) if args.out else Path(args.directory) / "bench.json"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:

@@ -47,13 +47,8 @@ class Settings:
 
 def run_benchmark(directory: str | Path, settings: Settings, progress: Progress = lambda *_: None) -> dict[str, Any]:
     """Measure everything ``settings`` asks for; returns the report dict (raw floats, JSON-ready)."""
-    import onnxruntime as ort
-
     directory = Path(directory)
-    manifest = load_manifest(directory)
-    if manifest["task"] not in AUTO_CLASSES:
-        raise ArtifactError(f"bench measures encoder tasks ({', '.join(AUTO_CLASSES)}); {directory} is {manifest['task']!r}")
-    providers = resolve(settings.providers, ort.get_available_providers())
+    manifest, providers = preflight(directory, settings)
     ctx = ArtifactContext(directory, manifest, settings.threads, max(settings.batches), max(settings.seqs))
     env = environment()
     report = _skeleton(directory, manifest, settings, providers, env)
@@ -68,9 +63,23 @@ def run_benchmark(directory: str | Path, settings: Settings, progress: Progress 
     finally:
         if peer is not None:
             peer.close()
+    report["load_average_1m_end"] = os.getloadavg()[0]
     _add_fidelity(report, signatures)
     add_comparisons(report)
     return report
+
+
+def preflight(directory: str | Path, settings: Settings) -> tuple[dict[str, Any], list[str]]:
+    """Every check that can fail on user input, before anything is loaded: manifest, task, providers, variants."""
+    import onnxruntime as ort
+
+    manifest = load_manifest(directory)
+    if manifest["task"] not in AUTO_CLASSES:
+        raise ArtifactError(f"bench measures encoder tasks ({', '.join(AUTO_CLASSES)}); {directory} is {manifest['task']!r}")
+    unknown = [v for v in settings.variants or [] if v not in manifest["variants"]]
+    if unknown:
+        raise ArtifactError(f"--variants {', '.join(unknown)}: not in this artifact; available: {', '.join(manifest['variants'])}")
+    return manifest, resolve(settings.providers, ort.get_available_providers())
 
 
 def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, providers: list[str],
@@ -86,6 +95,7 @@ def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, pro
                      "seconds": settings.budget.seconds, "providers": providers,
                      "variants": settings.variants or list(manifest["variants"])},
         "memory_method": memory.METHOD,
+        "load_average_1m_start": os.getloadavg()[0],  # > core count: other jobs competed for the CPU
         "environment": env,
         "configs": [],
         "results": [],

@@ -43,6 +43,13 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
     lines += [f"{s['threads']} threads (PyTorch intra-op = ONNX Runtime intra-op), {s['warmup']} warm-up calls, "
               f"{budget} per configuration and mode; providers: {', '.join(s['providers'])}. "
               f"Created {report['created']}.", ""]
+    cores = report["environment"]["cpu"]["usable_cores"] or 1
+    load = max(report.get("load_average_1m_start") or 0.0, report.get("load_average_1m_end") or 0.0)
+    if load > 0.5 * cores:
+        lines += [f"**Shared machine:** 1-minute load average {_f(report.get('load_average_1m_start'))} at start, "
+                  f"{_f(report.get('load_average_1m_end'))} at end, on {cores} cores: other jobs competed for the CPU. "
+                  "Configurations were timed in interleaved rounds so they shared that contention, but absolute "
+                  "latencies are inflated, and multi-threaded PyTorch (OpenMP) suffers more from it than ONNX Runtime.", ""]
     lines += _headline(report.get("headline")) + _headline(report.get("headline_gpu"))
     lines += _table(report)
     lines += _unavailable(report)

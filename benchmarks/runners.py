@@ -74,9 +74,7 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
     names = variants or list(ctx.manifest["variants"])
     out = []
     for name in names:
-        record = ctx.manifest["variants"].get(name)
-        if record is None:
-            raise ProviderError(f"--variants {name!r} is not in this artifact; available: {sorted(ctx.manifest['variants'])}")
+        record = ctx.manifest["variants"][name]  # names checked by harness.preflight
         targets = record.get("providers") or ["cpu"]
         for provider in providers:
             if provider not in targets:

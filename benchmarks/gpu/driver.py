@@ -83,15 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnxformer-gpu-") as tmp:
         work = args.work or Path(tmp)
         try:
-            for model in [m for m in args.models.split(",") if m]:
+            models = [m for m in args.models.split(",") if m]
+            for i, model in enumerate(models):
                 name = run_suite.NAMES[model]
                 artifact = work / name
                 run_suite.export(run_suite.checkpoint(model, work), artifact, name)
                 print(f"[{model}] {run_suite.quantize(artifact)}", flush=True)
-                settings = gpu_settings()
+                shapes = len(gpu_settings().batches) * len(gpu_settings().seqs)
+                settings = gpu_settings(seconds_per_config(deadline - time.time(), configs=8, shapes=shapes,
+                                                           models=len(models) - i))
                 settings.providers = providers
-                settings.budget = type(settings.budget)(warmup=10, iters=None, seconds=seconds_per_config(
-                    deadline - time.time(), configs=8, shapes=len(settings.batches) * len(settings.seqs)))
                 reports[name] = run_benchmark(artifact, settings, lambda d, t, what: print(f"  {d}/{t} {what}", flush=True))
                 write_report(reports[name], args.out / f"gpu-{name}.json")
                 if reports[name]["interrupted"]:

@@ -23,10 +23,10 @@ def gpu_settings(seconds: float = 1.0, batches: tuple[int, ...] = (1, 8, 32), se
                     providers=list(GPU_PROVIDERS), baseline_devices=["cuda"], peers=False)
 
 
-def seconds_per_config(remaining: float, configs: int, shapes: int) -> float:
-    """Split what is left of the time limit over every (configuration, shape, mode), keeping a reserve
-    for engine builds and report writing; never below 0.2 s (5 iterations still run)."""
-    usable = max(0.0, remaining - 120.0)
+def seconds_per_config(remaining: float, configs: int, shapes: int, models: int = 1) -> float:
+    """Split this model's share of the remaining time over every (configuration, shape, mode), keeping
+    2 minutes per model for TensorRT engine builds and loading; never below 0.2 s (5 iterations still run)."""
+    usable = max(0.0, remaining / max(1, models) - 120.0)
     return max(0.2, min(2.0, usable / max(1, configs * shapes * 2)))
 
 

@@ -1,0 +1,108 @@
+"""`onnxformer bench` and the build stage: options, files written, one-line errors; baselines from the manifest."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxformer.benchmarks import stage
+from onnxformer.benchmarks.baselines import load_pytorch, pytorch_candidates, source_path
+from onnxformer.benchmarks.cli import int_list
+from onnxformer.benchmarks.providers import provider_options, resolve, tensorrt_precisions, trt_profile
+from onnxformer.benchmarks.runners import ArtifactContext
+from onnxformer.cli import main
+from onnxformer.errors import ProviderError
+from onnxformer.runtime.manifest import load_manifest, save_manifest
+
+
+def test_bench_command_writes_every_file(tiny_artifact, tmp_path, capsys):
+    out = tmp_path / "r" / "tiny.json"
+    code = main(["bench", str(tiny_artifact("bert", "feature-extraction")), "--batch", "1", "--seq", "8",
+                 "--iters", "2", "--warmup", "1", "--threads", "1", "--no-peers", "--providers", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["iters"] == 2 and report["settings"]["threads"] == 1
+    assert {c["name"] for c in report["configs"]} == {"pytorch-fp32@cpu", "pytorch-bf16@cpu", "fp32@cpu"}
+    for name in ("tiny.md", "tiny-latency.png", "tiny-speedup.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+
+
+def test_bench_errors_are_one_line(tiny_artifact, tmp_path, capsys):
+    art = str(tiny_artifact("bert", "feature-extraction"))
+    assert main(["bench", art, "--providers", "tensorrt", "--iters", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tensorrt not available" in err and "onnxruntime-gpu" in err
+    assert main(["bench", art, "--variants", "int3", "--iters", "1", "--out", str(tmp_path / "x.json")]) == 1
+    assert "--variants int3: not in this artifact; available: fp32" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_option_parsing(tiny_artifact):
+    assert int_list("1,8,32") == [1, 8, 32]
+    with pytest.raises(SystemExit):
+        main(["bench", "x", "--batch", "1,a"])
+    with pytest.raises(SystemExit):  # --iters and --seconds are exclusive
+        main(["bench", "x", "--iters", "3", "--seconds", "1"])
+
+
+def test_build_stage_rows(tiny_artifact, copy_artifact, monkeypatch):
+    monkeypatch.setattr(stage, "BUILD_SECONDS", 0.02)
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    rows = stage.bench_stage(None, art, lambda msg: None)
+    assert [r["variant"] for r in rows] == ["pytorch-fp32@cpu", "pytorch-bf16@cpu", "fp32@cpu"]
+    assert all(r["stage"] == "bench" and r["detail"].startswith("1×128: p50 ") for r in rows)
+    assert "× PyTorch fp32" in rows[-1]["detail"] and rows[-1]["seconds"] > 0
+    assert (art / "bench.json").is_file() and (art / "bench.md").is_file()
+    load_manifest(art)  # the manifest is untouched and still loads
+
+
+def test_baseline_loaded_from_the_manifest_source(tiny_artifact, tiny_checkpoint):
+    art = tiny_artifact("bert", "feature-extraction")
+    manifest = load_manifest(art)
+    path, reason = source_path(manifest)
+    assert path == tiny_checkpoint("bert", "feature-extraction").resolve() and reason is None
+    ctx = ArtifactContext(art, manifest, threads=1, max_batch=1, max_seq=8)
+    runner = load_pytorch(ctx, path, "cpu", None)
+    from transformers import AutoModel
+    import torch
+
+    ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    with torch.inference_mode():
+        want = AutoModel.from_pretrained(path).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    np.testing.assert_allclose(runner.model_only(feeds)["last_hidden_state"], want.last_hidden_state.numpy(), atol=1e-6)
+    assert runner.size_bytes == sum(p.numel() * 4 for p in want and AutoModel.from_pretrained(path).parameters())
+    names = [c.name for c in pytorch_candidates(ctx, ["cpu"])]
+    assert names == ["pytorch-fp32@cpu", "pytorch-bf16@cpu"]
+
+
+def test_moved_source_checkpoint_is_reported(tiny_artifact, copy_artifact, tmp_path):
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    manifest = load_manifest(art)
+    manifest["source"]["path"] = str(tmp_path / "gone")
+    save_manifest(art, manifest)
+    cands = pytorch_candidates(ArtifactContext(art, manifest, 1, 1, 8), ["cpu"])
+    assert all(c.load is None and "is gone" in c.reason and "re-export" in c.reason for c in cands)
+
+
+def test_providers_and_tensorrt_options(tmp_path):
+    assert resolve(None, ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["cpu"]
+    assert resolve(None, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "tensorrt", "cuda", "cpu"]
+    assert resolve(["CUDAExecutionProvider"], ["CUDAExecutionProvider"]) == ["cuda"]
+    with pytest.raises(ProviderError, match="unknown provider 'rocm'"):
+        resolve(["rocm"], ["CPUExecutionProvider"])
+    name, opts = provider_options("tensorrt", "int8", cache_dir=tmp_path, input_names=["input_ids", "attention_mask"],
+                                  max_batch=32, max_seq=512)
+    assert name == "TensorrtExecutionProvider"
+    assert opts["trt_int8_enable"] and opts["trt_fp16_enable"] and opts["trt_engine_cache_path"] == str(tmp_path)
+    assert opts["trt_profile_max_shapes"] == "input_ids:32x512,attention_mask:32x512"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:1x128,attention_mask:1x128"
+    assert provider_options("tensorrt", "fp32")[1]["trt_fp16_enable"] is False
+    assert provider_options("cuda", "fp16") == ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"})
+    assert provider_options("cpu", "int8") == ("CPUExecutionProvider", {})
+    assert tensorrt_precisions("fp32") == ["fp32", "fp16"] and tensorrt_precisions("int8") == ["int8"]
+    assert tensorrt_precisions("fp16") == []
+    assert trt_profile(["input_ids"], 8, 64)["trt_profile_opt_shapes"] == "input_ids:1x64"
