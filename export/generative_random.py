@@ -39,8 +39,8 @@ def train_tokenizer(vocab_size: int = 384, append_eos: bool = False) -> Any:
 
 
 def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32, heads: int = 4,
-                kv_heads: int = 2, positions: int = 128) -> Any:
-    """A small config of ``family``; special ids follow the trained tokenizer."""
+                kv_heads: int = 2, positions: int = 128, **overrides: Any) -> Any:
+    """A small config of ``family``; special ids follow the trained tokenizer; ``overrides`` win."""
     from transformers import AutoConfig
 
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
@@ -63,7 +63,7 @@ def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32,
     # repeating one token, and argmax ties (which would make parity depend on rounding) are unlikely.
     init = {"t5": {"initializer_factor": 2.0}, "bart": {"init_std": 0.3}, "marian": {"init_std": 0.3}}
     kw.update(init.get(family, {"initializer_range": 0.3}))
-    return AutoConfig.for_model(family, vocab_size=vocab_size, **ids, **kw)
+    return AutoConfig.for_model(family, **{"vocab_size": vocab_size, **ids, **kw, **overrides})
 
 
 def make_generative_checkpoint(directory: str | Path, family: str, seed: int = 0, **config: Any) -> Path:
@@ -75,7 +75,7 @@ def make_generative_checkpoint(directory: str | Path, family: str, seed: int = 0
     directory = Path(directory)
     seq2seq = family in SEQ2SEQ_FAMILIES
     tok = train_tokenizer(append_eos=seq2seq)
-    cfg = tiny_config(family, tok.get_vocab_size(), **config)
+    cfg = tiny_config(family, config.pop("vocab_size", tok.get_vocab_size()), **config)
     torch.manual_seed(seed + sum(map(ord, family)))  # llama and mistral differ even with the same config
     auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
     model = auto.from_config(cfg).eval()
