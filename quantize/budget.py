@@ -91,7 +91,7 @@ def _unmet(best: BudgetResult, budget: float, metric: str, variant: str, referen
            manifest: dict[str, Any], limit: int) -> QuantizationError:
     cost = speed.ratio(best.path, reference, manifest)
     return QuantizationError(
-        f"{variant} cannot meet the budget {metric} >= {budget}: best {metric} {best.fidelity[metric]:.4f} "
+        f"{variant} cannot meet the budget {metric} >= {budget}: best {metric} {best.fidelity[metric]:.5f} "
         f"with {len(best.excluded)} of {best.candidates} quantized nodes kept in fp32 (limit {limit}), "
         f"at {cost['ratio']:.2f}x the fp32 latency ({cost['ms']:.2f} ms vs {cost['fp32_ms']:.2f} ms, batch 1); "
         "lower --budget or use fp16 / fp32-opt"

@@ -30,6 +30,10 @@ FP16_TINY = 6.104e-05  # smallest normal fp16
 HEADROOM = 2.0
 # Decomposed LayerNorm statistics (x² summed over the hidden size) overflow fp16 long before x does.
 FRAGILE_OPS = ("Pow", "ReduceMean", "ReduceSumSquare", "Sqrt", "Reciprocal")
+# Fused normalizations compute x² internally; where a kernel keeps those statistics in fp16 (ORT's CPU
+# kernels do), inputs beyond √(65504 / headroom) overflow them: such nodes stay fp32.
+NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+            "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization")
 
 
 def guard_feeds(directory: Path, manifest: dict[str, Any], calibration: Sequence[str]) -> list[Feeds]:
@@ -51,11 +55,10 @@ def _batch(directory: Path, manifest: dict[str, Any], texts: list[str]) -> Feeds
     return tokenizer.encode(texts, truncate=True).feeds
 
 
-def activation_ranges(source: Path, feeds: list[Feeds], work: Path) -> dict[str, float]:
-    """max |value| of every float tensor of ``source`` over ``feeds`` (ORT's MinMax calibrator)."""
+def activation_ranges(typed: Path, feeds: list[Feeds], work: Path) -> dict[str, float]:
+    """max |value| of every float tensor of ``typed`` (a graph with value_info) over ``feeds`` (ORT's MinMax calibrator)."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    typed = annotate(source, work / "typed" / MODEL_FILE)
     calibrator = create_calibrator(typed, None, augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=CalibrationMethod.MinMax)
     calibrator.collect_data(TextReader(feeds))
@@ -66,12 +69,15 @@ def activation_ranges(source: Path, feeds: list[Feeds], work: Path) -> dict[str,
 
 def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str, str]:
     """node name → why it stays fp32."""
-    limit = FP16_MAX / HEADROOM
+    limit, stats_limit = FP16_MAX / HEADROOM, (FP16_MAX / HEADROOM) ** 0.5
     blocked = {}
     for node in model.graph.node:
         values = [ranges[t] for t in (*node.input, *node.output) if t in ranges]
+        inputs = [ranges[t] for t in node.input if t in ranges]
         if any(v > limit for v in values):
             blocked[node.name] = f"|x| up to {max(values):.4g} > {limit:.0f}"
+        elif node.op_type in NORM_OPS and any(v > stats_limit for v in inputs):
+            blocked[node.name] = f"normalizes |x| up to {max(inputs):.4g}: x² would overflow fp16 statistics"
         elif values and all(0.0 < v < FP16_TINY for v in values):
             blocked[node.name] = f"|x| at most {max(values):.3g}, below fp16's smallest normal"
     return blocked
@@ -79,15 +85,21 @@ def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str,
 
 def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tuple[Path, dict[str, Any]]:
     """Guarded fp16 conversion of ``source``; returns the graph and how it was made."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    ranges = activation_ranges(source, feeds, work)
-    model = onnx.load(str(source))
+    typed = annotate(source, work / "typed" / MODEL_FILE)  # the converter also needs types to place its Casts
+    ranges = activation_ranges(typed, feeds, work)
+    model = onnx.load(str(typed))
     blocked = guarded_nodes(model, ranges)
     ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS))
-    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(blocked), op_block_list=ops)
+    # OnnxModel's wrapper types contrib-op tensors and then removes the fp32→fp16→fp32 Cast pairs the raw
+    # converter leaves between two fp32 nodes (such a pair would overflow exactly where the guard said not to).
+    half = OnnxModel(onnx.load(str(source)))
+    half.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
+                                  node_block_list=sorted(blocked), op_block_list=ops)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_model(half, out_dir / MODEL_FILE)
+    path = save_model(half.model, out_dir / MODEL_FILE)
     prove_finite(path, feeds)
     made_by = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
                "guard": {"inputs": len(feeds), "tensors_measured": len(ranges), "overflow_limit": FP16_MAX / HEADROOM,

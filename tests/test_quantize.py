@@ -1,0 +1,287 @@
+"""Quantize stage: guarded fp16, int8 dynamic/static, per-task fidelity, the budget loop, bad input.
+
+Tiny random models barely notice quantization (the residual stream dwarfs every MatMul), so the
+budget tests use a "loud" tiny BERT whose encoder weights are scaled up ×30: int8 then visibly
+hurts it, as it hurts real models. The fp16 guard test scales one FFN weight so that an activation
+exceeds fp16's 65504.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxformer.cli import main
+from onnxformer.errors import QuantizationError
+from onnxformer.quantize import fp16, int8
+from onnxformer.quantize.fidelity import evaluation_feeds, run_model
+from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
+from onnxformer.quantize.texts import calibration_texts, evaluation_texts
+from onnxformer.runtime.manifest import MANIFEST_NAME, load_manifest, verify_variant
+
+
+def _scaled_checkpoint(src: Path, dst: Path, scale_fn) -> Path:
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(src)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            scale_fn(name, param)
+    model.save_pretrained(dst)
+    for f in src.iterdir():  # tokenizer files
+        if f.suffix in (".txt", ".json") and f.name != "config.json":
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def _export(checkpoint: Path, out: Path) -> Path:
+    from onnxformer.export import export_checkpoint
+
+    export_checkpoint(str(checkpoint), out, task="feature-extraction")
+    return out
+
+
+@pytest.fixture(scope="session")
+def loud_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """Tiny BERT with encoder matrices ×30: full int8 misses a 0.99 min-cosine budget."""
+    def loud(name, param):
+        if "encoder" in name and name.endswith("weight") and param.dim() == 2:
+            param.mul_(30.0)
+
+    root = tmp_path_factory.mktemp("loud")
+    ckpt = _scaled_checkpoint(tiny_checkpoint("bert"), root / "ckpt", loud)
+    art = _export(ckpt, root / "artifact")
+    optimize_artifact(art)
+    return art
+
+
+@pytest.fixture(scope="session")
+def overflow_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """Tiny BERT whose layer-0 FFN input projection is ×2e5: its output exceeds 65504, LayerNorm tames it."""
+    def overflow(name, param):
+        if name == "encoder.layer.0.intermediate.dense.weight":
+            param.mul_(2e5)
+
+    root = tmp_path_factory.mktemp("overflow")
+    return _export(_scaled_checkpoint(tiny_checkpoint("bert"), root / "ckpt", overflow), root / "artifact")
+
+
+def _snapshot(art: Path) -> bytes:
+    return (art / MANIFEST_NAME).read_bytes()
+
+
+def _verify_all(art: Path) -> dict:
+    manifest = load_manifest(art)
+    for name in manifest["variants"]:
+        verify_variant(art, manifest, name)  # sha256 of every file matches
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- texts
+
+def test_texts_are_varied_and_disjoint():
+    evaluation, calibration = evaluation_texts(), calibration_texts()
+    assert len(evaluation) >= 30 and len(calibration) >= 30
+    assert not set(evaluation) & set(calibration)
+    assert any(len(t.split()) == 1 for t in evaluation) and any(len(t) > 400 for t in evaluation)
+    assert any("def " in t for t in evaluation)  # code
+    assert any(ord(c) > 0x3000 for t in evaluation for c in t)  # CJK
+
+
+def test_vnni_detection(tmp_path):
+    with_vnni, without = tmp_path / "a", tmp_path / "b"
+    with_vnni.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n")
+    without.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert int8.has_vnni(with_vnni) and not int8.has_vnni(without)
+    assert not int8.has_vnni(tmp_path / "missing")  # unknown CPU → reduce_range, the safe side
+
+
+# ----------------------------------------------------------------------------------------------- fp16
+
+def test_fp16_guard_keeps_overflowing_nodes_fp32(overflow_artifact, copy_artifact):
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    art = copy_artifact(overflow_artifact)
+    before = _snapshot(art)
+    record = quantize_artifact(art, "fp16", budget=0.9).record
+    guard = record["made_by"]["guard"]
+    assert guard["max_abs_activation"] > 65504
+    assert any("intermediate" in node or "Gelu" in node for node in guard["fp32_nodes"]), guard["fp32_nodes"]
+    assert record["fidelity"]["finite"] and record["fidelity"]["min_cosine"] > 0.99
+    manifest = _verify_all(art)
+    assert set(manifest["variants"]) == {"fp32", "fp32-opt", "fp16"} and _snapshot(art) != before
+    # fp32 inputs/outputs kept; the blocked node really is float32 inside the fp16 graph
+    graph = onnx.load(str(art / "fp16" / "model.onnx")).graph
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.output)
+    feeds = fp16.guard_feeds(art, manifest, calibration_texts())
+    assert all(np.isfinite(v).all() for out in run_model(art / "fp16" / "model.onnx", feeds) for v in out.values())
+    # the guard is needed: an unguarded conversion of the same graph overflows to inf inside
+    naive = OnnxModel(onnx.load(str(art / "fp32-opt" / "model.onnx")))
+    naive.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True)
+    naive.model.graph.output.extend(onnx.ValueInfoProto(name=o) for n in naive.model.graph.node for o in n.output)
+    onnx.save(naive.model, art / "naive.onnx")
+    values = [v for out in run_model(art / "naive.onnx", feeds[:3]) for v in out.values() if v.dtype.kind == "f"]
+    assert not all(np.isfinite(v).all() for v in values)
+
+
+def test_fp16_on_ordinary_model_guards_nothing(tiny_artifact, copy_artifact):
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    record = quantize_artifact(art, "fp16").record
+    assert record["made_by"]["guard"]["fp32_nodes"] == {}
+    assert record["fidelity"]["min_cosine"] > 0.999 and record["providers"] == ["cuda"]
+    _verify_all(art)
+
+
+# ----------------------------------------------------------------------------------------------- int8
+
+def test_int8_dynamic_on_fused_graph_budget_forces_exclusions(loud_artifact, copy_artifact):
+    art = copy_artifact(loud_artifact)
+    full = quantize_artifact(art, "int8", budget=0.01).record
+    assert full["made_by"]["budget"]["excluded_nodes"] == []
+    assert full["fidelity"]["min_cosine"] < 0.99  # int8 really hurts the loud model
+    graph = onnx.load(str(art / "int8" / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QAttention", "MatMulInteger"} <= ops and "EmbedLayerNormalization" in ops  # fused + int8
+    assert full["made_by"]["per_channel"] and full["made_by"]["reduce_range"] == (not int8.has_vnni())
+
+    record = quantize_artifact(art, "int8", budget=0.99).record  # default budget, replaces the variant
+    budget = record["made_by"]["budget"]
+    assert budget["excluded_nodes"] and budget["met"]
+    assert record["fidelity"]["min_cosine"] >= 0.99 > full["fidelity"]["min_cosine"]
+    graph = onnx.load(str(art / "int8" / "model.onnx")).graph
+    kept = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention")}
+    assert set(budget["excluded_nodes"]) <= kept  # excluded nodes really stayed fp32
+    assert record["speed_cpu"]["ratio"] > 0
+    _verify_all(art)
+
+
+def test_budget_that_cannot_be_met_fails_with_best_fidelity(loud_artifact, copy_artifact):
+    art = copy_artifact(loud_artifact)
+    before = _snapshot(art)
+    with pytest.raises(QuantizationError) as err:
+        quantize_artifact(art, "int8", budget=1.0)
+    message = str(err.value)
+    assert "cannot meet the budget min_cosine >= 1.0" in message and "best min_cosine 0.9" in message
+    assert "x the fp32 latency" in message and "kept in fp32" in message
+    assert _snapshot(art) == before and not (art / "int8").exists()
+    assert not list(art.glob(".quantize-*"))  # scratch removed
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
+    art = copy_artifact(loud_artifact)
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(calibration_texts()[:12]) + "\n")
+    record = quantize_artifact(art, "int8", mode="static", target=target, calibration=cal, method="percentile",
+                               budget=0.05).record
+    name = "int8-static" if target == "cpu" else "int8-trt"
+    assert load_manifest(art)["variants"][name] == record
+    graph = onnx.load(str(art / name / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    made_by = record["made_by"]
+    assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 12
+    if target == "tensorrt":  # symmetric int8, from the unfused graph: no ORT contrib ops for TensorRT
+        assert made_by["from"] == "fp32" and record["providers"] == ["tensorrt"]
+        assert not ops & {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
+        inits = {i.name: i for i in graph.initializer}
+        zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in graph.node
+                       if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+        assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
+    else:
+        assert made_by["from"] == "fp32-opt" and "Attention" in ops
+    _verify_all(art)
+
+
+@pytest.mark.parametrize("task,metric", [("text-classification", "argmax_agreement"),
+                                         ("token-classification", "token_agreement"),
+                                         ("question-answering", "span_agreement")])
+def test_task_fidelity_metrics(task, metric, tiny_artifact, copy_artifact):
+    art = copy_artifact(tiny_artifact("bert", task))
+    record = quantize_artifact(art, "int8").record
+    fidelity = record["fidelity"]
+    assert 0.95 <= fidelity[metric] <= 1.0 and fidelity["finite"] and fidelity["texts"] == len(evaluation_texts())
+    assert record["made_by"]["budget"]["metric"] == metric
+    _verify_all(art)
+
+
+def test_qa_pairs_each_text_with_a_context(tiny_artifact):
+    art = tiny_artifact("bert", "question-answering")
+    feeds = evaluation_feeds(art, load_manifest(art), ["Who?", "Alice went home."])
+    assert (feeds[0]["token_type_ids"] == 1).any()  # a real (question, context) pair
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def _bad_inputs(art: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    empty, binary = tmp / "empty.txt", tmp / "binary.txt"
+    empty.write_text("\n  \n")
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    d = str(art)
+    return [
+        (["quantize", str(tmp / "nowhere"), "--precision", "int8"], "does not exist"),
+        (["quantize", d, "--precision", "int4"], "unknown precision 'int4'"),
+        (["quantize", d, "--precision", "fp16", "--target", "cpu"], "no fp16 variant for --target cpu"),
+        (["quantize", d, "--precision", "int8", "--target", "cuda"], "no int8 dynamic variant for --target cuda"),
+        (["quantize", d, "--precision", "int8", "--mode", "dynamic", "--target", "tensorrt"], "valid:"),
+        (["quantize", d, "--precision", "int8", "--target", "tpu"], "unknown target 'tpu'"),
+        (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(empty)], "is empty"),
+        (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(tmp / "no.txt")],
+         "cannot read calibration file"),
+        (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(binary)], "not UTF-8"),
+        (["quantize", d, "--precision", "int8", "--mode", "static", "--method", "kmeans"], "unknown calibration method"),
+        (["quantize", d, "--precision", "int8", "--budget", "0"], "--budget must be in (0, 1]"),
+        (["quantize", d, "--precision", "int8", "--budget", "1.5"], "--budget must be in (0, 1]"),
+        (["quantize", d, "--precision", "int8", "--budget", "-0.2"], "--budget must be in (0, 1]"),
+        (["quantize", d, "--precision", "int8", "--budget", "nan"], "--budget must be in (0, 1]"),
+        (["quantize", d, "--precision", "int8", "--budget", "high"], "--budget must be a number"),
+        (["quantize", d, "--precision", "int8", "--from", "int8"], "already quantized"),
+        (["quantize", d, "--precision", "int8", "--from", "fp99"], "variant 'fp99' is not in"),
+    ]
+
+
+def test_bad_input_is_one_line_and_leaves_manifest_identical(loud_artifact, copy_artifact, tmp_path, capsys):
+    art = copy_artifact(loud_artifact)
+    quantize_artifact(art, "int8", budget=0.01)  # so that `--from int8` names an existing, quantized variant
+    files = sorted(p.relative_to(art) for p in art.rglob("*"))
+    before = _snapshot(art)
+    for argv, expected in _bad_inputs(art, tmp_path):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("onnxformer: error:") and "\n" not in err and expected in err, (argv, err)
+        assert _snapshot(art) == before, argv
+        assert sorted(p.relative_to(art) for p in art.rglob("*")) == files, argv
+    assert main(["quantize", str(tmp_path), "--precision", "int8"]) == 1  # a directory without manifest
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_already_quantized_fp32_file_is_refused(loud_artifact, copy_artifact, capsys):
+    """An artifact whose fp32 graph is secretly quantized (and re-hashed): refused by inspecting the graph."""
+    from onnxformer.runtime.manifest import save_manifest, variant_record
+
+    art = copy_artifact(loud_artifact)
+    quantize_artifact(art, "int8", budget=0.01)
+    shutil.copy(art / "int8" / "model.onnx", art / "fp32" / "model.onnx")
+    manifest = load_manifest(art)
+    old = manifest["variants"]["fp32"]
+    manifest["variants"]["fp32"] = variant_record(art, "fp32/model.onnx", precision="fp32", providers=old["providers"],
+                                                  made_by=old["made_by"])
+    save_manifest(art, manifest)
+    before = _snapshot(art)
+    for argv in (["optimize", str(art)], ["quantize", str(art), "--precision", "fp16"]):
+        assert main(argv) == 1
+        assert "already contains quantized operators" in capsys.readouterr().err
+        assert _snapshot(art) == before
+
+
+def test_cli_quantize_then_manifest_verifies(tiny_artifact, copy_artifact, capsys):
+    art = copy_artifact(tiny_artifact("roberta", "feature-extraction"))
+    assert main(["quantize", str(art), "--precision", "int8"]) == 0  # fuses on the fly, publishes both
+    assert "int8: min_cosine" in capsys.readouterr().err
+    manifest = _verify_all(art)
+    assert manifest["variants"]["int8"]["made_by"]["from"] == "fp32-opt"
+    assert manifest["variants"]["int8"]["made_by"]["fused_ops"]["Attention"] == 2
