@@ -254,3 +254,27 @@ def test_cli_generate_streams_and_reports_bad_input(gen_artifact, generator, cap
     assert capsys.readouterr().out.count("→") == 2
     assert main(["generate", art, "a", "--sample", "--temperature", "0"]) == 1
     assert "temperature must be > 0 when do_sample=True" in capsys.readouterr().err
+
+
+def test_kv_cache_is_written_in_place_into_preallocated_buffers(generator):
+    """ORT writes each step's present straight into our buffers (no per-token allocation), and the
+    cached keys/values equal a plain run over the whole sequence."""
+    from onnxformer.runtime.generation.decoder import DecoderStepper, positions_from_mask
+
+    gen = generator("llama")
+    prompts = gen.prompts.encode(PROMPTS, 100, False, "positions")
+    stepper = DecoderStepper(gen.sessions["decoder"], gen.cache_layout, prompts, max_new=4)
+    addresses = stepper.cache.buffer_addresses()
+    tokens = stepper.first().argmax(-1)
+    stepper.next(tokens)
+    assert stepper.cache.buffer_addresses() == addresses and stepper.cache.length == prompts.ids.shape[1] + 1
+
+    session = gen.sessions["decoder"]
+    ids = np.concatenate([prompts.ids, tokens[:, None]], axis=1)
+    mask = np.concatenate([prompts.mask, np.ones_like(tokens[:, None])], axis=1)
+    empty = np.zeros((len(ids), 2, 0, 8), dtype=np.float32)
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask)}
+    feeds.update({n: empty for pair in gen.cache_layout["past_inputs"] for n in pair})
+    presents = session.run([n for pair in gen.cache_layout["present_outputs"] for n in pair], feeds)
+    for i, expected in enumerate(presents):
+        np.testing.assert_allclose(stepper.cache.host_view(i), expected, atol=1e-5)

@@ -48,6 +48,16 @@ class KVCache:
         for name, buf in zip(self.present, dst):
             binding.bind_output(name, self.device, 0, self.dtype, self.shape(self.length + new_tokens), buf.data_ptr())
 
+    def host_view(self, index: int) -> np.ndarray:
+        """The past tensor ``index`` (order of ``past``) as a numpy view of its buffer (CPU only; for checks)."""
+        if self.device != "cpu":
+            raise RuntimeError("host_view() reads CPU buffers; the cache lives on the GPU")
+        flat = self._buffers[self._current][index].numpy()  # shares memory with the OrtValue
+        return flat[: int(np.prod(self.shape(self.length)))].reshape(self.shape(self.length))
+
+    def buffer_addresses(self) -> list[int]:
+        return [buf.data_ptr() for pair in self._buffers for buf in pair]
+
     def advance(self, new_tokens: int) -> None:
         """After a run: the presents just written become the past."""
         self.length += new_tokens

@@ -19,8 +19,8 @@ from onnxformer.runtime.session import create_session
 
 
 class Generator:
-    """Text generation from an artifact exported by ``export/generative.py``. Not thread-safe per call:
-    each call builds its own cache, so concurrent calls are fine; the sessions are shared read-only."""
+    """Text generation from an artifact exported by ``export/generative.py``. Thread-safe: every call
+    builds its own cache and state; the ONNX Runtime sessions are shared read-only."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], variant: str,
                  sessions: dict[str, ort.InferenceSession]):
@@ -125,7 +125,7 @@ class Generator:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
                              "decoder positions; lower it")
         sources = self.prompts.encode(batch, self.max_positions, opts.truncate,
-                                      f"token limit of this model's encoder")
+                                      "token limit of this model's encoder")
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
         return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history
 
