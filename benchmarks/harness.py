@@ -49,7 +49,7 @@ def run_benchmark(directory: str | Path, settings: Settings, progress: Progress 
     """Measure everything ``settings`` asks for; returns the report dict (raw floats, JSON-ready)."""
     directory = Path(directory)
     manifest, providers = preflight(directory, settings)
-    ctx = ArtifactContext(directory, manifest, settings.threads, max(settings.batches), max(settings.seqs))
+    ctx = ArtifactContext(directory, manifest, settings.threads, max(settings.batches))
     env = environment()
     report = _skeleton(directory, manifest, settings, providers, env)
     shapes, report["skipped_shapes"] = _shapes(ctx, settings)

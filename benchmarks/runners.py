@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from onnxformer.benchmarks.postprocess import finish
-from onnxformer.benchmarks.providers import GPU_PROVIDERS, provider_options, tensorrt_precisions
+from onnxformer.benchmarks.providers import GPU_PROVIDERS, tensorrt_precisions, variant_providers
 from onnxformer.errors import ProviderError
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.manifest import verify_files, verify_variant
@@ -50,8 +50,7 @@ class ArtifactContext:
     directory: Path
     manifest: dict[str, Any]
     threads: int
-    max_batch: int
-    max_seq: int
+    max_batch: int  # TensorRT shape profiles cover up to this batch
 
     @property
     def task(self) -> str:
@@ -90,10 +89,9 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
 def _variant_loader(ctx: ArtifactContext, variant: str, provider: str, build: str) -> Callable[[], Runner]:
     def load() -> Runner:
         path = verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before ONNX Runtime sees the file
-        names = [i["name"] for i in ctx.manifest["inputs"]]
-        full, options = provider_options(provider, build, cache_dir=path.parent / ".trt-cache",
-                                         input_names=names, max_batch=ctx.max_batch, max_seq=ctx.max_seq)
-        chosen = [(full, options)] if provider == "cpu" else [(full, options), "CPUExecutionProvider"]
+        record = ctx.manifest["variants"][variant]
+        chosen = variant_providers(provider, ctx.manifest, record, build, max_batch=ctx.max_batch)
+        full = chosen[0][0]
         session = create_session(path, providers=chosen, options=session_options(ctx.threads))
         if session.get_providers()[0] != full:
             raise ProviderError(f"{variant} did not load on {full} (got {session.get_providers()}); check the GPU install")

@@ -9,7 +9,7 @@ import pytest
 from onnxformer.benchmarks import stage
 from onnxformer.benchmarks.baselines import load_pytorch, pytorch_candidates, source_path
 from onnxformer.benchmarks.cli import int_list
-from onnxformer.benchmarks.providers import provider_options, resolve, tensorrt_precisions, trt_profile
+from onnxformer.benchmarks.providers import resolve, tensorrt_precisions, variant_providers
 from onnxformer.benchmarks.runners import ArtifactContext
 from onnxformer.cli import main
 from onnxformer.errors import ProviderError
@@ -63,17 +63,18 @@ def test_baseline_loaded_from_the_manifest_source(tiny_artifact, tiny_checkpoint
     manifest = load_manifest(art)
     path, reason = source_path(manifest)
     assert path == tiny_checkpoint("bert", "feature-extraction").resolve() and reason is None
-    ctx = ArtifactContext(art, manifest, threads=1, max_batch=1, max_seq=8)
+    ctx = ArtifactContext(art, manifest, threads=1, max_batch=1)
     runner = load_pytorch(ctx, path, "cpu", None)
     from transformers import AutoModel
     import torch
 
     ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    reference = AutoModel.from_pretrained(path).eval()
     with torch.inference_mode():
-        want = AutoModel.from_pretrained(path).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        want = reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
     np.testing.assert_allclose(runner.model_only(feeds)["last_hidden_state"], want.last_hidden_state.numpy(), atol=1e-6)
-    assert runner.size_bytes == sum(p.numel() * 4 for p in want and AutoModel.from_pretrained(path).parameters())
+    assert runner.size_bytes == sum(p.numel() * 4 for p in reference.parameters())  # fp32 weights in memory
     names = [c.name for c in pytorch_candidates(ctx, ["cpu"])]
     assert names == ["pytorch-fp32@cpu", "pytorch-bf16@cpu"]
 
@@ -83,26 +84,27 @@ def test_moved_source_checkpoint_is_reported(tiny_artifact, copy_artifact, tmp_p
     manifest = load_manifest(art)
     manifest["source"]["path"] = str(tmp_path / "gone")
     save_manifest(art, manifest)
-    cands = pytorch_candidates(ArtifactContext(art, manifest, 1, 1, 8), ["cpu"])
+    cands = pytorch_candidates(ArtifactContext(art, manifest, 1, 1), ["cpu"])
     assert all(c.load is None and "is gone" in c.reason and "re-export" in c.reason for c in cands)
 
 
-def test_providers_and_tensorrt_options(tmp_path):
+def test_providers_and_tensorrt_options(tiny_artifact, tmp_path):
     assert resolve(None, ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["cpu"]
     assert resolve(None, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         "tensorrt", "cuda", "cpu"]
     assert resolve(["CUDAExecutionProvider"], ["CUDAExecutionProvider"]) == ["cuda"]
     with pytest.raises(ProviderError, match="unknown provider 'rocm'"):
         resolve(["rocm"], ["CPUExecutionProvider"])
-    name, opts = provider_options("tensorrt", "int8", cache_dir=tmp_path, input_names=["input_ids", "attention_mask"],
-                                  max_batch=32, max_seq=512)
-    assert name == "TensorrtExecutionProvider"
-    assert opts["trt_int8_enable"] and opts["trt_fp16_enable"] and opts["trt_engine_cache_path"] == str(tmp_path)
-    assert opts["trt_profile_max_shapes"] == "input_ids:32x512,attention_mask:32x512"
-    assert opts["trt_profile_opt_shapes"] == "input_ids:1x128,attention_mask:1x128"
-    assert provider_options("tensorrt", "fp32")[1]["trt_fp16_enable"] is False
-    assert provider_options("cuda", "fp16") == ("CUDAExecutionProvider", {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"})
-    assert provider_options("cpu", "int8") == ("CPUExecutionProvider", {})
+    manifest = load_manifest(tiny_artifact("bert", "feature-extraction"))
+    record = manifest["variants"]["fp32"]
+    chain = variant_providers("tensorrt", manifest, record, "int8", max_batch=32, cache_root=tmp_path, gpu="Test GPU")
+    assert [name for name, _ in chain] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = chain[0][1]
+    assert opts["trt_int8_enable"] and opts["trt_fp16_enable"] and str(tmp_path) in opts["trt_engine_cache_path"]
+    assert "input_ids:32x128" in opts["trt_profile_max_shapes"]  # batch from --batch, tokens from the tokenizer limit
+    fp32 = variant_providers("tensorrt", manifest, record, "fp32", max_batch=8, cache_root=tmp_path, gpu="Test GPU")
+    assert fp32[0][1]["trt_fp16_enable"] is False and fp32[0][1]["trt_int8_enable"] is False
+    assert variant_providers("cpu", manifest, record, "fp32", max_batch=1) == [("CPUExecutionProvider", {})]
+    assert variant_providers("cuda", manifest, record, "fp32", max_batch=1)[0][0] == "CUDAExecutionProvider"
     assert tensorrt_precisions("fp32") == ["fp32", "fp16"] and tensorrt_precisions("int8") == ["int8"]
-    assert tensorrt_precisions("fp16") == []
-    assert trt_profile(["input_ids"], 8, 64)["trt_profile_opt_shapes"] == "input_ids:1x64"
+    assert tensorrt_precisions("fp16") == ["fp16"]

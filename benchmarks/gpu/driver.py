@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = run_suite.NAMES[model]
                 artifact = work / name
                 run_suite.export(run_suite.checkpoint(model, work), artifact, name)
-                print(f"[{model}] {run_suite.quantize(artifact)}", flush=True)
+                note = run_suite.quantize(artifact, "gpu")
+                print(f"[{model}] {note}", flush=True)
                 shapes = len(gpu_settings().batches) * len(gpu_settings().seqs)
                 settings = gpu_settings(seconds_per_config(deadline - time.time(), configs=8, shapes=shapes,
                                                            models=len(models) - i))
