@@ -54,10 +54,15 @@ def plot_speedup(report: dict[str, Any], path: Path) -> Path | None:
     names = [r["config"] for r in rows]
     xs = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows)), 4.2))
-    ax.bar([x - 0.2 for x in xs], [r["speedup_model_only"] for r in rows], width=0.4, label="model-only")
-    ax.bar([x + 0.2 for x in xs], [r["speedup_end_to_end"] for r in rows], width=0.4, label="end-to-end")
+    model = ax.bar([x - 0.2 for x in xs], [r["speedup_model_only"] for r in rows], width=0.4, label="model-only")
+    e2e = ax.bar([x + 0.2 for x in xs], [r["speedup_end_to_end"] for r in rows], width=0.4, label="end-to-end")
+    for r, bars in zip(rows, zip(model, e2e)):
+        if not r["within_budget"]:  # fast but not faithful enough: hatched so it does not read as a win
+            for bar in bars:
+                bar.set_hatch("//")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel="speedup vs PyTorch eager fp32 (p50)", title=f"{report['artifact']['name']}: batch {h['batch']} × {h['seq']}")
+    ax.set(ylabel="speedup vs PyTorch eager fp32 (p50)",
+           title=f"{report['artifact']['name']}: batch {h['batch']} × {h['seq']} (hatched: outside fidelity budget)")
     ax.legend()
     return _save(fig, path)

@@ -154,3 +154,15 @@ def test_budget_by_iterations_and_seconds():
     stats = summarize(samples, batch=4, seq=10)
     assert all(isinstance(v, float) for v in stats.values())
     assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+
+
+def test_suite_verdict_and_summary(tiny_report):
+    from onnxformer.benchmarks import run_suite
+
+    verdict = run_suite.verdict("minilm", tiny_report)
+    assert verdict["shape_matches_bar"] is False and verdict["passed"] is False  # 1×128 was not measured
+    args = run_suite.parse(["--models", "minilm", "--iters", "3"])
+    assert args.iters == 3 and args.seq == [16, 64, 128, 256] and args.threads == 2
+    md = run_suite.suite_markdown([verdict], {"minilm": "variants from onnxformer.quantize: none"}, args)
+    assert "**shared with other jobs**" in md and "| minilm | fp32@cpu |" in md and "≥ 3×" in md
+    assert "python benchmarks/run_suite.py --models minilm --iters 3" in md
