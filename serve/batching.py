@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests are merged into one model call, run off the event loop.
 
 A ``Lane`` is one kind of work (embed, classify, raw tensors …) with its own queue. Each lane's loop takes
-the oldest job, waits at most ``max_delay`` for more, merges jobs up to the batch-size cap and the token
-budget, and runs the merged call in the scheduler's single worker thread (ONNX Runtime already uses every
-core inside one call, so more model threads would only contend). The event loop never runs the model.
+the oldest job, waits at most ``max_delay`` for more, merges jobs up to the batch-size cap, and runs the
+merged call in the scheduler's single worker thread (ONNX Runtime already uses every core inside one call,
+so more model threads would only contend). The runtime then sorts the merged texts by length and cuts
+them into batches under its token budget, which keeps padding low. The event loop never runs the model.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ RunFn = Callable[[list[Any]], Sequence[Any]]  # items → one result per item, i
 class BatchLimits:
     batching: bool = True
     max_batch_size: int = 32
-    max_batch_tokens: int = 16384
     max_delay_s: float = 0.002
     max_queue: int = 1024
 
@@ -33,7 +33,6 @@ class BatchLimits:
 @dataclass
 class Job:
     items: list[Any]
-    longest: int  # tokens of the longest item: merged calls pad to the longest
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -79,10 +78,10 @@ class Lane:
         self._idle.set()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"lane-{name}")
 
-    async def submit(self, items: list[Any], longest: int = 1) -> list[Any]:
+    async def submit(self, items: list[Any]) -> list[Any]:
         """Queue ``items`` (already validated) and wait for their results. Raises 429 when the queue is full."""
         self.scheduler.admit(len(items))
-        job = Job(list(items), longest)
+        job = Job(list(items))
         self._jobs.append(job)
         self._idle.clear()
         self._wakeup.set()
@@ -114,19 +113,17 @@ class Lane:
         return job
 
     async def _fill(self, batch: list[Job]) -> None:
-        """Add queued jobs while they fit the caps, waiting up to max_delay for late arrivals."""
+        """Add queued jobs while they fit the cap, waiting up to max_delay for late arrivals."""
         limits = self.scheduler.limits
         deadline = asyncio.get_running_loop().time() + limits.max_delay_s
-        size, longest = len(batch[0].items), batch[0].longest
+        size = len(batch[0].items)
         while size < limits.max_batch_size:
             if not self._jobs and not await self._wait_until(deadline):
                 return
-            nxt = self._jobs[0]
-            grown, wider = size + len(nxt.items), max(longest, nxt.longest)
-            if grown > limits.max_batch_size or grown * wider > limits.max_batch_tokens:
+            if size + len(self._jobs[0].items) > limits.max_batch_size:
                 return  # stays at the head of the queue for the next call
+            size += len(self._jobs[0].items)
             batch.append(self._take())
-            size, longest = grown, wider
 
     async def _wait_until(self, deadline: float) -> bool:
         remaining = deadline - asyncio.get_running_loop().time()

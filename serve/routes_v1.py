@@ -5,6 +5,7 @@ import base64
 from typing import Any, Literal, Union
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonable_encoder walks every float
 from pydantic import BaseModel, ConfigDict, Field
 
 from onnxformer.errors import ServingError
@@ -47,7 +48,7 @@ class AnswerRequest(_Strict):
 
 
 @router.post("/v1/embeddings")
-async def embeddings(request: Request) -> dict[str, Any]:
+async def embeddings(request: Request) -> JSONResponse:
     state, req = await _parse(request, EmbeddingsRequest)
     service = state.require_service(req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
@@ -56,35 +57,35 @@ async def embeddings(request: Request) -> dict[str, Any]:
         raise ServingError(f"dimensions={req.dimensions} is not available; this model gives {vectors.shape[1]}", 400)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": service.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return JSONResponse({"object": "list", "data": data, "model": service.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 @router.post("/v1/classify")
-async def classify(request: Request) -> dict[str, Any]:
+async def classify(request: Request) -> JSONResponse:
     state, req = await _parse(request, ClassifyRequest)
     service = state.require_service()
     results = await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k))
-    return {"model": service.name, "results": results}
+    return JSONResponse({"model": service.name, "results": results})
 
 
 @router.post("/v1/tag")
-async def tag(request: Request) -> dict[str, Any]:
+async def tag(request: Request) -> JSONResponse:
     state, req = await _parse(request, TagRequest)
     service = state.require_service()
     results = await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation))
-    return {"model": service.name, "results": results}
+    return JSONResponse({"model": service.name, "results": results})
 
 
 @router.post("/v1/answer")
-async def answer(request: Request) -> dict[str, Any]:
+async def answer(request: Request) -> JSONResponse:
     state, req = await _parse(request, AnswerRequest)
     service = state.require_service()
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
         raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', 400)
     results = await within(state.config.timeout_s, service.answer(pairs))
-    return {"model": service.name, "results": results}
+    return JSONResponse({"model": service.name, "results": results})
 
 
 async def _parse(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:

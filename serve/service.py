@@ -32,38 +32,38 @@ class ModelService:
         self.require("feature-extraction", "embed", "/v1/embeddings")
         lengths = await self.admit_texts(texts)
         lane = self.scheduler.lane("embed", lambda chunk: list(self.model.embed(chunk)))
-        vectors = await lane.submit(list(texts), max(lengths))
+        vectors = await lane.submit(list(texts))
         return np.stack(vectors).astype(np.float32), sum(lengths)
 
     async def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(N, L) classification logits, for the KServe text input of a text-classification model."""
         self.require("text-classification", None, "text input")
-        lengths = await self.admit_texts(texts)
+        await self.admit_texts(texts)
         lane = self.scheduler.lane("logits", self._run_logits)
-        return np.stack(await lane.submit(list(texts), max(lengths))).astype(np.float32)
+        return np.stack(await lane.submit(list(texts))).astype(np.float32)
 
     async def classify(self, texts: Sequence[str], top_k: int | None) -> list[Any]:
         self.require("text-classification", "classify", "/v1/classify")
-        lengths = await self.admit_texts(texts)
+        await self.admit_texts(texts)
         kwargs = {} if top_k is None else {"top_k": top_k}
         lane = self.scheduler.lane(f"classify:{top_k}", lambda chunk: self.model.classify(chunk, **kwargs))
-        return jsonable(await lane.submit(list(texts), max(lengths)))
+        return jsonable(await lane.submit(list(texts)))
 
     async def tag(self, texts: Sequence[str], aggregation: str | None) -> list[Any]:
         self.require("token-classification", "tag", "/v1/tag")
-        lengths = await self.admit_texts(texts)
+        await self.admit_texts(texts)
         kwargs = {} if aggregation is None else {"aggregation": aggregation}
         lane = self.scheduler.lane(f"tag:{aggregation}", lambda chunk: self.model.tag(chunk, **kwargs))
-        return jsonable(await lane.submit(list(texts), max(lengths)))
+        return jsonable(await lane.submit(list(texts)))
 
     async def answer(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """QA: long contexts are split by the runtime, so only the question is held to the token limit."""
         self.require("question-answering", "answer", "/v1/answer")
         self.check_count(len(pairs))
-        lengths = await self.admit_texts([q for q, _ in pairs])
+        await self.admit_texts([q for q, _ in pairs])
         check_texts([c for _, c in pairs])
         lane = self.scheduler.lane("answer", lambda chunk: [self.model.answer(q, c) for q, c in chunk])
-        return jsonable(await lane.submit(list(pairs), max(lengths)))
+        return jsonable(await lane.submit(list(pairs)))
 
     async def run_raw(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors: shapes differ per request, so these are never merged (no padding semantics to guess)."""

@@ -33,7 +33,7 @@ class ServerState:
     async def start(self) -> None:
         """Create the scheduler on the server's loop, then load and warm the model in the background."""
         c = self.config
-        limits = BatchLimits(c.batching, c.max_batch_size, c.max_batch_tokens, c.max_delay_ms / 1000, c.max_queue)
+        limits = BatchLimits(c.batching, c.max_batch_size, c.max_delay_ms / 1000, c.max_queue)
         self.scheduler = Scheduler(limits, self.metrics.observe_batch)
         self.metrics.track_queue(lambda: self.scheduler.pending if self.scheduler else 0)
         self._loading = asyncio.get_running_loop().create_task(self._load())

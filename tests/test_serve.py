@@ -347,3 +347,23 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/v2/health/ready").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_tag_and_answer_endpoints_match_runtime(tiny_artifact):
+    tagger = Model.load(tiny_artifact("bert", "token-classification"))
+    with running_server(lambda: tagger) as url:
+        texts = ["Alice lives in Paris", "Bob visited Berlin"]
+        r = httpx.post(f"{url}/v1/tag", json={"inputs": texts, "aggregation": "first"})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"] == json.loads(json.dumps(tagger.tag(texts, aggregation="first")))
+        bad = httpx.post(f"{url}/v1/tag", json={"inputs": texts, "aggregation": "bogus"})
+        assert bad.status_code == 400 and "Traceback" not in bad.text
+        assert httpx.post(f"{url}/v1/answer", json={"inputs": []}).status_code == 400
+    reader = Model.load(tiny_artifact("bert", "question-answering"))
+    with running_server(lambda: reader) as url:
+        pairs = [{"question": "Where does Alice live?", "context": "Alice lives in Paris with her cat."}]
+        r = httpx.post(f"{url}/v1/answer", json={"inputs": pairs})
+        assert r.status_code == 200, r.text
+        expected = reader.answer(pairs[0]["question"], pairs[0]["context"])
+        assert r.json()["results"] == [json.loads(json.dumps(expected))]
+        assert httpx.post(f"{url}/v1/tag", json={"inputs": ["x"]}).status_code == 400

@@ -1,4 +1,4 @@
-"""The dynamic batcher on its own: merging, the batch-size cap, the token budget, result routing, 429."""
+"""The dynamic batcher on its own: merging, the batch-size cap, result routing, errors, 429."""
 from __future__ import annotations
 
 import asyncio
@@ -9,14 +9,14 @@ from onnxformer.errors import ServingError
 from onnxformer.serve.batching import BatchLimits, Scheduler
 
 
-def _run(limits: BatchLimits, jobs: list[tuple[list[str], int]]) -> tuple[list[list[str]], list[list[str]]]:
+def _run(limits: BatchLimits, jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
     """Submit every job at once; returns (per-job results, the model calls that happened)."""
     calls: list[list[str]] = []
 
     async def main() -> list[list[str]]:
         scheduler = Scheduler(limits)
         lane = scheduler.lane("echo", lambda chunk: (calls.append(list(chunk)), [s.upper() for s in chunk])[1])
-        results = await asyncio.gather(*(lane.submit(items, longest) for items, longest in jobs))
+        results = await asyncio.gather(*(lane.submit(items) for items in jobs))
         await scheduler.close()
         return results
 
@@ -24,26 +24,20 @@ def _run(limits: BatchLimits, jobs: list[tuple[list[str], int]]) -> tuple[list[l
 
 
 def test_concurrent_jobs_merge_and_results_return_to_their_owner():
-    jobs = [([f"a{i}", f"b{i}"], 5) for i in range(6)]
+    jobs = [[f"a{i}", f"b{i}"] for i in range(6)]
     results, calls = _run(BatchLimits(max_batch_size=8, max_delay_s=0.05), jobs)
     assert results == [[f"A{i}", f"B{i}"] for i in range(6)]
     assert [len(c) for c in calls] == [8, 4]  # jobs are never split across calls, and the cap holds
 
 
-def test_token_budget_limits_a_merged_call():
-    jobs = [(["x"], 100), (["y"], 100), (["z"], 300)]
-    _, calls = _run(BatchLimits(max_batch_size=32, max_batch_tokens=400, max_delay_s=0.05), jobs)
-    assert calls == [["x", "y"], ["z"]]  # 3 texts padded to 300 tokens would be 900 > 400
-
-
 def test_batching_off_runs_each_request_alone():
-    jobs = [([f"t{i}"], 1) for i in range(5)]
+    jobs = [[f"t{i}"] for i in range(5)]
     _, calls = _run(BatchLimits(batching=False, max_delay_s=0.05), jobs)
     assert calls == [[f"t{i}"] for i in range(5)]
 
 
 def test_a_request_larger_than_the_cap_runs_in_chunks():
-    results, calls = _run(BatchLimits(max_batch_size=2), [(["a", "b", "c", "d", "e"], 1)])
+    results, calls = _run(BatchLimits(max_batch_size=2), [["a", "b", "c", "d", "e"]])
     assert results == [["A", "B", "C", "D", "E"]] and [len(c) for c in calls] == [2, 2, 1]
 
 

@@ -1,0 +1,203 @@
+"""Loopback load on `onnxformer serve`: throughput and p50/p99 at several concurrencies, batching on vs off.
+
+    .venv/bin/python benchmarks/bench_serve.py            # writes benchmarks/results/serve.{json,md}
+    .venv/bin/python benchmarks/bench_serve.py --seconds 3 --concurrency 1 32   # quicker
+
+The server runs as its own process (the real CLI) so client and server do not share a GIL; the client is a
+closed loop of C asyncio workers, each sending one-text POST /v1/embeddings requests back to back for a
+fixed time, so the run always stops by itself. Bar: at concurrency 32, batching on >= 2x batching off.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parents[1] / "build" / "bench-serve" / "all-MiniLM-L6-v2"
+WORDS = ("model server batch token latency throughput request queue python onnx runtime vector search "
+         "sentence embedding cosine similarity fast slow cheap careful graceful shutdown metric").split()
+BAR_CONCURRENCY, BAR_RATIO = 32, 2.0
+
+
+def minilm_artifact(path: Path) -> Path:
+    """Export the bundled all-MiniLM-L6-v2 once; later runs reuse it."""
+    from onnxformer.runtime.manifest import is_artifact
+
+    if not is_artifact(path):
+        from onnxformer.build import default_model
+        from onnxformer.export import export_checkpoint
+
+        export_checkpoint(default_model(), path, name="all-MiniLM-L6-v2", overwrite=True)
+    return path
+
+
+def texts(n: int = 256, seed: int = 0) -> list[str]:
+    """Sentences of 4–40 words: a realistic mix for an embedding service."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))) for _ in range(n)]
+
+
+class Server:
+    """`onnxformer serve` in a subprocess on a free loopback port; SIGTERM on exit."""
+
+    def __init__(self, artifact: Path, batching: bool, threads: int | None):
+        from onnxformer.serve.testing import free_port
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        cmd = [sys.executable, "-m", "onnxformer", "serve", str(artifact), "--port", self.url.rsplit(":", 1)[1],
+               "--max-queue", "4096"]
+        cmd += [] if batching else ["--no-batching"]
+        cmd += ["--threads", str(threads)] if threads else []
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __enter__(self) -> "Server":
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready").status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready in 120 s")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def batch_stats(self) -> tuple[float, float]:
+        """(model calls, texts) so far, from /metrics."""
+        import httpx
+
+        calls = items = 0.0
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith('onnxformer_batch_size_count{lane="embed"}'):
+                calls = float(line.rsplit(" ", 1)[1])
+            elif line.startswith('onnxformer_batch_size_sum{lane="embed"}'):
+                items = float(line.rsplit(" ", 1)[1])
+        return calls, items
+
+
+async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> dict[str, Any]:
+    """C workers, each one request in flight, until the clock runs out. Latencies in seconds."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession, k: int) -> None:
+        nonlocal errors
+        i = k
+        while time.perf_counter() < stop:
+            body = {"input": [pool[i % len(pool)]]}
+            start = time.perf_counter()
+            async with session.post(f"{url}/v1/embeddings", json=body) as r:
+                await r.read()
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+            i += concurrency
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - begin
+    lat = np.array(latencies)
+    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
+            "throughput_rps": len(latencies) / elapsed,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+def measure(artifact: Path, batching: bool, levels: list[int], seconds: float, threads: int | None) -> list[dict]:
+    pool, rows = texts(), []
+    with Server(artifact, batching, threads) as server:
+        asyncio.run(load(server.url, 4, 1.0, pool))  # warm-up: sessions, sockets, allocator
+        for c in levels:
+            before = server.batch_stats()
+            row = {"batching": "on" if batching else "off", "concurrency": c,
+                   **asyncio.run(load(server.url, c, seconds, pool))}
+            after = server.batch_stats()
+            calls = after[0] - before[0]
+            row["mean_batch"] = (after[1] - before[1]) / calls if calls else 0.0
+            print(f"batching {row['batching']:>3}  c={c:<3} {row['throughput_rps']:7.1f} req/s  "
+                  f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  mean batch {row['mean_batch']:5.1f}  "
+                  f"errors {row['errors']}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    at = {(r["batching"], r["concurrency"]): r["throughput_rps"] for r in rows}
+    on, off = at.get(("on", BAR_CONCURRENCY)), at.get(("off", BAR_CONCURRENCY))
+    ratio = on / off if on and off else None
+    return {"concurrency": BAR_CONCURRENCY, "required_ratio": BAR_RATIO, "ratio": ratio,
+            "passed": ratio is not None and ratio >= BAR_RATIO}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"# Serving benchmark: {report['model']} on loopback", "",
+             f"`{report['command']}`", "",
+             f"{s['seconds']} s closed loop per point, one text per POST /v1/embeddings, "
+             f"{report['cpu_count']} CPUs shared by client and server; server defaults otherwise "
+             f"(max batch 32, max delay 2 ms).", "",
+             "| batching | concurrency | req/s | p50 (ms) | p99 (ms) | mean batch | requests | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['requests']} | {r['errors']} |")
+    b = report["bar"]
+    ratio = "n/a" if b["ratio"] is None else f"{b['ratio']:.2f}x"
+    lines += ["", f"Bar: at concurrency {b['concurrency']}, batching on / off = {ratio} "
+                  f"(required >= {b['required_ratio']}x): {'PASS' if b['passed'] else 'FAIL'}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--artifact", type=Path, help="artifact directory (default: export all-MiniLM-L6-v2 once)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--seconds", type=float, default=8.0, help="duration of each point")
+    p.add_argument("--threads", type=int, help="server ONNX Runtime threads (default: physical cores)")
+    p.add_argument("--out", type=Path, default=RESULTS / "serve")
+    args = p.parse_args()
+    artifact = minilm_artifact(args.artifact or DEFAULT_ARTIFACT)
+    rows = []
+    for batching in (True, False):
+        rows += measure(artifact, batching, args.concurrency, args.seconds, args.threads)
+    report = {"model": json.loads((artifact / "manifest.json").read_text()).get("name"),
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
+              "settings": {"seconds": args.seconds, "concurrency": args.concurrency, "threads": args.threads},
+              "results": rows, "bar": summarize(rows)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
