@@ -89,13 +89,14 @@ class Fallbacks:
     """Collects why each earlier provider was skipped; strict mode turns the first one into an error."""
 
     strict: bool
+    explicit: bool = False  # the user named the providers: a fallback is worth a warning, not just info
     reasons: list[str] = field(default_factory=list)
 
     def skip(self, name: str, reason: str) -> None:
         message = f"provider {name} skipped: {reason}"
         if self.strict:
             raise ProviderError(f"{message} (strict=True forbids falling back; pick another provider)")
-        log.warning("%s; falling back", message)
+        log.log(logging.WARNING if self.explicit else logging.INFO, "%s; falling back", message)
         self.reasons.append(message)
 
     def exhausted(self) -> ProviderError:
@@ -110,7 +111,7 @@ def resolve(requested: str | Sequence[str], try_provider: Callable[[str], Any], 
 
     available = list(ort.get_available_providers()) if available is None else list(available)
     gpu = gpu_present() if gpu is None else gpu
-    fallbacks = Fallbacks(strict)
+    fallbacks = Fallbacks(strict, explicit=requested != "auto")
     for name in provider_names(requested):
         reason = unavailable_reason(name, available, gpu)
         if reason is None:

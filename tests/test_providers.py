@@ -1,0 +1,180 @@
+"""Provider resolution with a faked availability list, TensorRT options, strict mode, and variant choice on
+synthetic manifests. All plain data: no GPU needed."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from onnxformer.errors import ProviderError
+from onnxformer.runtime import providers
+from onnxformer.runtime.variants import choose
+
+ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+CPU_ONLY = ["CPUExecutionProvider"]
+INPUTS = [{"name": n, "dtype": "int64", "shape": ["batch_size", "sequence_length"],
+           "dynamic_axes": {"0": "batch_size", "1": "sequence_length"}}
+          for n in ("input_ids", "attention_mask", "token_type_ids")]
+
+
+def manifest(task: str = "feature-extraction", **variants) -> dict:
+    base = {"fp32": {"file": "fp32/model.onnx", "sha256": "ab" * 32, "precision": "fp32",
+                     "providers": ["tensorrt", "cuda", "cpu"], "fidelity": {"max_abs_diff": {"x": 1e-6}}}}
+    base.update({k.replace("_", "-"): v for k, v in variants.items()})
+    return {"task": task, "inputs": INPUTS, "tokenizer": {"max_length": 256}, "variants": base}
+
+
+def rec(precision: str, providers_: list[str], **fidelity) -> dict:
+    return {"file": "x/model.onnx", "sha256": "cd" * 32, "precision": precision, "providers": providers_,
+            "fidelity": fidelity}
+
+
+def resolve(requested, available, gpu, strict=False):
+    return providers.resolve(requested, lambda name: name, strict=strict, available=available, gpu=gpu)
+
+
+# --- resolution ------------------------------------------------------------------------------------------------
+
+def test_auto_order_is_tensorrt_cuda_cpu():
+    assert resolve("auto", ALL, gpu=True) == "tensorrt"
+    assert resolve("auto", ALL[1:], gpu=True) == "cuda"
+    assert resolve("auto", CPU_ONLY, gpu=False) == "cpu"
+
+
+def test_each_fallback_is_logged_with_its_reason(caplog):
+    with caplog.at_level(logging.INFO, logger="onnxformer.runtime"):
+        assert resolve("auto", ALL, gpu=False) == "cpu"  # GPU build installed, but no device
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("tensorrt skipped: no NVIDIA GPU device is present" in m for m in messages)
+    assert any("cuda skipped: no NVIDIA GPU device is present" in m for m in messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onnxformer.runtime"):
+        assert resolve(["cuda", "cpu"], CPU_ONLY, gpu=False) == "cpu"  # named by the user: a warning
+    assert "CUDAExecutionProvider is not in this onnxruntime build" in caplog.text
+
+
+def test_user_names_one_or_a_list_in_any_spelling():
+    assert resolve("cpu", ALL, gpu=True) == "cpu"
+    assert resolve(["CUDAExecutionProvider", "cpu"], ALL, gpu=True) == "cuda"
+    assert providers.provider_names(["cpu", "CPU", "CPUExecutionProvider"]) == ["cpu"]
+    with pytest.raises(ProviderError, match="unknown provider 'rocm'"):
+        resolve("rocm", ALL, gpu=True)
+    with pytest.raises(ProviderError, match="provider list is empty"):
+        resolve([], ALL, gpu=True)
+
+
+def test_strict_turns_a_fallback_into_an_error():
+    with pytest.raises(ProviderError, match="tensorrt skipped: no NVIDIA GPU.*strict=True"):
+        resolve("auto", ALL, gpu=False, strict=True)
+    assert resolve("cpu", CPU_ONLY, gpu=False, strict=True) == "cpu"
+
+
+def test_no_provider_left_lists_every_reason():
+    with pytest.raises(ProviderError, match="no execution provider.*tensorrt skipped.*cuda skipped"):
+        resolve(["tensorrt", "cuda"], CPU_ONLY, gpu=False)
+
+
+def test_variant_unsupported_is_a_logged_fallback(caplog):
+    m = manifest(fp16=rec("fp16", ["cuda"], min_cosine=0.9999))
+
+    def attempt(name):
+        from onnxformer.runtime.variants import check_explicit
+        return name, check_explicit(m, name, "fp16").variant
+
+    with caplog.at_level(logging.INFO, logger="onnxformer.runtime"):
+        assert providers.resolve("auto", attempt, available=ALL, gpu=True) == ("cuda", "fp16")
+    assert "tensorrt skipped: variant fp16 targets cuda, not tensorrt" in caplog.text
+    with pytest.raises(ProviderError, match="fp16, which cpu does not run"):
+        providers.resolve("cpu", attempt, available=ALL, gpu=True)
+
+
+# --- TensorRT options ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision,fp16,int8", [("fp32", False, False), ("fp16", True, False), ("int8", True, True)])
+def test_tensorrt_options_from_the_manifest(tmp_path, precision, fp16, int8):
+    m = manifest()
+    record = rec(precision, ["tensorrt"])
+    opts = providers.tensorrt_options(m, record, max_batch=16, cache_root=tmp_path, ort_version="1.20.1",
+                                      gpu="NVIDIA A10G")
+    assert opts["trt_fp16_enable"] is fp16 and opts["trt_int8_enable"] is int8
+    assert opts["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
+    assert opts["trt_profile_opt_shapes"] == "input_ids:8x128,attention_mask:8x128,token_type_ids:8x128"
+    assert opts["trt_profile_max_shapes"] == "input_ids:16x256,attention_mask:16x256,token_type_ids:16x256"
+    cache = Path(opts["trt_engine_cache_path"])
+    assert opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
+    assert opts["trt_timing_cache_path"] == str(cache) and cache.parent == tmp_path
+    assert cache.name == f"{'cd' * 8}-{precision}-ort1.20.1-NVIDIA-A10G"
+
+
+def test_engine_cache_key_changes_with_model_ort_and_gpu(tmp_path):
+    key = providers.engine_cache_dir
+    base = key(tmp_path, "a" * 64, "fp16", "1.20.1", "A10G")
+    assert len({base, key(tmp_path, "b" * 64, "fp16", "1.20.1", "A10G"), key(tmp_path, "a" * 64, "fp16", "1.21.0", "A10G"),
+                key(tmp_path, "a" * 64, "fp16", "1.20.1", "L4"), key(tmp_path, "a" * 64, "int8", "1.20.1", "A10G")}) == 5
+
+
+def test_profiles_keep_static_dims_and_skip_static_inputs():
+    inputs = [{"name": "ids", "shape": ["b", 77], "dynamic_axes": {"0": "b"}},
+              {"name": "fixed", "shape": [1, 4], "dynamic_axes": {}}]
+    assert providers.shape_profiles(inputs, 4, 77) == {"trt_profile_min_shapes": "ids:1x77",
+                                                       "trt_profile_opt_shapes": "ids:4x77",
+                                                       "trt_profile_max_shapes": "ids:4x77"}
+
+
+def test_gpu_session_chain_keeps_cuda_and_cpu_behind():
+    chain = providers.session_providers("tensorrt", {"trt_fp16_enable": True})
+    assert [p for p, _ in chain] == ALL and chain[0][1] == {"trt_fp16_enable": True}
+    assert providers.session_providers("cpu", {}) == [("CPUExecutionProvider", {})]
+
+
+# --- variant choice ------------------------------------------------------------------------------------------
+
+def full_manifest(int8_cos: float = 0.995) -> dict:
+    return manifest(
+        fp32_opt=rec("fp32", ["cuda", "cpu"], min_cosine=0.999999),
+        fp16=rec("fp16", ["cuda"], min_cosine=0.9999),
+        fp16_trt=rec("fp16", ["tensorrt"], min_cosine=0.9998),
+        int8=rec("int8", ["cpu"], min_cosine=int8_cos, mean_cosine=0.999),
+        int8_static={**rec("int8", ["cpu"], min_cosine=0.97), "speed_cpu": {"ratio": 0.3}},
+        int8_trt=rec("int8", ["tensorrt"], min_cosine=0.98),
+    )
+
+
+def test_cpu_picks_int8_within_budget_else_fp32_opt():
+    assert choose(full_manifest(), "cpu").variant == "int8"
+    choice = choose(full_manifest(int8_cos=0.95), "cpu")
+    assert choice.variant == "fp32-opt"
+    assert "int8 min_cosine 0.9500 < budget 0.99" in choice.reason
+    assert choose(full_manifest(), "cpu", budget=0.96).variant == "int8-static"  # measured faster, now eligible
+    assert choose(full_manifest(), "cpu", budget=0.9999999).variant == "fp32"  # even fp32-opt misses it
+
+
+def test_reference_fp32_is_always_eligible_and_unmeasured_variants_never():
+    m = manifest(int8=rec("int8", ["cpu"]))  # no fidelity recorded
+    choice = choose(m, "cpu")
+    assert choice.variant == "fp32" and "int8 has no recorded min_cosine" in choice.reason
+    assert choose(manifest(), "cpu", budget=1.0).variant == "fp32"
+
+
+def test_gpu_choices():
+    m = full_manifest()
+    assert choose(m, "cuda").variant == "fp16"
+    assert choose(m, "tensorrt").variant == "fp16-trt"  # int8-trt misses the default 0.99
+    assert choose(m, "tensorrt", budget=0.97).variant == "int8-trt"
+    assert choose(manifest(), "tensorrt").variant == "fp32"
+
+
+def test_budget_per_task_metric_and_dict_budget():
+    m = manifest("text-classification", int8=rec("int8", ["cpu"], argmax_agreement=0.96, min_cosine=0.9))
+    assert choose(m, "cpu").variant == "int8"  # default floor 0.95 on argmax_agreement
+    assert choose(m, "cpu", budget={"argmax_agreement": 0.95, "min_cosine": 0.99}).variant == "fp32"
+    with pytest.raises(ProviderError, match="not a fidelity floor"):
+        choose(m, "cpu", budget=1.5)
+
+
+def test_malformed_records_are_skipped_not_crashed_on():
+    m = manifest(weird="not a dict", odd={"precision": "int4", "fidelity": None}, int8={"precision": "int8"})
+    assert choose(m, "cpu").variant == "fp32"
+    with pytest.raises(ProviderError, match="no variant of this artifact suits cuda"):
+        choose({"task": "feature-extraction", "variants": {"int8": rec("int8", ["cpu"], min_cosine=1.0)}}, "cuda")
