@@ -285,3 +285,15 @@ def test_cli_quantize_then_manifest_verifies(tiny_artifact, copy_artifact, capsy
     manifest = _verify_all(art)
     assert manifest["variants"]["int8"]["made_by"]["from"] == "fp32-opt"
     assert manifest["variants"]["int8"]["made_by"]["fused_ops"]["Attention"] == 2
+
+
+def test_build_stage_rows(tiny_artifact, copy_artifact):
+    import argparse
+
+    from onnxformer.quantize.stage import quantize_stage
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    rows = quantize_stage(argparse.Namespace(), art, lambda _: None)
+    assert [r["variant"] for r in rows] == ["fp32-opt", "fp16", "int8"]
+    assert "Attention×2" in rows[0]["detail"] and all("min_cosine" in r["detail"] for r in rows)
+    assert set(_verify_all(art)["variants"]) == {"fp32", "fp32-opt", "fp16", "int8"}
