@@ -17,7 +17,7 @@ log = logging.getLogger("onnxformer.serve")
 def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning") -> uvicorn.Config:
     return uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-        timeout_graceful_shutdown=int(config.graceful_s) or None,  # in-flight requests get this long to finish
+        timeout_graceful_shutdown=max(1, round(config.graceful_s)),  # in-flight requests get this long to finish
         timeout_keep_alive=5, lifespan="on",
     )
 
