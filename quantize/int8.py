@@ -13,10 +13,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -82,14 +83,31 @@ def quantize(source: Path, recipe: Int8Recipe, out_dir: Path, exclude: Sequence[
     """Quantize ``source`` into ``out_dir/model.onnx``, keeping ``exclude`` in fp32 (or quantizing only ``only``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / MODEL_FILE
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing" noise
     common = dict(per_channel=True, reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
                   op_types_to_quantize=list(recipe.op_types), nodes_to_exclude=list(exclude),
                   nodes_to_quantize=list(only) if only is not None else None)
+    with _quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger for every call
+        _run(source, out, recipe, common, reader, cache)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _run(source: Path, out: Path, recipe: Int8Recipe, common: dict[str, Any], reader: CalibrationDataReader | None,
+         cache: Path | None) -> None:
     if recipe.mode == "dynamic":
         quantize_dynamic(str(source), str(out), **common,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
-        return out
+        return
     from onnxformer.quantize.calibration import calibration_method
 
     quantize_static(
@@ -99,4 +117,3 @@ def quantize(source: Path, recipe: Int8Recipe, out_dir: Path, exclude: Sequence[
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True,
                        "ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True, **recipe.extra},
     )
-    return out
