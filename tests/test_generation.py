@@ -278,3 +278,23 @@ def test_kv_cache_is_written_in_place_into_preallocated_buffers(generator):
     presents = session.run([n for pair in gen.cache_layout["present_outputs"] for n in pair], feeds)
     for i, expected in enumerate(presents):
         np.testing.assert_allclose(stepper.cache.host_view(i), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "marian"])
+def test_repetition_penalty_matches_transformers(family, gen_checkpoint, generator):
+    """Greedy with a penalty: same processor semantics as transformers (single prompt: no pads to count)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    seq2seq = family in SEQ2SEQ
+    ckpt = gen_checkpoint(family)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(ckpt).eval()
+    enc = tok([PROMPTS[2]], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
+                             max_new_tokens=24, repetition_penalty=1.5)
+    expected = (out[0, 1:] if seq2seq else out[0, enc.input_ids.shape[1]:]).tolist()
+    got = generator(family).generate_ids([PROMPTS[2]], max_new_tokens=24, repetition_penalty=1.5)[0]
+    assert got == expected[: len(got)]
+    assert got != generator(family).generate_ids([PROMPTS[2]], max_new_tokens=24)[0]  # the penalty did something

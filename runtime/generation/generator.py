@@ -31,8 +31,10 @@ class Generator:
         self.max_positions = int(spec["max_positions"])
         tokens = spec["special_tokens"]
         self.start_id = tokens.get("decoder_start_token_id")
-        self.special = SpecialTokens(tuple(tokens["eos_token_ids"]), int(tokens["pad_token_id"]),
-                                     tokens.get("forced_bos_token_id"), tokens.get("forced_eos_token_id"))
+        # transformers forces bos only when the output so far is one token long: the seq2seq start token.
+        forced_bos = tokens.get("forced_bos_token_id") if self.kind == "seq2seq" else None
+        self.special = SpecialTokens(tuple(tokens["eos_token_ids"]), int(tokens["pad_token_id"]), forced_bos,
+                                     tokens.get("forced_eos_token_id"))
         side = "left" if self.kind == "decoder" else "right"
         self.prompts = PromptEncoder(confined(directory, "tokenizer.json"), self.special.pad, side)
 
