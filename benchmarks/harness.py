@@ -1,7 +1,8 @@
 """The benchmark matrix: every candidate × every (batch, seq), timed, measured and compared.
 
-Order matters only for memory: each candidate is loaded, measured on every shape, then released
-before the next one loads. Fidelity and speedups are computed after the loop, so a Ctrl-C at any
+Candidates are loaded one at a time (each load's memory measured on its own), then every shape is
+timed with all of them in interleaved rounds, so load from other jobs on a shared machine hits
+every configuration alike. Fidelity and speedups are computed after the loop, so a Ctrl-C at any
 point still yields a consistent (partial) report.
 """
 from __future__ import annotations

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onnxformer.benchmarks.stats import BLOCK
 from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
 
 
@@ -91,7 +92,8 @@ def _table(report: dict[str, Any]) -> list[str]:
     lines += ["", f"Fidelity: worst-row cosine against {report.get('fidelity_reference')} on the same inputs "
               "(pooled embeddings for feature extraction, logits otherwise); ✗ = outside the precision's budget. "
               f"Memory: {report['memory_method']}. "
-              "Timing: configurations are timed in interleaved rounds, so background load hits all alike.", ""]
+              "Timing: configurations are timed in interleaved rounds (each round: one untimed call, then "
+              f"{BLOCK} timed calls per configuration), so background load hits all alike.", ""]
     return lines
 
 

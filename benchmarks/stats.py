@@ -24,13 +24,18 @@ class Budget:
         return count >= MIN_ITERS and elapsed >= (self.seconds or 0.0)
 
 
-def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
-                     syncs: list[Callable[[], None]] | None = None) -> list[np.ndarray]:
-    """Seconds per call for several configurations timed in rounds (one call each per round).
+BLOCK = 5  # timed calls per configuration per round
 
-    On a shared machine, background load then hits every configuration alike instead of whichever
-    happened to be running; ratios between configurations stay meaningful. A ``seconds`` budget is
-    per configuration, so the rounds run for ``seconds × len(calls)`` in total.
+
+def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
+                     syncs: list[Callable[[], None]] | None = None, block: int = BLOCK) -> list[np.ndarray]:
+    """Seconds per call for several configurations, timed in rounds of short blocks.
+
+    Each round gives every configuration one untimed call followed by ``block`` timed ones. Rounds
+    spread background load on a shared machine over every configuration alike; the untimed call
+    re-wakes the configuration's thread pool (OpenMP for PyTorch, ONNX Runtime's own), which went
+    to sleep while the others ran, so no configuration pays for the one before it. A ``seconds``
+    budget is per configuration, so the rounds run for ``seconds × len(calls)`` in total.
     """
     if not calls:
         return []
@@ -43,11 +48,15 @@ def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
     per_config = Budget(budget.warmup, budget.iters, (budget.seconds or 0.0) * len(calls))
     start = time.perf_counter()
     while not per_config.done(len(samples[0]), time.perf_counter() - start):
+        take = block if budget.iters is None else min(block, budget.iters - len(samples[0]))
         for fn, sync, out in zip(calls, syncs, samples):
-            t0 = time.perf_counter()
             fn()
             sync()
-            out.append(time.perf_counter() - t0)
+            for _ in range(take):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                out.append(time.perf_counter() - t0)
     return [np.asarray(s, dtype=np.float64) for s in samples]
 
 
