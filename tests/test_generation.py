@@ -234,14 +234,22 @@ def test_runtime_generation_does_not_import_torch(gen_artifact):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bart"])
-def test_model_generate_delegates_to_the_generator(family, gen_artifact, generator):
+def test_model_points_generative_artifacts_to_the_generator(gen_artifact):
+    from onnxformer.errors import ArtifactError
     from onnxformer.runtime import Model
 
-    model = Model.load(gen_artifact(family))
-    expected = generator(family).generate(PROMPTS, max_new_tokens=12)
-    assert model.generate(PROMPTS, max_new_tokens=12) == expected
-    assert "".join(model.stream(PROMPTS[0], max_new_tokens=12)) == expected[0]
+    with pytest.raises(ArtifactError, match="use onnxformer.runtime.generation.Generator"):
+        Model.load(gen_artifact("gpt2"))
+
+
+def test_provider_resolution_skips_providers_the_variant_does_not_target(gen_artifact):
+    from onnxformer.errors import ProviderError
+    from onnxformer.runtime.generation import Generator
+
+    assert Generator.load(gen_artifact("gpt2"), provider="cpu").sessions["decoder"].get_providers() == [
+        "CPUExecutionProvider"]
+    with pytest.raises(ProviderError):
+        Generator.load(gen_artifact("gpt2"), provider="tensorrt", threads=1)
 
 
 def test_cli_generate_streams_and_reports_bad_input(gen_artifact, generator, capsys):

@@ -20,13 +20,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed for --sample (reproducible output)")
     p.add_argument("--truncate", action="store_true", help="cut prompts that do not fit instead of failing")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
+    p.add_argument("--provider", default="auto", help="auto | cuda | cpu (comma list allowed; default auto)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from onnxformer.runtime.generation import Generator
 
-    gen = Generator.load(args.artifact, args.variant, threads=args.threads)
+    provider = args.provider.split(",") if "," in args.provider else args.provider
+    gen = Generator.load(args.artifact, args.variant, threads=args.threads, provider=provider)
     options = dict(do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
     if len(args.prompts) == 1:  # one prompt: print text as it is produced

@@ -7,7 +7,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import ArtifactError, InputError
+from onnxformer.errors import ArtifactError, InputError, ProviderError
+from onnxformer.runtime import providers as registry
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
@@ -40,27 +41,27 @@ class Generator:
 
     @classmethod
     def load(cls, directory: str | Path, variant: str = "fp32", threads: int | None = None,
-             providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",)) -> "Generator":
+             provider: str | Sequence[str] = "auto") -> "Generator":
+        """Verify and load ``variant``; ``provider`` is resolved by runtime.providers (auto: best available
+        that the variant targets, each fallback logged)."""
         directory = Path(directory)
         manifest = load_manifest(directory)
         generation_spec(directory, manifest)
         verify_variant(directory, manifest, variant)  # every graph of the variant, sha256-checked
         verify_files(directory, manifest["tokenizer"]["files"])
-        components = manifest["variants"][variant].get("components")
-        if not components:
+        record = manifest["variants"][variant]
+        if not record.get("components"):
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
-        sessions = {role: create_session(confined(directory, rel), providers=providers, threads=threads)
-                    for role, rel in components.items()}
-        return cls(directory, manifest, variant, sessions)
 
-    @classmethod
-    def from_model(cls, model: Any) -> "Generator":
-        """From a loaded ``runtime.Model`` (files already verified): reuse its session, load the other graphs."""
-        record = model.manifest["variants"][model.variant]
-        generation_spec(model.directory, model.manifest)
-        sessions = {role: model.session if rel == record["file"] else create_session(confined(model.directory, rel))
-                    for role, rel in record["components"].items()}
-        return cls(model.directory, model.manifest, model.variant, sessions)
+        def attempt(name: str) -> Generator:
+            if name not in record["providers"]:
+                raise ProviderError(f"variant {variant!r} targets {', '.join(record['providers'])}, not {name}")
+            chain = registry.session_providers(name, dict(registry.REGISTRY[name].default_options))
+            sessions = {role: create_session(confined(directory, rel), providers=chain, threads=threads)
+                        for role, rel in record["components"].items()}
+            return cls(directory, manifest, variant, sessions)
+
+        return registry.resolve(provider, attempt)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
