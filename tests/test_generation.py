@@ -306,3 +306,31 @@ def test_repetition_penalty_matches_transformers(family, gen_checkpoint, generat
     got = generator(family).generate_ids([PROMPTS[2]], max_new_tokens=24, repetition_penalty=1.5)[0]
     assert got == expected[: len(got)]
     assert got != generator(family).generate_ids([PROMPTS[2]], max_new_tokens=24)[0]  # the penalty did something
+
+
+def test_rows_stop_independently_at_end_of_sequence_like_transformers(gen_checkpoint, gen_artifact):
+    """Make a token generated mid-way by row 0 the eos: row 0 stops there, other rows run on (parity)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onnxformer.runtime.generation import Generator
+
+    gen = Generator.load(gen_artifact("qwen2"))
+    free = gen.generate_ids(PROMPTS, max_new_tokens=32)
+    eos = next(t for i, t in enumerate(free[0]) if i >= 3 and t not in free[0][:i])
+    gen.special = dataclasses.replace(gen.special, eos=(eos,))
+    got = gen.generate_ids(PROMPTS, max_new_tokens=32)
+    assert got[0] == free[0][: free[0].index(eos) + 1]
+    assert any(len(row) == 32 for row in got[1:])
+
+    ckpt = gen_checkpoint("qwen2")
+    tok = AutoTokenizer.from_pretrained(ckpt, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
+                             max_new_tokens=32, eos_token_id=eos)
+    for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
+        assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
