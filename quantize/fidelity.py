@@ -59,6 +59,15 @@ class Evaluation:
         return float(fidelity[budget_metric(self.task)])
 
 
+def check_task(task: str) -> None:
+    """Only encoder tasks have fidelity metrics (and fusion recipes) here."""
+    if task not in BUDGETS:
+        raise QuantizationError(
+            f"the quantize stage handles encoder tasks ({', '.join(BUDGETS)}); this artifact is {task}: "
+            "run its fp32 variant"
+        )
+
+
 def budget_metric(task: str) -> str:
     return BUDGETS[task][0]
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import onnx
 
 from onnxformer.errors import QuantizationError
+from onnxformer.quantize.fidelity import check_task
 from onnxformer.runtime.manifest import add_variant, load_manifest, variant_record, verify_variant
 
 MODEL_FILE = "model.onnx"
@@ -32,6 +33,7 @@ _FLOAT_PRECISIONS = ("fp32",)
 def load_source(directory: Path, variant: str) -> tuple[dict[str, Any], Path]:
     """Load the manifest and verify ``variant`` (sha256) and that it is an unquantized fp32 graph."""
     manifest = load_manifest(directory)
+    check_task(manifest["task"])
     if variant not in manifest["variants"]:
         raise QuantizationError(
             f"variant {variant!r} is not in {directory}; available: {sorted(manifest['variants'])}"

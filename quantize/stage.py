@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.errors import QuantizationError
+from onnxformer.quantize.fidelity import BUDGETS
 from onnxformer.runtime.manifest import load_manifest
 
 Row = dict[str, Any]
@@ -16,6 +17,8 @@ def quantize_stage(args: argparse.Namespace, out: Path, progress: Callable[[str]
     from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 
     task = load_manifest(out)["task"]
+    if task not in BUDGETS:  # decoders and seq2seq: nothing to fuse or quantize here yet
+        return [{"stage": "quantize", "variant": "-", "detail": f"skipped: no quantize recipe for {task}", "seconds": 0.0}]
     opt = optimize_artifact(out, progress=progress)
     fused = ", ".join(f"{op}×{n}" for op, n in opt.record["made_by"]["fused_ops"].items())
     rows = [{"stage": "quantize", "variant": opt.name, "detail": f"{fused}; {opt.summary(task)}", "seconds": opt.seconds}]

@@ -297,3 +297,19 @@ def test_build_stage_rows(tiny_artifact, copy_artifact):
     assert [r["variant"] for r in rows] == ["fp32-opt", "fp16", "int8"]
     assert "Attention×2" in rows[0]["detail"] and all("min_cosine" in r["detail"] for r in rows)
     assert set(_verify_all(art)["variants"]) == {"fp32", "fp32-opt", "fp16", "int8"}
+
+
+def test_decoder_tasks_are_refused_and_skipped_by_build(tiny_artifact, copy_artifact, capsys):
+    import argparse
+
+    from onnxformer.quantize.stage import quantize_stage
+    from onnxformer.runtime.manifest import save_manifest
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    manifest = load_manifest(art)
+    manifest["task"] = "text-generation"
+    save_manifest(art, manifest)
+    before = _snapshot(art)
+    assert main(["quantize", str(art), "--precision", "int8"]) == 1
+    assert "handles encoder tasks" in capsys.readouterr().err and _snapshot(art) == before
+    assert quantize_stage(argparse.Namespace(), art, lambda _: None)[0]["detail"].startswith("skipped")
