@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script, Python puts benchmarks/ itself on sys.path; its module names (cli, stats, report…) must
+# not shadow anything: the package is imported as onnxformer.benchmarks.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
