@@ -334,3 +334,13 @@ def test_rows_stop_independently_at_end_of_sequence_like_transformers(gen_checkp
                              max_new_tokens=32, eos_token_id=eos)
     for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
         assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
+
+
+def test_stream_checks_its_input_at_the_call(generator):
+    gen = generator("gpt2")
+    with pytest.raises(InputError, match="max_new_tokens must be an integer >= 1"):
+        gen.stream("hello", max_new_tokens=0)
+    with pytest.raises(InputError, match="item 0 is an empty string"):
+        gen.stream("")
+    with pytest.raises(InputError, match="stream\\(\\) takes one prompt string"):
+        gen.stream(["a", "b"])

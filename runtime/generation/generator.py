@@ -66,52 +66,29 @@ class Generator:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
         repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
-        opts = make_options(max_new_tokens, **options)
-        streams = self._streams(prompts, opts)
-        for _ in self._steps(prompts, opts, streams):
-            pass
-        texts = [s.text for s in streams]
+        run = self._start(prompts, make_options(max_new_tokens, **options))
+        run.finish()
+        texts = [s.text for s in run.streams]
         return texts[0] if isinstance(prompts, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Iterator[str]:
-        """Yield text pieces of one prompt as they are produced; joined they equal ``generate(prompt)``."""
+        """Yield text pieces of one prompt as they are produced; joined they equal ``generate(prompt)``.
+        Bad input raises here, at the call, not at the first iteration."""
         if not isinstance(prompt, str):
             raise InputError("stream() takes one prompt string; use generate() for a batch")
-        opts = make_options(max_new_tokens, **options)
-        streams = self._streams([prompt], opts)
-        for _ in self._steps([prompt], opts, streams):
-            if chunk := streams[0].pending:
-                streams[0].pending = ""
-                yield chunk
-        if tail := streams[0].pending + streams[0].flush():
-            yield tail
+        return self._start([prompt], make_options(max_new_tokens, **options)).pieces()
 
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 32, **options: Any) -> list[list[int]]:
         """Generated token ids per prompt, up to and including the end-of-sequence token."""
-        opts = make_options(max_new_tokens, **options)
-        streams = self._streams(prompts, opts)
-        for _ in self._steps(prompts, opts, streams):
-            pass
-        return [s.ids for s in streams]
+        run = self._start(prompts, make_options(max_new_tokens, **options))
+        run.finish()
+        return [s.ids for s in run.streams]
 
-    def _streams(self, prompts: str | Sequence[str], opts: GenerationOptions) -> list[TextStream]:
-        count = 1 if isinstance(prompts, str) else len(prompts)
-        return [TextStream(self.prompts.tokenizer, opts.stop) for _ in range(count)]
-
-    def _steps(self, prompts: str | Sequence[str], opts: GenerationOptions,
-               streams: list[TextStream]) -> Iterator[np.ndarray]:
+    def _start(self, prompts: str | Sequence[str], opts: GenerationOptions) -> "_Run":
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        stepper, history = self._stepper(batch, opts)
-        finished = np.zeros(len(batch), dtype=bool)
-        for tokens, active in token_loop(stepper, history, opts, self.special, finished):
-            for row in np.flatnonzero(active):
-                stream = streams[row]
-                stream.pending += stream.add(int(tokens[row]))
-                if stream.stopped:
-                    finished[row] = True
-            yield tokens
-        for stream in streams:
-            stream.pending += stream.flush()
+        stepper, history = self._stepper(batch, opts)  # tokenizes and checks the prompts
+        streams = [TextStream(self.prompts.tokenizer, opts.stop) for _ in batch]
+        return _Run(stepper, history, opts, self.special, streams)
 
     def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray]:
         if self.kind == "decoder":
@@ -131,6 +108,39 @@ class Generator:
                                       "token limit of this model's encoder")
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
         return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history
+
+
+class _Run:
+    """One generate/stream call: the token loop, plus each row's text and stop state."""
+
+    def __init__(self, stepper: Stepper, history: np.ndarray, opts: GenerationOptions, special: SpecialTokens,
+                 streams: list[TextStream]):
+        self.stepper, self.history, self.opts, self.special, self.streams = stepper, history, opts, special, streams
+
+    def steps(self) -> Iterator[None]:
+        finished = np.zeros(len(self.streams), dtype=bool)
+        for tokens, active in token_loop(self.stepper, self.history, self.opts, self.special, finished):
+            for row in np.flatnonzero(active):
+                stream = self.streams[row]
+                stream.pending += stream.add(int(tokens[row]))
+                if stream.stopped:
+                    finished[row] = True  # the loop sees it before the next step
+            yield
+        for stream in self.streams:
+            stream.pending += stream.flush()
+
+    def finish(self) -> None:
+        for _ in self.steps():
+            pass
+
+    def pieces(self) -> Iterator[str]:
+        stream = self.streams[0]
+        for _ in self.steps():
+            if stream.pending:
+                chunk, stream.pending = stream.pending, ""
+                yield chunk
+        if stream.pending:
+            yield stream.pending
 
 
 def generation_spec(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
