@@ -32,6 +32,9 @@ class Generator:
         self.max_positions = int(spec["max_positions"])
         tokens = spec["special_tokens"]
         self.start_id = tokens.get("decoder_start_token_id")
+        if self.kind == "seq2seq" and self.start_id is None:
+            raise ArtifactError(f"{directory}: a seq2seq manifest needs special_tokens.decoder_start_token_id; "
+                                "set decoder_start_token_id in the checkpoint's config and re-export")
         # transformers forces bos only when the output so far is one token long: the seq2seq start token.
         forced_bos = tokens.get("forced_bos_token_id") if self.kind == "seq2seq" else None
         self.special = SpecialTokens(tuple(tokens["eos_token_ids"]), int(tokens["pad_token_id"]), forced_bos,
