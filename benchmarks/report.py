@@ -80,6 +80,8 @@ def _headline(h: dict[str, Any] | None) -> list[str]:
 def _table(report: dict[str, Any]) -> list[str]:
     head = ("config", "batch", "seq", "model p50 ms", "p90", "p99", "mean", "e2e p50 ms", "e2e p99", "seq/s",
             "tokens/s", "RSS over base MB", "call peak MB", "size MB", "cosine vs fp32", "speedup model", "speedup e2e")
+    gpu = any(r.get("gpu_memory_mb") is not None for r in report["results"])
+    head += ("GPU MB",) if gpu else ()
     lines = ["## Results", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         m, e = r["model_only"], r["end_to_end"]
@@ -87,8 +89,11 @@ def _table(report: dict[str, Any]) -> list[str]:
         cells = (r["config"], str(r["batch"]), str(r["seq"]), _f(m["p50_ms"]), _f(m["p90_ms"]), _f(m["p99_ms"]),
                  _f(m["mean_ms"]), _f(e["p50_ms"]), _f(e["p99_ms"]), _f(m["seq_per_s"], 1), _f(m["tokens_per_s"], 0),
                  _f(r["peak_rss_over_base_mb"], 0), _f(r["run_peak_over_steady_mb"], 0), _f(r["size_mb"], 1), cos,
-                 _f(r["speedup_model_only"]), _f(r["speedup_end_to_end"]))
+                 _f(r["speedup_model_only"]), _f(r["speedup_end_to_end"])) + ((_f(r["gpu_memory_mb"], 0),) if gpu else ())
         lines.append("| " + " | ".join(cells) + " |")
+    if gpu:
+        lines += ["", "GPU memory: PyTorch's CUDA allocator peak for PyTorch configurations; for ONNX Runtime, the "
+                  "whole process's GPU memory from nvidia-smi (ONNX Runtime exposes no per-session peak)."]
     lines += ["", f"Fidelity: worst-row cosine against {report.get('fidelity_reference')} on the same inputs "
               "(pooled embeddings for feature extraction, logits otherwise); ✗ = outside the precision's budget. "
               f"Memory: {report['memory_method']}. "

@@ -88,6 +88,7 @@ def gpu_shaped_report(tiny_artifact) -> dict:
         c["name"], c["device"] = rename[c["name"]], "gpu"
     for r in report["results"]:
         r["config"] = rename[r["config"]]
+        r["gpu_memory_mb"] = 123.0  # what PyTorch's allocator / nvidia-smi would report
     add_comparisons(report)
     return report
 
@@ -99,6 +100,7 @@ def test_gpu_report_writing(gpu_shaped_report, tmp_path):
     paths = write_report(gpu_shaped_report, tmp_path / "gpu-tiny.json")
     md = paths["markdown"].read_text()
     assert "## Headline (GPU, batch 1 × 8 tokens" in md and "vs PyTorch fp16 autocast" in md
+    assert "| GPU MB |" in md and "| 123 |" in md and "nvidia-smi" in md
     summary = driver.summary_markdown("NVIDIA Test GPU", {"tiny": gpu_shaped_report})
     assert "# GPU check: NVIDIA Test GPU" in summary and "| tiny | fp32@cuda |" in summary
     assert "[tiny](gpu-tiny.md)" in summary
