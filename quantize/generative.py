@@ -25,7 +25,7 @@ from onnxformer.errors import QuantizationError
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.cache import DTYPES
-from onnxformer.runtime.manifest import add_variant, load_manifest, variant_record, verify_variant
+from onnxformer.runtime.manifest import add_variant, load_manifest, variant_record
 from onnxformer.runtime.session import create_session
 
 VARIANTS = ("fp16", "int8", "int4")
@@ -47,23 +47,24 @@ def quantize_generative(directory: str | Path, variants: Sequence[str] = VARIANT
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise QuantizationError(f"unknown generative variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    verify_variant(directory, manifest, "fp32")
     texts = list(texts or _evaluation_texts())
-    reference = teacher_forced_logits(directory, "fp32", texts)
+    reference = teacher_forced_logits(Generator.load(directory, "fp32", provider="cpu"), texts)
+    fp32 = manifest["variants"]["fp32"]
     for name in variants:
         progress(f"{name}: converting")
         start = time.perf_counter()
-        made_by = _write_variant(directory, manifest["variants"]["fp32"]["components"], name, block_size)
+        made_by = _write_variant(directory, fp32["components"], name, block_size)
+        components = {role: f"{name}/{Path(rel).name}" for role, rel in fp32["components"].items()}
         progress(f"{name}: measuring next-token agreement and perplexity")
-        record = variant_record(directory, f"{name}/{Path(manifest['variants']['fp32']['file']).name}",
-                                precision=name, providers=["cuda", "cpu"] if name == "fp16" else ["cpu"],
-                                made_by={**made_by, "seconds": round(time.perf_counter() - start, 2)})
-        record["components"] = {role: f"{name}/{Path(rel).name}"
-                                for role, rel in manifest["variants"]["fp32"]["components"].items()}
-        manifest = add_variant(directory, name, record)  # on disk before measuring: fidelity loads it verified
-        record["cache_dtype"] = _cache_dtype(directory, record)
-        record["fidelity"] = fidelity(reference, teacher_forced_logits(directory, name, texts))
-        manifest = add_variant(directory, name, record)
+        sessions = {role: create_session(directory / rel) for role, rel in components.items()}  # just written
+        measured = teacher_forced_logits(Generator(directory, manifest, name, sessions), texts)
+        record = variant_record(directory, components["decoder"], precision=name,
+                                providers=["cuda", "cpu"] if name == "fp16" else ["cpu"],
+                                made_by={**made_by, "seconds": round(time.perf_counter() - start, 2)},
+                                fidelity=fidelity(reference, measured))
+        record["components"] = components
+        record["cache_dtype"] = _cache_dtype(sessions)
+        manifest = add_variant(directory, name, record)  # one atomic manifest write, fidelity included
     return manifest
 
 
@@ -140,16 +141,14 @@ CONVERTERS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {"fp16": to
                                                                      "int4": to_int4}
 
 
-def _cache_dtype(directory: Path, record: dict[str, Any]) -> str:
-    role = "decoder_with_past" if "decoder_with_past" in record["components"] else "decoder"
-    session = create_session(confined(directory, record["components"][role]))
+def _cache_dtype(sessions: dict[str, Any]) -> str:
+    session = sessions.get("decoder_with_past", sessions["decoder"])
     past = next(i for i in session.get_inputs() if i.name.startswith("past_key_values."))
     return {"tensor(float)": "float32", "tensor(float16)": "float16"}[past.type]
 
 
-def teacher_forced_logits(directory: Path, variant: str, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_forced_logits(gen: Generator, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(logits (T, V) float32, next-token targets (T,)) per text, each text alone (batch 1)."""
-    gen = Generator.load(directory, variant)
     out = []
     for text in texts:
         prompts = gen.prompts.encode([text], gen.max_positions, True, "positions")
