@@ -73,3 +73,18 @@ def test_bad_requests_are_refused(quantized, tiny_artifact):
         quantize_generative(quantized, ["int2"])
     with pytest.raises(QuantizationError, match="not a generative artifact"):
         quantize_generative(tiny_artifact("bert", "feature-extraction"))
+
+
+def test_fidelity_metrics():
+    import numpy as np
+
+    from onnxformer.quantize.generative import fidelity
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 10)).astype(np.float32)
+    targets = rng.integers(0, 10, size=6)
+    same = fidelity([(logits, targets)], [(logits, targets)])
+    assert same["next_token_agreement"] == 1.0 and same["perplexity_delta"] == 0.0
+    flat = fidelity([(logits, targets)], [(np.zeros_like(logits), targets)])
+    assert flat["perplexity"] == pytest.approx(10.0, rel=1e-5)  # uniform over 10 tokens
+    assert flat["next_token_agreement"] == pytest.approx(np.mean(logits.argmax(-1) == 0))
