@@ -7,6 +7,7 @@ special token ids and the position limit — everything the torch-free runtime n
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 import time
@@ -41,8 +42,6 @@ def is_generative_request(model: str, task: str | None) -> bool:
     config = Path(model).expanduser() / "config.json"
     if not config.is_file():
         return False  # let the encoder path report the missing/odd checkpoint
-    import json
-
     try:
         model_type = json.loads(config.read_text()).get("model_type", "")
     except ValueError:
