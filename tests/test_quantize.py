@@ -192,6 +192,9 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
         zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in graph.node
                        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
         assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
+        weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+        assert weight_dq and all(onnx.helper.get_attribute_value(a) == 1  # per output channel of (K, N)
+                                 for n in weight_dq for a in n.attribute if a.name == "axis")
     else:
         assert made_by["from"] == "fp32-opt" and "Attention" in ops
     _verify_all(art)
