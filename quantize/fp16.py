@@ -70,9 +70,10 @@ def activation_ranges(typed: Path, feeds: list[Feeds], work: Path) -> dict[str, 
 def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str, str]:
     """node name → why it stays fp32."""
     limit, stats_limit = FP16_MAX / HEADROOM, (FP16_MAX / HEADROOM) ** 0.5
+    weights = _weight_ranges(model)  # a weight beyond fp16's range would be clamped by the converter
     blocked = {}
     for node in model.graph.node:
-        values = [ranges[t] for t in (*node.input, *node.output) if t in ranges]
+        values = [ranges.get(t, weights.get(t)) for t in (*node.input, *node.output) if t in ranges or t in weights]
         inputs = [ranges[t] for t in node.input if t in ranges]
         if any(v > limit for v in values):
             blocked[node.name] = f"|x| up to {max(values):.4g} > {limit:.0f}"
@@ -81,6 +82,14 @@ def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str,
         elif values and all(0.0 < v < FP16_TINY for v in values):
             blocked[node.name] = f"|x| at most {max(values):.3g}, below fp16's smallest normal"
     return blocked
+
+
+def _weight_ranges(model: onnx.ModelProto) -> dict[str, float]:
+    """max |w| of every float32 initializer."""
+    from onnx.numpy_helper import to_array
+
+    return {init.name: float(np.abs(to_array(init)).max(initial=0.0)) for init in model.graph.initializer
+            if init.data_type == onnx.TensorProto.FLOAT}
 
 
 def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tuple[Path, dict[str, Any]]:
