@@ -63,8 +63,8 @@ def check_task(task: str) -> None:
     """Only encoder tasks have fidelity metrics (and fusion recipes) here."""
     if task not in BUDGETS:
         raise QuantizationError(
-            f"the quantize stage handles encoder tasks ({', '.join(BUDGETS)}); this artifact is {task}: "
-            "run its fp32 variant"
+            f"`onnxformer quantize` handles encoder tasks ({', '.join(BUDGETS)}); this artifact is {task}: "
+            "use `onnxformer quantize-generative` for it"
         )
 
 

@@ -314,5 +314,5 @@ def test_decoder_tasks_are_refused_and_skipped_by_build(tiny_artifact, copy_arti
     save_manifest(art, manifest)
     before = _snapshot(art)
     assert main(["quantize", str(art), "--precision", "int8"]) == 1
-    assert "handles encoder tasks" in capsys.readouterr().err and _snapshot(art) == before
+    assert "quantize-generative" in capsys.readouterr().err and _snapshot(art) == before
     assert quantize_stage(argparse.Namespace(), art, lambda _: None)[0]["detail"].startswith("skipped")
