@@ -76,9 +76,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from onnxformer.runtime.generation.cli import add_parser  # argparse only; sessions load in the handler
+    from onnxformer.generation_cli import register  # argparse only; runtime/quantizer load in the handlers
 
-    add_parser(sub)
+    register(sub)
 
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving, _add_quantize, _add_generate]

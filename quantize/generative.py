@@ -202,3 +202,4 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     return -log_probs[np.arange(len(targets)), targets]
+

@@ -88,3 +88,13 @@ def test_fidelity_metrics():
     flat = fidelity([(logits, targets)], [(np.zeros_like(logits), targets)])
     assert flat["perplexity"] == pytest.approx(10.0, rel=1e-5)  # uniform over 10 tokens
     assert flat["next_token_agreement"] == pytest.approx(np.mean(logits.argmax(-1) == 0))
+
+
+def test_cli_quantize_generative(quantized, copy_artifact, capsys):
+    from onnxformer.cli import main
+
+    art = copy_artifact(quantized)
+    assert main(["quantize-generative", str(art), "--variants", "int8"]) == 0
+    assert "int8: next-token agreement" in capsys.readouterr().out
+    assert main(["quantize-generative", str(art), "--variants", "int3"]) == 1
+    assert "unknown generative variant(s) ['int3']" in capsys.readouterr().err

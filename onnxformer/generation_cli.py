@@ -1,11 +1,17 @@
-"""`onnxformer generate DIR PROMPT...`: text from a generative artifact, streamed for a single prompt."""
+"""`onnxformer generate` and `onnxformer quantize-generative`: argparse only here (the CLI starts fast);
+the runtime and the quantizer load inside the handlers."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    _add_generate(sub)
+    _add_quantize(sub)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with an exported decoder or seq2seq artifact (torch-free)")
     p.add_argument("artifact", help="artifact directory written by `onnxformer export` (text-generation models)")
     p.add_argument("prompts", nargs="+", help="one or more prompts (source texts for seq2seq models)")
@@ -21,10 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncate", action="store_true", help="cut prompts that do not fit instead of failing")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
     p.add_argument("--provider", default="auto", help="auto | cuda | cpu (comma list allowed; default auto)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_run_generate)
 
 
-def run(args: argparse.Namespace) -> int:
+def _run_generate(args: argparse.Namespace) -> int:
     from onnxformer.runtime.generation import Generator
 
     provider = args.provider.split(",") if "," in args.provider else args.provider
@@ -39,4 +45,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for prompt, text in zip(args.prompts, gen.generate(args.prompts, args.max_new_tokens, **options)):
         print(f"{prompt!r} → {text!r}")
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize-generative", help="add fp16 / int8 / int4 variants to a generative artifact, "
+                                                   "with next-token agreement and perplexity delta")
+    p.add_argument("dir", help="artifact directory of a text-generation or text2text-generation model")
+    p.add_argument("--variants", default="fp16,int8,int4", help="comma list of fp16,int8,int4 (default: all)")
+    p.add_argument("--block-size", type=int, default=32, help="int4: weights per scale (default 32)")
+    p.set_defaults(func=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from onnxformer.progress import console
+    from onnxformer.quantize.generative import quantize_generative
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    manifest = quantize_generative(args.dir, variants, block_size=args.block_size, progress=console.log)
+    for name in variants:
+        fid = manifest["variants"][name]["fidelity"]
+        console.print(f"{name}: next-token agreement {fid['next_token_agreement']:.3f}, "
+                      f"perplexity Δ {fid['perplexity_delta']:+.4f} ({fid['positions']} positions)")
     return 0
