@@ -1,11 +1,12 @@
 """Loopback load on `onnxformer serve`: throughput and p50/p99 at several concurrencies, batching on vs off.
 
     .venv/bin/python benchmarks/bench_serve.py            # writes benchmarks/results/serve.{json,md}
-    .venv/bin/python benchmarks/bench_serve.py --seconds 3 --concurrency 1 32   # quicker
+    .venv/bin/python benchmarks/bench_serve.py --seconds 4 --concurrency 1 32   # quicker
 
-The server runs as its own process (the real CLI) so client and server do not share a GIL; the client is a
-closed loop of C asyncio workers, each sending one-text POST /v1/embeddings requests back to back for a
-fixed time, so the run always stops by itself. Bar: at concurrency 32, batching on >= 2x batching off.
+Two servers run as their own processes (the real CLI, batching on and --no-batching) so client and server do
+not share a GIL; the client is a closed loop of C asyncio workers, each sending one-text POST /v1/embeddings
+requests back to back for a fixed time, so the run always stops by itself. On and off are measured in
+alternating rounds. Bar: at concurrency 32, batching on >= 2x batching off.
 """
 from __future__ import annotations
 
@@ -86,17 +87,18 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def batch_stats(self) -> tuple[float, float]:
-        """(model calls, texts) so far, from /metrics."""
+    def batch_stats(self) -> tuple[float, float, float]:
+        """(model calls, texts, seconds inside the model) so far, from /metrics."""
         import httpx
 
-        calls = items = 0.0
+        wanted = ('onnxformer_batch_size_count{lane="embed"}', 'onnxformer_batch_size_sum{lane="embed"}',
+                  'onnxformer_model_call_duration_seconds_sum{lane="embed"}')
+        values = dict.fromkeys(wanted, 0.0)
         for line in httpx.get(f"{self.url}/metrics").text.splitlines():
-            if line.startswith('onnxformer_batch_size_count{lane="embed"}'):
-                calls = float(line.rsplit(" ", 1)[1])
-            elif line.startswith('onnxformer_batch_size_sum{lane="embed"}'):
-                items = float(line.rsplit(" ", 1)[1])
-        return calls, items
+            key, _, value = line.rpartition(" ")
+            if key in values:
+                values[key] = float(value)
+        return tuple(values[k] for k in wanted)
 
 
 async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> dict[str, Any]:
@@ -126,28 +128,44 @@ async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> d
         begin = time.perf_counter()
         await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
         elapsed = time.perf_counter() - begin
-    lat = np.array(latencies)
-    return {"requests": len(latencies), "errors": errors, "seconds": elapsed,
-            "throughput_rps": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+    return {"latencies": np.array(latencies), "errors": errors, "seconds": elapsed}
 
 
-def measure(artifact: Path, batching: bool, levels: list[int], seconds: float, threads: int | None) -> list[dict]:
+def measure(artifact: Path, levels: list[int], seconds: float, rounds: int, threads: int | None) -> list[dict]:
+    """Both servers run side by side (the idle one costs nothing); at each concurrency the two are measured in
+    alternating rounds, so background load on a shared machine hits both alike."""
     pool, rows = texts(), []
-    with Server(artifact, batching, threads) as server:
-        asyncio.run(load(server.url, 4, 1.0, pool))  # warm-up: sessions, sockets, allocator
+    with Server(artifact, True, threads) as on, Server(artifact, False, threads) as off:
+        servers = {"on": on, "off": off}
+        for server in servers.values():
+            asyncio.run(load(server.url, 4, 1.0, pool))  # warm-up: sessions, sockets, allocator
         for c in levels:
-            before = server.batch_stats()
-            row = {"batching": "on" if batching else "off", "concurrency": c,
-                   **asyncio.run(load(server.url, c, seconds, pool))}
-            after = server.batch_stats()
-            calls = after[0] - before[0]
-            row["mean_batch"] = (after[1] - before[1]) / calls if calls else 0.0
-            print(f"batching {row['batching']:>3}  c={c:<3} {row['throughput_rps']:7.1f} req/s  "
-                  f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  mean batch {row['mean_batch']:5.1f}  "
-                  f"errors {row['errors']}", flush=True)
-            rows.append(row)
+            parts: dict[str, list[dict]] = {"on": [], "off": []}
+            stats = {mode: [server.batch_stats()] for mode, server in servers.items()}
+            for _ in range(rounds):
+                for mode, server in servers.items():
+                    parts[mode].append(asyncio.run(load(server.url, c, seconds / rounds, pool)))
+            for mode, server in servers.items():
+                stats[mode].append(server.batch_stats())
+                rows.append(_row(mode, c, parts[mode], stats[mode]))
+                _print(rows[-1])
     return rows
+
+
+def _row(mode: str, concurrency: int, parts: list[dict], stats: list[tuple[float, ...]]) -> dict[str, Any]:
+    lat = np.concatenate([p["latencies"] for p in parts])
+    elapsed = sum(p["seconds"] for p in parts)
+    calls, items, busy = (after - before for before, after in zip(stats[0], stats[1]))
+    return {"batching": mode, "concurrency": concurrency, "requests": int(lat.size),
+            "errors": sum(p["errors"] for p in parts), "seconds": elapsed, "throughput_rps": lat.size / elapsed,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "mean_batch": items / calls if calls else 0.0, "model_busy": busy / elapsed}
+
+
+def _print(row: dict[str, Any]) -> None:
+    print(f"batching {row['batching']:>3}  c={row['concurrency']:<3} {row['throughput_rps']:7.1f} req/s  "
+          f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  mean batch {row['mean_batch']:5.1f}  "
+          f"model busy {row['model_busy']:4.0%}  errors {row['errors']}", flush=True)
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
@@ -162,14 +180,16 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"# Serving benchmark: {report['model']} on loopback", "",
              f"`{report['command']}`", "",
-             f"{s['seconds']} s closed loop per point, one text per POST /v1/embeddings, "
-             f"{report['cpu_count']} CPUs shared by client and server; server defaults otherwise "
-             f"(max batch 32, max delay 2 ms).", "",
-             "| batching | concurrency | req/s | p50 (ms) | p99 (ms) | mean batch | requests | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{s['seconds']} s closed loop per point and mode, in {s['rounds']} alternating on/off rounds; one text "
+             f"(4-40 words) per POST /v1/embeddings; {report['cpu_count']} CPUs shared by client and server; server "
+             f"defaults otherwise (max batch 32, max delay 2 ms, 512-token runtime batches). 1-minute load average "
+             f"{report['load_average']['before']:.1f} before, {report['load_average']['after']:.1f} after "
+             "(other work on the machine).", "",
+             "| batching | concurrency | req/s | p50 (ms) | p99 (ms) | mean batch | model busy | requests | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['requests']} | {r['errors']} |")
+                     f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} | {r['requests']} | {r['errors']} |")
     b = report["bar"]
     ratio = "n/a" if b["ratio"] is None else f"{b['ratio']:.2f}x"
     lines += ["", f"Bar: at concurrency {b['concurrency']}, batching on / off = {ratio} "
@@ -181,17 +201,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, help="artifact directory (default: export all-MiniLM-L6-v2 once)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    p.add_argument("--seconds", type=float, default=8.0, help="duration of each point")
+    p.add_argument("--seconds", type=float, default=12.0, help="measured time per point and mode")
+    p.add_argument("--rounds", type=int, default=4, help="alternating on/off rounds the time is split into")
     p.add_argument("--threads", type=int, help="server ONNX Runtime threads (default: physical cores)")
     p.add_argument("--out", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
     artifact = minilm_artifact(args.artifact or DEFAULT_ARTIFACT)
-    rows = []
-    for batching in (True, False):
-        rows += measure(artifact, batching, args.concurrency, args.seconds, args.threads)
+    load_before = os.getloadavg()
+    rows = measure(artifact, args.concurrency, args.seconds, args.rounds, args.threads)
     report = {"model": json.loads((artifact / "manifest.json").read_text()).get("name"),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
-              "settings": {"seconds": args.seconds, "concurrency": args.concurrency, "threads": args.threads},
+              "settings": {"seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency,
+                           "threads": args.threads},
+              "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
               "results": rows, "bar": summarize(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

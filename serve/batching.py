@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -39,9 +40,9 @@ class Job:
 class Scheduler:
     """Owns the worker thread, the admission count behind 429, and one lane per kind of work."""
 
-    def __init__(self, limits: BatchLimits, on_batch: Callable[[str, int], None] = lambda lane, n: None):
+    def __init__(self, limits: BatchLimits, on_batch: Callable[[str, int, float], None] = lambda *_: None):
         self.limits = limits
-        self.on_batch = on_batch  # metrics hook: (lane, items in the model call)
+        self.on_batch = on_batch  # metrics hook: (lane, items in the model call, seconds it took)
         self.pending = 0  # items admitted and not yet handed to the model
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxformer-model")
         self._lanes: dict[str, Lane] = {}
@@ -158,8 +159,9 @@ class Lane:
         results: list[Any] = []
         for i in range(0, len(items), cap):
             chunk = items[i:i + cap]
-            self.scheduler.on_batch(self.name, len(chunk))
+            start = time.perf_counter()
             out = list(self.run(chunk))
+            self.scheduler.on_batch(self.name, len(chunk), time.perf_counter() - start)
             if len(out) != len(chunk):
                 raise RuntimeError(f"lane {self.name}: {len(out)} results for {len(chunk)} items")
             results += out

@@ -19,14 +19,17 @@ class Metrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("onnxformer_batch_size", "items per model call", ["lane"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.model_seconds = Histogram("onnxformer_model_call_duration_seconds", "time inside one model call",
+                                       ["lane"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("onnxformer_queue_depth", "items admitted and waiting for the model",
                                  registry=self.registry)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 
-    def observe_batch(self, lane: str, n: int) -> None:
+    def observe_batch(self, lane: str, n: int, seconds: float) -> None:
         self.batch_size.labels(lane=lane).observe(n)
+        self.model_seconds.labels(lane=lane).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
