@@ -178,3 +178,26 @@ def test_malformed_records_are_skipped_not_crashed_on():
     assert choose(m, "cpu").variant == "fp32"
     with pytest.raises(ProviderError, match="no variant of this artifact suits cuda"):
         choose({"task": "feature-extraction", "variants": {"int8": rec("int8", ["cpu"], min_cosine=1.0)}}, "cuda")
+
+
+def test_loader_builds_tensorrt_options_from_a_real_manifest(tiny_artifact, tmp_path):
+    from onnxformer.runtime.loader import LoadOptions, provider_options
+    from onnxformer.runtime.manifest import load_manifest
+
+    m = load_manifest(tiny_artifact("bert"))
+    opts = provider_options(m, m["variants"]["fp32"], "tensorrt", LoadOptions(max_batch_size=4, trt_cache=tmp_path))
+    names = [i["name"] for i in m["inputs"]]
+    assert opts["trt_profile_max_shapes"] == ",".join(f"{n}:4x128" for n in names)  # tiny model: 128 tokens
+    assert opts["trt_fp16_enable"] is False and Path(opts["trt_engine_cache_path"]).parent == tmp_path
+    assert m["variants"]["fp32"]["sha256"][:16] in opts["trt_engine_cache_path"]
+    assert provider_options(m, m["variants"]["fp32"], "cuda", LoadOptions())["device_id"] == 0
+
+
+def test_strict_load_on_a_cpu_machine(tiny_artifact):
+    from onnxformer.runtime import Model
+
+    assert Model.load(tiny_artifact("bert"), provider="cpu", strict=True).provider == "cpu"
+    if providers.gpu_present():
+        pytest.skip("a GPU is present: cuda would not fall back")
+    with pytest.raises(ProviderError, match="strict=True"):
+        Model.load(tiny_artifact("bert"), provider=["cuda", "cpu"], strict=True)
