@@ -95,6 +95,7 @@ def test_cli_quantize_generative(quantized, copy_artifact, capsys):
 
     art = copy_artifact(quantized)
     assert main(["quantize-generative", str(art), "--variants", "int8"]) == 0
-    assert "int8: next-token agreement" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "int8: next-token agreement" in captured.out + captured.err  # rich console: stderr
     assert main(["quantize-generative", str(art), "--variants", "int3"]) == 1
     assert "unknown generative variant(s) ['int3']" in capsys.readouterr().err
