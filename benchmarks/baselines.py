@@ -113,11 +113,14 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
 class OptimumPeer:
     """optimum's own export (ORTModel) and dynamic int8 (ORTQuantizer) of the same checkpoint, made once."""
 
-    def __init__(self, ctx: ArtifactContext, avx512_vnni: bool):
+    def __init__(self, ctx: ArtifactContext, avx512_vnni: bool, workdir: Path | None = None):
+        """``workdir``: reuse the models a parent process already made there (isolated runs); else a temp dir."""
         self.ctx = ctx
         self.avx512_vnni = avx512_vnni
-        self.workdir = Path(tempfile.mkdtemp(prefix="onnxformer-bench-optimum-"))
-        self.dirs: dict[str, Path] = {}
+        self.owned = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="onnxformer-bench-optimum-")) if workdir is None else Path(workdir)
+        made = {"fp32": self.workdir / "fp32" / "model.onnx", "int8": self.workdir / "int8" / "model_quantized.onnx"}
+        self.dirs: dict[str, Path] = {k: p.parent for k, p in made.items() if p.is_file()}
 
     def candidates(self) -> list[Candidate]:
         path, reason = source_path(self.ctx.manifest)
@@ -167,7 +170,8 @@ class OptimumPeer:
         return _optimum_runner(model, tokenizer, self.ctx, float((directory / file_name).stat().st_size))
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.owned:  # a temp dir of ours: nothing in it is worth keeping
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _optimum_runner(model: Any, tokenizer: Any, ctx: ArtifactContext, size: float) -> Runner:

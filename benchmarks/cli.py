@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--seconds", type=float, help="time budget per configuration and mode (default 2)")
     p.add_argument("--no-baselines", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--no-peers", action="store_true", help="skip optimum's ORTModel fp32/int8")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every configuration in this process, interleaved (faster; default: one process each)")
     p.add_argument("--out", help="report JSON path (default DIR/bench.json; .md and .png files go next to it)")
     p.set_defaults(func=run)
 
@@ -46,7 +48,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     seconds = args.seconds if args.seconds is not None else (None if args.iters else 2.0)
     return Settings(batches=args.batch, seqs=args.seq, threads=args.threads or physical_cores(),
                     budget=Budget(warmup=args.warmup, iters=args.iters, seconds=seconds), providers=args.providers,
-                    variants=args.variants, baselines=not args.no_baselines, peers=not args.no_peers)
+                    variants=args.variants, baselines=not args.no_baselines, peers=not args.no_peers,
+                    isolate=not args.in_process)
 
 
 def run(args: argparse.Namespace) -> int:

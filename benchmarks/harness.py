@@ -44,6 +44,7 @@ class Settings:
     baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
     peers: bool = True  # optimum ORTModel fp32 + int8
     seed: int = 0
+    isolate: bool = False  # each configuration in its own process (isolation.py); else all in this one, interleaved
 
 
 def run_benchmark(directory: str | Path, settings: Settings, progress: Progress = lambda *_: None) -> dict[str, Any]:
@@ -58,7 +59,10 @@ def run_benchmark(directory: str | Path, settings: Settings, progress: Progress 
     candidates = _candidates(ctx, settings, providers, peer)
     signatures: dict[tuple[str, int, int], np.ndarray] = {}
     try:
-        _measure_all(candidates, shapes, settings.budget, report, signatures, progress)
+        if settings.isolate:
+            _measure_isolated(candidates, directory, settings, report, signatures, peer, progress)
+        else:
+            _measure_all(candidates, shapes, settings.budget, report, signatures, progress)
     except KeyboardInterrupt:
         report["interrupted"] = True  # keep what was measured; the caller writes it
     finally:
@@ -94,7 +98,7 @@ def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, pro
         "settings": {"batches": settings.batches, "seqs": settings.seqs, "threads": settings.threads,
                      "warmup": settings.budget.warmup, "iters": settings.budget.iters,
                      "seconds": settings.budget.seconds, "providers": providers,
-                     "variants": settings.variants or list(manifest["variants"])},
+                     "variants": settings.variants or list(manifest["variants"]), "isolate": settings.isolate},
         "memory_method": memory.METHOD,
         "load_average_1m_start": os.getloadavg()[0],  # > core count: other jobs competed for the CPU
         "environment": env,
@@ -164,6 +168,28 @@ def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budg
             row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
             report["results"].append(row)
     progress(total, total, "done")
+
+
+def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Settings, report: dict[str, Any],
+                      signatures: dict, peer: OptimumPeer | None, progress: Progress) -> None:
+    """One child process per configuration, one after the other (see isolation.py)."""
+    from onnxformer.benchmarks.isolation import fragment_signatures, run_isolated
+
+    for i, cand in enumerate(candidates):
+        if cand.load is None:
+            report["configs"].append({"name": cand.name, "kind": cand.kind, "device": cand.device,
+                                      "precision": cand.precision, "status": "unavailable", "reason": cand.reason})
+            continue
+        progress(i, len(candidates), f"{cand.name} (own process)")
+        cand.prepare()  # e.g. optimum's export, made once here and shared with the worker through its directory
+        fragment = run_isolated(directory, settings, cand.name, peer.workdir if peer else None)
+        for config in fragment["configs"]:
+            report["configs"].append({"kind": cand.kind, "device": cand.device, "precision": cand.precision, **config})
+        report["results"] += fragment["results"]
+        signatures.update(fragment_signatures(fragment))
+        if fragment["interrupted"]:
+            raise KeyboardInterrupt
+    progress(len(candidates), len(candidates), "done")
 
 
 def _guarded(config: dict[str, Any], step: Callable[[], Any]) -> Any:

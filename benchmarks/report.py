@@ -49,8 +49,9 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
     if load > 0.5 * cores:
         lines += [f"**Shared machine:** 1-minute load average {_f(report.get('load_average_1m_start'))} at start, "
                   f"{_f(report.get('load_average_1m_end'))} at end, on {cores} cores: other jobs competed for the CPU. "
-                  "Configurations were timed in interleaved rounds so they shared that contention, but absolute "
-                  "latencies are inflated, and multi-threaded PyTorch (OpenMP) suffers more from it than ONNX Runtime.", ""]
+                  "Absolute latencies are inflated, and multi-threaded PyTorch (OpenMP) suffers far more from it "
+                  "than ONNX Runtime, which inflates speedups over PyTorch; the fastest-call ratios are the least "
+                  "disturbed estimate.", ""]
     lines += _headline(report.get("headline")) + _headline(report.get("headline_gpu"))
     lines += _table(report)
     lines += _unavailable(report)
@@ -97,8 +98,9 @@ def _table(report: dict[str, Any]) -> list[str]:
     lines += ["", f"Fidelity: worst-row cosine against {report.get('fidelity_reference')} on the same inputs "
               "(pooled embeddings for feature extraction, logits otherwise); ✗ = outside the precision's budget. "
               f"Memory: {report['memory_method']}. "
-              "Timing: configurations are timed in interleaved rounds (each round: one untimed call, then "
-              f"{BLOCK} timed calls per configuration), so background load hits all alike.", ""]
+              + ("Timing: each configuration in its own process, one after the other." if report["settings"].get("isolate")
+                 else "Timing: all configurations in one process, timed in interleaved rounds (each round: one untimed "
+                 f"call, then {BLOCK} timed calls per configuration), so background load hits all alike."), ""]
     return lines
 
 

@@ -108,7 +108,7 @@ def bench(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
     from onnxformer.progress import console
 
     settings = Settings(batches=args.batch, seqs=args.seq, threads=args.threads, providers=["cpu"],
-                        budget=Budget(warmup=args.warmup, iters=args.iters, seconds=args.seconds))
+                        budget=Budget(warmup=args.warmup, iters=args.iters, seconds=args.seconds), isolate=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("bench", total=None)

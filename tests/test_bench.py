@@ -169,3 +169,24 @@ def test_suite_verdict_and_summary(tiny_report):
     md = run_suite.suite_markdown([verdict], {"minilm": "variants from onnxformer.quantize: none"}, args)
     assert "**shared with other jobs**" in md and "| minilm | fp32@cpu |" in md and "≥ 3×" in md
     assert "python benchmarks/run_suite.py --models minilm --iters 3" in md
+
+
+def test_isolated_run_matches_in_process(tiny_artifact):
+    """One child process per configuration: same rows and fidelity as in-process, merged into one report."""
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False, isolate=True)
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+    assert [(c["name"], c["status"], c["kind"]) for c in report["configs"]] == [
+        ("pytorch-fp32@cpu", "ok", "pytorch"), ("pytorch-bf16@cpu", "ok", "pytorch"), ("fp32@cpu", "ok", "variant")]
+    rows = {r["config"]: r for r in report["results"]}
+    assert rows["fp32@cpu"]["fidelity_cosine"] > 0.99999 and isinstance(rows["fp32@cpu"]["speedup_model_only"], float)
+    assert rows["fp32@cpu"]["model_only"]["iterations"] == 3.0 and report["interrupted"] is False
+
+
+def test_isolated_worker_failure_is_recorded(tiny_artifact):
+    from onnxformer.benchmarks.isolation import run_isolated
+
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False)
+    fragment = run_isolated(tiny_artifact("bert", "feature-extraction"), settings, "int3@cpu", None)
+    (config,) = fragment["configs"]
+    assert config["status"] == "failed" and "worker process exited with 1" in config["reason"]
+    assert "no configuration named 'int3@cpu'" in config["reason"]

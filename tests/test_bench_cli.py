@@ -19,7 +19,8 @@ from onnxformer.runtime.manifest import load_manifest, save_manifest
 def test_bench_command_writes_every_file(tiny_artifact, tmp_path, capsys):
     out = tmp_path / "r" / "tiny.json"
     code = main(["bench", str(tiny_artifact("bert", "feature-extraction")), "--batch", "1", "--seq", "8",
-                 "--iters", "2", "--warmup", "1", "--threads", "1", "--no-peers", "--providers", "cpu", "--out", str(out)])
+                 "--iters", "2", "--warmup", "1", "--threads", "1", "--no-peers", "--providers", "cpu", "--in-process",
+                 "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["settings"]["iters"] == 2 and report["settings"]["threads"] == 1

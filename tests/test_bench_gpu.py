@@ -54,7 +54,7 @@ def test_script_syntax_and_refusal_without_gpu(tmp_path):
 def test_gpu_settings_and_time_split():
     s = plan.gpu_settings()
     assert s.providers == ["tensorrt", "cuda"] and s.baseline_devices == ["cuda"] and not s.peers
-    assert s.batches == [1, 8, 32] and s.seqs == [128] and s.budget.iters is None
+    assert s.batches == [1, 8, 32] and s.seqs == [128] and s.budget.iters is None and s.isolate
     assert plan.seconds_per_config(remaining=200, configs=8, shapes=3) == pytest.approx((200 - 120) / 48)
     assert plan.seconds_per_config(remaining=400, configs=8, shapes=3, models=2) == pytest.approx((200 - 120) / 48)
     assert plan.seconds_per_config(remaining=30, configs=8, shapes=3) == 0.2
@@ -80,7 +80,7 @@ def gpu_shaped_report(tiny_artifact) -> dict:
     """A real CPU run relabelled as the GPU check would label it (CUDA baselines, GPU-device variants)."""
     settings: Settings = plan.gpu_settings()
     settings.providers, settings.baseline_devices = ["cpu"], ["cpu"]
-    settings.batches, settings.seqs, settings.threads = [1], [8], 1
+    settings.batches, settings.seqs, settings.threads, settings.isolate = [1], [8], 1, False
     settings.budget = Budget(warmup=1, iters=3, seconds=None)
     report = copy.deepcopy(run_benchmark(tiny_artifact("bert", "feature-extraction"), settings))
     rename = {"pytorch-fp32@cpu": "pytorch-fp32@cuda", "pytorch-bf16@cpu": "pytorch-fp16@cuda", "fp32@cpu": "fp32@cuda"}
