@@ -162,6 +162,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm,bert-base")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     p.add_argument("--work", type=Path, help="where checkpoints and artifacts are built (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true", help="with --work: benchmark artifacts already built there as they are")
     p.add_argument("--batch", type=int_list, default=[1])
     p.add_argument("--seq", type=int_list, default=[16, 64, 128, 256])
     p.add_argument("--threads", type=int, default=2)
@@ -181,6 +182,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from onnxformer.benchmarks.report import write_report
     from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
+    from onnxformer.runtime.manifest import is_artifact, load_manifest
 
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:
             start = time.perf_counter()
             artifact = work / NAMES[model]
-            print(f"[{model}] exporting", flush=True)
-            export(checkpoint(model, work), artifact, NAMES[model])
-            print(f"[{model}] quantizing", flush=True)
-            notes[model] = quantize(artifact)
+            if args.reuse and is_artifact(artifact):
+                notes[model] = f"artifact reused from {artifact}: variants {', '.join(load_manifest(artifact)['variants'])}"
+            else:
+                print(f"[{model}] exporting", flush=True)
+                export(checkpoint(model, work), artifact, NAMES[model])
+                print(f"[{model}] quantizing", flush=True)
+                notes[model] = quantize(artifact)
             wait_for_quiet(args.wait_quiet)
             print(f"[{model}] {notes[model]}; benchmarking", flush=True)
             report = bench(artifact, args)
