@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
-from onnxformer.benchmarks.gpu.install import EXTRAS, install_commands  # noqa: F401  (re-exported)
 from onnxformer.benchmarks.harness import Settings
 from onnxformer.benchmarks.stats import Budget
 from onnxformer.errors import ProviderError
