@@ -1,4 +1,4 @@
-"""What the GPU check does, as plain data: install commands, benchmark settings, time budget.
+"""What the GPU check does, as plain data: benchmark settings, time budget, GPU presence (install: install.py).
 
 Kept free of GPU imports so tests exercise it on CPU.
 """
