@@ -77,7 +77,7 @@ def quantize_artifact(
     start, directory = time.perf_counter(), Path(directory)
     chosen = plan(precision, mode, target)
     floor = check_budget(budget) if budget is not None else None
-    _check_method(chosen, method)
+    _check_options(chosen, method, calibration)
     manifest, fp32_path = load_source(directory, "fp32")
     floor = floor if floor is not None else default_budget(manifest["task"])
     cal = calibration_texts(calibration)
@@ -101,9 +101,14 @@ def quantize_artifact(
     return _result(directory, chosen.name, start)
 
 
-def _check_method(chosen: Plan, method: str | None) -> None:
+def _check_options(chosen: Plan, method: str | None, calibration: str | Path | None) -> None:
     from onnxformer.quantize.calibration import calibration_method
 
+    if calibration is not None and chosen.mode == "dynamic":
+        raise QuantizationError(
+            "--calibration feeds static int8 (ranges) and fp16 (guard inputs); dynamic int8 measures its ranges "
+            "at run time: add --mode static or drop --calibration"
+        )
     if method is not None:
         if chosen.mode != "static":
             raise QuantizationError("--method chooses the calibration of static int8; add --mode static or drop it")

@@ -237,6 +237,8 @@ def _bad_inputs(art: Path, tmp: Path) -> list[tuple[list[str], str]]:
          "cannot read calibration file"),
         (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(binary)], "not UTF-8"),
         (["quantize", d, "--precision", "int8", "--mode", "static", "--method", "kmeans"], "unknown calibration method"),
+        (["quantize", d, "--precision", "int8", "--method", "entropy"], "add --mode static"),
+        (["quantize", d, "--precision", "int8", "--calibration", str(empty)], "dynamic int8 measures its ranges"),
         (["quantize", d, "--precision", "int8", "--budget", "0"], "--budget must be in (0, 1]"),
         (["quantize", d, "--precision", "int8", "--budget", "1.5"], "--budget must be in (0, 1]"),
         (["quantize", d, "--precision", "int8", "--budget", "-0.2"], "--budget must be in (0, 1]"),
