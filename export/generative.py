@@ -17,6 +17,7 @@ from typing import Any, Callable
 from onnxformer.errors import CheckpointError, ExportError
 from onnxformer.export.artifact import ExportResult, _architecture, _io_record, _save_tokenizer
 from onnxformer.export.checkpoint import Checkpoint, inspect_checkpoint, resolve_model_path
+from onnxformer.export.generative_logits import add_logits_to_keep
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
 from onnxformer.export.hf import _first_line
 from onnxformer.export.staging import staging_dir
@@ -76,6 +77,8 @@ def export_generative(
         progress("exporting with optimum (with past)")
         _export(reference, task_name, kind, stage / "fp32", opset)
         paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
+        if kind == "decoder":
+            add_logits_to_keep(paths["decoder"])  # prompt steps need the last position's logits only
         progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
         validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
         manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset)
@@ -230,6 +233,7 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
             "special_tokens": specials,
             "max_positions": positions,
             "position_ids": "position_ids" in [i.name for i in session.get_inputs()],
+            "logits_to_keep": "logits_to_keep" in [i.name for i in session.get_inputs()],
         },
         "postprocess": {},
         "versions": library_versions(),

@@ -69,15 +69,18 @@ def validate_decoder(model: Any, path: Path, vocab: int, pad: int, atol: float, 
                         position_ids=torch.from_numpy(positions), use_cache=False).logits.float().numpy()
         empty = np.zeros((len(lengths), shape[1], 0, shape[3]), dtype=np.float32)
         past = {n: empty for pair in layers for n in pair}
-        logits, start = [], 0
+        logits, start, diffs = [], 0, {}
         for end in np.cumsum((width, *chunks)):
             feeds = {"input_ids": ids[:, start:end], "attention_mask": mask[:, :end],
-                     "position_ids": positions[:, start:end], **past}
+                     "position_ids": positions[:, start:end], "logits_to_keep": np.array([0]), **past}
             out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {k: feeds[k] for k in inputs})))
             logits.append(out["logits"])
+            if "logits_to_keep" in inputs:  # the runtime's prompt path: last position only, same numbers
+                feeds["logits_to_keep"] = np.array([1], dtype=np.int64)
+                last = session.run(["logits"], {k: feeds[k] for k in inputs})[0]
+                _check(diffs, "logits_to_keep=1", last, out["logits"][:, -1:], np.ones(last.shape, dtype=bool))
             past = {n: out[present_name(n)] for pair in layers for n in pair}
             start = end
-        diffs: dict[str, float] = {}
         _check(diffs, "logits", np.concatenate(logits, axis=1), ref, mask.astype(bool))
         cases.append({"case": f"prompts{list(lengths)}+chunks{list(chunks)}", "max_abs_diff": diffs})
     return _result(cases, atol)

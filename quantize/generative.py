@@ -168,7 +168,8 @@ def teacher_forced_logits(gen: Generator, texts: Sequence[str]) -> list[tuple[np
 def decoder_logits(session: Any, ids: np.ndarray) -> np.ndarray:
     """Logits of every position of one unpadded sequence, run with an empty cache."""
     ones = np.ones_like(ids)
-    feeds = {"input_ids": ids, "attention_mask": ones, "position_ids": np.cumsum(ones, axis=1) - 1}
+    feeds = {"input_ids": ids, "attention_mask": ones, "position_ids": np.cumsum(ones, axis=1) - 1,
+             "logits_to_keep": np.array([0], dtype=np.int64)}  # 0: every position
     for i in session.get_inputs():
         if i.name.startswith("past_key_values."):
             feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=DTYPES[i.type])

@@ -84,6 +84,9 @@ def test_export_records_cache_layout_and_validates(family, gen_artifact):
     if seq2seq:
         assert tokens["decoder_start_token_id"] == (2 if family == "bart" else 0)
     assert gen["max_positions"] == 128
+    assert gen["logits_to_keep"] is (not seq2seq)  # decoders compute prompt logits for the last position only
+    if not seq2seq:
+        assert m["validation"]["max_abs_diff"]["logits_to_keep=1"] == 0.0
     # validated on several prompt lengths, each continued with a non-empty past
     assert m["validation"]["passed"] and len(m["validation"]["cases"]) >= 2
     assert max(m["validation"]["max_abs_diff"].values()) < 1e-4
@@ -281,7 +284,8 @@ def test_kv_cache_is_written_in_place_into_preallocated_buffers(generator):
     ids = np.concatenate([prompts.ids, tokens[:, None]], axis=1)
     mask = np.concatenate([prompts.mask, np.ones_like(tokens[:, None])], axis=1)
     empty = np.zeros((len(ids), 2, 0, 8), dtype=np.float32)
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask)}
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask),
+             "logits_to_keep": np.array([0])}
     feeds.update({n: empty for pair in gen.cache_layout["past_inputs"] for n in pair})
     presents = session.run([n for pair in gen.cache_layout["present_outputs"] for n in pair], feeds)
     for i, expected in enumerate(presents):

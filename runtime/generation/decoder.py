@@ -29,13 +29,14 @@ class DecoderStepper:
 
     def first(self) -> np.ndarray:
         feeds = {"input_ids": self.prompts.ids, "attention_mask": self.prompts.mask,
-                 "position_ids": positions_from_mask(self.prompts.mask)}
+                 "position_ids": positions_from_mask(self.prompts.mask),
+                 "logits_to_keep": np.array([1], dtype=np.int64)}  # last position only (if the graph has it)
         return self._run(feeds, self.prompts.ids.shape[1])
 
     def next(self, tokens: np.ndarray) -> np.ndarray:
         self.mask[:, self.length] = 1
         feeds = {"input_ids": tokens[:, None], "attention_mask": self.mask[:, : self.length + 1],
-                 "position_ids": self.next_position}
+                 "position_ids": self.next_position, "logits_to_keep": np.array([1], dtype=np.int64)}
         logits = self._run(feeds, 1)
         self.next_position = self.next_position + 1
         return logits
