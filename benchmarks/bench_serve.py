@@ -55,7 +55,7 @@ def texts(n: int = 256, seed: int = 0) -> list[str]:
 class Server:
     """`onnxformer serve` in a subprocess on a free loopback port; SIGTERM on exit."""
 
-    def __init__(self, artifact: Path, batching: bool, threads: int | None):
+    def __init__(self, artifact: Path, batching: bool, threads: int | None, extra: list[str] = ()):
         from onnxformer.serve.testing import free_port
 
         self.url = f"http://127.0.0.1:{free_port()}"
@@ -63,6 +63,7 @@ class Server:
                "--max-queue", "4096"]
         cmd += [] if batching else ["--no-batching"]
         cmd += ["--threads", str(threads)] if threads else []
+        cmd += list(extra)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self) -> "Server":
@@ -131,11 +132,12 @@ async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> d
     return {"latencies": np.array(latencies), "errors": errors, "seconds": elapsed}
 
 
-def measure(artifact: Path, levels: list[int], seconds: float, rounds: int, threads: int | None) -> list[dict]:
+def measure(artifact: Path, levels: list[int], seconds: float, rounds: int, threads: int | None,
+            extra: list[str]) -> list[dict]:
     """Both servers run side by side (the idle one costs nothing); at each concurrency the two are measured in
     alternating rounds, so background load on a shared machine hits both alike."""
     pool, rows = texts(), []
-    with Server(artifact, True, threads) as on, Server(artifact, False, threads) as off:
+    with Server(artifact, True, threads, extra) as on, Server(artifact, False, threads, extra) as off:
         servers = {"on": on, "off": off}
         for server in servers.values():
             asyncio.run(load(server.url, 4, 1.0, pool))  # warm-up: sessions, sockets, allocator
@@ -168,6 +170,29 @@ def _print(row: dict[str, Any]) -> None:
           f"model busy {row['model_busy']:4.0%}  errors {row['errors']}", flush=True)
 
 
+def model_ceiling(artifact: Path, merged: int, budget: int, threads: int | None, seconds: float = 6.0,
+                  rounds: int = 4) -> dict[str, Any]:
+    """In-process, no HTTP: texts/s of Model.embed one text at a time vs ``merged`` texts per call (the runtime
+    sorts them by length under ``budget`` tokens). The most dynamic batching can gain on this machine."""
+    from onnxformer.runtime import Model
+
+    kwargs = {"threads": threads} if threads else {}
+    model, pool = Model.load(artifact, max_batch_tokens=budget, **kwargs), texts()
+    done = {1: [0, 0.0], merged: [0, 0.0]}
+    for _ in range(rounds):  # interleaved, like the server rounds
+        for n in done:
+            start, k = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds / rounds / 2:
+                i = (k * 7) % (len(pool) - n)
+                model.embed(pool[i:i + n])
+                k += n
+            done[n][0] += k
+            done[n][1] += time.perf_counter() - start
+    single, batched = (done[n][0] / done[n][1] for n in done)
+    return {"texts_per_s_single": single, "texts_per_s_merged": batched, "merged": merged, "budget": budget,
+            "ratio": batched / single}
+
+
 def summarize(rows: list[dict]) -> dict[str, Any]:
     at = {(r["batching"], r["concurrency"]): r["throughput_rps"] for r in rows}
     on, off = at.get(("on", BAR_CONCURRENCY)), at.get(("off", BAR_CONCURRENCY))
@@ -190,11 +215,19 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["results"]:
         lines.append(f"| {r['batching']} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {r['model_busy']:.0%} | {r['requests']} | {r['errors']} |")
+    m = report["model_ceiling"]
+    lines += ["", f"Model only (in-process, no HTTP, same texts): {m['texts_per_s_single']:.1f} texts/s one at a time, "
+                  f"{m['texts_per_s_merged']:.1f} texts/s with {m['merged']} texts per call (length-sorted, "
+                  f"{m['budget']}-token batches): {m['ratio']:.2f}x, the most batching can give here."]
     b = report["bar"]
     ratio = "n/a" if b["ratio"] is None else f"{b['ratio']:.2f}x"
     lines += ["", f"Bar: at concurrency {b['concurrency']}, batching on / off = {ratio} "
                   f"(required >= {b['required_ratio']}x): {'PASS' if b['passed'] else 'FAIL'}"]
     return "\n".join(lines) + "\n"
+
+
+def _flag(argv: list[str], name: str, default: int) -> int:
+    return int(argv[argv.index(name) + 1]) if name in argv else default
 
 
 def main() -> None:
@@ -204,15 +237,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=12.0, help="measured time per point and mode")
     p.add_argument("--rounds", type=int, default=4, help="alternating on/off rounds the time is split into")
     p.add_argument("--threads", type=int, help="server ONNX Runtime threads (default: physical cores)")
+    p.add_argument("--server-args", default="", help="extra `onnxformer serve` flags for both servers, e.g. "
+                   "'--max-delay-ms 0 --max-batch-tokens 384'")
     p.add_argument("--out", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
     artifact = minilm_artifact(args.artifact or DEFAULT_ARTIFACT)
     load_before = os.getloadavg()
-    rows = measure(artifact, args.concurrency, args.seconds, args.rounds, args.threads)
-    report = {"model": json.loads((artifact / "manifest.json").read_text()).get("name"),
+    rows = measure(artifact, args.concurrency, args.seconds, args.rounds, args.threads, args.server_args.split())
+    ceiling = model_ceiling(artifact, 32, _flag(args.server_args.split(), "--max-batch-tokens", 256), args.threads)
+    report = {"model_ceiling": ceiling, "model": json.loads((artifact / "manifest.json").read_text()).get("name"),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
               "settings": {"seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency,
-                           "threads": args.threads},
+                           "threads": args.threads, "server_args": args.server_args},
               "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
               "results": rows, "bar": summarize(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

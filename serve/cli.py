@@ -16,7 +16,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (no dynamic batching)")
     p.add_argument("--max-batch-size", type=int, default=32, help="texts merged into one model call")
-    p.add_argument("--max-batch-tokens", type=int, default=512,
+    p.add_argument("--max-batch-tokens", type=int, default=256,
                    help="padded tokens per ONNX Runtime batch (merged texts are length-sorted under it)")
     p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=1024, help="queued texts before 429")

@@ -15,7 +15,7 @@ class ServeConfig:
     max_batch_size: int = 32  # texts merged into one model call
     # padded tokens per ONNX Runtime batch: the runtime sorts merged texts by length and cuts batches under
     # it; small batches of similar length beat one big padded batch on CPU (cache-sized activations)
-    max_batch_tokens: int = 512
+    max_batch_tokens: int = 256
     max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
     max_queue: int = 1024  # texts admitted but not yet running; beyond → 429
     max_texts: int = 64  # texts per request; beyond → 413
