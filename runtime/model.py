@@ -139,8 +139,10 @@ class Model:
     def _batched(self, encodings: Sequence[Encoding], fn: BatchFn, max_batch_tokens: int | None = None,
                  batch_size: int | None = None) -> list[Any]:
         """Run ``fn`` over length-sorted batches; results come back in the order of ``encodings``."""
-        plan = plan_batches([len(e.ids) for e in encodings], max_batch_tokens or self.max_batch_tokens,
-                            batch_size or self.max_batch_size)
+        cap = batch_size or self.max_batch_size
+        if self.provider == "tensorrt":  # the engine's shape profile ends at max_batch_size
+            cap = min(cap, self.max_batch_size)
+        plan = plan_batches([len(e.ids) for e in encodings], max_batch_tokens or self.max_batch_tokens, cap)
         results: list[Any] = [None] * len(encodings)
         for indices in plan:
             chosen = [encodings[i] for i in indices]
