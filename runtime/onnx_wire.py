@@ -13,6 +13,8 @@ length (raw weights are skipped, never copied):
 """
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -35,14 +37,28 @@ _CHILDREN: dict[str, dict[int, str]] = {
 
 def external_locations(path: str | Path) -> list[str]:
     """Every external-data ``location`` the ONNX file at ``path`` refers to, in file order, deduplicated."""
-    data = memoryview(Path(path).read_bytes())
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise IntegrityError(f"{path} is empty, not an ONNX model; re-export the model")
+        # mmap: a 2 GB graph is paged in as it is walked, never copied whole into memory
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = memoryview(mapped)
+            locations, problem = _scan(data)
+            data.release()  # every slice is gone once _scan returned, so the map can close
+    if problem:
+        raise IntegrityError(f"{path} is not a readable ONNX protobuf ({problem}); re-export the model")
+    return locations
+
+
+def _scan(data: memoryview) -> tuple[list[str], str]:
+    """(locations, "") or ([], what is wrong); the walk's frames (and their views) end before returning."""
     seen: dict[str, None] = {}
     try:
         for location in _walk(data, "model", 0):
             seen.setdefault(location, None)
     except (IndexError, ValueError) as e:
-        raise IntegrityError(f"{path} is not a readable ONNX protobuf ({e}); re-export the model") from None
-    return list(seen)
+        return [], str(e) or type(e).__name__
+    return list(seen), ""
 
 
 def _walk(buf: memoryview, kind: str, depth: int) -> Iterator[str]:
