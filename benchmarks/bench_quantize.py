@@ -28,6 +28,9 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEQUENCE = 128
+FULL_NOTE = "every MatMul/Attention of fp32-opt quantized (no budget loop), same recipe as int8"
+OPTIMUM_NOTE = ("optimum ORTQuantizer on the unfused fp32 graph, "
+                "AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)")
 
 
 def main() -> None:
@@ -79,7 +82,7 @@ def build_variants(art: Path, work: Path, with_optimum: bool) -> tuple[dict[str,
     models = {name: art / name / "model.onnx" for name in ("fp32", "fp32-opt", "fp16", "int8")}
     notes = {"int8": _exclusions(art, "int8")}
     models["int8-full"] = _timed("int8-full", lambda: _full_int8(art, work / "int8-full"))
-    notes["int8-full"] = "every MatMul/Attention quantized (no budget loop), same recipe as int8"
+    notes["int8-full"] = FULL_NOTE
     try:
         _timed("int8-static", lambda: quantize_artifact(art, "int8", mode="static", method="minmax"))
         models["int8-static"] = art / "int8-static" / "model.onnx"
@@ -89,7 +92,7 @@ def build_variants(art: Path, work: Path, with_optimum: bool) -> tuple[dict[str,
         print(f"int8-static: {e}")
     if with_optimum:
         models["optimum-int8"] = _timed("optimum-int8", lambda: _optimum_int8(art, work / "optimum"))
-        notes["optimum-int8"] = "optimum ORTQuantizer, AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)"
+        notes["optimum-int8"] = OPTIMUM_NOTE
     return models, notes
 
 
@@ -100,9 +103,9 @@ def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, st
     names = [n for n in ("fp32", "fp32-opt", "fp16", "int8", "int8-static") if n in load_manifest(art)["variants"]]
     models = {name: art / name / "model.onnx" for name in names}
     notes = {name: _exclusions(art, name) for name in names if name.startswith("int8")}
-    models["int8-full"], notes["int8-full"] = work / "int8-full" / "model.onnx", "no budget loop"
+    models["int8-full"], notes["int8-full"] = work / "int8-full" / "model.onnx", FULL_NOTE
     if (work / "optimum").is_dir():
-        models["optimum-int8"], notes["optimum-int8"] = next((work / "optimum").glob("*.onnx")), "optimum dynamic"
+        models["optimum-int8"], notes["optimum-int8"] = next((work / "optimum").glob("*.onnx")), OPTIMUM_NOTE
     return models, notes
 
 
