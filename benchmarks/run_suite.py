@@ -108,7 +108,7 @@ def bench(artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
     from onnxformer.progress import console
 
     settings = Settings(batches=args.batch, seqs=args.seq, threads=args.threads, providers=["cpu"],
-                        budget=Budget(warmup=args.warmup, iters=args.iters, seconds=args.seconds), isolate=True)
+                        budget=Budget(warmup=args.warmup, iters=args.iters, seconds=args.seconds), isolate=args.isolate)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("bench", total=None)
@@ -132,7 +132,11 @@ def suite_markdown(verdicts: list[dict[str, Any]], notes: dict[str, str], args: 
              f"Command: `{args.command}`", "",
              "CPU, 2 threads (PyTorch intra-op = ONNX Runtime intra-op), batch 1 × 128 tokens, model-only p50. "
              "The 2-core development machine was **shared with other jobs** during the run, so absolute "
-             "latencies are noisy; every configuration of a model ran in the same process, one after the other.", "",
+             "latencies are noisy; " + (
+                 "each configuration ran in its own process, one after the other (load that changes during the "
+                 "run then favours whichever configuration ran in the quieter moment)." if args.isolate else
+                 "all configurations of a model ran in one process, timed in interleaved rounds (one untimed call, "
+                 "then 5 timed calls each), so load that changes during the run hits every configuration alike."), "",
              "| model | best variant (within fidelity budget) | cosine vs PyTorch fp32 | p50 ms | PyTorch fp32 p50 ms "
              "| speedup vs PyTorch fp32 | bar | passed | vs PyTorch bf16 autocast | vs optimum int8 | vs optimum fp32 "
              "| vs PyTorch fp32, fastest call | load avg (start → end) |",
@@ -162,6 +166,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: minilm,bert-base")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     p.add_argument("--work", type=Path, help="where checkpoints and artifacts are built (default: a temp dir)")
+    p.add_argument("--isolate", action="store_true",
+                   help="each configuration in its own process, one after the other (default: interleaved in one "
+                        "process, which keeps comparisons fair when other jobs' load changes during the run)")
     p.add_argument("--reuse", action="store_true", help="with --work: benchmark artifacts already built there as they are")
     p.add_argument("--batch", type=int_list, default=[1])
     p.add_argument("--seq", type=int_list, default=[16, 64, 128, 256])

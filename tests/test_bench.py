@@ -165,9 +165,10 @@ def test_suite_verdict_and_summary(tiny_report):
     verdict = run_suite.verdict("minilm", tiny_report)
     assert verdict["shape_matches_bar"] is False and verdict["passed"] is False  # 1×128 was not measured
     args = run_suite.parse(["--models", "minilm", "--iters", "3"])
-    assert args.iters == 3 and args.seq == [16, 64, 128, 256] and args.threads == 2
+    assert args.iters == 3 and args.seq == [16, 64, 128, 256] and args.threads == 2 and not args.isolate
     md = run_suite.suite_markdown([verdict], {"minilm": "variants from onnxformer.quantize: none"}, args)
     assert "**shared with other jobs**" in md and "| minilm | fp32@cpu |" in md and "≥ 3×" in md
+    assert "interleaved rounds" in md
     assert "python benchmarks/run_suite.py --models minilm --iters 3" in md
 
 
