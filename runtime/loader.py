@@ -21,7 +21,7 @@ from onnxformer.runtime.session import session_options
 from onnxformer.runtime.variants import Choice, check_explicit, choose
 
 log = logging.getLogger("onnxformer.runtime")
-TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")
+TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering", "raw")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ def load(directory: Path, options: LoadOptions, available: Sequence[str] | None 
     if manifest["task"] not in TASKS:
         raise ArtifactError(f"{directory} is a {manifest['task']} artifact; Model runs {', '.join(TASKS)} "
                             "(use onnxformer.runtime.generation.Generator for generative models)")
-    verify_files(directory, manifest["tokenizer"]["files"])
+    if manifest.get("tokenizer"):  # "raw" artifacts (plain PyTorch modules) have none
+        verify_files(directory, manifest["tokenizer"]["files"])
 
     def attempt(provider: str) -> Loaded:
         choice = (choose(manifest, provider, options.budget) if options.variant == "auto"

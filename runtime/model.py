@@ -33,7 +33,7 @@ class Model:
     read-only; I/O-binding buffers are per thread)."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], variant: str, provider: str, runner: Runner,
-                 tokenizer: TextTokenizer, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 tokenizer: TextTokenizer | None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, reason: str = ""):
         self.directory, self.manifest, self.variant, self.provider = directory, manifest, variant, provider
         self.runner, self.tokenizer = runner, tokenizer
@@ -56,8 +56,8 @@ class Model:
         options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
                               Path(trt_cache) if trt_cache else None)
         loaded = load(directory, options)
-        tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), loaded.manifest["tokenizer"],
-                                  list(loaded.runner.inputs))
+        tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), loaded.manifest["tokenizer"],
+                                   list(loaded.runner.inputs)) if loaded.manifest.get("tokenizer") else None)
         return cls(directory, loaded.manifest, loaded.choice.variant, loaded.provider, loaded.runner, tokenizer,
                    max_batch_tokens, max_batch_size, loaded.choice.reason)
 
@@ -167,4 +167,4 @@ class Model:
 
 
 _METHODS = {"feature-extraction": "embed", "text-classification": "classify", "token-classification": "tag",
-            "question-answering": "answer"}
+            "question-answering": "answer", "raw": "run"}

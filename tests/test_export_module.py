@@ -59,3 +59,20 @@ def test_module_export_catches_a_static_axis(tmp_path):
         export_module(TinyEncoder(), feeds(2, 5), tmp_path / "m", output_names=["pooled"],
                       dynamic_axes={"x": {0: "batch"}, "mask": {0: "batch"}}, validation_inputs=[feeds(1, 9, 1)])
     assert not (tmp_path / "m").exists()
+
+
+def test_raw_artifact_runs_in_the_runtime(tmp_path):
+    from onnxformer.errors import InputError
+    from onnxformer.runtime import Model
+
+    torch.manual_seed(0)
+    module = TinyEncoder()
+    export_module(module, feeds(2, 5), tmp_path / "m", output_names=["pooled"], dynamic_axes=AXES,
+                  validation_inputs=[feeds(1, 9, 1)])
+    model = Model.load(tmp_path / "m")
+    f = feeds(3, 11, 7)
+    with torch.inference_mode():
+        ref = module(torch.from_numpy(f["x"]), torch.from_numpy(f["mask"])).numpy()
+    np.testing.assert_allclose(model.run(f)["pooled"], ref, atol=1e-5)
+    with pytest.raises(InputError, match=r"embed\(\) needs a feature-extraction model.*use run\(\)"):
+        model.embed(["text"])
