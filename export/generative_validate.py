@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from onnxformer.errors import ValidationError
+from onnxformer.export.validate import summarize
 from onnxformer.runtime.session import create_session
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(?:(decoder|encoder)\.)?(key|value)$")
@@ -83,7 +84,7 @@ def validate_decoder(model: Any, path: Path, vocab: int, pad: int, atol: float, 
             start = end
         _check(diffs, "logits", np.concatenate(logits, axis=1), ref, mask.astype(bool))
         cases.append({"case": f"prompts{list(lengths)}+chunks{list(chunks)}", "max_abs_diff": diffs})
-    return _result(cases, atol)
+    return summarize(cases, atol, setting=" (with a KV cache)")
 
 
 def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, start_id: int, atol: float,
@@ -110,7 +111,7 @@ def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, s
         logits = _run_seq2seq_decoder(first, step, hidden, src_mask, dec)
         _check(diffs, "logits", logits, ref.logits.float().numpy(), np.ones(logits.shape, dtype=bool))
         cases.append({"case": f"sources{list(lengths)}+steps{steps}", "max_abs_diff": diffs})
-    return _result(cases, atol)
+    return summarize(cases, atol, setting=" (with a KV cache)")
 
 
 def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np.ndarray, dec: np.ndarray):
@@ -127,18 +128,3 @@ def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np
         logits.append(out["logits"])
         cache.update({n: out[present_name(n)] for n in cache if ".decoder." in n})  # cross-attention cache is fixed
     return np.concatenate(logits, axis=1)
-
-
-def _result(cases: list[dict[str, Any]], atol: float) -> dict[str, Any]:
-    worst: dict[str, float] = {}
-    for case in cases:
-        for name, value in case["max_abs_diff"].items():
-            worst[name] = max(worst.get(name, 0.0), value)
-    result = {"atol": atol, "max_abs_diff": worst, "cases": cases, "passed": max(worst.values()) <= atol}
-    if not result["passed"]:
-        name = max(worst, key=worst.get)
-        raise ValidationError(
-            f"ONNX {name} differs from PyTorch by {worst[name]:.3g} > atol {atol:g} (with a KV cache); "
-            "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"
-        )
-    return result

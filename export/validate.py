@@ -65,21 +65,27 @@ def validate(reference: Reference, onnx_path: Path, cases: list[Case], atol: flo
     """Per-output max |Δ| (ORT vs PyTorch) over every case; over ``atol`` raises ValidationError."""
     session = create_session(onnx_path)
     output_names = [o.name for o in session.get_outputs()]
-    worst: dict[str, float] = {name: 0.0 for name in output_names}
     per_case = []
     for case in cases:
         ort_out = _run_case(session, output_names, case)
         pt_out = reference(case.feeds)
         diffs = {name: _max_abs_diff(case, name, ort_out[name], pt_out[name]) for name in output_names}
-        for name, diff in diffs.items():
-            worst[name] = max(worst[name], diff)
         first = next(iter(case.feeds.values()))
         per_case.append({"case": case.name, "shape": list(first.shape), "max_abs_diff": diffs})
-    result = {"atol": atol, "max_abs_diff": worst, "cases": per_case, "passed": max(worst.values()) <= atol}
+    return summarize(per_case, atol)
+
+
+def summarize(cases: list[dict[str, Any]], atol: float, setting: str = "") -> dict[str, Any]:
+    """Worst max |Δ| per output over ``cases`` (each with a "max_abs_diff" dict); over ``atol`` raises."""
+    worst: dict[str, float] = {}
+    for case in cases:
+        for name, value in case["max_abs_diff"].items():
+            worst[name] = max(worst.get(name, 0.0), value)
+    result = {"atol": atol, "max_abs_diff": worst, "cases": cases, "passed": max(worst.values()) <= atol}
     if not result["passed"]:
         name = max(worst, key=worst.get)
         raise ValidationError(
-            f"ONNX output {name} differs from PyTorch by {worst[name]:.3g} > atol {atol:g}; "
+            f"ONNX output {name} differs from PyTorch by {worst[name]:.3g} > atol {atol:g}{setting}; "
             "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"
         )
     return result
