@@ -13,7 +13,7 @@ import contextlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -89,14 +89,7 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
             out = model(**{k: tensors[k].to(device) for k in input_names})
         return {k: out[k].float().cpu().numpy() for k in output_names}
 
-    def model_only(feeds: Feeds) -> dict[str, np.ndarray]:
-        return forward({k: torch.from_numpy(v) for k, v in feeds.items()})
-
-    def end_to_end(texts: list[str]) -> np.ndarray:
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=ctx.manifest["tokenizer"]["max_length"],
-                        return_tensors="pt")
-        return finish(forward(enc), enc["attention_mask"].numpy(), ctx.task, ctx.post)
-
+    model_only, end_to_end = _entry_points(forward, tokenizer, ctx)
     size = float(sum(p.numel() * p.element_size() for p in model.parameters()))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     def peak() -> float | None:
@@ -175,14 +168,23 @@ class OptimumPeer:
 
 
 def _optimum_runner(model: Any, tokenizer: Any, ctx: ArtifactContext, size: float) -> Runner:
-    import torch
-
     input_names = [i["name"] for i in ctx.manifest["inputs"]]
     output_names = [o["name"] for o in ctx.manifest["outputs"]]
 
     def forward(tensors: dict[str, Any]) -> dict[str, np.ndarray]:
         out = model(**{k: tensors[k] for k in input_names})
         return {k: np.asarray(out[k]) for k in output_names}
+
+    model_only, end_to_end = _entry_points(forward, tokenizer, ctx)
+    return Runner(model_only, end_to_end, size)
+
+
+ForwardFn = Callable[[dict[str, Any]], dict[str, np.ndarray]]
+
+
+def _entry_points(forward: ForwardFn, tokenizer: Any, ctx: ArtifactContext) -> tuple[Callable, Callable]:
+    """Model-only (numpy feeds in) and end-to-end (texts in: tokenize, run, post-process) calls of a baseline."""
+    import torch
 
     def model_only(feeds: Feeds) -> dict[str, np.ndarray]:
         return forward({k: torch.from_numpy(v) for k, v in feeds.items()})
@@ -192,4 +194,4 @@ def _optimum_runner(model: Any, tokenizer: Any, ctx: ArtifactContext, size: floa
                         return_tensors="pt")
         return finish(forward(enc), enc["attention_mask"].numpy(), ctx.task, ctx.post)
 
-    return Runner(model_only, end_to_end, size)
+    return model_only, end_to_end
