@@ -24,17 +24,14 @@ from onnxformer.runtime.files import confined
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.session import create_session
 from onnxformer.runtime.tokenizer import TextTokenizer
+from onnxformer.runtime.variants import BUDGET_METRICS
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
-# task → (budget metric, default budget). Embeddings: the worst text must stay within cosine 0.99.
-BUDGETS: dict[str, tuple[str, float]] = {
-    "feature-extraction": ("min_cosine", 0.99),
-    "text-classification": ("argmax_agreement", 0.95),
-    "token-classification": ("token_agreement", 0.95),
-    "question-answering": ("span_agreement", 0.9),
-}
+# task → (budget metric, default budget); one table shared with the runtime's variant chooser.
+# Embeddings: the worst text must stay within cosine 0.99.
+BUDGETS: dict[str, tuple[str, float]] = BUDGET_METRICS
 REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation texts"
 
 

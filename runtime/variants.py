@@ -15,7 +15,7 @@ from onnxformer.runtime.providers import REGISTRY
 
 log = logging.getLogger("onnxformer.runtime")
 
-# task → (fidelity metric the budget applies to, default floor); mirrors quantize's BUDGETS.
+# task → (fidelity metric the budget applies to, default floor). The one table: quantize's budgets use it too.
 BUDGET_METRICS: dict[str, tuple[str, float]] = {
     "feature-extraction": ("min_cosine", 0.99),
     "text-classification": ("argmax_agreement", 0.95),
