@@ -11,7 +11,7 @@ from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint, inspect_checkpoint, resolve_model_path
 from onnxformer.export.hf import export_onnx, load_reference
 from onnxformer.export.staging import staging_dir
-from onnxformer.export.tasks import check_architecture, get_task, infer_task
+from onnxformer.export.tasks import check_architecture, generative_task, get_task, infer_task
 from onnxformer.export.validate import hf_reference, validate, validation_cases
 from onnxformer.export.versions import library_versions
 from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, file_record, save_manifest, variant_record
@@ -43,17 +43,18 @@ def export_checkpoint(
     name: str | None = None,
     progress: Progress = lambda _: None,
 ) -> ExportResult:
-    """Export a Hugging Face encoder checkpoint to ``out`` and validate it against PyTorch."""
-    from onnxformer.export.generative import export_generative, is_generative_request
-
-    if is_generative_request(model, task):  # decoders / seq2seq with a KV cache: export/generative.py
-        return export_generative(model, out, task=task, opset=opset, atol=atol, allow_pickle=allow_pickle,
-                                 trust_remote_code=trust_remote_code, overwrite=overwrite, name=name, progress=progress)
+    """Export a Hugging Face checkpoint to ``out`` and validate it against PyTorch (decoders and seq2seq with
+    their KV cache are handed to export/generative.py once the checkpoint is inspected)."""
     start = time.perf_counter()
     out = Path(out)
-    if task is not None:
+    if task is not None and generative_task("", task) is None:
         get_task(task)  # unknown task: fail before any loading
     ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)
+    if generative_task(ckpt.model_type, task) is not None:  # decoders / seq2seq with a KV cache
+        from onnxformer.export.generative import export_generative
+
+        return export_generative(ckpt, out, task=task, opset=opset, atol=atol, trust_remote_code=trust_remote_code,
+                                 overwrite=overwrite, name=name, progress=progress)
     check_architecture(ckpt.model_type)
     inferred = task is None
     spec = get_task(task or infer_task(ckpt.config, ckpt.sentence_transformers is not None))

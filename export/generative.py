@@ -7,7 +7,6 @@ special token ids and the position limit — everything the torch-free runtime n
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 import time
@@ -16,7 +15,7 @@ from typing import Any, Callable
 
 from onnxformer.errors import CheckpointError, ExportError
 from onnxformer.export.artifact import ExportResult, _architecture, _io_record, _save_tokenizer
-from onnxformer.export.checkpoint import Checkpoint, inspect_checkpoint, resolve_model_path
+from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.generative_logits import add_logits_to_keep
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
 from onnxformer.export.hf import _first_line
@@ -36,37 +35,24 @@ COMPONENTS = {
 DEFAULT_ATOL = 1e-4
 
 
-def is_generative_request(model: str, task: str | None) -> bool:
-    """True when ``export_checkpoint`` should hand this checkpoint to :func:`export_generative`."""
-    if task is not None:
-        return generative_task("", task) is not None
-    config = Path(model).expanduser() / "config.json"
-    if not config.is_file():
-        return False  # let the encoder path report the missing/odd checkpoint
-    try:
-        model_type = json.loads(config.read_text()).get("model_type", "")
-    except ValueError:
-        return False
-    return generative_task(model_type, None) is not None
-
-
 def export_generative(
-    model: str,
+    ckpt: Checkpoint,
     out: str | Path,
     *,
     task: str | None = None,
     opset: int | None = None,
     atol: float | None = None,
-    allow_pickle: bool = False,
     trust_remote_code: bool = False,
     overwrite: bool = False,
     name: str | None = None,
     progress: Progress = lambda _: None,
 ) -> ExportResult:
-    """Export a decoder-only or encoder-decoder checkpoint with its KV cache, validated against PyTorch."""
+    """Export an inspected decoder-only or encoder-decoder checkpoint with its KV cache, validated against PyTorch.
+
+    Reached through ``export_checkpoint``, which resolves and safety-checks the checkpoint first.
+    """
     start = time.perf_counter()
     out = Path(out)
-    ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)
     task_name = _check_family(ckpt.model_type, task)
     kind = "decoder" if task_name == "text-generation" else "seq2seq"
     progress(f"task: {task_name} ({kind}, KV cache)")
