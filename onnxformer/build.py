@@ -1,7 +1,7 @@
 """`onnxformer build`: every stage that exists, in order, then a summary table and report.md.
 
-Each stage is a function (args, out_dir, progress) → list of summary rows. Stages added by later
-pipeline steps (quantize, benchmarks) append themselves to STAGES.
+Each stage is a function (args, out_dir, progress) → list of summary rows, listed once in STAGES in
+pipeline order; a stage's module loads only when the stage runs.
 """
 from __future__ import annotations
 
@@ -40,16 +40,20 @@ def export_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], 
     return [{"stage": "export", "variant": "fp32", "detail": f"validated, max |Δ| {worst:.2e}", "seconds": result.seconds}]
 
 
-STAGES: list[tuple[str, Stage]] = [("export", export_stage)]
-
-
 def _quantize_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
     from onnxformer.quantize.stage import quantize_stage
 
     return quantize_stage(args, out, progress)
 
 
-STAGES.append(("quantize", _quantize_stage))
+def _bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+    from onnxformer.benchmarks.stage import bench_stage
+
+    return bench_stage(args, out, progress)
+
+
+# In pipeline order; bench is last because it measures what the others made.
+STAGES: list[tuple[str, Stage]] = [("export", export_stage), ("quantize", _quantize_stage), ("bench", _bench_stage)]
 
 
 def build(args: argparse.Namespace) -> list[Row]:
@@ -104,13 +108,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
-
-
-def _bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
-    from onnxformer.benchmarks.stage import bench_stage
-
-    return bench_stage(args, out, progress)
-
-
-# Kept at the end of the module so it runs after every other stage: it measures what they made.
-STAGES.append(("bench", _bench_stage))

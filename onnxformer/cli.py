@@ -81,7 +81,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     register(sub)
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_export, _add_build, _add_bench, _add_serving, _add_quantize, _add_generate]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_export, _add_quantize, _add_build, _add_bench, _add_serving, _add_generate,
+]
 
 
 def parser() -> argparse.ArgumentParser:
