@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -174,18 +173,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def main() -> int:
     args = parse_args()
+    from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.runtime.manifest import load_manifest
     from onnxformer.runtime.session import physical_cores
 
@@ -211,7 +201,7 @@ def main() -> int:
         "config": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "vocab": args.vocab,
                    "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
                    "thread_budgets": budgets, "batch": 1, "greedy": True},
-        "environment": {"cpu": cpu_name(), "cores": os.cpu_count(),
+        "environment": {"cpu": cpu_info()["model"], "cores": os.cpu_count(),
                         "python": sys.version.split()[0], "loadavg_before": [round(x, 2) for x in load_before],
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()], "versions": manifest["versions"]},
         "results": results,
