@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--calibration", help="text file, one text per line (default: the packaged calibration texts)")
     q.add_argument("--method", help="static int8 calibration: minmax (default) | entropy | percentile")
     q.add_argument("--budget", help="fidelity floor in (0, 1] for the task's metric (default: 0.99 min cosine for embeddings)")
+    q.add_argument("--no-smooth", dest="smooth", action="store_false",
+                   help="dynamic int8: skip SmoothQuant (activation outliers moved into the weights before quantizing)")
     q.add_argument("--from", dest="source", help="variant to start from (default: fp32-opt, or fp32 for TensorRT)")
     q.set_defaults(func=run_quantize)
 
@@ -44,7 +46,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     result = quantize_artifact(
         args.dir, args.precision, mode=args.mode, target=args.target, calibration=args.calibration,
-        method=args.method, budget=_budget(args.budget), source=args.source, progress=lambda m: console.log(m),
+        method=args.method, budget=_budget(args.budget), source=args.source, smooth=args.smooth, progress=lambda m: console.log(m),
     )
     task = load_manifest(args.dir)["task"]
     console.print(f"{result.name}: {result.summary(task)} ({result.seconds:.1f}s)")

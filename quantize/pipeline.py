@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from onnxformer.errors import QuantizationError
-from onnxformer.quantize import fp16, int8, optimize, speed
+from onnxformer.quantize import fp16, int8, optimize, smoothing, speed
 from onnxformer.quantize.budget import meet_budget
-from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
+from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, evaluation_feeds, prepare
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.source import MODEL_FILE, load_source, publish_variant, scratch_dir
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
@@ -71,13 +71,16 @@ def _fuse(directory: Path, manifest: dict[str, Any], source: Path, work: Path,
 def quantize_artifact(
     directory: str | Path, precision: str, *, mode: str | None = None, target: str | None = None,
     calibration: str | Path | None = None, method: str | None = None, budget: float | None = None,
-    source: str | None = None, progress: Progress = lambda _: None,
+    source: str | None = None, smooth: bool = True, progress: Progress = lambda _: None,
 ) -> VariantResult:
-    """Add one fp16 or int8 variant, measured against fp32 and held to ``budget``."""
+    """Add one fp16 or int8 variant, measured against fp32 and held to ``budget``.
+
+    ``smooth`` (dynamic int8 only): SmoothQuant the source first, from the calibration texts.
+    """
     start, directory = time.perf_counter(), Path(directory)
     chosen = plan(precision, mode, target)
     floor = check_budget(budget) if budget is not None else None
-    _check_options(chosen, method, calibration)
+    _check_options(chosen, method, calibration, smooth)
     manifest, fp32_path = load_source(directory, "fp32")
     floor = floor if floor is not None else default_budget(manifest["task"])
     cal = calibration_texts(calibration)
@@ -90,7 +93,8 @@ def quantize_artifact(
             origin_path, opt_made_by, opt_fidelity = _fuse(directory, manifest, fp32_path, work, progress)
         evaluation = prepare(directory, manifest, fp32_path, evaluation_texts())
         build = _BUILDERS[chosen.precision]
-        path, made_by = build(directory, manifest, chosen, origin_path, evaluation, cal, method, floor, work, progress)
+        options = _Options(cal, method, floor, smooth)
+        path, made_by = build(directory, manifest, chosen, origin_path, evaluation, options, work, progress)
         made_by = {"from": origin, **made_by, **_fusions(manifest, origin)}
         fidelity = evaluation.measure(path)
         if fuse_first:
@@ -101,14 +105,24 @@ def quantize_artifact(
     return _result(directory, chosen.name, start)
 
 
-def _check_options(chosen: Plan, method: str | None, calibration: str | Path | None) -> None:
+@dataclass
+class _Options:
+    cal: Sequence[str]
+    method: str | None
+    floor: float
+    smooth: bool
+
+
+def _check_options(chosen: Plan, method: str | None, calibration: str | Path | None, smooth: bool) -> None:
     from onnxformer.quantize.calibration import calibration_method
 
-    if calibration is not None and chosen.mode == "dynamic":
+    if calibration is not None and chosen.mode == "dynamic" and not smooth:
         raise QuantizationError(
-            "--calibration feeds static int8 (ranges) and fp16 (guard inputs); dynamic int8 measures its ranges "
-            "at run time: add --mode static or drop --calibration"
+            "--calibration feeds static int8 (ranges), fp16 (guard inputs) and smoothing; dynamic int8 without "
+            "smoothing measures its ranges at run time: drop --no-smooth or --calibration"
         )
+    if not smooth and chosen.mode != "dynamic":
+        raise QuantizationError("--no-smooth applies to dynamic int8 only; drop it")
     if method is not None:
         if chosen.mode != "static":
             raise QuantizationError("--method chooses the calibration of static int8; add --mode static or drop it")
@@ -116,30 +130,37 @@ def _check_options(chosen: Plan, method: str | None, calibration: str | Path | N
 
 
 def _fp16(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path, evaluation: Evaluation,
-          cal: Sequence[str], method: str | None, floor: float, work: Path, progress: Progress) -> tuple[Path, dict]:
+          options: _Options, work: Path, progress: Progress) -> tuple[Path, dict]:
     progress("fp16: measuring activation ranges on guard inputs")
-    feeds = fp16.guard_feeds(directory, manifest, cal)
+    feeds = fp16.guard_feeds(directory, manifest, options.cal)
     path, made_by = fp16.convert(source, feeds, work / "fp16", work)
     score = evaluation.score(evaluation.measure(path))
-    if score < floor:
+    if score < options.floor:
         raise QuantizationError(
-            f"{chosen.name} reaches {budget_metric(evaluation.task)} {score:.4f} < budget {floor}; "
+            f"{chosen.name} reaches {budget_metric(evaluation.task)} {score:.4f} < budget {options.floor}; "
             "use fp32-opt for this model or lower --budget"
         )
     return path, made_by
 
 
 def _int8(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path, evaluation: Evaluation,
-          cal: Sequence[str], method: str | None, floor: float, work: Path, progress: Progress) -> tuple[Path, dict]:
+          options: _Options, work: Path, progress: Progress) -> tuple[Path, dict]:
     from onnxformer.quantize.calibration import text_reader
 
-    vnni = int8.has_vnni()
+    vnni, cal, floor = int8.has_vnni(), options.cal, options.floor
     recipe = int8.Int8Recipe(chosen.mode or "dynamic", chosen.target, reduce_range=not vnni,
-                             method=(method or "minmax") if chosen.mode == "static" else None)
+                             method=(options.method or "minmax") if chosen.mode == "static" else None)
     reader = cache = None
+    extra: dict[str, Any] = {}
     if recipe.mode == "static":
         source = annotate(source, work / "typed" / MODEL_FILE)  # contrib-op tensors need types to be calibrated
         reader, cache = text_reader(directory, manifest, cal), work / "calibration.json"
+    elif options.smooth:
+        progress(f"{chosen.name}: smoothing activation outliers into the weights ({len(cal)} calibration texts)")
+        feeds = evaluation_feeds(directory, manifest, cal)
+        nodes = int8.candidate_nodes(source, recipe.op_types)
+        source, plan = smoothing.smooth(source, nodes, feeds, work / "smoothed" / MODEL_FILE, recipe.reduce_range)
+        extra["smoothing"] = plan.record(len(cal))
 
     def build(exclude: Sequence[str], only: Sequence[str] | None, out: Path) -> Path:
         return int8.quantize(source, recipe, out, exclude, only, reader, cache)
@@ -151,7 +172,7 @@ def _int8(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path,
                "budget": result.record(floor, budget_metric(evaluation.task))}
     if recipe.mode == "static":
         made_by["calibration_texts"] = len(cal)
-    return result.path, made_by
+    return result.path, {**made_by, **extra}
 
 
 _BUILDERS = {"fp16": _fp16, "int8": _int8}

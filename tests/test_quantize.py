@@ -238,7 +238,10 @@ def _bad_inputs(art: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(binary)], "not UTF-8"),
         (["quantize", d, "--precision", "int8", "--mode", "static", "--method", "kmeans"], "unknown calibration method"),
         (["quantize", d, "--precision", "int8", "--method", "entropy"], "add --mode static"),
-        (["quantize", d, "--precision", "int8", "--calibration", str(empty)], "dynamic int8 measures its ranges"),
+        (["quantize", d, "--precision", "int8", "--no-smooth", "--calibration", str(empty)],
+         "dynamic int8 without smoothing measures its ranges"),
+        (["quantize", d, "--precision", "int8", "--calibration", str(empty)], "is empty"),
+        (["quantize", d, "--precision", "int8", "--mode", "static", "--no-smooth"], "--no-smooth applies to dynamic"),
         (["quantize", d, "--precision", "int8", "--budget", "0"], "--budget must be in (0, 1]"),
         (["quantize", d, "--precision", "int8", "--budget", "1.5"], "--budget must be in (0, 1]"),
         (["quantize", d, "--precision", "int8", "--budget", "-0.2"], "--budget must be in (0, 1]"),
@@ -318,3 +321,77 @@ def test_decoder_tasks_are_refused_and_skipped_by_build(tiny_artifact, copy_arti
     assert main(["quantize", str(art), "--precision", "int8"]) == 1
     assert "quantize-generative" in capsys.readouterr().err and _snapshot(art) == before
     assert quantize_stage(argparse.Namespace(), art, lambda _: None)[0]["detail"].startswith("skipped")
+
+
+# ------------------------------------------------------------------------------------------ smoothing
+
+def test_int8_error_simulates_onnxruntime_dynamic_matmul(tmp_path):
+    """The α search scores candidates with a simulation of ORT's dynamic int8 MatMul: it must agree with ORT."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxformer.quantize.smoothing import int8_error
+    from onnxformer.runtime.session import create_session
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 64)).astype(np.float32)
+    x[:, 3] *= 60.0  # one outlier channel, as in real encoders
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", per_channel=True, reduce_range=False,
+                     weight_type=QuantType.QInt8)
+    got = create_session(tmp_path / "q.onnx").run(None, {"x": x})[0]
+    exact = x @ w
+    measured = float(np.sum((got - exact) ** 2) / np.sum(exact ** 2))
+    assert measured > 1e-4  # the outlier really hurts
+    assert int8_error(x, w) == pytest.approx(measured, rel=0.05)
+
+
+def test_smoothing_is_exact_in_fp32_and_cuts_int8_error(loud_artifact, tmp_path):
+    from onnxformer.quantize import smoothing
+
+    manifest = load_manifest(loud_artifact)
+    source = loud_artifact / "fp32-opt" / "model.onnx"
+    feeds = evaluation_feeds(loud_artifact, manifest, calibration_texts())
+    nodes = int8.candidate_nodes(source, int8.DYNAMIC_OPS)
+    path, plan = smoothing.smooth(source, nodes, feeds, tmp_path / "s" / "model.onnx")
+    record = plan.record(len(feeds))
+    assert record["smoothed_nodes"] > 0 and record["calibration_texts"] == len(calibration_texts())
+    for node in plan.scales:  # every smoothing applied was measured to help that node
+        assert plan.error_after[node] < plan.error_before[node]
+    graph = onnx.load(str(path)).graph
+    muls = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
+    assert len(muls) == record["mul_nodes"] == record["smoothed_nodes"] - record["folded_into_attention"]
+    assert record["folded_into_attention"] > 0  # attention output projections fold into V: no Mul
+    texts = evaluation_feeds(loud_artifact, manifest, evaluation_texts()[:8])
+    for a, b in zip(run_model(source, texts), run_model(path, texts)):  # same function in fp32
+        for name in a:
+            assert np.allclose(a[name], b[name], rtol=1e-3, atol=1e-3 * float(np.abs(a[name]).max()))
+
+
+@pytest.fixture(scope="session")
+def outlier_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The loud BERT, plus attention LayerNorms that blow up two channels ×8 (the outliers of trained encoders)."""
+    def outliers(name, param):
+        if "encoder" in name and name.endswith("weight") and param.dim() == 2:
+            param.mul_(30.0)
+        if name.endswith("attention.output.LayerNorm.weight"):
+            param[[1, 5]] *= 8.0
+
+    root = tmp_path_factory.mktemp("outliers")
+    art = _export(_scaled_checkpoint(tiny_checkpoint("bert"), root / "ckpt", outliers), root / "artifact")
+    optimize_artifact(art)
+    return art
+
+
+def test_int8_records_smoothing_and_no_smooth_skips_it(outlier_artifact, copy_artifact):
+    art = copy_artifact(outlier_artifact)
+    smoothed = quantize_artifact(art, "int8", budget=0.01).record
+    plain = quantize_artifact(art, "int8", budget=0.01, smooth=False).record
+    assert smoothed["made_by"]["smoothing"]["smoothed_nodes"] > 0 and "smoothing" not in plain["made_by"]
+    assert smoothed["fidelity"]["min_cosine"] > plain["fidelity"]["min_cosine"]  # measured, end to end
+    _verify_all(art)
