@@ -4,7 +4,9 @@ Dynamic int8 quantizes each MatMul input per tensor, so a few outlier channels s
 crush every other channel to a handful of levels. For a node computing ``X @ W`` (X: (T, K),
 W: (K, N)) and per input channel j, ``s_j = max|X_j|^α / max|W_j,:|^(1−α)`` gives
 ``(X / s) @ (s W) == X @ W`` in fp32, with flatter activations and barely rougher weights
-(Xiao et al., 2023, https://arxiv.org/abs/2211.10438).
+(Xiao et al., 2023, https://arxiv.org/abs/2211.10438). Scales are taken relative to their median and
+floored at 1, so only outlier channels shrink: on MiniLM, unclamped scales met the budget on the
+evaluation texts but fell to min cosine 0.982 on long random-word texts; clamped, 0.994.
 
 - α is chosen per node, measured not guessed: on the calibration texts, each candidate α (and
   "no smoothing") is scored by the node's simulated int8 output error, exactly as ORT quantizes
@@ -147,10 +149,13 @@ def _activations(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[
 
 
 def scales_for(absmax: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
-    """SmoothQuant's per-input-channel scales, ``max|X_j|^α / max|W_j|^(1−α)``, kept finite and positive."""
+    """SmoothQuant's per-input-channel scales ``max|X_j|^α / max|W_j|^(1−α)``, relative to their median, ≥ 1."""
     a = np.maximum(absmax, _SCALE_FLOOR)
     w = np.maximum(np.abs(weight).max(axis=1), _SCALE_FLOOR)
-    return (a ** alpha / w ** (1.0 - alpha)).astype(np.float32)
+    s = a ** alpha / w ** (1.0 - alpha)
+    # Divide only the channels above the typical one: a channel that was quiet in calibration is never
+    # amplified, so an input that wakes it (long or unusual text) cannot become a new outlier.
+    return np.maximum(s / np.median(s), 1.0).astype(np.float32)
 
 
 def int8_error(x: np.ndarray, weight: np.ndarray, x_levels: int = 255, w_levels: int = 127) -> float:
