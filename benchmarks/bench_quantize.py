@@ -28,7 +28,8 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEQUENCE = 128
-FULL_NOTE = "every MatMul/Attention of fp32-opt quantized (no budget loop), same recipe as int8"
+FULL_NOTE = "every MatMul/Attention of fp32-opt quantized (no budget loop, no smoothing)"
+SMOOTH_FULL_NOTE = "int8's recipe (SmoothQuant from the calibration texts) with every MatMul/Attention quantized (no budget loop)"
 OPTIMUM_NOTE = ("optimum ORTQuantizer on the unfused fp32 graph, "
                 "AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)")
 
@@ -83,6 +84,8 @@ def build_variants(art: Path, work: Path, with_optimum: bool) -> tuple[dict[str,
     notes = {"int8": _exclusions(art, "int8")}
     models["int8-full"] = _timed("int8-full", lambda: _full_int8(art, work / "int8-full"))
     notes["int8-full"] = FULL_NOTE
+    models["int8-smooth-full"] = _timed("int8-smooth-full", lambda: _smoothed_full_int8(art, work / "int8-smooth-full"))
+    notes["int8-smooth-full"] = SMOOTH_FULL_NOTE
     try:
         _timed("int8-static", lambda: quantize_artifact(art, "int8", mode="static", method="minmax"))
         models["int8-static"] = art / "int8-static" / "model.onnx"
@@ -104,6 +107,9 @@ def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, st
     models = {name: art / name / "model.onnx" for name in names}
     notes = {name: _exclusions(art, name) for name in names if name.startswith("int8")}
     models["int8-full"], notes["int8-full"] = work / "int8-full" / "model.onnx", FULL_NOTE
+    if (work / "int8-smooth-full").is_dir():
+        models["int8-smooth-full"] = work / "int8-smooth-full" / "model.onnx"
+        notes["int8-smooth-full"] = SMOOTH_FULL_NOTE
     if (work / "optimum").is_dir():
         models["optimum-int8"], notes["optimum-int8"] = next((work / "optimum").glob("*.onnx")), OPTIMUM_NOTE
     return models, notes
@@ -121,6 +127,21 @@ def _full_int8(art: Path, out: Path) -> Path:
 
     recipe = int8.Int8Recipe("dynamic", "cpu", reduce_range=not int8.has_vnni())
     return int8.quantize(art / "fp32-opt" / "model.onnx", recipe, out)
+
+
+def _smoothed_full_int8(art: Path, out: Path) -> Path:
+    """The int8 variant's recipe (SmoothQuant on the calibration texts) without the budget loop: every node int8."""
+    from onnxformer.quantize import int8, smoothing
+    from onnxformer.quantize.fidelity import evaluation_feeds
+    from onnxformer.quantize.texts import calibration_texts
+    from onnxformer.runtime.manifest import load_manifest
+
+    recipe = int8.Int8Recipe("dynamic", "cpu", reduce_range=not int8.has_vnni())
+    source = art / "fp32-opt" / "model.onnx"
+    feeds = evaluation_feeds(art, load_manifest(art), calibration_texts(None))
+    smoothed, _ = smoothing.smooth(source, int8.candidate_nodes(source, recipe.op_types), feeds,
+                                   out / "smoothed" / "model.onnx", recipe.reduce_range)
+    return int8.quantize(smoothed, recipe, out)
 
 
 def _optimum_int8(art: Path, out: Path) -> Path:

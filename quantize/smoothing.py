@@ -66,8 +66,9 @@ def smooth(source: Path, nodes: Sequence[str], feeds: Sequence[Feeds], out: Path
     graph = _Graph(model)
     targets = [graph.nodes[n] for n in nodes if n in graph.nodes and graph.smoothable(graph.nodes[n])]
     inputs = sorted({node.input[0] for node in targets})
-    absmax = _activation_absmax(model, inputs, feeds, out.parent)
-    plan = _choose(graph, targets, absmax, _activations(model, inputs, feeds, out.parent), reduce_range, min_gain)
+    acts = _activations(model, inputs, feeds, out.parent)  # per text: input name → (real tokens, K)
+    absmax = {name: np.max([np.abs(a[name]).max(axis=0) for a in acts], axis=0) for name in inputs}
+    plan = _choose(graph, targets, absmax, acts, reduce_range, min_gain)
     muls = {node.name: _apply(graph, node, plan.scales[node.name], fold=node.name in plan.folded)
             for node in targets if node.name in plan.scales}
     ordered = [m for n in model.graph.node for m in (muls.get(n.name), n) if m is not None]
@@ -117,35 +118,23 @@ def _probe(model: onnx.ModelProto, inputs: Sequence[str], work: Path) -> Any:
     return create_session(save_model(probe, work / "smoothing-probe.onnx"))
 
 
-def _runs(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[Feeds], work: Path):
+def _activations(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[Feeds],
+                 work: Path) -> list[dict[str, np.ndarray]]:
+    """The fp32 values of ``inputs`` on each feed, real tokens only."""
     session = _probe(model, inputs, work)
     names = [o.name for o in session.get_outputs()]
-    wanted = set(inputs)
+    acts = []
     for feed in feeds:
         outs = dict(zip(names, session.run(None, feed)))
         mask = feed["attention_mask"].reshape(-1).astype(bool) if "attention_mask" in feed else None
-        yield {name: _rows(outs[name], mask) for name in wanted}
+        acts.append({name: _rows(outs[name], mask) for name in inputs})
+    return acts
 
 
 def _rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """(B, T, K) → (real tokens, K): padded positions never set a range."""
     flat = x.reshape(-1, x.shape[-1])
     return flat[mask] if mask is not None and mask.size == flat.shape[0] else flat
-
-
-def _activation_absmax(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[Feeds],
-                       work: Path) -> dict[str, np.ndarray]:
-    absmax: dict[str, np.ndarray] = {}
-    for acts in _runs(model, inputs, feeds, work):
-        for name, x in acts.items():
-            m = np.abs(x).max(axis=0)
-            absmax[name] = np.maximum(absmax[name], m) if name in absmax else m
-    return absmax
-
-
-def _activations(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[Feeds],
-                 work: Path) -> list[dict[str, np.ndarray]]:
-    return list(_runs(model, inputs, feeds, work))
 
 
 def scales_for(absmax: np.ndarray, weight: np.ndarray, alpha: float) -> np.ndarray:
