@@ -11,17 +11,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from onnxformer.errors import InputError, ServingError
-from onnxformer.runtime import Model
-from onnxformer.serve import routes_v1, routes_v2
+from onnxformer.serve import routes_generate, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.httpio import check_api_key, error_response
 from onnxformer.serve.metrics import MetricsMiddleware
-from onnxformer.serve.state import ServerState, server_state
+from onnxformer.serve.state import Loaded, ServerState, server_state
 
 log = logging.getLogger("onnxformer.serve")
 
 
-def create_app(load: Callable[[], Model], config: ServeConfig | None = None) -> FastAPI:
+def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) -> FastAPI:
     """``load`` runs in a thread after the server is up: /v2/health/ready says 503 until it returns."""
     state = ServerState(load, (config or ServeConfig()).check())
 
@@ -37,6 +36,7 @@ def create_app(load: Callable[[], Model], config: ServeConfig | None = None) -> 
     app.include_router(routes_v2.health)
     app.include_router(routes_v2.router, dependencies=guarded)
     app.include_router(routes_v1.router, dependencies=guarded)
+    app.include_router(routes_generate.router, dependencies=guarded)
     app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=guarded)
     _add_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

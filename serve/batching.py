@@ -58,6 +58,9 @@ class Scheduler:
                 f"server busy: {self.pending} texts queued (limit {self.limits.max_queue}); retry shortly", 429)
         self.pending += n
 
+    def release(self, n: int) -> None:
+        self.pending -= n
+
     async def run_in_worker(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
@@ -110,7 +113,7 @@ class Lane:
 
     def _take(self) -> Job:
         job = self._jobs.popleft()
-        self.scheduler.pending -= len(job.items)
+        self.scheduler.release(len(job.items))
         return job
 
     async def _fill(self, batch: list[Job]) -> None:

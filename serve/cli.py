@@ -6,7 +6,7 @@ import os
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve an artifact over HTTP (KServe v2, OpenAI embeddings, task endpoints)")
+    p = sub.add_parser("serve", help="serve an artifact over HTTP (KServe v2, OpenAI embeddings and completions, task endpoints)")
     p.add_argument("directory", help="artifact directory (from `onnxformer export` or `build`)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000)
@@ -22,6 +22,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=1024, help="queued texts before 429")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request before 413")
     p.add_argument("--max-tokens-per-text", type=int, help="tokens per text before 422 (default: model limit)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="generation: max_tokens per completion before 422")
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size before 413")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
     p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
@@ -36,7 +37,8 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_key=args.api_key, batching=not args.no_batching,
         max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, max_texts=args.max_texts, max_tokens_per_text=args.max_tokens_per_text,
-        max_body_bytes=args.max_body_bytes, timeout_s=args.timeout, graceful_s=args.graceful_timeout,
+        max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
+        graceful_s=args.graceful_timeout,
     )
     serve(args.directory, config, variant=args.variant, threads=args.threads)
     return 0

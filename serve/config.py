@@ -17,9 +17,10 @@ class ServeConfig:
     # it; small batches of similar length beat one big padded batch on CPU (cache-sized activations)
     max_batch_tokens: int = 256
     max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
-    max_queue: int = 1024  # texts admitted but not yet running; beyond → 429
+    max_queue: int = 1024  # texts admitted but not yet running, plus generations in flight; beyond → 429
     max_texts: int = 64  # texts per request; beyond → 413
     max_tokens_per_text: int | None = None  # None: the model's own limit; beyond → 422
+    max_new_tokens: int = 512  # generation: tokens one completion may ask for; beyond → 422
     max_body_bytes: int = 4 << 20  # request body; beyond → 413
     timeout_s: float = 30.0  # per request, queue wait included; beyond → 504
     graceful_s: float = 30.0  # shutdown waits this long for in-flight requests
@@ -28,7 +29,7 @@ class ServeConfig:
         positive = {
             "--port": self.port, "--max-batch-size": self.max_batch_size, "--max-batch-tokens": self.max_batch_tokens,
             "--max-queue": self.max_queue, "--max-texts": self.max_texts, "--max-body-bytes": self.max_body_bytes,
-            "--timeout": self.timeout_s,
+            "--timeout": self.timeout_s, "--max-new-tokens": self.max_new_tokens,
         }
         for flag, value in positive.items():
             if value <= 0:

@@ -50,7 +50,7 @@ class AnswerRequest(_Strict):
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> JSONResponse:
     state, req = await _parse(request, EmbeddingsRequest)
-    service = state.require_service(req.model)
+    service = state.model_service("/v1/embeddings", req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
     vectors, tokens = await within(state.config.timeout_s, service.embed(texts))
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
@@ -64,7 +64,7 @@ async def embeddings(request: Request) -> JSONResponse:
 @router.post("/v1/classify")
 async def classify(request: Request) -> JSONResponse:
     state, req = await _parse(request, ClassifyRequest)
-    service = state.require_service()
+    service = state.model_service("/v1/classify")
     results = await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k))
     return JSONResponse({"model": service.name, "results": results})
 
@@ -72,7 +72,7 @@ async def classify(request: Request) -> JSONResponse:
 @router.post("/v1/tag")
 async def tag(request: Request) -> JSONResponse:
     state, req = await _parse(request, TagRequest)
-    service = state.require_service()
+    service = state.model_service("/v1/tag")
     results = await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation))
     return JSONResponse({"model": service.name, "results": results})
 
@@ -80,7 +80,7 @@ async def tag(request: Request) -> JSONResponse:
 @router.post("/v1/answer")
 async def answer(request: Request) -> JSONResponse:
     state, req = await _parse(request, AnswerRequest)
-    service = state.require_service()
+    service = state.model_service("/v1/answer")
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
         raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', 400)

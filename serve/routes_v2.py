@@ -10,8 +10,9 @@ from onnxformer import __version__
 from onnxformer.errors import ServingError
 from onnxformer.serve.httpio import read_body, within
 from onnxformer.serve.kserve import HEADER_LENGTH, InferRequest, encode_response, parse_infer, tensor_metadata, text_input
+from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.service import ModelService
-from onnxformer.serve.state import server_state
+from onnxformer.serve.state import Service, server_state
 
 TEXT_INPUT = "text"
 TEXT_OUTPUTS = {  # what the BYTES text input yields, per task
@@ -45,6 +46,10 @@ async def server_metadata() -> dict[str, Any]:
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str = "1") -> dict[str, Any]:
     service = _service(request, name, version)
+    if isinstance(service, GenerationService):  # no tensors to offer: generation is a loop, not one graph call
+        return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": [],
+                "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
+                                              "endpoint": "/v1/completions"}}
     m = service.model.manifest
     text = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}] if service.task in TEXT_OUTPUTS else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",
@@ -64,13 +69,15 @@ async def model_ready(request: Request, name: str, version: str = "1") -> dict[s
 async def infer(request: Request, name: str, version: str = "1") -> Response:
     state = server_state(request)
     service = _service(request, name, version)
+    if not isinstance(service, ModelService):
+        raise ServingError(f"{service.name!r} is a {service.task} model: generate with POST /v1/completions", 400)
     req = parse_infer(await read_body(request, state.config.max_body_bytes), request.headers.get(HEADER_LENGTH))
     outputs = await within(state.config.timeout_s, _infer(service, req))
     body, headers = encode_response(service.name, req, outputs)
     return Response(body, headers=headers)
 
 
-def _service(request: Request, name: str, version: str) -> ModelService:
+def _service(request: Request, name: str, version: str) -> Service:
     service = server_state(request).require_service(name)
     if version != "1":
         raise ServingError(f"model {name!r} has only version 1 (got {version!r})", 404)

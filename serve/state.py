@@ -3,25 +3,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Union
 
 from fastapi import Request
 
 from onnxformer.errors import ServingError
 from onnxformer.runtime import Model
+from onnxformer.runtime.generation import Generator
 from onnxformer.serve.batching import BatchLimits, Scheduler
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.metrics import Metrics
 from onnxformer.serve.service import ModelService
+
+Loaded = Union[Model, Generator]  # an encoder artifact or a generative one
+Service = Union[ModelService, GenerationService]
 
 log = logging.getLogger("onnxformer.serve")
 
 
 class ServerState:
-    def __init__(self, load: Callable[[], Model], config: ServeConfig):
+    def __init__(self, load: Callable[[], Loaded], config: ServeConfig):
         self.load, self.config = load, config
         self.metrics = Metrics()
-        self.service: ModelService | None = None
+        self.service: Service | None = None
         self.scheduler: Scheduler | None = None
         self.draining = False
         self.load_error: str | None = None
@@ -46,7 +51,10 @@ class ServerState:
             log.exception("model failed to load")
             self.load_error = f"{type(e).__name__}: {e}"
             return
-        self.service = ModelService(model, self.config, self.scheduler)
+        if isinstance(model, Generator):
+            self.service = GenerationService(model, self.config, self.scheduler)
+        else:
+            self.service = ModelService(model, self.config, self.scheduler)
 
     async def stop(self) -> None:
         """Called after uvicorn has finished in-flight requests: drain what is queued, stop the worker."""
@@ -55,7 +63,7 @@ class ServerState:
         if self.scheduler is not None:
             await self.scheduler.close()
 
-    def require_service(self, name: str | None = None) -> ModelService:
+    def require_service(self, name: str | None = None) -> Service:
         if self.load_error is not None:
             raise ServingError(f"the model failed to load ({self.load_error}); see the server log", 503)
         if self.draining:
@@ -66,10 +74,27 @@ class ServerState:
             raise ServingError(f"unknown model {name!r}; this server serves {self.service.name!r}", 404)
         return self.service
 
+    def model_service(self, endpoint: str, name: str | None = None) -> ModelService:
+        service = self.require_service(name)
+        if not isinstance(service, ModelService):
+            raise ServingError(f"{endpoint} serves encoder models; {service.name!r} is {service.task}: "
+                               "use /v1/completions", 400)
+        return service
 
-def warm_up(model: Model) -> None:
+    def generation_service(self, endpoint: str, name: str | None = None) -> GenerationService:
+        service = self.require_service(name)
+        if not isinstance(service, GenerationService):
+            raise ServingError(f"{endpoint} needs a text-generation or text2text-generation model; "
+                               f"{service.name!r} is {service.task}", 400)
+        return service
+
+
+def warm_up(model: Loaded) -> None:
     """One tiny call so the first user request does not pay ONNX Runtime's lazy initialisation."""
-    model.run(model.tokenizer.encode(["warm up"]).feeds)
+    if isinstance(model, Generator):
+        model.generate("warm up", max_new_tokens=2)
+    else:
+        model.run(model.tokenizer.encode(["warm up"]).feeds)
 
 
 def server_state(request: Request) -> ServerState:

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random checkpoints per encoder family and task, and the real MiniLM (offline)."""
+"""Shared fixtures: tiny random checkpoints per encoder family and task, tiny generative artifacts, and the real MiniLM (offline)."""
 from __future__ import annotations
 
 import os
@@ -118,3 +118,34 @@ def copy_artifact(tmp_path) -> Callable[[Path], Path]:
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def gen_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
+    from onnxformer.export.generative_random import make_generative_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in cache:
+            cache[family] = make_generative_checkpoint(tmp_path_factory.mktemp(f"gen-ckpt-{family}"), family)
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gen_artifact(gen_checkpoint, tmp_path_factory) -> Callable[[str], Path]:
+    """Exported through the public export_checkpoint (its generative dispatch). Read-only."""
+    from onnxformer.export import export_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in cache:
+            out = tmp_path_factory.mktemp(f"gen-art-{family}") / "artifact"
+            export_checkpoint(str(gen_checkpoint(family)), out)
+            cache[family] = out
+        return cache[family]
+
+    return make

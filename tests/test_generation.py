@@ -17,37 +17,6 @@ PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; P
 
 
 @pytest.fixture(scope="session")
-def gen_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
-    from onnxformer.export.generative_random import make_generative_checkpoint
-
-    cache: dict[str, Path] = {}
-
-    def make(family: str) -> Path:
-        if family not in cache:
-            cache[family] = make_generative_checkpoint(tmp_path_factory.mktemp(f"gen-ckpt-{family}"), family)
-        return cache[family]
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def gen_artifact(gen_checkpoint, tmp_path_factory) -> Callable[[str], Path]:
-    """Exported through the public export_checkpoint (its generative dispatch). Read-only."""
-    from onnxformer.export import export_checkpoint
-
-    cache: dict[str, Path] = {}
-
-    def make(family: str) -> Path:
-        if family not in cache:
-            out = tmp_path_factory.mktemp(f"gen-art-{family}") / "artifact"
-            export_checkpoint(str(gen_checkpoint(family)), out)
-            cache[family] = out
-        return cache[family]
-
-    return make
-
-
-@pytest.fixture(scope="session")
 def generator(gen_artifact) -> Callable[[str], object]:
     from onnxformer.runtime.generation import Generator
 

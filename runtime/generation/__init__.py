@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from onnxformer.runtime.generation.generator import Generator
+from onnxformer.runtime.generation.generator import Completion, Generator, Run
 from onnxformer.runtime.generation.options import GenerationOptions
 
-__all__ = ["GenerationOptions", "Generator"]
+__all__ = ["Completion", "GenerationOptions", "Generator", "Run"]

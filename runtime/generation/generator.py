@@ -1,6 +1,7 @@
 """`Generator`: load a generative artifact and produce text — batched, streamed, greedy or sampled."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -69,9 +70,9 @@ class Generator:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
         repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
-        run = self._start(prompts, make_options(max_new_tokens, **options))
+        run = self.start(prompts, max_new_tokens, **options)
         run.finish()
-        texts = [s.text for s in run.streams]
+        texts = [c.text for c in run.completions()]
         return texts[0] if isinstance(prompts, str) else texts
 
     def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Iterator[str]:
@@ -79,19 +80,21 @@ class Generator:
         Bad input raises here, at the call, not at the first iteration."""
         if not isinstance(prompt, str):
             raise InputError("stream() takes one prompt string; use generate() for a batch")
-        return self._start([prompt], make_options(max_new_tokens, **options)).pieces()
+        return self.start(prompt, max_new_tokens, **options).pieces()
 
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 32, **options: Any) -> list[list[int]]:
         """Generated token ids per prompt, up to and including the end-of-sequence token."""
-        run = self._start(prompts, make_options(max_new_tokens, **options))
+        run = self.start(prompts, max_new_tokens, **options)
         run.finish()
         return [s.ids for s in run.streams]
 
-    def _start(self, prompts: str | Sequence[str], opts: GenerationOptions) -> "_Run":
+    def start(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> Run:
+        """A generation not yet run: prompts tokenized and options checked (bad input raises here)."""
+        opts = make_options(max_new_tokens, **options)
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         stepper, history = self._stepper(batch, opts)  # tokenizes and checks the prompts
         streams = [TextStream(self.prompts.tokenizer, opts.stop) for _ in batch]
-        return _Run(stepper, history, opts, self.special, streams)
+        return Run(stepper, history, opts, self.special, streams)
 
     def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray]:
         if self.kind == "decoder":
@@ -113,14 +116,52 @@ class Generator:
         return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history
 
 
-class _Run:
-    """One generate/stream call: the token loop, plus each row's text and stop state."""
+@dataclass(frozen=True)
+class Completion:
+    text: str  # generated text, cut before a stop sequence
+    tokens: int  # generated tokens, end-of-sequence included
+    finish_reason: str  # "stop": end-of-sequence or a stop sequence; "length": max_new_tokens reached
+
+
+class Run:
+    """One generation in progress. ``step()`` makes one token per unfinished row, so a caller (the server)
+    can interleave several runs on one worker thread and stop one at any step; ``take(row)`` hands out the
+    text that became final since the last take."""
 
     def __init__(self, stepper: Stepper, history: np.ndarray, opts: GenerationOptions, special: SpecialTokens,
                  streams: list[TextStream]):
         self.stepper, self.history, self.opts, self.special, self.streams = stepper, history, opts, special, streams
+        self._steps = self._loop()
+        self.done = False
 
-    def steps(self) -> Iterator[None]:
+    def step(self) -> bool:
+        """Advance by one token; False (and nothing run) once every row has finished."""
+        if not self.done:
+            self.done = next(self._steps, None) is None
+        return not self.done
+
+    def take(self, row: int = 0) -> str:
+        stream = self.streams[row]
+        chunk, stream.pending = stream.pending, ""
+        return chunk
+
+    def finish(self) -> None:
+        while self.step():
+            pass
+
+    def pieces(self) -> Iterator[str]:
+        while self.step():
+            if chunk := self.take():
+                yield chunk
+        if chunk := self.take():
+            yield chunk
+
+    def completions(self) -> list[Completion]:
+        eos = set(self.special.eos)
+        return [Completion(s.text, len(s.ids), "stop" if s.stopped or (s.ids and s.ids[-1] in eos) else "length")
+                for s in self.streams]
+
+    def _loop(self) -> Iterator[bool]:
         finished = np.zeros(len(self.streams), dtype=bool)
         for tokens, active in token_loop(self.stepper, self.history, self.opts, self.special, finished):
             for row in np.flatnonzero(active):
@@ -128,22 +169,9 @@ class _Run:
                 stream.pending += stream.add(int(tokens[row]))
                 if stream.stopped:
                     finished[row] = True  # the loop sees it before the next step
-            yield
+            yield True
         for stream in self.streams:
             stream.pending += stream.flush()
-
-    def finish(self) -> None:
-        for _ in self.steps():
-            pass
-
-    def pieces(self) -> Iterator[str]:
-        stream = self.streams[0]
-        for _ in self.steps():
-            if stream.pending:
-                chunk, stream.pending = stream.pending, ""
-                yield chunk
-        if stream.pending:
-            yield stream.pending
 
 
 def generation_spec(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:

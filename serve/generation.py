@@ -1,0 +1,84 @@
+"""The generator behind /v1/completions: request checks and token-by-token driving of runs.
+
+Generations are not merged into one batch (each has its own KV cache); instead every run advances one token
+per call on the scheduler's worker thread, so concurrent generations — and the encoder lanes — take turns
+token by token, a timeout or a client that hangs up stops its run at the next token, and nothing runs on
+the event loop. A run holds one admission slot (``--max-queue``) from its start to its last token.
+"""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from onnxformer.errors import ServingError
+from onnxformer.runtime.generation import Generator, Run
+from onnxformer.serve.batching import Scheduler
+from onnxformer.serve.config import ServeConfig
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # OpenAI clients send fields we ignore (user, logprobs=None, …)
+    prompt: Union[str, list[str]]
+    model: str | None = None
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0)  # OpenAI's meaning: 0 is greedy, > 0 samples
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)  # not OpenAI's; vLLM's extension, 0 = off
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+
+    def options(self) -> dict[str, Any]:
+        sample = self.temperature > 0
+        return {"do_sample": sample, "temperature": self.temperature if sample else 1.0, "top_p": self.top_p,
+                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "stop": self.stop,
+                "seed": self.seed}
+
+
+class GenerationService:
+    """The generator, its limits, and the token-by-token driving of runs on the worker thread."""
+
+    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler):
+        self.generator, self.config, self.scheduler = generator, config, scheduler
+        self.name: str = generator.manifest.get("name") or generator.directory.name
+        self.task: str = generator.manifest["task"]
+
+    def start(self, req: CompletionRequest) -> tuple[Run, list[int]]:
+        """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts);
+        returns the run and each prompt's token count."""
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', 400)
+        if req.n != 1:
+            raise ServingError(f"n={req.n} is not supported; send n=1 (repeat the request with seeds instead)", 400)
+        if req.stream and len(prompts) != 1:
+            raise ServingError(f"stream=true takes one prompt, got {len(prompts)}; send one request per prompt", 400)
+        if len(prompts) > self.config.max_texts:
+            raise ServingError(f"{len(prompts)} prompts in one request; the limit is {self.config.max_texts}", 413)
+        if req.max_tokens > self.config.max_new_tokens:
+            raise ServingError(f"max_tokens={req.max_tokens} is over this server's limit of "
+                               f"{self.config.max_new_tokens} (--max-new-tokens)", 422)
+        lengths = self._check_prompt_tokens(prompts)
+        run = self.generator.start(prompts, req.max_tokens, **req.options())  # InputError → 400
+        return run, lengths
+
+    def _check_prompt_tokens(self, prompts: list[str]) -> list[int]:
+        tokenizer = self.generator.prompts.tokenizer
+        lengths = [len(e.ids) for e in tokenizer.encode_batch(prompts)]
+        limit = self.config.max_tokens_per_text
+        for i, n in enumerate(lengths):
+            if limit is not None and n > limit:
+                raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)", 422)
+        return lengths
+
+    async def tokens(self, run: Run) -> AsyncIterator[None]:
+        """Advance ``run`` token by token on the worker; yields after each token. Holds one admission slot."""
+        self.scheduler.admit(1)  # 429 at once when too many runs are in flight
+        try:
+            while await self.scheduler.run_in_worker(run.step):
+                yield
+        finally:
+            self.scheduler.release(1)

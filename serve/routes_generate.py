@@ -1,0 +1,92 @@
+"""/v1/completions in OpenAI's shape: a whole completion, or server-sent events as the text is produced."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from onnxformer.errors import ServingError
+from onnxformer.runtime.generation import Run
+from onnxformer.serve.generation import CompletionRequest, GenerationService
+from onnxformer.serve.httpio import parse_json, read_body
+from onnxformer.serve.state import server_state
+
+router = APIRouter()
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Any:
+    state = server_state(request)
+    state.generation_service("/v1/completions")  # 503 or wrong task before reading a body we could not serve
+    req = parse_json(await read_body(request, state.config.max_body_bytes), CompletionRequest)
+    service = state.generation_service("/v1/completions", req.model)
+    run, lengths = await asyncio.to_thread(service.start, req)  # tokenizing stays off the event loop
+    reply = _Reply(service.name, sum(lengths))
+    if req.stream:
+        events = _events(service, run, reply, time.monotonic() + state.config.timeout_s)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        await asyncio.wait_for(_drain(service, run), state.config.timeout_s)
+    except asyncio.TimeoutError:
+        raise ServingError(f"request timed out after {state.config.timeout_s:g}s; lower max_tokens, or raise "
+                           "--timeout", 504) from None
+    choices = [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+               for i, c in enumerate(run.completions())]
+    generated = sum(c.tokens for c in run.completions())
+    return JSONResponse(reply.body(choices, generated))
+
+
+async def _drain(service: GenerationService, run: Run) -> None:
+    async for _ in service.tokens(run):
+        pass
+
+
+async def _events(service: GenerationService, run: Run, reply: "_Reply", deadline: float) -> AsyncIterator[str]:
+    """``data: {chunk}`` per piece of text, a last chunk with the finish reason and usage, ``data: [DONE]``.
+    A client that disconnects cancels this generator (Starlette), which stops the run at the next token."""
+    tokens = service.tokens(run)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(anext(tokens), max(remaining, 0.001))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                message = "request timed out; lower max_tokens, or raise --timeout"
+                yield _sse({"error": {"message": message, "type": "server_error", "code": 504}})
+                return
+            if piece := run.take():
+                yield _sse(reply.body([{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]))
+        done = run.completions()[0]
+        last = [{"index": 0, "text": run.take(), "finish_reason": done.finish_reason, "logprobs": None}]
+        yield _sse(reply.body(last, done.tokens))
+        yield "data: [DONE]\n\n"
+    finally:
+        await tokens.aclose()  # releases the admission slot even when the client went away
+
+
+class _Reply:
+    """The parts shared by a whole completion and each streamed chunk (OpenAI: same id and created)."""
+
+    def __init__(self, model: str, prompt_tokens: int):
+        self.model, self.prompt_tokens = model, prompt_tokens
+        self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def body(self, choices: list[dict[str, Any]], completion_tokens: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
+                               "model": self.model, "choices": choices}
+        if completion_tokens is not None:
+            out["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                            "total_tokens": self.prompt_tokens + completion_tokens}
+        return out
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
