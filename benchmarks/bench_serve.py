@@ -209,7 +209,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"(4-40 words) per POST /v1/embeddings; {report['cpu_count']} CPUs shared by client and server; server "
              f"defaults otherwise (max batch 32, max delay 2 ms, 256-token runtime batches). 1-minute load average "
              f"{report['load_average']['before']:.1f} before, {report['load_average']['after']:.1f} after "
-             "(other work on the machine).", "",
+             "(before: other work on the machine; after: this benchmark's own client and server included).", "",
              "| batching | concurrency | req/s | p50 (ms) | p99 (ms) | mean batch | model busy | requests | errors |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:

@@ -7,7 +7,7 @@ the event loop. A run holds one admission slot (``--max-queue``) from its start 
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,11 +74,23 @@ class GenerationService:
                 raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)", 422)
         return lengths
 
-    async def tokens(self, run: Run) -> AsyncIterator[None]:
-        """Advance ``run`` token by token on the worker; yields after each token. Holds one admission slot."""
-        self.scheduler.admit(1)  # 429 at once when too many runs are in flight
-        try:
-            while await self.scheduler.run_in_worker(run.step):
-                yield
-        finally:
+    def admit(self) -> "Slot":
+        """One admission slot per run, taken before any response starts: 429 at once when too many are in flight."""
+        return Slot(self.scheduler)
+
+    async def advance(self, run: Run) -> bool:
+        """One more token of ``run`` on the worker thread; False once the run has finished."""
+        return await self.scheduler.run_in_worker(run.step)
+
+
+class Slot:
+    """A run's place in the admission count; ``release`` may be called from several exits, counts once."""
+
+    def __init__(self, scheduler: Scheduler):
+        scheduler.admit(1)
+        self.scheduler, self.held = scheduler, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
             self.scheduler.release(1)

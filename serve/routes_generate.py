@@ -9,10 +9,11 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from onnxformer.errors import ServingError
 from onnxformer.runtime.generation import Run
-from onnxformer.serve.generation import CompletionRequest, GenerationService
+from onnxformer.serve.generation import CompletionRequest, GenerationService, Slot
 from onnxformer.serve.httpio import parse_json, read_body
 from onnxformer.serve.state import server_state
 
@@ -27,41 +28,44 @@ async def completions(request: Request) -> Any:
     service = state.generation_service("/v1/completions", req.model)
     run, lengths = await asyncio.to_thread(service.start, req)  # tokenizing stays off the event loop
     reply = _Reply(service.name, sum(lengths))
+    slot = service.admit()  # 429 now, before a stream's 200 is sent
     if req.stream:
-        events = _events(service, run, reply, time.monotonic() + state.config.timeout_s)
-        return StreamingResponse(events, media_type="text/event-stream",
+        events = _events(service, run, reply, time.monotonic() + state.config.timeout_s, slot)
+        # the generator releases the slot when it ends; the background task when it never started
+        return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(slot.release),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         await asyncio.wait_for(_drain(service, run), state.config.timeout_s)
     except asyncio.TimeoutError:
         raise ServingError(f"request timed out after {state.config.timeout_s:g}s; lower max_tokens, or raise "
                            "--timeout", 504) from None
+    finally:
+        slot.release()
+    done = run.completions()
     choices = [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-               for i, c in enumerate(run.completions())]
-    generated = sum(c.tokens for c in run.completions())
-    return JSONResponse(reply.body(choices, generated))
+               for i, c in enumerate(done)]
+    return JSONResponse(reply.body(choices, sum(c.tokens for c in done)))
 
 
 async def _drain(service: GenerationService, run: Run) -> None:
-    async for _ in service.tokens(run):
+    while await service.advance(run):
         pass
 
 
-async def _events(service: GenerationService, run: Run, reply: "_Reply", deadline: float) -> AsyncIterator[str]:
+async def _events(service: GenerationService, run: Run, reply: "_Reply", deadline: float,
+                  slot: Slot) -> AsyncIterator[str]:
     """``data: {chunk}`` per piece of text, a last chunk with the finish reason and usage, ``data: [DONE]``.
     A client that disconnects cancels this generator (Starlette), which stops the run at the next token."""
-    tokens = service.tokens(run)
     try:
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                await asyncio.wait_for(anext(tokens), max(remaining, 0.001))
-            except StopAsyncIteration:
-                break
+                more = await asyncio.wait_for(service.advance(run), max(deadline - time.monotonic(), 0.001))
             except asyncio.TimeoutError:
                 message = "request timed out; lower max_tokens, or raise --timeout"
                 yield _sse({"error": {"message": message, "type": "server_error", "code": 504}})
                 return
+            if not more:
+                break
             if piece := run.take():
                 yield _sse(reply.body([{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]))
         done = run.completions()[0]
@@ -69,7 +73,7 @@ async def _events(service: GenerationService, run: Run, reply: "_Reply", deadlin
         yield _sse(reply.body(last, done.tokens))
         yield "data: [DONE]\n\n"
     finally:
-        await tokens.aclose()  # releases the admission slot even when the client went away
+        slot.release()
 
 
 class _Reply:

@@ -204,10 +204,12 @@ def test_too_many_generations_answer_429_at_once(gen_artifact):
             start = time.perf_counter()
             rejected = complete(url, prompt="one too many", max_tokens=4)
             elapsed = time.perf_counter() - start
+            stream = complete(url, prompt="one too many", max_tokens=4, stream=True)  # refused before a 200
             recorder.release.set()
             assert busy.result().status_code == 200
     assert rejected.status_code == 429 and elapsed < 1.0
     assert "busy" in rejected.json()["error"]["message"]
+    assert stream.status_code == 429 and stream.headers["retry-after"] == "1"
 
 
 def test_timeout_gives_504_or_an_error_event(gen_artifact):
