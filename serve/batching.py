@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests are merged into one model call, run off the event loop.
 
 A ``Lane`` is one kind of work (embed, classify, raw tensors …) with its own queue. Each lane's loop takes
-the oldest job, waits at most ``max_delay`` for more, merges jobs up to the batch-size cap, and runs the
+the oldest job and every queued job that fits the batch-size cap (waiting up to ``max_delay`` for more only
+while the worker is busy with other work: requests that arrive during a call form the next batch), and runs the
 merged call in the scheduler's single worker thread (ONNX Runtime already uses every core inside one call,
 so more model threads would only contend). The runtime then sorts the merged texts by length and cuts
 them into batches under its token budget, which keeps padding low. The event loop never runs the model.
@@ -44,6 +45,7 @@ class Scheduler:
         self.limits = limits
         self.on_batch = on_batch  # metrics hook: (lane, items in the model call, seconds it took)
         self.pending = 0  # items admitted and not yet handed to the model
+        self.busy = 0  # calls submitted to the worker and not yet finished
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxformer-model")
         self._lanes: dict[str, Lane] = {}
 
@@ -62,7 +64,11 @@ class Scheduler:
         self.pending -= n
 
     async def run_in_worker(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        finally:
+            self.busy -= 1
 
     async def close(self) -> None:
         """Finish every queued job, then stop the lanes and the worker."""
@@ -117,12 +123,14 @@ class Lane:
         return job
 
     async def _fill(self, batch: list[Job]) -> None:
-        """Add queued jobs while they fit the cap, waiting up to max_delay for late arrivals."""
+        """Add queued jobs while they fit the cap. Late arrivals are waited for (up to max_delay) only while
+        the worker is busy: an idle model runs what is queued at once, and the requests that arrive during
+        that call form the next batch, so a lone request never pays the delay."""
         limits = self.scheduler.limits
         deadline = asyncio.get_running_loop().time() + limits.max_delay_s
         size = len(batch[0].items)
         while size < limits.max_batch_size:
-            if not self._jobs and not await self._wait_until(deadline):
+            if not self._jobs and (not self.scheduler.busy or not await self._wait_until(deadline)):
                 return
             if size + len(self._jobs[0].items) > limits.max_batch_size:
                 return  # stays at the head of the queue for the next call

@@ -18,7 +18,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, help="texts merged into one model call")
     p.add_argument("--max-batch-tokens", type=int, default=256,
                    help="padded tokens per ONNX Runtime batch (merged texts are length-sorted under it)")
-    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a batch waits to fill")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a batch waits to fill while the model is busy with other work")
     p.add_argument("--max-queue", type=int, default=1024, help="queued texts before 429")
     p.add_argument("--max-texts", type=int, default=64, help="texts per request before 413")
     p.add_argument("--max-tokens-per-text", type=int, help="tokens per text before 422 (default: model limit)")

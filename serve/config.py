@@ -16,7 +16,7 @@ class ServeConfig:
     # padded tokens per ONNX Runtime batch: the runtime sorts merged texts by length and cuts batches under
     # it; small batches of similar length beat one big padded batch on CPU (cache-sized activations)
     max_batch_tokens: int = 256
-    max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_delay_ms: float = 2.0  # while the worker is busy with other work, how long a batch waits to fill
     max_queue: int = 1024  # texts admitted but not yet running, plus generations in flight; beyond → 429
     max_texts: int = 64  # texts per request; beyond → 413
     max_tokens_per_text: int | None = None  # None: the model's own limit; beyond → 422

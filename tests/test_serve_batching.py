@@ -61,3 +61,39 @@ def test_model_error_reaches_every_request_in_the_batch():
         return out
 
     assert all(isinstance(e, ZeroDivisionError) for e in asyncio.run(main()))
+
+
+def test_a_lone_request_does_not_wait_for_company():
+    async def main() -> float:
+        scheduler = Scheduler(BatchLimits(max_delay_s=5.0))
+        lane = scheduler.lane("echo", lambda chunk: chunk)
+        start = asyncio.get_running_loop().time()
+        assert await lane.submit(["alone"]) == ["alone"]
+        elapsed = asyncio.get_running_loop().time() - start
+        await scheduler.close()
+        return elapsed
+
+    assert asyncio.run(main()) < 1.0  # the 5 s delay applies only while the worker is busy
+
+
+def test_while_the_worker_is_busy_late_arrivals_join_the_batch():
+    import threading
+
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    async def main() -> None:
+        scheduler = Scheduler(BatchLimits(max_delay_s=0.5))
+        lane = scheduler.lane("echo", lambda chunk: (calls.append(list(chunk)), chunk)[1])
+        other = asyncio.ensure_future(scheduler.run_in_worker(lambda: release.wait(10)))  # another lane's call
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(lane.submit(["a"]))
+        await asyncio.sleep(0.1)  # arrives within the delay, while the worker is still busy
+        second = asyncio.ensure_future(lane.submit(["b"]))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(first, second, other)
+        await scheduler.close()
+
+    asyncio.run(main())
+    assert calls == [["a", "b"]]
