@@ -131,16 +131,14 @@ def _full_int8(art: Path, out: Path) -> Path:
 
 def _smoothed_full_int8(art: Path, out: Path) -> Path:
     """The int8 variant's recipe (SmoothQuant on the calibration texts) without the budget loop: every node int8."""
-    from onnxformer.quantize import int8, smoothing
-    from onnxformer.quantize.fidelity import evaluation_feeds
+    from onnxformer.quantize import int8
+    from onnxformer.quantize.pipeline import smooth_for_int8
     from onnxformer.quantize.texts import calibration_texts
     from onnxformer.runtime.manifest import load_manifest
 
     recipe = int8.Int8Recipe("dynamic", "cpu", reduce_range=not int8.has_vnni())
-    source = art / "fp32-opt" / "model.onnx"
-    feeds = evaluation_feeds(art, load_manifest(art), calibration_texts(None))
-    smoothed, _ = smoothing.smooth(source, int8.candidate_nodes(source, recipe.op_types), feeds,
-                                   out / "smoothed" / "model.onnx", recipe.reduce_range)
+    smoothed, _ = smooth_for_int8(art, load_manifest(art), art / "fp32-opt" / "model.onnx", recipe,
+                                  calibration_texts(None), out / "smoothed" / "model.onnx")
     return int8.quantize(smoothed, recipe, out)
 
 

@@ -143,6 +143,14 @@ def _fp16(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path,
     return path, made_by
 
 
+def smooth_for_int8(directory: Path, manifest: dict[str, Any], source: Path, recipe: int8.Int8Recipe,
+                    texts: Sequence[str], out: Path) -> tuple[Path, smoothing.Plan]:
+    """SmoothQuant every node ``recipe`` would quantize, from ``texts``; written to ``out``."""
+    feeds = evaluation_feeds(directory, manifest, texts)
+    nodes = int8.candidate_nodes(source, recipe.op_types)
+    return smoothing.smooth(source, nodes, feeds, out, recipe.reduce_range)
+
+
 def _int8(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path, evaluation: Evaluation,
           options: _Options, work: Path, progress: Progress) -> tuple[Path, dict]:
     from onnxformer.quantize.calibration import text_reader
@@ -157,9 +165,7 @@ def _int8(directory: Path, manifest: dict[str, Any], chosen: Plan, source: Path,
         reader, cache = text_reader(directory, manifest, cal), work / "calibration.json"
     elif options.smooth:
         progress(f"{chosen.name}: smoothing activation outliers into the weights ({len(cal)} calibration texts)")
-        feeds = evaluation_feeds(directory, manifest, cal)
-        nodes = int8.candidate_nodes(source, recipe.op_types)
-        source, plan = smoothing.smooth(source, nodes, feeds, work / "smoothed" / MODEL_FILE, recipe.reduce_range)
+        source, plan = smooth_for_int8(directory, manifest, source, recipe, cal, work / "smoothed" / MODEL_FILE)
         extra["smoothing"] = plan.record(len(cal))
 
     def build(exclude: Sequence[str], only: Sequence[str] | None, out: Path) -> Path:
