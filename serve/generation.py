@@ -46,9 +46,8 @@ class GenerationService:
         self.name: str = generator.manifest.get("name") or generator.directory.name
         self.task: str = generator.manifest["task"]
 
-    def start(self, req: CompletionRequest) -> tuple[Run, list[int]]:
-        """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts);
-        returns the run and each prompt's token count."""
+    def start(self, req: CompletionRequest) -> Run:
+        """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts)."""
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', 400)
@@ -61,18 +60,12 @@ class GenerationService:
         if req.max_tokens > self.config.max_new_tokens:
             raise ServingError(f"max_tokens={req.max_tokens} is over this server's limit of "
                                f"{self.config.max_new_tokens} (--max-new-tokens)", 422)
-        lengths = self._check_prompt_tokens(prompts)
         run = self.generator.start(prompts, req.max_tokens, **req.options())  # InputError → 400
-        return run, lengths
-
-    def _check_prompt_tokens(self, prompts: list[str]) -> list[int]:
-        tokenizer = self.generator.prompts.tokenizer
-        lengths = [len(e.ids) for e in tokenizer.encode_batch(prompts)]
         limit = self.config.max_tokens_per_text
-        for i, n in enumerate(lengths):
+        for i, n in enumerate(run.prompt_tokens):
             if limit is not None and n > limit:
                 raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)", 422)
-        return lengths
+        return run
 
     def admit(self) -> "Slot":
         """One admission slot per run, taken before any response starts: 429 at once when too many are in flight."""

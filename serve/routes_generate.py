@@ -26,8 +26,8 @@ async def completions(request: Request) -> Any:
     state.generation_service("/v1/completions")  # 503 or wrong task before reading a body we could not serve
     req = parse_json(await read_body(request, state.config.max_body_bytes), CompletionRequest)
     service = state.generation_service("/v1/completions", req.model)
-    run, lengths = await asyncio.to_thread(service.start, req)  # tokenizing stays off the event loop
-    reply = _Reply(service.name, sum(lengths))
+    run = await asyncio.to_thread(service.start, req)  # tokenizing stays off the event loop
+    reply = _Reply(service.name, sum(run.prompt_tokens))
     slot = service.admit()  # 429 now, before a stream's 200 is sent
     if req.stream:
         events = _events(service, run, reply, time.monotonic() + state.config.timeout_s, slot)

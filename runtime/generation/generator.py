@@ -92,11 +92,11 @@ class Generator:
         """A generation not yet run: prompts tokenized and options checked (bad input raises here)."""
         opts = make_options(max_new_tokens, **options)
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
-        stepper, history = self._stepper(batch, opts)  # tokenizes and checks the prompts
+        stepper, history, lengths = self._stepper(batch, opts)  # tokenizes and checks the prompts
         streams = [TextStream(self.prompts.tokenizer, opts.stop) for _ in batch]
-        return Run(stepper, history, opts, self.special, streams)
+        return Run(stepper, history, opts, self.special, streams, lengths)
 
-    def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray]:
+    def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
         if self.kind == "decoder":
             room = self.max_positions - opts.max_new_tokens
             if room < 1:
@@ -106,14 +106,16 @@ class Generator:
                                           f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
                                           f"in this model's {self.max_positions} positions")
             history = np.where(prompts.mask == 1, prompts.ids, -1)
-            return DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens), history
+            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens)
+            return stepper, history, prompts.lengths
         if opts.max_new_tokens + 1 > self.max_positions:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
                              "decoder positions; lower it")
         sources = self.prompts.encode(batch, self.max_positions, opts.truncate,
                                       "token limit of this model's encoder")
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
-        return Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id), history
+        stepper = Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id)
+        return stepper, history, sources.lengths
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ class Run:
     text that became final since the last take."""
 
     def __init__(self, stepper: Stepper, history: np.ndarray, opts: GenerationOptions, special: SpecialTokens,
-                 streams: list[TextStream]):
+                 streams: list[TextStream], prompt_tokens: list[int]):
         self.stepper, self.history, self.opts, self.special, self.streams = stepper, history, opts, special, streams
+        self.prompt_tokens = prompt_tokens  # per prompt, as the model sees it (after truncation)
         self._steps = self._loop()
         self.done = False
 
