@@ -190,7 +190,7 @@ def model_ceiling(artifact: Path, merged: int, budget: int, threads: int | None,
             done[n][1] += time.perf_counter() - start
     single, batched = (done[n][0] / done[n][1] for n in done)
     return {"texts_per_s_single": single, "texts_per_s_merged": batched, "merged": merged, "budget": budget,
-            "ratio": batched / single}
+            "ratio": batched / single, "variant": model.variant}
 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
@@ -203,11 +203,13 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
-    lines = [f"# Serving benchmark: {report['model']} on loopback", "",
+    variant = report["model_ceiling"]["variant"]
+    lines = [f"# Serving benchmark: {report['model']} ({variant}) on loopback", "",
              f"`{report['command']}`", "",
              f"{s['seconds']} s closed loop per point and mode, in {s['rounds']} alternating on/off rounds; one text "
              f"(4-40 words) per POST /v1/embeddings; {report['cpu_count']} CPUs shared by client and server; server "
-             f"defaults otherwise (max batch 32, max delay 2 ms, 256-token runtime batches). 1-minute load average "
+             f"defaults otherwise (variant {variant}, the runtime's choice among the artifact's variants; max batch 32, "
+             f"max delay 2 ms, 256-token runtime batches). 1-minute load average "
              f"{report['load_average']['before']:.1f} before, {report['load_average']['after']:.1f} after "
              "(before: other work on the machine; after: this benchmark's own client and server included).", "",
              "| batching | concurrency | req/s | p50 (ms) | p99 (ms) | mean batch | model busy | requests | errors |",
