@@ -11,10 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from onnxformer.errors import ServingError
 from onnxformer.runtime.generation import Run
 from onnxformer.serve.generation import CompletionRequest, GenerationService, Slot
-from onnxformer.serve.httpio import parse_json, read_body
+from onnxformer.serve.httpio import parse_json, read_body, within
 from onnxformer.serve.state import server_state
 
 router = APIRouter()
@@ -35,15 +34,11 @@ async def completions(request: Request) -> Any:
         return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(slot.release),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        await asyncio.wait_for(_drain(service, run), state.config.timeout_s)
-    except asyncio.TimeoutError:
-        raise ServingError(f"request timed out after {state.config.timeout_s:g}s; lower max_tokens, or raise "
-                           "--timeout", 504) from None
+        await within(state.config.timeout_s, _drain(service, run))
     finally:
         slot.release()
     done = run.completions()
-    choices = [{"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-               for i, c in enumerate(done)]
+    choices = [_choice(i, c.text, c.finish_reason) for i, c in enumerate(done)]
     return JSONResponse(reply.body(choices, sum(c.tokens for c in done)))
 
 
@@ -67,10 +62,9 @@ async def _events(service: GenerationService, run: Run, reply: "_Reply", deadlin
             if not more:
                 break
             if piece := run.take():
-                yield _sse(reply.body([{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]))
+                yield _sse(reply.body([_choice(0, piece, None)]))
         done = run.completions()[0]
-        last = [{"index": 0, "text": run.take(), "finish_reason": done.finish_reason, "logprobs": None}]
-        yield _sse(reply.body(last, done.tokens))
+        yield _sse(reply.body([_choice(0, run.take(), done.finish_reason)], done.tokens))
         yield "data: [DONE]\n\n"
     finally:
         slot.release()
@@ -90,6 +84,10 @@ class _Reply:
             out["usage"] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                             "total_tokens": self.prompt_tokens + completion_tokens}
         return out
+
+
+def _choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
 
 
 def _sse(obj: dict[str, Any]) -> str:
