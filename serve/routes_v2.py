@@ -68,9 +68,8 @@ async def model_ready(request: Request, name: str, version: str = "1") -> dict[s
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str = "1") -> Response:
     state = server_state(request)
-    service = _service(request, name, version)
-    if not isinstance(service, ModelService):
-        raise ServingError(f"{service.name!r} is a {service.task} model: generate with POST /v1/completions", 400)
+    service = state.model_service("KServe infer", name)  # a generation model gets 400: use /v1/completions
+    _check_version(name, version)
     req = parse_infer(await read_body(request, state.config.max_body_bytes), request.headers.get(HEADER_LENGTH))
     outputs = await within(state.config.timeout_s, _infer(service, req))
     body, headers = encode_response(service.name, req, outputs)
@@ -79,9 +78,13 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
 
 def _service(request: Request, name: str, version: str) -> Service:
     service = server_state(request).require_service(name)
+    _check_version(name, version)
+    return service
+
+
+def _check_version(name: str, version: str) -> None:
     if version != "1":
         raise ServingError(f"model {name!r} has only version 1 (got {version!r})", 404)
-    return service
 
 
 async def _infer(service: ModelService, req: InferRequest) -> dict[str, np.ndarray]:

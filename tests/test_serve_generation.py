@@ -168,7 +168,7 @@ def test_encoder_routes_refuse_a_generation_model_and_back(gpt2, server, tiny_ar
     meta = httpx.get(f"{server}/v2/models/{name}").json()
     assert meta["parameters"]["endpoint"] == "/v1/completions" and meta["inputs"] == []
     r = httpx.post(f"{server}/v2/models/{name}/infer", json={"inputs": []})
-    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]
+    assert r.status_code == 400 and "use /v1/completions" in r.json()["error"]
     encoder = Model.load(tiny_artifact("bert", "feature-extraction"))
     with running_server(lambda: encoder) as url:
         r = complete(url, prompt="hi")
