@@ -158,7 +158,8 @@ def test_timeout_gives_504(tiny_artifact):
     model = Model.load(tiny_artifact("bert", "feature-extraction"))
     gate = model.embed = Gate(model.embed)
     gate.release.set()
-    with running_server(lambda: model, timeout_s=0.3) as url:
+    # the gate holds "slow" past any timeout; "fast again" gets 1 s, room for a stall on a shared machine
+    with running_server(lambda: model, timeout_s=1.0) as url:
         gate.release.clear()
         r = httpx.post(f"{url}/v1/embeddings", json={"input": ["slow"]}, timeout=10)
         gate.release.set()
