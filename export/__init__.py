@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from onnxformer.export.artifact import ExportResult, export_checkpoint
 from onnxformer.export.pytorch import export_module
-from onnxformer.export.tasks import ENCODER_FAMILIES, TASKS
+from onnxformer.runtime.families import ENCODER, names
+from onnxformer.runtime.tasks import TASKS
+
+ENCODER_FAMILIES: tuple[str, ...] = names(ENCODER)  # exported and validated by tests/test_export_families.py
 
 __all__ = ["ENCODER_FAMILIES", "TASKS", "ExportResult", "export_checkpoint", "export_module"]

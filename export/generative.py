@@ -9,21 +9,24 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.errors import CheckpointError, ExportError
-from onnxformer.export.artifact import ExportResult, _architecture, _io_record, _save_tokenizer
 from onnxformer.export.checkpoint import Checkpoint
+from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
 from onnxformer.export.generative_logits import add_logits_to_keep
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
 from onnxformer.export.hf import _first_line
 from onnxformer.export.staging import staging_dir
-from onnxformer.export.tasks import DECODER_FAMILIES, GENERATIVE_TASKS, SEQ2SEQ_FAMILIES, generative_task
+from onnxformer.export.tasks import generative_task
 from onnxformer.export.versions import library_versions
-from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, file_record, save_manifest, variant_record
+from onnxformer.runtime import families
+from onnxformer.runtime.dtypes import numpy_name
+from onnxformer.runtime.families import DECODER, SEQ2SEQ
+from onnxformer.runtime.manifest import Generation, Manifest, build_manifest
 from onnxformer.runtime.session import create_session
+from onnxformer.runtime.tasks import TASKS
 
 Progress = Callable[[str], None]
 # Graph files per kind, as optimum names them (post-processing/merging disabled for seq2seq).
@@ -46,20 +49,19 @@ def export_generative(
     overwrite: bool = False,
     name: str | None = None,
     progress: Progress = lambda _: None,
-) -> ExportResult:
+) -> Manifest:
     """Export an inspected decoder-only or encoder-decoder checkpoint with its KV cache, validated against PyTorch.
 
     Reached through ``export_checkpoint``, which resolves and safety-checks the checkpoint first.
     """
-    start = time.perf_counter()
     out = Path(out)
     task_name = _check_family(ckpt.model_type, task)
-    kind = "decoder" if task_name == "text-generation" else "seq2seq"
+    kind = families.get_family(ckpt.model_type).kind
     progress(f"task: {task_name} ({kind}, KV cache)")
     with staging_dir(out, overwrite) as stage:
         progress("loading the PyTorch reference")
         reference = _load_reference(ckpt, task_name, trust_remote_code)
-        tokenizer = _save_tokenizer(ckpt, stage, trust_remote_code)
+        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
         progress("exporting with optimum (with past)")
         _export(reference, task_name, kind, stage / "fp32", opset)
         paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
@@ -68,18 +70,18 @@ def export_generative(
         progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
         validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
         manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset)
-        manifest["name"] = name or manifest["name"]
-        save_manifest(stage, manifest)
-    return ExportResult(out, manifest, time.perf_counter() - start, task is None)
+        manifest.name = name or manifest.name
+        manifest.save(stage)
+    return manifest
 
 
 def _check_family(model_type: str, task: str | None) -> str:
     task_name = generative_task(model_type, task)
-    families = DECODER_FAMILIES if task_name == "text-generation" else SEQ2SEQ_FAMILIES
-    if task_name is None or model_type not in families:
+    family = families.find(model_type)
+    if task_name is None or family is None or task_name not in family.tasks:
         raise CheckpointError(
             f"{model_type!r} cannot be exported for {task or 'generation'}; supported: text-generation "
-            f"({', '.join(DECODER_FAMILIES)}), text2text-generation ({', '.join(SEQ2SEQ_FAMILIES)})"
+            f"({', '.join(families.names(DECODER))}), text2text-generation ({', '.join(families.names(SEQ2SEQ))})"
         )
     return task_name
 
@@ -87,7 +89,7 @@ def _check_family(model_type: str, task: str | None) -> str:
 def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any:
     import transformers
 
-    auto = getattr(transformers, GENERATIVE_TASKS[task])
+    auto = getattr(transformers, TASKS[task].auto_class)
     try:
         model = auto.from_pretrained(ckpt.path, use_safetensors=ckpt.weight_format == "safetensors",
                                      trust_remote_code=trust_remote_code, local_files_only=True)
@@ -139,7 +141,7 @@ def cache_layout(session: Any, config: Any, kind: str) -> dict[str, Any]:
         "num_heads": heads,
         "num_kv_heads": int(first.shape[1]),
         "head_size": int(first.shape[3]),
-        "dtype": _io_record(first)["dtype"],
+        "dtype": numpy_name(first.type),
         "past_inputs": [list(pair) for pair in layers],
         "present_outputs": [[n.replace("past_key_values.", "present.", 1) for n in pair] for pair in layers],
     }
@@ -177,52 +179,25 @@ def max_positions(config: Any, tokenizer: Any) -> int:
 
 
 def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
-              validation: dict[str, Any], opset: int | None) -> dict[str, Any]:
-    import datetime as _dt
-
-    import onnx
-
+              validation: dict[str, Any], opset: int | None) -> Manifest:
     files = {role: f"fp32/{f}" for role, f in COMPONENTS[kind].items()}
     main = "decoder_with_past" if kind == "seq2seq" else "decoder"
-    graph = onnx.load(str(stage / files["decoder"]), load_external_data=False)
-    actual_opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    actual_opset = graph_opset(stage / files["decoder"])
     session = create_session(stage / files[main])
+    inputs, outputs = io_specs(stage / files[main])
+    names = [i.name for i in inputs]
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)
-    tok_files = [p.name for p in stage.iterdir() if p.is_file()]
-    fp32 = variant_record(stage, files["decoder"], precision="fp32", providers=["cuda", "cpu"],
-                          made_by={"tool": "optimum.exporters.onnx", "task": f"{task}-with-past",
-                                   "opset": actual_opset, "requested_opset": opset},
-                          fidelity={"reference": "pytorch-fp32", "max_abs_diff": validation["max_abs_diff"]})
-    fp32["components"] = files
-    fp32["cache_dtype"] = "float32"
-    return {
-        "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "name": ckpt.path.name,
-        "task": task,
-        "architecture": _architecture(ckpt),
-        "source": ckpt.fingerprint(),
-        "opset": actual_opset,
-        "inputs": [_io_record(i) for i in session.get_inputs()],
-        "outputs": [_io_record(o) for o in session.get_outputs()],
-        "tokenizer": {
-            "files": file_record(stage, tok_files),
-            "max_length": positions,
-            "pad_id": specials["pad_token_id"],
-            "pad_token": tokenizer.pad_token,
-        },
-        "generation": {
-            "kind": kind,
-            "cache": cache_layout(session, model.config, kind),
-            "special_tokens": specials,
-            "max_positions": positions,
-            "position_ids": "position_ids" in [i.name for i in session.get_inputs()],
-            "logits_to_keep": "logits_to_keep" in [i.name for i in session.get_inputs()],
-        },
-        "postprocess": {},
-        "versions": library_versions(),
-        "validation": validation,
-        "variants": {"fp32": fp32},
-    }
+    fp32 = fp32_variant(stage, files["decoder"], validation,
+                        {"tool": "optimum.exporters.onnx", "task": f"{task}-with-past", "opset": actual_opset,
+                         "requested_opset": opset},
+                        providers=["cuda", "cpu"], components=files, cache_dtype="float32")
+    generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,
+                            max_positions=positions, position_ids="position_ids" in names,
+                            logits_to_keep="logits_to_keep" in names)
+    return build_manifest(
+        name=ckpt.path.name, task=task, architecture=architecture(ckpt), source=ckpt.fingerprint(), opset=actual_opset,
+        inputs=inputs, outputs=outputs, versions=library_versions(), validation=validation, fp32=fp32,
+        tokenizer=tokenizer_spec(stage, positions, specials["pad_token_id"], tokenizer.pad_token),
+        generation=generation,
+    )

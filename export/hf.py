@@ -9,12 +9,12 @@ from typing import Any
 
 from onnxformer.errors import CheckpointError, ExportError
 from onnxformer.export.checkpoint import Checkpoint
-from onnxformer.export.tasks import TaskSpec
+from onnxformer.runtime.tasks import Task
 
 log = logging.getLogger(__name__)
 
 
-def load_reference(ckpt: Checkpoint, task: TaskSpec, trust_remote_code: bool = False) -> Any:
+def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False) -> Any:
     """The PyTorch model the export is validated against, loaded safely (safetensors unless told otherwise)."""
     import transformers
 
@@ -31,7 +31,7 @@ def load_reference(ckpt: Checkpoint, task: TaskSpec, trust_remote_code: bool = F
     return model.eval()
 
 
-def export_onnx(model: Any, task: TaskSpec, out_dir: Path, opset: int | None) -> list[Path]:
+def export_onnx(model: Any, task: Task, out_dir: Path, opset: int | None) -> list[Path]:
     """Export ``model`` into ``out_dir``; returns the files written (model.onnx plus any external data)."""
     from optimum.exporters.onnx import onnx_export_from_model
 

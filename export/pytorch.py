@@ -6,7 +6,6 @@ serves it through ``Model.run(feeds)``.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import time
 import warnings
@@ -16,12 +15,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from onnxformer.errors import ExportError, ValidationError
-from onnxformer.export.artifact import ExportResult, _io_record
+from onnxformer.export.artifact import ExportResult
+from onnxformer.export.describe import fp32_variant, io_specs
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import Case, validate
 from onnxformer.export.versions import library_versions
-from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, save_manifest, variant_record
-from onnxformer.runtime.session import create_session
+from onnxformer.runtime.manifest import Architecture, build_manifest
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -62,29 +61,16 @@ def export_module(
         cases = [Case(f"validation-{i}", {k: np.asarray(v) for k, v in feeds.items()})
                  for i, feeds in enumerate(validation_inputs)]
         validation = validate(_module_reference(module, input_names, output_names), onnx_path, cases, atol)
-        session = create_session(onnx_path)
-        manifest = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "name": name or type(module).__name__,
-            "task": "raw",
-            "architecture": {"model_type": "pytorch-module", "class": f"{type(module).__module__}.{type(module).__qualname__}"},
-            "source": {"path": None, "weight_format": "state_dict", "sha256": {"state_dict": _state_dict_sha256(module)}},
-            "opset": opset,
-            "inputs": [_io_record(i) for i in session.get_inputs()],
-            "outputs": [_io_record(o) for o in session.get_outputs()],
-            "tokenizer": None,
-            "postprocess": {},
-            "versions": library_versions(),
-            "validation": validation,
-            "variants": {"fp32": variant_record(
-                stage, "fp32/model.onnx", precision="fp32", providers=["tensorrt", "cuda", "cpu"],
-                made_by={"tool": "torch.onnx.export", "opset": opset},
-                fidelity={"reference": "pytorch-fp32", "max_abs_diff": validation["max_abs_diff"]})},
-        }
-        del session
-        save_manifest(stage, manifest)
+        inputs, outputs = io_specs(onnx_path)
+        cls = f"{type(module).__module__}.{type(module).__qualname__}"
+        manifest = build_manifest(
+            name=name or type(module).__name__, task="raw",
+            architecture=Architecture("pytorch-module", extra={"class": cls}),
+            source={"path": None, "weight_format": "state_dict", "sha256": {"state_dict": _state_dict_sha256(module)}},
+            opset=opset, inputs=inputs, outputs=outputs, versions=library_versions(), validation=validation,
+            fp32=fp32_variant(stage, "fp32/model.onnx", validation, {"tool": "torch.onnx.export", "opset": opset}),
+        )
+        manifest.save(stage)
     return ExportResult(out, manifest, time.perf_counter() - start, task_inferred=False)
 
 

@@ -1,85 +1,43 @@
-"""Tasks and architectures, described as data.
+"""Which export a checkpoint gets: its task and family, read from the task and family registries.
 
-Each task says which transformers auto-class loads it, which outputs the graph has, and how the
-runtime post-processes them. Architecture coverage itself is optimum's job; this table lists the
-encoder families onnxformer exports *and validates* in its test suite.
+The registries themselves are runtime/tasks.py and runtime/families.py (one home for every stage);
+this module only applies them to a checkpoint's config.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from onnxformer.errors import CheckpointError
+from onnxformer.runtime import families
+from onnxformer.runtime.families import ENCODER, Family
+from onnxformer.runtime.tasks import TASKS, Task, canonical, exportable
+from onnxformer.runtime.tasks import get_task as _registry_task
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    auto_class: str  # transformers auto-class that loads the PyTorch reference
-    outputs: tuple[str, ...]  # ONNX output names, as optimum names them
-    atol: float  # default max |Δ| between ONNX Runtime and PyTorch fp32
+def get_task(name: str) -> Task:
+    """The exportable task called ``name`` (optimum's aliases accepted); CheckpointError listing them otherwise."""
+    task = TASKS.get(canonical(name))
+    if task is None or task.auto_class is None:
+        raise CheckpointError(f"unknown task {name!r}; choose one of: {', '.join(exportable())}")
+    return _registry_task(task.name)
 
 
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in (
-        TaskSpec("feature-extraction", "AutoModel", ("last_hidden_state",), 1e-4),
-        TaskSpec("text-classification", "AutoModelForSequenceClassification", ("logits",), 1e-4),
-        TaskSpec("token-classification", "AutoModelForTokenClassification", ("logits",), 1e-4),
-        TaskSpec("question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), 1e-4),
-    )
-}
-
-# Encoder families exported and validated by the test suite (tests/test_export_families.py).
-ENCODER_FAMILIES: tuple[str, ...] = (
-    "albert",
-    "bert",
-    "camembert",
-    "distilbert",
-    "electra",
-    "mpnet",
-    "roberta",
-    "xlm-roberta",
-)
-
-_HEAD_SUFFIXES = {
-    "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification",
-    "ForQuestionAnswering": "question-answering",
-}
-
-
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise CheckpointError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-def check_architecture(model_type: str) -> None:
-    if model_type not in ENCODER_FAMILIES:
-        raise CheckpointError(
-            f"unsupported architecture {model_type!r}; supported encoder families: {', '.join(ENCODER_FAMILIES)}"
-        )
+def check_architecture(model_type: str) -> Family:
+    return families.get_family(model_type, ENCODER)
 
 
 def infer_task(config: dict[str, Any], is_sentence_transformer: bool) -> str:
-    """Pick the task from the checkpoint: a sentence-transformers model embeds; a head class names its task."""
+    """Pick the task from the checkpoint: a sentence-transformers model embeds; a head class names its task
+    (``BertForSequenceClassification`` → the task whose auto class is ``AutoModelForSequenceClassification``)."""
     if is_sentence_transformer:
         return "feature-extraction"
+    heads = {t.auto_class.removeprefix("AutoModel"): t.name for t in TASKS.values()
+             if t.auto_class and t.auto_class != "AutoModel" and not t.generative}
     for arch in config.get("architectures") or []:
-        for suffix, task in _HEAD_SUFFIXES.items():
+        for suffix, task in heads.items():
             if arch.endswith(suffix):
                 return task
     return "feature-extraction"
-
-
-# Generative families (export/generative.py): decoder-only with a KV cache, and encoder-decoder.
-DECODER_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "mistral", "qwen2")
-SEQ2SEQ_FAMILIES: tuple[str, ...] = ("bart", "marian", "t5")
-GENERATIVE_TASKS: dict[str, str] = {  # task → transformers auto-class of the PyTorch reference
-    "text-generation": "AutoModelForCausalLM",
-    "text2text-generation": "AutoModelForSeq2SeqLM",
-}
 
 
 def generative_task(model_type: str, task: str | None) -> str | None:
@@ -88,10 +46,9 @@ def generative_task(model_type: str, task: str | None) -> str | None:
     Accepts optimum's ``-with-past`` spellings; a generative family with no task gets its natural one.
     """
     if task is not None:
-        base = task.removesuffix("-with-past")
-        return base if base in GENERATIVE_TASKS else None
-    if model_type in DECODER_FAMILIES:
-        return "text-generation"
-    if model_type in SEQ2SEQ_FAMILIES:
-        return "text2text-generation"
-    return None
+        spec = TASKS.get(canonical(task))
+        if spec is None and task.endswith("-with-past"):
+            spec = TASKS.get(task.removesuffix("-with-past"))
+        return spec.name if spec is not None and spec.generative else None
+    family = families.find(model_type)
+    return family.tasks[0] if family is not None and family.generative else None

@@ -34,7 +34,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from onnxformer.runtime.generation import Generator
 
     provider = args.provider.split(",") if "," in args.provider else args.provider
-    gen = Generator.load(args.artifact, args.variant, threads=args.threads, provider=provider)
+    gen = Generator.load(args.artifact, provider, args.variant, threads=args.threads)
     options = dict(do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
     if len(args.prompts) == 1:  # one prompt: print text as it is produced
@@ -64,7 +64,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     manifest = quantize_generative(args.dir, variants, block_size=args.block_size, progress=console.log)
     for name in variants:
-        fid = manifest["variants"][name]["fidelity"]
+        fid = manifest.variants[name].fidelity
         console.print(f"{name}: next-token agreement {fid['next_token_agreement']:.3f}, "
                       f"perplexity Δ {fid['perplexity_delta']:+.4f} ({fid['positions']} positions)")
     return 0

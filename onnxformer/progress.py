@@ -11,10 +11,10 @@ console = Console(stderr=True)
 
 def summarize_export(result: Any) -> None:
     m = result.manifest
-    table = Table(title=f"{m['name']} → {result.out}")
+    table = Table(title=f"{m.name} → {result.out}")
     table.add_column("output")
     table.add_column("max |Δ| vs PyTorch", justify="right")
-    for name, diff in m["validation"]["max_abs_diff"].items():
+    for name, diff in m.validation["max_abs_diff"].items():
         table.add_row(name, f"{diff:.2e}")
     console.print(table)
-    console.print(f"exported {m['architecture']['model_type']} ({m['task']}, opset {m['opset']}) in {result.seconds:.1f}s")
+    console.print(f"exported {m.architecture.model_type} ({m.task}, opset {m.opset}) in {result.seconds:.1f}s")

@@ -14,9 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxformer.errors import InputError
+from onnxformer.runtime.dtypes import DTYPES, from_ort, numpy_name
 
-_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-           "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_}
 _MIN_CAPACITY = 1024
 
 
@@ -35,7 +34,7 @@ class Runner:
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise InputError(f"missing inputs {missing}; this model takes {list(self.inputs)}")
-        feeds = {n: np.ascontiguousarray(feeds[n], dtype=_DTYPES.get(i.type, None)) for n, i in self.inputs.items()}
+        feeds = {n: np.ascontiguousarray(feeds[n], dtype=_numpy(i.type)) for n, i in self.inputs.items()}
         if not self.io_binding:
             return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
         buffers = getattr(self._local, "buffers", None)
@@ -68,7 +67,7 @@ class BoundBuffers:
             if shape is None:  # an output dim no input determines: let ORT allocate it on the device
                 self.io.bind_output(spec.name, self.device, self.device_id)
                 continue
-            dtype = _DTYPES[spec.type]
+            dtype = from_ort(spec.type).numpy
             self.io.bind_output(spec.name, self.device, self.device_id, dtype, shape,
                                 self._buffer("out:" + spec.name, dtype, int(np.prod(shape))))
         self.io.synchronize_inputs()
@@ -108,3 +107,9 @@ def _resolve(shape: Sequence[Any], symbols: dict[str, int]) -> list[int] | None:
         else:
             return None
     return dims
+
+
+def _numpy(ort_type: str) -> type | None:
+    """The numpy type feeds are cast to (None: leave as given, for element types we do not map)."""
+    found = DTYPES.get(numpy_name(ort_type))
+    return found.numpy if found else None

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from onnxformer.errors import ArtifactError, InputError
+from onnxformer.runtime.manifest import Postprocess
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -17,17 +18,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def activation(postprocess: dict[str, Any], num_labels: int) -> str:
+def activate(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Scores over the last axis: "softmax", "sigmoid" or "none" (the logits themselves)."""
+    return softmax(logits) if kind == "softmax" else sigmoid(logits) if kind == "sigmoid" else logits
+
+
+def activation(postprocess: Postprocess, num_labels: int) -> str:
     """The manifest's activation; a single-logit head is a sigmoid (as transformers' pipeline decides)."""
-    name = postprocess.get("activation") or ("sigmoid" if num_labels == 1 else "softmax")
+    name = postprocess.activation or ("sigmoid" if num_labels == 1 else "softmax")
     if name not in ("softmax", "sigmoid", "none"):
         raise ArtifactError(f"unknown activation {name!r} in the manifest; expected softmax, sigmoid or none")
     return "sigmoid" if num_labels == 1 and name == "softmax" else name
 
 
-def label_names(postprocess: dict[str, Any], num_labels: int) -> list[str]:
-    id2label = postprocess.get("id2label") or {}
-    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels)]
+def label_names(postprocess: Postprocess, num_labels: int) -> list[str]:
+    return [postprocess.label(i) for i in range(num_labels)]
 
 
 def check_top_k(top_k: int | None, num_labels: int) -> int:
@@ -38,12 +43,11 @@ def check_top_k(top_k: int | None, num_labels: int) -> int:
     return min(top_k, num_labels)
 
 
-def top_labels(logits: np.ndarray, postprocess: dict[str, Any], top_k: int | None) -> list[list[dict[str, Any]]]:
+def top_labels(logits: np.ndarray, postprocess: Postprocess, top_k: int | None) -> list[list[dict[str, Any]]]:
     """logits (B, L) → per text, the ``top_k`` labels with scores, best first."""
     num_labels = logits.shape[-1]
     k = check_top_k(top_k, num_labels)
-    kind = activation(postprocess, num_labels)
-    scores = softmax(logits) if kind == "softmax" else sigmoid(logits) if kind == "sigmoid" else logits
+    scores = activate(logits, activation(postprocess, num_labels))
     names = label_names(postprocess, num_labels)
     results = []
     for row in scores:

@@ -1,12 +1,14 @@
-"""Loading an artifact for the runtime: refusals first, then provider + variant resolution, then the session.
+"""Opening a verified variant: the one path from an artifact directory to running ONNX Runtime sessions.
 
-Order matters: the manifest is checked, the chosen variant's files are sha256-verified and its external
-data locations confined *before* ONNX Runtime is handed the file.
+``Model.load``, ``Generator.load``, the server and the benchmarks all come through here. Order matters:
+the manifest is schema-checked, the variant's files are sha256-verified and every graph's external-data
+locations confined to the artifact *before* ONNX Runtime is handed a file; after the session starts, the
+provider it actually runs on is checked (ONNX Runtime falls back to the CPU silently).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,16 +18,20 @@ from onnxformer.errors import ArtifactError, ProviderError
 from onnxformer.runtime import providers as registry
 from onnxformer.runtime.binding import Runner
 from onnxformer.runtime.external import check_external_data
-from onnxformer.runtime.manifest import load_manifest, verify_files, verify_variant
+from onnxformer.runtime.files import confined
+from onnxformer.runtime.manifest import Manifest, Variant, verify_files, verify_variant
 from onnxformer.runtime.session import session_options
+from onnxformer.runtime.tasks import TASKS, get_task
 from onnxformer.runtime.variants import Choice, check_explicit, choose
 
 log = logging.getLogger("onnxformer.runtime")
-TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering", "raw")
+MAIN = "model"  # the role of an encoder variant's single graph
 
 
 @dataclass(frozen=True)
 class LoadOptions:
+    """How to open an artifact; ``Model.load`` and ``Generator.load`` take these, in this order."""
+
     provider: str | Sequence[str] = "auto"
     variant: str = "auto"
     budget: float | dict[str, float] | None = None
@@ -37,45 +43,81 @@ class LoadOptions:
 
 
 @dataclass
-class Loaded:
-    manifest: dict[str, Any]
+class Opened:
+    """A verified variant running on a provider that really started."""
+
+    manifest: Manifest
+    variant: str
     provider: str
-    choice: Choice
-    runner: Runner
+    reason: str  # why this variant (and provider)
+    runners: dict[str, Runner] = field(default_factory=dict)  # role → runner (one per graph of the variant)
+
+    @property
+    def runner(self) -> Runner:
+        return self.runners[MAIN]
+
+    @property
+    def record(self) -> Variant:
+        return self.manifest.variants[self.variant]
 
 
-def load(directory: Path, options: LoadOptions, available: Sequence[str] | None = None,
-         gpu: bool | None = None) -> Loaded:
-    manifest = load_manifest(directory)
-    if manifest["task"] not in TASKS:
-        raise ArtifactError(f"{directory} is a {manifest['task']} artifact; Model runs {', '.join(TASKS)} "
+def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bool = False,
+                  available: Sequence[str] | None = None, gpu: bool | None = None) -> Opened:
+    """Load the manifest, check the artifact is of the kind the caller runs, verify the tokenizer, then resolve
+    provider and variant (``auto``: the fastest variant meeting the budget) and open it."""
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    task = get_task(manifest.task)
+    if task.generative and not generative:
+        runs = ", ".join(n for n, t in TASKS.items() if not t.generative)
+        raise ArtifactError(f"{directory} is a {manifest.task} artifact; Model runs {runs} "
                             "(use onnxformer.runtime.generation.Generator for generative models)")
-    if manifest.get("tokenizer"):  # "raw" artifacts (plain PyTorch modules) have none
-        verify_files(directory, manifest["tokenizer"]["files"])
+    if generative and not task.generative:
+        raise ArtifactError(f"{directory} is a {manifest.task} artifact, not a generative one; "
+                            "export a text-generation or text2text-generation checkpoint")
+    if manifest.tokenizer is not None:
+        verify_files(directory, manifest.tokenizer.files)
+    elif task.tokenizer:
+        raise ArtifactError(f"{directory}: a {manifest.task} manifest needs a tokenizer section; re-export the model")
 
-    def attempt(provider: str) -> Loaded:
+    def attempt(provider: str) -> Opened:
         choice = (choose(manifest, provider, options.budget) if options.variant == "auto"
                   else check_explicit(manifest, provider, options.variant))
-        path = verify_variant(directory, manifest, choice.variant)  # sha256 before ORT sees the file
-        record = manifest["variants"][choice.variant]
-        check_external_data(directory, record, path)
-        runner = _runner(path, provider, provider_options(manifest, record, provider, options), options)
+        opened = open_variant(directory, manifest, choice, provider, options)
         log.info("loaded %s: provider %s, variant %s (%s)", directory, provider, choice.variant, choice.reason)
-        return Loaded(manifest, provider, choice, runner)
+        return opened
 
     return registry.resolve(options.provider, attempt, strict=options.strict, available=available, gpu=gpu)
 
 
-def provider_options(manifest: dict[str, Any], record: dict[str, Any], provider: str,
-                     options: LoadOptions) -> dict[str, Any]:
+def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, provider: str, options: LoadOptions,
+                 provider_opts: dict[str, Any] | None = None) -> Opened:
+    """Verify one variant (sha256 of every file, external data confined and hashed) and start a session per
+    graph on ``provider``; ProviderError when the provider does not really start."""
+    choice = choice if isinstance(choice, Choice) else Choice(choice, "requested by the caller")
+    record = manifest.variant(choice.variant)
+    verify_variant(directory, manifest, choice.variant)  # sha256 before ORT sees any file
+    graphs = record.components or {MAIN: record.file}
+    paths = {role: confined(directory, rel) for role, rel in graphs.items()}
+    for path in paths.values():
+        check_external_data(directory, record, path)
+    opts = provider_opts if provider_opts is not None else provider_options(manifest, record, provider, options)
+    runners = {role: start_runner(path, provider, opts, options) for role, path in paths.items()}
+    return Opened(manifest, choice.variant, provider, choice.reason, runners)
+
+
+def provider_options(manifest: Manifest, record: Variant, provider: str, options: LoadOptions,
+                     precision: str | None = None) -> dict[str, Any]:
+    """The provider's options for this variant (TensorRT: profiles and caches; ``precision``: the engine's)."""
     if provider == "tensorrt":
         return registry.tensorrt_options(manifest, record, max_batch=options.max_batch_size,
                                          cache_root=options.trt_cache or registry.default_cache_root(),
-                                         ort_version=ort.__version__, gpu=registry.gpu_name())
+                                         ort_version=ort.__version__, gpu=registry.gpu_name(), precision=precision)
     return dict(registry.REGISTRY[provider].default_options)
 
 
-def _runner(path: Path, provider: str, provider_opts: dict[str, Any], options: LoadOptions) -> Runner:
+def start_runner(path: Path, provider: str, provider_opts: dict[str, Any], options: LoadOptions) -> Runner:
+    """An ONNX Runtime session on ``provider``, refused when ORT started another provider in its place."""
     if provider == "tensorrt":
         Path(provider_opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
     try:

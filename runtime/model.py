@@ -20,8 +20,10 @@ from onnxformer.runtime import classification, qa, tagging
 from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from onnxformer.runtime.binding import Runner
 from onnxformer.runtime.files import confined
-from onnxformer.runtime.loader import LoadOptions, load
+from onnxformer.runtime.loader import LoadOptions, open_artifact
+from onnxformer.runtime.manifest import Manifest
 from onnxformer.runtime.pooling import l2_normalize, pool
+from onnxformer.runtime.tasks import get_task
 from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
 
 # per batch: (feeds, encodings) → one result per encoding
@@ -32,13 +34,13 @@ class Model:
     """A loaded artifact. Thread-safe: one Model may serve many threads (sessions and tokenizer are shared
     read-only; I/O-binding buffers are per thread)."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], variant: str, provider: str, runner: Runner,
+    def __init__(self, directory: Path, manifest: Manifest, variant: str, provider: str, runner: Runner,
                  tokenizer: TextTokenizer | None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, reason: str = ""):
         self.directory, self.manifest, self.variant, self.provider = directory, manifest, variant, provider
         self.runner, self.tokenizer = runner, tokenizer
         self.session = runner.session
-        self.task: str = manifest["task"]
+        self.task: str = manifest.task
         self.input_names = list(runner.inputs)
         self.output_names = list(runner.outputs)
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
@@ -55,11 +57,12 @@ class Model:
         directory = Path(directory)
         options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
                               Path(trt_cache) if trt_cache else None)
-        loaded = load(directory, options)
-        tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), loaded.manifest["tokenizer"],
-                                   list(loaded.runner.inputs)) if loaded.manifest.get("tokenizer") else None)
-        return cls(directory, loaded.manifest, loaded.choice.variant, loaded.provider, loaded.runner, tokenizer,
-                   max_batch_tokens, max_batch_size, loaded.choice.reason)
+        opened = open_artifact(directory, options)
+        spec = opened.manifest.tokenizer
+        tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), spec, list(opened.runner.inputs))
+                     if spec is not None else None)
+        return cls(directory, opened.manifest, opened.variant, opened.provider, opened.runner, tokenizer,
+                   max_batch_tokens, max_batch_size, opened.reason)
 
     # --- raw -----------------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,13 +76,13 @@ class Model:
               max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
         """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies."""
         self._require("feature-extraction", "embed")
-        post = self.manifest["postprocess"]
+        post = self.manifest.postprocess
         name = "last_hidden_state" if "last_hidden_state" in self.output_names else self.output_names[0]
-        unit = normalize if normalize is not None else bool(post.get("normalize", False))
+        unit = normalize if normalize is not None else post.normalize
 
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
             states = self.runner.run(feeds)[name].astype(np.float32)  # (B, T, C)
-            pooled = pool(states, feeds["attention_mask"], post["pooling"])  # (B, C)
+            pooled = pool(states, feeds["attention_mask"], post.pooling or "mean")  # (B, C)
             return list(l2_normalize(pooled) if unit else pooled)
 
         rows = self._batched(self.tokenizer.encodings(texts, truncate=truncate), batch, max_batch_tokens, batch_size)
@@ -88,7 +91,7 @@ class Model:
     def classify(self, texts: Sequence[str], top_k: int | None = 1, truncate: bool = False) -> list[list[dict[str, Any]]]:
         """Per text, the ``top_k`` labels (None: all) with softmax/sigmoid scores, best first."""
         self._require("text-classification", "classify")
-        post = self.manifest["postprocess"]
+        post = self.manifest.postprocess
 
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
             return list(self.runner.run(feeds)["logits"].astype(np.float32))
@@ -104,7 +107,7 @@ class Model:
         tagging.check_aggregation(aggregation)
         encodings = self.tokenizer.encodings(texts, truncate=truncate)
         num_labels = self._logits_width()
-        labels = classification.label_names(self.manifest["postprocess"], num_labels)
+        labels = classification.label_names(self.manifest.postprocess, num_labels)
 
         def batch(feeds: dict[str, np.ndarray], encs: Sequence[Encoding]) -> list[np.ndarray]:
             logits = self.runner.run(feeds)["logits"].astype(np.float32)  # (B, T, L)
@@ -153,18 +156,15 @@ class Model:
     def _require(self, task: str, method: str) -> None:
         if self.task != task:
             raise InputError(f"{method}() needs a {task} model; {self.directory} is {self.task} "
-                             f"(use {_METHODS[self.task]}() or run())")
+                             f"(use {get_task(self.task).method}() or run())")
 
     def _logits_width(self) -> int:
-        for spec in self.manifest["outputs"]:
-            if spec["name"] == "logits" and isinstance(spec["shape"][-1], int):
-                return int(spec["shape"][-1])
-        return len(self.manifest["postprocess"].get("id2label") or {}) or 2
+        spec = self.manifest.output("logits")
+        if spec is not None and isinstance(spec.shape[-1], int):
+            return int(spec.shape[-1])
+        return len(self.manifest.postprocess.id2label) or 2
 
     def __repr__(self) -> str:
         return (f"Model({str(self.directory)!r}, task={self.task!r}, provider={self.provider!r}, "
                 f"variant={self.variant!r})")
 
-
-_METHODS = {"feature-extraction": "embed", "text-classification": "classify", "token-classification": "tag",
-            "question-answering": "answer", "raw": "run"}

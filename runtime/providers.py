@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from onnxformer.errors import ProviderError
+from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant
 
 log = logging.getLogger("onnxformer.runtime")
 
@@ -131,39 +132,47 @@ def session_providers(name: str, options: dict[str, Any]) -> list[tuple[str, dic
 
 # --- TensorRT ------------------------------------------------------------------------------------------------
 
-def tensorrt_options(manifest: dict[str, Any], record: dict[str, Any], *, max_batch: int, cache_root: Path,
-                     ort_version: str, gpu: str, opt_length: int = 128) -> dict[str, Any]:
-    """fp16/int8 flags from the variant's precision, shape profiles from the declared dynamic axes and the
-    tokenizer limit, and engine/timing caches keyed so a changed model, ORT upgrade or other GPU rebuilds."""
-    precision = record.get("precision", "fp32")
-    max_length = int(manifest["tokenizer"]["max_length"])
+def tensorrt_options(manifest: Manifest, variant: Variant, *, max_batch: int, cache_root: Path,
+                     ort_version: str, gpu: str, opt_length: int = 128, precision: str | None = None) -> dict[str, Any]:
+    """fp16/int8 flags from the variant's precision (or the engine ``precision`` asked for), shape profiles from
+    the declared dynamic axes and the tokenizer limit, and engine/timing caches keyed so a changed model, ORT
+    upgrade or other GPU rebuilds."""
+    precision = precision or variant.precision
+    max_length = manifest.max_length or 512
     options = dict(REGISTRY["tensorrt"].default_options)
     options.update(
         trt_fp16_enable=precision in ("fp16", "int8"),  # int8 engines keep non-quantized layers in fp16
         trt_int8_enable=precision == "int8",
-        **shape_profiles(manifest["inputs"], max_batch, max_length, opt_length),
+        **profile_options(shape_profile(manifest.inputs, max_batch, max_length, opt_length)),
     )
-    cache = engine_cache_dir(cache_root, record["sha256"], precision, ort_version, gpu)
+    cache = engine_cache_dir(cache_root, variant.sha256, precision, ort_version, gpu)
     options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
                    trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
     return options
 
 
-def shape_profiles(inputs: Sequence[dict[str, Any]], max_batch: int, max_length: int,
-                   opt_length: int = 128) -> dict[str, str]:
-    """min/opt/max shapes for every input with dynamic axes: axis 0 is the batch, other dynamic axes are tokens."""
-    rows: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+def shape_profile(inputs: Sequence[TensorSpec], max_batch: int, max_length: int,
+                  opt_length: int = 128) -> dict[str, dict[str, list[int]]]:
+    """The one TensorRT shape profile (ONNX Runtime's EP and Triton's accelerator both use it): min/opt/max
+    dims of every input with dynamic axes. Axis 0 is the batch, other dynamic axes are tokens; the optimum
+    is a batch of 8 (or the max) at ``opt_length`` tokens (or the limit)."""
+    limits = {"min": (1, 1), "opt": (min(max_batch, 8), min(opt_length, max_length)), "max": (max_batch, max_length)}
+    profile: dict[str, dict[str, list[int]]] = {"min": {}, "opt": {}, "max": {}}
     for spec in inputs:
-        dynamic = {int(k) for k in (spec.get("dynamic_axes") or {})}
-        if not dynamic:
+        if not spec.dynamic:
             continue
-        limits = {"min": (1, 1), "opt": (min(max_batch, 8), min(opt_length, max_length)), "max": (max_batch, max_length)}
         for key, (batch, tokens) in limits.items():
-            dims = [str(batch if i == 0 else tokens) if i in dynamic else str(d) for i, d in enumerate(spec["shape"])]
-            rows[key].append(f"{spec['name']}:{'x'.join(dims)}")
-    if not rows["min"]:
+            profile[key][spec.name] = [(batch if i == 0 else tokens) if i in spec.dynamic else int(d)
+                                       for i, d in enumerate(spec.shape)]
+    return profile
+
+
+def profile_options(profile: dict[str, dict[str, list[int]]]) -> dict[str, str]:
+    """``trt_profile_{min,opt,max}_shapes`` strings ("name:1x128,..."), or nothing for static inputs."""
+    if not profile["min"]:
         return {}
-    return {f"trt_profile_{k}_shapes": ",".join(v) for k, v in rows.items()}
+    return {f"trt_profile_{key}_shapes": ",".join(f"{name}:{'x'.join(map(str, dims))}" for name, dims in shapes.items())
+            for key, shapes in profile.items()}
 
 
 def engine_cache_dir(root: Path, sha256: str, precision: str, ort_version: str, gpu: str) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from onnxformer.errors import InputError
+from onnxformer.runtime.manifest import TokenizerSpec
 
 
 @dataclass
@@ -22,9 +23,9 @@ class Batch:
 class TextTokenizer:
     """Wraps a `tokenizers.Tokenizer` with the padding/truncation rules recorded at export."""
 
-    def __init__(self, path: Path, spec: dict[str, Any], input_names: Sequence[str]):
-        self.max_length = int(spec["max_length"])
-        self.pad_id = int(spec["pad_id"])
+    def __init__(self, path: Path, spec: TokenizerSpec, input_names: Sequence[str]):
+        self.max_length = spec.max_length
+        self.pad_id = spec.pad_id
         self.input_names = list(input_names)
         # Two instances, never reconfigured after construction, so one tokenizer is safe to share across
         # threads: the strict one measures true lengths; the truncating one cuts (keeping [SEP]/</s>).

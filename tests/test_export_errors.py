@@ -86,7 +86,7 @@ def test_pickle_weights_refused_unless_allowed(tiny_checkpoint, tmp_path):
         export_checkpoint(str(ckpt), tmp_path / "o")
     assert not (tmp_path / "o").exists()
     res = export_checkpoint(str(ckpt), tmp_path / "o", allow_pickle=True)
-    assert res.manifest["source"]["weight_format"] == "pickle"
+    assert res.manifest.source["weight_format"] == "pickle"
 
 
 def test_failed_validation_leaves_nothing(tiny_checkpoint, tmp_path):

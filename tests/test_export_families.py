@@ -8,6 +8,7 @@ import pytest
 
 from onnxformer.export import ENCODER_FAMILIES, export_checkpoint
 from onnxformer.runtime.manifest import load_manifest, verify_variant
+from conftest import manifest_json
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")
 TASK_OUTPUTS = {
@@ -21,7 +22,7 @@ TASK_OUTPUTS = {
 @pytest.mark.parametrize("family", ENCODER_FAMILIES)
 def test_family_exports_and_validates(family, tiny_artifact):
     out = tiny_artifact(family, "feature-extraction")
-    m = load_manifest(out)
+    m = manifest_json(out)
     assert m["architecture"]["model_type"] == family
     assert m["validation"]["passed"] is True
     assert len(m["validation"]["cases"]) >= 3
@@ -29,12 +30,12 @@ def test_family_exports_and_validates(family, tiny_artifact):
     shapes = {tuple(c["shape"]) for c in m["validation"]["cases"]}
     assert len(shapes) >= 2 and (2, 16) not in shapes
     assert max(m["validation"]["max_abs_diff"].values()) < 1e-4
-    verify_variant(out, m, "fp32")
+    verify_variant(out, load_manifest(out), "fp32")
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bert_tasks(task, tiny_artifact):
-    m = load_manifest(tiny_artifact("bert", task))
+    m = manifest_json(tiny_artifact("bert", task))
     assert m["task"] == task
     assert [o["name"] for o in m["outputs"]] == TASK_OUTPUTS[task]
     assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -46,7 +47,7 @@ def test_bert_tasks(task, tiny_artifact):
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "xlm-roberta"])
 def test_other_families_classification(family, tiny_artifact):
-    m = load_manifest(tiny_artifact(family, "text-classification"))
+    m = manifest_json(tiny_artifact(family, "text-classification"))
     assert m["validation"]["passed"]
     if family == "distilbert":  # DistilBERT has no token_type_ids
         assert [i["name"] for i in m["inputs"]] == ["input_ids", "attention_mask"]
@@ -54,7 +55,7 @@ def test_other_families_classification(family, tiny_artifact):
 
 def test_task_inferred_from_head(tiny_checkpoint, tmp_path):
     res = export_checkpoint(str(tiny_checkpoint("bert", "token-classification")), tmp_path / "a")
-    assert res.task_inferred and res.manifest["task"] == "token-classification"
+    assert res.task_inferred and res.manifest.task == "token-classification"
 
 
 def test_manifest_records_everything(tiny_artifact):

@@ -8,6 +8,7 @@ import torch
 from onnxformer.errors import ValidationError
 from onnxformer.export.pytorch import export_module
 from onnxformer.runtime.manifest import load_manifest, verify_variant
+from conftest import manifest_json
 
 
 class TinyEncoder(torch.nn.Module):
@@ -37,13 +38,13 @@ def test_module_export_validates_on_other_shapes(tmp_path):
     torch.manual_seed(0)
     res = export_module(TinyEncoder(), feeds(2, 5), tmp_path / "m", output_names=["pooled"], dynamic_axes=AXES,
                         validation_inputs=[feeds(1, 9, 1), feeds(3, 17, 2)])
-    m = load_manifest(tmp_path / "m")
+    m = manifest_json(tmp_path / "m")
     assert m["task"] == "raw" and m["validation"]["passed"]
     assert [c["shape"] for c in m["validation"]["cases"]] == [[1, 9, 8], [3, 17, 8]]
     assert m["validation"]["max_abs_diff"]["pooled"] < 1e-5
     assert m["inputs"][0]["dynamic_axes"] == {"0": "batch", "1": "seq"}
-    verify_variant(tmp_path / "m", m, "fp32")
-    assert res.manifest["architecture"]["class"].endswith("TinyEncoder")
+    verify_variant(tmp_path / "m", load_manifest(tmp_path / "m"), "fp32")
+    assert res.manifest.architecture.extra["class"].endswith("TinyEncoder")
 
 
 def test_module_export_refuses_validation_on_traced_shape_only(tmp_path):

@@ -32,9 +32,9 @@ def generator(gen_artifact) -> Callable[[str], object]:
 
 @pytest.mark.parametrize("family", DECODERS + SEQ2SEQ)
 def test_export_records_cache_layout_and_validates(family, gen_artifact):
-    from onnxformer.runtime.manifest import load_manifest
+    from conftest import manifest_json
 
-    m = load_manifest(gen_artifact(family))
+    m = manifest_json(gen_artifact(family))
     gen = m["generation"]
     seq2seq = family in SEQ2SEQ
     assert m["task"] == ("text2text-generation" if seq2seq else "text-generation")
@@ -195,6 +195,21 @@ def test_tampered_generative_artifact_is_refused(gen_artifact, copy_artifact):
     with open(art / "fp32" / "decoder_with_past_model.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(IntegrityError, match="decoder_with_past_model.onnx does not match the manifest"):
+        Generator.load(art)
+
+
+@pytest.mark.parametrize("family,graph", [("gpt2", "fp32/model.onnx"), ("t5", "fp32/decoder_with_past_model.onnx")])
+def test_generator_refuses_external_data_outside_the_artifact(gen_artifact, copy_artifact, family, graph):
+    """Generator.load confines every graph's external data exactly as Model.load does, before ORT opens it."""
+    from conftest import externalize
+    from onnxformer.errors import IntegrityError
+    from onnxformer.runtime.generation import Generator
+
+    art = copy_artifact(gen_artifact(family))
+    externalize(art, graph=graph)
+    assert Generator.load(art).generate("hi", max_new_tokens=2) is not None  # inside the artifact: loads
+    externalize(art, rewrite="../outside.bin", graph=graph)
+    with pytest.raises(IntegrityError, match=r"'\.\.' leaves the artifact directory"):
         Generator.load(art)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from onnxformer.runtime import Model
-from onnxformer.runtime.manifest import load_manifest
+from conftest import manifest_json
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -29,7 +29,7 @@ def st_embeddings(minilm_checkpoint):
 
 
 def test_manifest_records_sentence_transformers_config(minilm_artifact):
-    m = load_manifest(minilm_artifact)
+    m = manifest_json(minilm_artifact)
     assert m["name"] == "all-MiniLM-L6-v2"
     assert m["postprocess"]["pooling"] == "mean" and m["postprocess"]["normalize"] is True
     assert m["tokenizer"]["max_length"] == 256

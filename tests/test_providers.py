@@ -9,6 +9,8 @@ import pytest
 
 from onnxformer.errors import ProviderError
 from onnxformer.runtime import providers
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime.manifest import FORMAT, SCHEMA_VERSION, Manifest, TensorSpec
 from onnxformer.runtime.variants import choose
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -18,11 +20,16 @@ INPUTS = [{"name": n, "dtype": "int64", "shape": ["batch_size", "sequence_length
           for n in ("input_ids", "attention_mask", "token_type_ids")]
 
 
-def manifest(task: str = "feature-extraction", **variants) -> dict:
+def manifest(task: str = "feature-extraction", **variants) -> Manifest:
     base = {"fp32": {"file": "fp32/model.onnx", "sha256": "ab" * 32, "precision": "fp32",
                      "providers": ["tensorrt", "cuda", "cpu"], "fidelity": {"max_abs_diff": {"x": 1e-6}}}}
     base.update({k.replace("_", "-"): v for k, v in variants.items()})
-    return {"task": task, "inputs": INPUTS, "tokenizer": {"max_length": 256}, "variants": base}
+    return Manifest.from_json(raw_manifest(task, base))
+
+
+def raw_manifest(task: str, variants: dict) -> dict:
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "task": task, "architecture": {"model_type": "bert"},
+            "inputs": INPUTS, "outputs": [], "tokenizer": {"files": {}, "max_length": 256}, "variants": variants}
 
 
 def rec(precision: str, providers_: list[str], **fidelity) -> dict:
@@ -93,8 +100,8 @@ def test_variant_unsupported_is_a_logged_fallback(caplog):
 
 @pytest.mark.parametrize("precision,fp16,int8", [("fp32", False, False), ("fp16", True, False), ("int8", True, True)])
 def test_tensorrt_options_from_the_manifest(tmp_path, precision, fp16, int8):
-    m = manifest()
-    record = rec(precision, ["tensorrt"])
+    m = manifest(x=rec(precision, ["tensorrt"]))
+    record = m.variants["x"]
     opts = providers.tensorrt_options(m, record, max_batch=16, cache_root=tmp_path, ort_version="1.20.1",
                                       gpu="NVIDIA A10G")
     assert opts["trt_fp16_enable"] is fp16 and opts["trt_int8_enable"] is int8
@@ -115,9 +122,8 @@ def test_engine_cache_key_changes_with_model_ort_and_gpu(tmp_path):
 
 
 def test_profiles_keep_static_dims_and_skip_static_inputs():
-    inputs = [{"name": "ids", "shape": ["b", 77], "dynamic_axes": {"0": "b"}},
-              {"name": "fixed", "shape": [1, 4], "dynamic_axes": {}}]
-    assert providers.shape_profiles(inputs, 4, 77) == {"trt_profile_min_shapes": "ids:1x77",
+    inputs = [TensorSpec("ids", "int64", ["b", 77], {"0": "b"}), TensorSpec("fixed", "int64", [1, 4], {})]
+    assert providers.profile_options(providers.shape_profile(inputs, 4, 77)) == {"trt_profile_min_shapes": "ids:1x77",
                                                        "trt_profile_opt_shapes": "ids:4x77",
                                                        "trt_profile_max_shapes": "ids:4x77"}
 
@@ -132,7 +138,7 @@ def test_gpu_session_chain_keeps_cuda_and_cpu_behind():
 
 def full_manifest(int8_cos: float = 0.995) -> dict:
     return manifest(
-        fp32_opt=rec("fp32", ["cuda", "cpu"], min_cosine=0.999999),
+        fp32_opt={**rec("fp32", ["cuda", "cpu"], min_cosine=0.999999), "graph": "fused"},
         fp16=rec("fp16", ["cuda"], min_cosine=0.9999),
         fp16_trt=rec("fp16", ["tensorrt"], min_cosine=0.9998),
         int8=rec("int8", ["cpu"], min_cosine=int8_cos, mean_cosine=0.999),
@@ -173,11 +179,17 @@ def test_budget_per_task_metric_and_dict_budget():
         choose(m, "cpu", budget=1.5)
 
 
-def test_malformed_records_are_skipped_not_crashed_on():
-    m = manifest(weird="not a dict", odd={"precision": "int4", "fidelity": None}, int8={"precision": "int8"})
+def test_malformed_records_are_refused_at_load_not_crashed_on():
+    # The typed manifest refuses a malformed variant record in one line naming the field, before any choice.
+    for bad, field in ((dict(weird="not a dict"), "variants.weird"), (dict(int8={"precision": "int8"}), "variants.int8.file"),
+                       (dict(odd={**rec("int4", ["cpu"]), "fidelity": 3}), "variants.odd.fidelity")):
+        with pytest.raises(ArtifactError, match=field.replace(".", r"\.")):
+            manifest(**bad)
+    m = manifest(odd={**rec("int4", ["cpu"]), "fidelity": None})  # null fidelity: nothing recorded
     assert choose(m, "cpu").variant == "fp32"
     with pytest.raises(ProviderError, match="no variant of this artifact suits cuda"):
-        choose({"task": "feature-extraction", "variants": {"int8": rec("int8", ["cpu"], min_cosine=1.0)}}, "cuda")
+        choose(Manifest.from_json(raw_manifest("feature-extraction", {"int8": rec("int8", ["cpu"], min_cosine=1.0)})),
+               "cuda")
 
 
 def test_loader_builds_tensorrt_options_from_a_real_manifest(tiny_artifact, tmp_path):
@@ -185,12 +197,12 @@ def test_loader_builds_tensorrt_options_from_a_real_manifest(tiny_artifact, tmp_
     from onnxformer.runtime.manifest import load_manifest
 
     m = load_manifest(tiny_artifact("bert"))
-    opts = provider_options(m, m["variants"]["fp32"], "tensorrt", LoadOptions(max_batch_size=4, trt_cache=tmp_path))
-    names = [i["name"] for i in m["inputs"]]
+    opts = provider_options(m, m.variants["fp32"], "tensorrt", LoadOptions(max_batch_size=4, trt_cache=tmp_path))
+    names = m.input_names
     assert opts["trt_profile_max_shapes"] == ",".join(f"{n}:4x128" for n in names)  # tiny model: 128 tokens
     assert opts["trt_fp16_enable"] is False and Path(opts["trt_engine_cache_path"]).parent == tmp_path
-    assert m["variants"]["fp32"]["sha256"][:16] in opts["trt_engine_cache_path"]
-    assert provider_options(m, m["variants"]["fp32"], "cuda", LoadOptions())["device_id"] == 0
+    assert m.variants["fp32"].sha256[:16] in opts["trt_engine_cache_path"]
+    assert provider_options(m, m.variants["fp32"], "cuda", LoadOptions())["device_id"] == 0
 
 
 def test_strict_load_on_a_cpu_machine(tiny_artifact):

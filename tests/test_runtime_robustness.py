@@ -16,7 +16,7 @@ import pytest
 from onnxformer.errors import ArtifactError, InputError, IntegrityError
 from onnxformer.runtime import Model
 from onnxformer.runtime.batching import plan_batches
-from onnxformer.runtime.manifest import file_record, load_manifest, save_manifest
+from conftest import externalize
 from onnxformer.runtime.onnx_wire import external_locations
 
 TEXTS = ["hello world", "a somewhat longer sentence about nothing in particular, with commas", "x",
@@ -64,31 +64,6 @@ def test_sha256_mismatch(tiny_artifact, copy_artifact):
         f.write(b"\0")
     with ort_untouched(), pytest.raises(IntegrityError, match="fp32/model.onnx does not match the manifest"):
         Model.load(art)
-
-
-def externalize(art: Path, location: str = "model.onnx_data", rewrite: str | None = None) -> Path:
-    """Move the fp32 weights to an external file, optionally point every location at ``rewrite``, and
-    re-hash the variant so only the location check can refuse it."""
-    import onnx
-
-    path = art / "fp32" / "model.onnx"
-    model = onnx.load(str(path))
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
-    if rewrite is not None:
-        model = onnx.load(str(path), load_external_data=False)
-        for tensor in model.graph.initializer:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = rewrite
-        onnx.save_model(model, str(path))
-    manifest = load_manifest(art)
-    files = [str(p.relative_to(art)) for p in (art / "fp32").iterdir() if p.is_file()]
-    record = manifest["variants"]["fp32"]
-    record["files"] = file_record(art, files)
-    record["sha256"] = record["files"]["fp32/model.onnx"]
-    save_manifest(art, manifest)
-    return path
 
 
 def test_external_data_inside_the_artifact_loads(tiny_artifact, copy_artifact, embedder):

@@ -1,6 +1,8 @@
 """Task parity: onnxformer's classify/tag/answer equal transformers' pipelines on tiny random checkpoints."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,7 +45,8 @@ def test_classify_matches_pipeline(tiny_checkpoint, classifier):
 
 def test_classify_sigmoid_when_manifest_says_so(tiny_artifact):
     model = Model.load(tiny_artifact("bert", "text-classification"))
-    model.manifest = {**model.manifest, "postprocess": {**model.manifest["postprocess"], "activation": "sigmoid"}}
+    model.manifest = dataclasses.replace(model.manifest,
+                                         postprocess=dataclasses.replace(model.manifest.postprocess, activation="sigmoid"))
     logits = model.run(model.tokenizer.encode(TEXTS[:2]).feeds)["logits"]
     scores = sorted((1 / (1 + np.exp(-logits[0]))).tolist(), reverse=True)
     np.testing.assert_allclose([x["score"] for x in model.classify(TEXTS[:2], top_k=None)[0]], scores, rtol=1e-5)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from onnxformer.runtime.dtypes import from_name
+
 
 
 def device_of(session: ort.InferenceSession) -> str:
@@ -23,15 +24,15 @@ def device_of(session: ort.InferenceSession) -> str:
 class KVCache:
     """Self-attention cache of one generation: ``length`` tokens so far, room for ``capacity``."""
 
-    def __init__(self, session: ort.InferenceSession, past: list[str], present: list[str], batch: int, capacity: int):
-        first = next(i for i in session.get_inputs() if i.name == past[0])
-        self.dtype = DTYPES[first.type]
-        self.kv_heads, self.head_size = int(first.shape[1]), int(first.shape[3])
-        self.past, self.present = past, present
+    def __init__(self, session: ort.InferenceSession, layout: dict[str, Any], batch: int, capacity: int):
+        """``layout``: the manifest's cache layout (names per layer, kv heads, head size, dtype)."""
+        self.dtype = from_name(layout["dtype"]).numpy
+        self.kv_heads, self.head_size = int(layout["num_kv_heads"]), int(layout["head_size"])
+        self.past, self.present = flat_names(layout["past_inputs"]), flat_names(layout["present_outputs"])
         self.batch, self.capacity, self.length = batch, capacity, 0
         self.device = device_of(session)
         size = [batch * self.kv_heads * capacity * self.head_size]
-        self._buffers = [[ort.OrtValue.ortvalue_from_shape_and_type(size, self.dtype, self.device, 0) for _ in past]
+        self._buffers = [[ort.OrtValue.ortvalue_from_shape_and_type(size, self.dtype, self.device, 0) for _ in self.past]
                          for _ in range(2)]
         self._current = 0  # which buffer set holds the past
 

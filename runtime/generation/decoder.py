@@ -20,8 +20,7 @@ class DecoderStepper:
         self.session = session
         self.prompts = prompts
         batch, width = prompts.ids.shape
-        self.cache = KVCache(session, flat_names(cache_layout["past_inputs"]),
-                             flat_names(cache_layout["present_outputs"]), batch, width + max_new)
+        self.cache = KVCache(session, cache_layout, batch, width + max_new)
         self.mask = np.zeros((batch, width + max_new), dtype=np.int64)  # grows one column per step
         self.mask[:, :width] = prompts.mask
         self.length = width

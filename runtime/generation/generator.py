@@ -8,30 +8,32 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import ArtifactError, InputError, ProviderError
-from onnxformer.runtime import providers as registry
+from onnxformer.errors import ArtifactError, InputError
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, TextStream
-from onnxformer.runtime.manifest import load_manifest, verify_files, verify_variant
-from onnxformer.runtime.session import create_session
+from onnxformer.runtime.loader import LoadOptions, open_artifact
+from onnxformer.runtime.manifest import REFERENCE, Generation, Manifest
 
 
 class Generator:
     """Text generation from an artifact exported by ``export/generative.py``. Thread-safe: every call
     builds its own cache and state; the ONNX Runtime sessions are shared read-only."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], variant: str,
-                 sessions: dict[str, ort.InferenceSession]):
+    def __init__(self, directory: Path, manifest: Manifest, variant: str,
+                 sessions: dict[str, ort.InferenceSession], provider: str = "cpu", reason: str = ""):
         spec = generation_spec(directory, manifest)
+        record = manifest.variant(variant)
         self.directory, self.manifest, self.variant, self.sessions = directory, manifest, variant, sessions
-        self.kind: str = spec["kind"]
-        self.cache_layout = spec["cache"]
-        self.max_positions = int(spec["max_positions"])
-        tokens = spec["special_tokens"]
+        self.provider, self.reason = provider, reason
+        self.kind: str = spec.kind
+        # The variant's cache dtype (fp16 variants keep an fp16 cache) over the fp32 graph's.
+        self.cache_layout = {**spec.cache, "dtype": record.cache_dtype or spec.cache.get("dtype", "float32")}
+        self.max_positions = spec.max_positions
+        tokens = spec.special_tokens
         self.start_id = tokens.get("decoder_start_token_id")
         if self.kind == "seq2seq" and self.start_id is None:
             raise ArtifactError(f"{directory}: a seq2seq manifest needs special_tokens.decoder_start_token_id; "
@@ -44,28 +46,20 @@ class Generator:
         self.prompts = PromptEncoder(confined(directory, "tokenizer.json"), self.special.pad, side)
 
     @classmethod
-    def load(cls, directory: str | Path, variant: str = "fp32", threads: int | None = None,
-             provider: str | Sequence[str] = "auto") -> "Generator":
-        """Verify and load ``variant``; ``provider`` is resolved by runtime.providers (auto: best available
-        that the variant targets, each fallback logged)."""
+    def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "fp32",
+             threads: int | None = None, strict: bool = False) -> "Generator":
+        """Verify and load ``variant`` (every graph sha256-checked, external data confined) on ``provider``
+        ("auto": the best available that the variant targets, each fallback logged; ``strict``: a fallback is
+        an error). Same arguments, in the same order, as ``Model.load``."""
         directory = Path(directory)
-        manifest = load_manifest(directory)
-        generation_spec(directory, manifest)
-        verify_variant(directory, manifest, variant)  # every graph of the variant, sha256-checked
-        verify_files(directory, manifest["tokenizer"]["files"])
-        record = manifest["variants"][variant]
-        if not record.get("components"):
+        if variant == "auto":
+            variant = REFERENCE  # generative variants trade fidelity for speed only when asked for by name
+        opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False),
+                               generative=True)
+        if not opened.record.components:
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
-
-        def attempt(name: str) -> Generator:
-            if name not in record["providers"]:
-                raise ProviderError(f"variant {variant!r} targets {', '.join(record['providers'])}, not {name}")
-            chain = registry.session_providers(name, dict(registry.REGISTRY[name].default_options))
-            sessions = {role: create_session(confined(directory, rel), providers=chain, threads=threads)
-                        for role, rel in record["components"].items()}
-            return cls(directory, manifest, variant, sessions)
-
-        return registry.resolve(provider, attempt)
+        sessions = {role: runner.session for role, runner in opened.runners.items()}
+        return cls(directory, opened.manifest, opened.variant, sessions, opened.provider, opened.reason)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
@@ -177,9 +171,8 @@ class Run:
             stream.pending += stream.flush()
 
 
-def generation_spec(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    spec = manifest.get("generation")
-    if spec is None:
-        raise ArtifactError(f"{directory} is a {manifest['task']} artifact, not a generative one; "
+def generation_spec(directory: Path, manifest: Manifest) -> Generation:
+    if manifest.generation is None:
+        raise ArtifactError(f"{directory} is a {manifest.task} artifact, not a generative one; "
                             "export a text-generation or text2text-generation checkpoint")
-    return spec
+    return manifest.generation

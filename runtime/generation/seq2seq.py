@@ -18,8 +18,7 @@ class Seq2SeqStepper:
     def __init__(self, sessions: dict[str, ort.InferenceSession], cache_layout: dict[str, Any], sources: Prompts,
                  max_new: int, start_id: int):
         self.sessions, self.sources, self.start_id = sessions, sources, start_id
-        self.cache = KVCache(sessions["decoder_with_past"], flat_names(cache_layout["past_inputs"]),
-                             flat_names(cache_layout["present_outputs"]), len(sources.ids), 1 + max_new)
+        self.cache = KVCache(sessions["decoder_with_past"], cache_layout, len(sources.ids), 1 + max_new)
         self.cross_past = flat_names(cache_layout["cross_past_inputs"])
         self.cross_present = flat_names(cache_layout["cross_present_outputs"])
         self.cross: dict[str, ort.OrtValue] = {}

@@ -1,0 +1,85 @@
+"""The family registry: every architecture onnxformer exports, once, as data.
+
+A family is one ``register(Family(...))`` line. Export reads which tasks it takes and how it is
+exported; quantize reads ONNX Runtime's optimizer model type; the tokenizer limit subtracts the
+position offset; generation reads its kind. Adding an architecture is one entry here plus its
+tiny-checkpoint fixture in the tests (which parametrize over this registry).
+Plain data: importing it imports nothing beyond the standard library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxformer.errors import CheckpointError
+
+ENCODER, DECODER, SEQ2SEQ = "encoder", "decoder", "seq2seq"
+_KIND_TASKS = {  # the tasks each kind of family exports
+    ENCODER: ("feature-extraction", "text-classification", "token-classification", "question-answering"),
+    DECODER: ("text-generation",),
+    SEQ2SEQ: ("text2text-generation",),
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # transformers' config.model_type
+    kind: str  # ENCODER | DECODER | SEQ2SEQ
+    optimizer_model_type: str | None = None  # onnxruntime.transformers.optimizer model_type (None: no fusions)
+    position_offset: int = 0  # positions consumed before the first token (RoBERTa: padding_idx + 1)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return _KIND_TASKS[self.kind]
+
+    @property
+    def generative(self) -> bool:
+        return self.kind != ENCODER
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.kind not in _KIND_TASKS:
+        raise ValueError(f"family {family.model_type!r}: kind must be one of {sorted(_KIND_TASKS)}")
+    FAMILIES[family.model_type] = family
+    return family
+
+
+# Encoders: every one is BERT-shaped for ONNX Runtime's fusion patterns (BertOnnxModel).
+register(Family("albert", ENCODER, "bert"))
+register(Family("bert", ENCODER, "bert"))
+register(Family("camembert", ENCODER, "bert", position_offset=2))
+register(Family("distilbert", ENCODER, "bert"))
+register(Family("electra", ENCODER, "bert"))
+register(Family("mpnet", ENCODER, "bert"))
+register(Family("roberta", ENCODER, "bert", position_offset=2))
+register(Family("xlm-roberta", ENCODER, "bert", position_offset=2))
+# Decoder-only language models with a KV cache.
+register(Family("gpt2", DECODER))
+register(Family("llama", DECODER))
+register(Family("mistral", DECODER))
+register(Family("qwen2", DECODER))
+# Encoder-decoder models: encoder + decoder + decoder-with-past graphs.
+register(Family("bart", SEQ2SEQ))
+register(Family("marian", SEQ2SEQ))
+register(Family("t5", SEQ2SEQ))
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """Registered model types (of one ``kind``), sorted."""
+    return tuple(sorted(n for n, f in FAMILIES.items() if kind is None or f.kind == kind))
+
+
+def find(model_type: str) -> Family | None:
+    return FAMILIES.get(model_type)
+
+
+def get_family(model_type: str, kind: str | None = None) -> Family:
+    """The registered family of ``model_type`` (of ``kind`` when given); a CheckpointError listing the
+    families that are supported otherwise."""
+    family = FAMILIES.get(model_type)
+    if family is None or (kind is not None and family.kind != kind):
+        scope = f"{kind} families" if kind else "families"
+        raise CheckpointError(f"unsupported architecture {model_type!r}; supported {scope}: {', '.join(names(kind))}")
+    return family

@@ -1,0 +1,100 @@
+"""The task registry: what each task is, once, for every stage.
+
+Export reads the auto class, outputs and tolerance; quantize the budget metric and its default floor;
+the runtime the method that serves it and whether it has a tokenizer; the server its endpoints and what
+the KServe text input yields; the benchmarks the auto class and optimum's ORTModel class of the peer.
+Plain data: importing it imports nothing beyond the standard library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnxformer.errors import ArtifactError
+
+ALIASES: dict[str, str] = {  # optimum's / transformers' spellings of our tasks
+    "text-generation-with-past": "text-generation",
+    "text2text-generation-with-past": "text2text-generation",
+    "sequence-classification": "text-classification",
+    "default": "feature-extraction",
+}
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    """A tensor the KServe v2 ``text`` (BYTES) input yields for a task."""
+
+    name: str
+    datatype: str
+    rank: int
+
+    def metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1] * self.rank}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    method: str  # what serves it: a Model method ("embed", ...), Generator ("generate") or raw run()
+    outputs: tuple[str, ...] = ()  # ONNX output names of the exported graph (empty: whatever the module returns)
+    auto_class: str | None = None  # transformers class of the PyTorch reference
+    optimum_class: str | None = None  # optimum.onnxruntime ORTModel class of the benchmark peer
+    budget_metric: str | None = None  # fidelity metric the accuracy budget applies to
+    default_floor: float | None = None
+    tokenizer: bool = True  # artifacts of this task ship a tokenizer
+    generative: bool = False
+    endpoints: tuple[str, ...] = ()  # HTTP routes beyond KServe v2 raw tensors
+    text_outputs: tuple[TextOutput, ...] = field(default=())  # the KServe ``text`` input: empty = not accepted
+    atol: float = 1e-4  # default max |Δ| between ONNX Runtime and PyTorch fp32 at export
+
+    @property
+    def encoder(self) -> bool:
+        """Served by ``runtime.Model`` (everything that is not generation)."""
+        return not self.generative
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("feature-extraction", "embed", ("last_hidden_state",), "AutoModel", "ORTModelForFeatureExtraction",
+         "min_cosine", 0.99, endpoints=("/v1/embeddings",),
+         text_outputs=(TextOutput("embedding", "FP32", 2),)),
+    Task("text-classification", "classify", ("logits",), "AutoModelForSequenceClassification",
+         "ORTModelForSequenceClassification", "argmax_agreement", 0.95,
+         text_outputs=(TextOutput("logits", "FP32", 2), TextOutput("label", "BYTES", 1))),
+    Task("token-classification", "tag", ("logits",), "AutoModelForTokenClassification",
+         "ORTModelForTokenClassification", "token_agreement", 0.95),
+    Task("question-answering", "answer", ("start_logits", "end_logits"), "AutoModelForQuestionAnswering",
+         "ORTModelForQuestionAnswering", "span_agreement", 0.9),
+    Task("raw", "run", tokenizer=False),
+    Task("text-generation", "generate", ("logits",), "AutoModelForCausalLM", generative=True,
+         endpoints=("/v1/completions",)),
+    Task("text2text-generation", "generate", ("logits",), "AutoModelForSeq2SeqLM", generative=True,
+         endpoints=("/v1/completions",)),
+)}
+
+
+def canonical(name: str) -> str:
+    """The registry name for ``name`` or one of its aliases (unknown names pass through unchanged)."""
+    return ALIASES.get(name, name)
+
+
+def get_task(name: str, error: type[Exception] = ArtifactError) -> Task:
+    """The task called ``name`` (aliases accepted); ``error`` with the known names when there is none."""
+    task = TASKS.get(canonical(name))
+    if task is None:
+        known = ", ".join(TASKS)
+        raise error(f"unknown task {name!r}; choose one of: {known}")
+    return task
+
+
+def tasks_where(**flags: object) -> tuple[str, ...]:
+    """Names of the tasks whose attributes equal ``flags``, e.g. ``tasks_where(generative=False)``."""
+    return tuple(n for n, t in TASKS.items() if all(getattr(t, k) == v for k, v in flags.items()))
+
+
+def exportable() -> tuple[str, ...]:
+    """Tasks ``onnxformer export`` takes from a checkpoint (``raw`` comes from ``export_module``)."""
+    return tuple(n for n, t in TASKS.items() if t.auto_class)
+
+
+def budgeted() -> tuple[str, ...]:
+    """Tasks whose variants are measured against an accuracy budget."""
+    return tuple(n for n, t in TASKS.items() if t.budget_metric)
