@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from conftest import make_tiny_checkpoint, minilm_path  # noqa: E402
 
-from onnxformer.export import ENCODER_FAMILIES, export_checkpoint  # noqa: E402
+from onnxformer.export import export_checkpoint  # noqa: E402
+from onnxformer.runtime.families import ENCODER, names  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,13 +35,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sources = [(f, "tiny-random", make_tiny_checkpoint(tmp / f"ckpt-{f}", f)) for f in ENCODER_FAMILIES]
+        sources = [(f, "tiny-random", make_tiny_checkpoint(tmp / f"ckpt-{f}", f)) for f in names(ENCODER)]
         sources.append(("bert (all-MiniLM-L6-v2)", "real", minilm_path()))
         for family, kind, ckpt in sources:
             res = export_checkpoint(str(ckpt), tmp / f"out-{len(rows)}")
             rows.append({"family": family, "weights": kind, "export_seconds": res.seconds,
-                         "max_abs_diff": max(res.manifest["validation"]["max_abs_diff"].values()),
-                         "opset": res.manifest["opset"]})
+                         "max_abs_diff": max(res.manifest.validation["max_abs_diff"].values()),
+                         "opset": res.manifest.opset})
             print(f"{family:28s} {kind:12s} {res.seconds:6.2f}s  max|Δ| {rows[-1]['max_abs_diff']:.2e}")
     result = {"families": rows, "import_seconds": {"onnxformer.runtime": import_time("onnxformer.runtime")}}
     print(f"import onnxformer.runtime: {result['import_seconds']['onnxformer.runtime'] * 1000:.0f} ms (median of 5)")

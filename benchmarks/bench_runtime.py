@@ -18,7 +18,6 @@ import random
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +45,7 @@ def build_artifact(work: Path) -> Path:
         from onnxformer.export import export_checkpoint
 
         export_checkpoint(str(minilm_path()), out, name="all-MiniLM-L6-v2", overwrite=True)
-    variants = load_manifest(out)["variants"]
+    variants = load_manifest(out).variants
     if "fp32-opt" not in variants:
         optimize_artifact(out)
     if "int8" not in variants:
@@ -89,25 +88,20 @@ def cold_start(artifact: Path, variant: str, repeats: int = 3) -> dict[str, Any]
     return {**result, "variant": runs[0]["variant"]}
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
-
-
 def throughput(artifact: Path, texts: list[str], rounds: int, threads: int) -> dict[str, Any]:
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
 
     from onnxformer.runtime import Model
+    from onnxformer.runtime.timing import timed
 
     torch.set_num_threads(threads)  # matched budget: ORT's intra-op threads are set to the same number
     st = SentenceTransformer(str(minilm_path()), device="cpu")
     contenders: dict[str, Callable[..., Any]] = {"sentence-transformers": lambda x=texts: st.encode(x, batch_size=32)}
     models = {"auto": Model.load(artifact, provider="cpu", threads=threads),
               "fp32": Model.load(artifact, provider="cpu", variant="fp32", threads=threads)}
-    if "fp32-opt" in models["auto"].manifest["variants"]:
+    if "fp32-opt" in models["auto"].manifest.variants:
         models["fp32-opt"] = Model.load(artifact, provider="cpu", variant="fp32-opt", threads=threads)
     for name, model in models.items():
         contenders[f"onnxformer {name} ({model.variant})"] = lambda x=texts, m=model: m.embed(x)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -175,19 +176,22 @@ def model_ceiling(artifact: Path, merged: int, budget: int, threads: int | None,
     """In-process, no HTTP: texts/s of Model.embed one text at a time vs ``merged`` texts per call (the runtime
     sorts them by length under ``budget`` tokens). The most dynamic batching can gain on this machine."""
     from onnxformer.runtime import Model
+    from onnxformer.runtime.timing import time_calls
 
     kwargs = {"threads": threads} if threads else {}
     model, pool = Model.load(artifact, max_batch_tokens=budget, **kwargs), texts()
     done = {1: [0, 0.0], merged: [0, 0.0]}
     for _ in range(rounds):  # interleaved, like the server rounds
         for n in done:
-            start, k = time.perf_counter(), 0
-            while time.perf_counter() - start < seconds / rounds / 2:
-                i = (k * 7) % (len(pool) - n)
+            calls = itertools.count()  # call j embeds the n texts from (j * n * 7) mod the pool
+
+            def call(n: int = n) -> None:
+                i = (next(calls) * n * 7) % (len(pool) - n)
                 model.embed(pool[i:i + n])
-                k += n
-            done[n][0] += k
-            done[n][1] += time.perf_counter() - start
+
+            samples = time_calls(call, warmup=0, seconds=seconds / rounds / 2)
+            done[n][0] += n * len(samples)
+            done[n][1] += sum(samples)
     single, batched = (done[n][0] / done[n][1] for n in done)
     return {"texts_per_s_single": single, "texts_per_s_merged": batched, "merged": merged, "budget": budget,
             "ratio": batched / single, "variant": model.variant}
@@ -243,11 +247,13 @@ def main() -> None:
                    "'--max-delay-ms 0 --max-batch-tokens 384'")
     p.add_argument("--out", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
+    from onnxformer.runtime.manifest import Manifest
+
     artifact = minilm_artifact(args.artifact or DEFAULT_ARTIFACT)
     load_before = os.getloadavg()
     rows = measure(artifact, args.concurrency, args.seconds, args.rounds, args.threads, args.server_args.split())
     ceiling = model_ceiling(artifact, 32, _flag(args.server_args.split(), "--max-batch-tokens", 256), args.threads)
-    report = {"model_ceiling": ceiling, "model": json.loads((artifact / "manifest.json").read_text()).get("name"),
+    report = {"model_ceiling": ceiling, "model": Manifest.load(artifact).name,
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
               "settings": {"seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency,
                            "threads": args.threads, "server_args": args.server_args},

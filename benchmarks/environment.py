@@ -5,8 +5,9 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib import metadata
 from typing import Any
+
+from onnxformer.export.versions import library_versions  # the one version reader (imports no torch)
 
 # CPU features that decide which kernels ONNX Runtime and PyTorch can use.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -54,16 +55,6 @@ def gpu_info() -> list[dict[str, str]]:
     return [dict(zip(keys, (c.strip() for c in line.split(",")))) for line in done.stdout.strip().splitlines()]
 
 
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def environment() -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -73,7 +64,7 @@ def environment() -> dict[str, Any]:
         "memory_total_gb": _memory_total_gb(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "libraries": library_versions(),
+        "libraries": library_versions(LIBRARIES),  # installed ones only
         "onnxruntime_providers": ort.get_available_providers(),
     }
 

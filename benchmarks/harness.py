@@ -17,18 +17,21 @@ from typing import Any, Callable
 import numpy as np
 
 from onnxformer.benchmarks import memory
-from onnxformer.benchmarks.baselines import AUTO_CLASSES, OptimumPeer, pytorch_candidates
 from onnxformer.benchmarks.environment import environment
 from onnxformer.benchmarks.inputs import Inputs, make_inputs
+from onnxformer.benchmarks.peers import PEER, PYTORCH, peer_candidates, work_directory
 from onnxformer.benchmarks.postprocess import min_cosine, signature
-from onnxformer.benchmarks.providers import resolve
+from onnxformer.benchmarks.providers import GPU_PROVIDERS, resolve
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, artifact_tokenizer, variant_candidates
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import ArtifactError
-from onnxformer.runtime.manifest import load_manifest
+from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.tasks import tasks_where
+from onnxformer.runtime.timing import timed
 
 SCHEMA = "onnxformer-bench/1"
+BENCHED = tasks_where(generative=False, tokenizer=True)  # encoder tasks that take text: what bench measures
 Progress = Callable[[int, int, str], None]  # (done, total, description)
 
 
@@ -40,9 +43,9 @@ class Settings:
     budget: Budget = field(default_factory=Budget)
     providers: list[str] | None = None  # short names; None = every available one
     variants: list[str] | None = None  # None = every variant in the manifest
-    baselines: bool = True  # PyTorch eager fp32 + autocast
+    baselines: bool = True  # the PYTORCH peers (peers.py): PyTorch eager fp32 + autocast
     baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
-    peers: bool = True  # optimum ORTModel fp32 + int8
+    peers: bool = True  # the PEER peers (peers.py): optimum ORTModel fp32 + int8
     seed: int = 0
     isolate: bool = False  # each configuration in its own process (isolation.py); else all in this one, interleaved
 
@@ -55,50 +58,47 @@ def run_benchmark(directory: str | Path, settings: Settings, progress: Progress 
     env = environment()
     report = _skeleton(directory, manifest, settings, providers, env)
     shapes, report["skipped_shapes"] = _shapes(ctx, settings)
-    peer = OptimumPeer(ctx, env["cpu"]["flags"]["avx512_vnni"]) if settings.peers and "cpu" in providers else None
-    candidates = _candidates(ctx, settings, providers, peer)
     signatures: dict[tuple[str, int, int], np.ndarray] = {}
-    try:
-        if settings.isolate:
-            _measure_isolated(candidates, directory, settings, report, signatures, peer, progress)
-        else:
-            _measure_all(candidates, shapes, settings.budget, report, signatures, progress)
-    except KeyboardInterrupt:
-        report["interrupted"] = True  # keep what was measured; the caller writes it
-    finally:
-        if peer is not None:
-            peer.close()
+    with work_directory() as workdir:  # what peers build (optimum's export), removed after the run
+        candidates = _candidates(ctx, settings, providers, workdir)
+        try:
+            if settings.isolate:
+                _measure_isolated(candidates, directory, settings, report, signatures, workdir, progress)
+            else:
+                _measure_all(candidates, shapes, settings.budget, ctx, report, signatures, progress)
+        except KeyboardInterrupt:
+            report["interrupted"] = True  # keep what was measured; the caller writes it
     report["load_average_1m_end"] = os.getloadavg()[0]
     _add_fidelity(report, signatures)
     add_comparisons(report)
     return report
 
 
-def preflight(directory: str | Path, settings: Settings) -> tuple[dict[str, Any], list[str]]:
+def preflight(directory: str | Path, settings: Settings) -> tuple[Manifest, list[str]]:
     """Every check that can fail on user input, before anything is loaded: manifest, task, providers, variants."""
     import onnxruntime as ort
 
-    manifest = load_manifest(directory)
-    if manifest["task"] not in AUTO_CLASSES:
-        raise ArtifactError(f"bench measures encoder tasks ({', '.join(AUTO_CLASSES)}); {directory} is {manifest['task']!r}")
-    unknown = [v for v in settings.variants or [] if v not in manifest["variants"]]
+    manifest = Manifest.load(directory)
+    if manifest.task not in BENCHED:
+        raise ArtifactError(f"bench measures encoder tasks ({', '.join(BENCHED)}); {directory} is {manifest.task!r}")
+    unknown = [v for v in settings.variants or [] if v not in manifest.variants]
     if unknown:
-        raise ArtifactError(f"--variants {', '.join(unknown)}: not in this artifact; available: {', '.join(manifest['variants'])}")
+        raise ArtifactError(f"--variants {', '.join(unknown)}: not in this artifact; available: {', '.join(manifest.variants)}")
     return manifest, resolve(settings.providers, ort.get_available_providers())
 
 
-def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, providers: list[str],
+def _skeleton(directory: Path, manifest: Manifest, settings: Settings, providers: list[str],
               env: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "artifact": {"directory": str(directory), "name": manifest.get("name"), "task": manifest["task"],
-                     "architecture": manifest["architecture"], "source": (manifest.get("source") or {}).get("path"),
-                     "postprocess": manifest.get("postprocess", {})},
+        "artifact": {"directory": str(directory), "name": manifest.name, "task": manifest.task,
+                     "architecture": manifest.architecture.to_json(), "source": manifest.source_path,
+                     "postprocess": manifest.postprocess.to_json()},
         "settings": {"batches": settings.batches, "seqs": settings.seqs, "threads": settings.threads,
                      "warmup": settings.budget.warmup, "iters": settings.budget.iters,
                      "seconds": settings.budget.seconds, "providers": providers,
-                     "variants": settings.variants or list(manifest["variants"]), "isolate": settings.isolate},
+                     "variants": settings.variants or list(manifest.variants), "isolate": settings.isolate},
         "memory_method": memory.METHOD,
         "load_average_1m_start": os.getloadavg()[0],  # > core count: other jobs competed for the CPU
         "environment": env,
@@ -110,7 +110,7 @@ def _skeleton(directory: Path, manifest: dict[str, Any], settings: Settings, pro
 
 def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], list[dict[str, Any]]]:
     """Inputs per (batch, seq); sequence lengths over the model's limit are skipped and reported."""
-    tokenizer = artifact_tokenizer(ctx, [i["name"] for i in ctx.manifest["inputs"]])
+    tokenizer = artifact_tokenizer(ctx, ctx.manifest.input_names)
     shapes, skipped = [], []
     for seq in settings.seqs:
         if seq > tokenizer.max_length:
@@ -122,15 +122,22 @@ def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], lis
     return shapes, skipped
 
 
-def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], peer: OptimumPeer | None) -> list[Candidate]:
-    out: list[Candidate] = []
+def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], workdir: Path) -> list[Candidate]:
+    """The peers (baselines first), then the artifact's variants."""
+    return (peer_candidates(ctx, workdir, _peer_devices(settings, providers))
+            + variant_candidates(ctx, settings.variants, providers))
+
+
+def _peer_devices(settings: Settings, providers: list[str]) -> dict[str, list[str]]:
+    """The devices each kind of peer runs on: PyTorch's baseline devices; other ONNX Runtime stacks on the
+    devices of the providers being benchmarked."""
+    gpu = any(p in providers for p in GPU_PROVIDERS)
+    devices: dict[str, list[str]] = {}
     if settings.baselines:
-        gpu = ["cuda"] if any(p in providers for p in ("cuda", "tensorrt")) and _torch_cuda() else []
-        devices = settings.baseline_devices or ["cpu"] + gpu
-        out += pytorch_candidates(ctx, devices)
-    if peer is not None:
-        out += peer.candidates()
-    return out + variant_candidates(ctx, settings.variants, providers)
+        devices[PYTORCH] = settings.baseline_devices or ["cpu"] + (["cuda"] if gpu and _torch_cuda() else [])
+    if settings.peers:
+        devices[PEER] = (["cpu"] if "cpu" in providers else []) + (["cuda"] if gpu else [])
+    return devices
 
 
 def _torch_cuda() -> bool:
@@ -141,8 +148,8 @@ def _torch_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budget, report: dict[str, Any],
-                 signatures: dict, progress: Progress) -> None:
+def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budget, ctx: ArtifactContext,
+                 report: dict[str, Any], signatures: dict, progress: Progress) -> None:
     """Load every configuration (one at a time, measuring its memory), then time them shape by shape,
     interleaved (stats.time_interleaved) so a shared machine's load hits all of them alike."""
     loaded: list[tuple[dict[str, Any], Runner]] = []
@@ -158,7 +165,7 @@ def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budg
                 loaded.append((config, runner))
     for j, inputs in enumerate(shapes):
         progress(len(candidates) + 2 * j, total, f"batch {inputs.batch} × {inputs.seq}: memory and fidelity")
-        active = [(c, r, row) for c, r in loaded if (row := _guarded(c, lambda: _probe(r, inputs, c, report, signatures)))]
+        active = [(c, r, row) for c, r in loaded if (row := _guarded(c, lambda: _probe(r, inputs, c, ctx, signatures)))]
         loaded = [(c, r) for c, r, _ in active]  # a configuration that failed on one shape is dropped
         progress(len(candidates) + 2 * j + 1, total, f"batch {inputs.batch} × {inputs.seq}: timing {len(active)} configurations")
         syncs = [r.synchronize for _, r, _ in active]
@@ -171,7 +178,7 @@ def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budg
 
 
 def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Settings, report: dict[str, Any],
-                      signatures: dict, peer: OptimumPeer | None, progress: Progress) -> None:
+                      signatures: dict, workdir: Path, progress: Progress) -> None:
     """One child process per configuration, one after the other (see isolation.py)."""
     from onnxformer.benchmarks.isolation import fragment_signatures, run_isolated
 
@@ -182,7 +189,7 @@ def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Se
             continue
         progress(i, len(candidates), f"{cand.name} (own process)")
         cand.prepare()  # e.g. optimum's export, made once here and shared with the worker through its directory
-        fragment = run_isolated(directory, settings, cand.name, peer.workdir if peer else None)
+        fragment = run_isolated(directory, settings, cand.name, workdir)
         for config in fragment["configs"]:
             report["configs"].append({"kind": cand.kind, "device": cand.device, "precision": cand.precision, **config})
         report["results"] += fragment["results"]
@@ -208,25 +215,22 @@ def _load(cand: Candidate, config: dict[str, Any]) -> Runner:
     before = memory.current_rss_mb()
     config["load_average_1m"] = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     memory.reset_peak()
-    start = time.perf_counter()
-    runner = cand.load()
-    config["load_seconds"] = time.perf_counter() - start
+    config["load_seconds"], runner = timed(cand.load)
     config["load_peak_over_base_mb"] = memory.peak_rss_mb() - before
     config["resident_mb"] = memory.current_rss_mb() - before  # what stays resident once loaded
     config["size_mb"] = runner.size_bytes / 1e6
     return runner
 
 
-def _probe(runner: Runner, inputs: Inputs, config: dict[str, Any], report: dict[str, Any], signatures: dict) -> dict[str, Any]:
+def _probe(runner: Runner, inputs: Inputs, config: dict[str, Any], ctx: ArtifactContext, signatures: dict) -> dict[str, Any]:
     """One untimed call: its peak memory above the steady state, and its outputs for the fidelity comparison."""
     gc.collect()
     steady = memory.current_rss_mb()
     memory.reset_peak()
     outputs = runner.model_only(inputs.feeds)
     run_peak = memory.peak_rss_mb() - steady
-    art = report["artifact"]
     signatures[(config["name"], inputs.batch, inputs.seq)] = signature(
-        outputs, inputs.feeds["attention_mask"], art["task"], art["postprocess"])
+        outputs, inputs.feeds["attention_mask"], ctx.task, ctx.post)
     return {
         "config": config["name"],
         "batch": inputs.batch,

@@ -58,8 +58,7 @@ def fragment_signatures(fragment: dict[str, Any]) -> dict[tuple[str, int, int], 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from onnxformer.benchmarks import harness
-    from onnxformer.benchmarks.baselines import OptimumPeer
-    from onnxformer.benchmarks.environment import cpu_info
+    from onnxformer.benchmarks.peers import work_directory
     from onnxformer.benchmarks.stats import Budget
 
     raw = dict(spec["settings"], budget=Budget(**spec["settings"]["budget"]), isolate=False)
@@ -68,17 +67,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     manifest, providers = harness.preflight(directory, settings)
     ctx = harness.ArtifactContext(directory, manifest, settings.threads, max(settings.batches))
     shapes, _ = harness._shapes(ctx, settings)
-    peer = OptimumPeer(ctx, cpu_info()["flags"]["avx512_vnni"], Path(spec["peer_workdir"])) if spec["peer_workdir"] else None
-    chosen = [c for c in harness._candidates(ctx, settings, providers, peer) if c.name == spec["candidate"]]
-    if not chosen:
-        raise ArtifactError(f"no configuration named {spec['candidate']!r} for {directory}")
-    report: dict[str, Any] = {"artifact": {"task": manifest["task"], "postprocess": manifest.get("postprocess", {})},
-                              "configs": [], "results": [], "interrupted": False}
+    report: dict[str, Any] = {"configs": [], "results": [], "interrupted": False}
     signatures: dict[tuple[str, int, int], np.ndarray] = {}
-    try:
-        harness._measure_all(chosen, shapes, settings.budget, report, signatures, lambda *_: None)
-    except KeyboardInterrupt:
-        report["interrupted"] = True
+    with work_directory(spec["peer_workdir"]) as workdir:  # the parent's: what its peers prepared is reused
+        chosen = [c for c in harness._candidates(ctx, settings, providers, workdir) if c.name == spec["candidate"]]
+        if not chosen:
+            raise ArtifactError(f"no configuration named {spec['candidate']!r} for {directory}")
+        try:
+            harness._measure_all(chosen, shapes, settings.budget, ctx, report, signatures, lambda *_: None)
+        except KeyboardInterrupt:
+            report["interrupted"] = True
     return {"configs": report["configs"], "results": report["results"], "interrupted": report["interrupted"],
             "signatures": {f"{n}|{b}|{s}": v.tolist() for (n, b, s), v in signatures.items()}}
 

@@ -1,15 +1,16 @@
 """Execution providers for benchmarking, on top of the runtime's registry (runtime/providers.py), which is
-the one place that knows ORT names, default options and TensorRT option construction.
+the one place that knows ORT names, default options and TensorRT option construction (runners.py opens
+variants through runtime.loader with it).
 
 This module adds what only a benchmark needs: which providers to sweep, and which TensorRT engine
 precisions to build per variant.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from onnxformer.errors import ProviderError
-from onnxformer.runtime.providers import REGISTRY, provider_names, session_providers, tensorrt_options
+from onnxformer.runtime.providers import REGISTRY, provider_names
 
 GPU_PROVIDERS = tuple(name for name, p in REGISTRY.items() if p.needs_gpu)
 
@@ -34,18 +35,3 @@ def tensorrt_precisions(variant_precision: str) -> list[str]:
     """TensorRT engines to build from a variant: an fp32 graph also yields TensorRT's own fp16 engine,
     the setting most TensorRT users try first."""
     return ["fp32", "fp16"] if variant_precision == "fp32" else [variant_precision]
-
-
-def variant_providers(provider: str, manifest: dict[str, Any], record: dict[str, Any], build: str, *,
-                      max_batch: int, cache_root: Any = None, gpu: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """ORT's provider list for one variant on ``provider`` (TensorRT: an engine of precision ``build``)."""
-    if provider != "tensorrt":
-        return session_providers(provider, dict(REGISTRY[provider].default_options))
-    import onnxruntime as ort
-
-    from onnxformer.runtime.providers import default_cache_root, gpu_name
-
-    options = tensorrt_options(manifest, {**record, "precision": build}, max_batch=max_batch,
-                               cache_root=cache_root or default_cache_root(), ort_version=ort.__version__,
-                               gpu=gpu or gpu_name())
-    return session_providers(provider, options)

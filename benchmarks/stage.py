@@ -13,15 +13,15 @@ BUILD_SECONDS = 0.5  # per configuration and mode: keeps `make demo` around a mi
 def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     import time
 
-    from onnxformer.benchmarks.harness import AUTO_CLASSES, Settings, run_benchmark
+    from onnxformer.benchmarks.harness import BENCHED, Settings, run_benchmark
     from onnxformer.benchmarks.report import write_report
     from onnxformer.benchmarks.stats import Budget
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.runtime.manifest import Manifest
     from onnxformer.runtime.session import physical_cores
 
     start = time.perf_counter()
-    task = load_manifest(out)["task"]
-    if task not in AUTO_CLASSES:
+    task = Manifest.load(out).task
+    if task not in BENCHED:
         return [{"stage": "bench", "variant": "-", "detail": f"skipped: {task} is not benchmarked yet", "seconds": 0.0}]
     # CPU only and no optimum peer here: the full comparison is `onnxformer bench`, this is a quick check.
     settings = Settings(batches=BUILD_BATCHES, seqs=BUILD_SEQS, threads=physical_cores(), providers=["cpu"],

@@ -1,4 +1,5 @@
-"""Latency statistics: timed loops and percentiles, kept as floats until the report formats them."""
+"""Latency statistics: interleaved rounds of the runtime's timing loop (runtime.timing), and percentiles,
+kept as floats until the report formats them."""
 from __future__ import annotations
 
 import time
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from onnxformer.runtime.timing import time_calls
 
 MIN_ITERS = 5  # a --seconds budget still yields enough samples for a p90
 
@@ -49,14 +52,8 @@ def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
     start = time.perf_counter()
     while not per_config.done(len(samples[0]), time.perf_counter() - start):
         take = block if budget.iters is None else min(block, budget.iters - len(samples[0]))
-        for fn, sync, out in zip(calls, syncs, samples):
-            fn()
-            sync()
-            for _ in range(take):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                out.append(time.perf_counter() - t0)
+        for fn, sync, out in zip(calls, syncs, samples):  # one untimed re-warm call, then the block
+            out += time_calls(lambda f=fn, s=sync: (f(), s()), runs=take, warmup=1)
     return [np.asarray(s, dtype=np.float64) for s in samples]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxformer.benchmarks.runners import VARIANT
+
 # Minimum worst-row cosine against PyTorch fp32 for a configuration to count as "within budget".
 FIDELITY_BUDGETS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.99, "int4": 0.98}
 HEADLINE_SHAPE = (1, 128)
@@ -35,14 +37,15 @@ def add_comparisons(report: dict[str, Any]) -> None:
 
 def headline(report: dict[str, Any], device: str = "cpu", shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
     """Batch 1 × 128 (or the first measured shape) on ``device``: best ONNX variant within budget vs the references."""
-    on_device = {c["name"] for c in report["configs"] if c["device"] == device}
+    on_device = {c["name"]: c for c in report["configs"] if c["device"] == device}
     rows = [r for r in report["results"] if r["config"] in on_device]
     shapes = [(r["batch"], r["seq"]) for r in rows]
     if not shapes:
         return None
     batch, seq = shape if shape in shapes else shapes[0]
     at = {r["config"]: r for r in rows if (r["batch"], r["seq"]) == (batch, seq)}
-    variants = [r for name, r in at.items() if not name.startswith(("pytorch-", "optimum-")) and r["within_budget"]]
+    # Ours by the recorded kind, never by name: a peer may be called anything ("openvino-int8", ...).
+    variants = [r for name, r in at.items() if on_device[name]["kind"] == VARIANT and r["within_budget"]]
     best = min(variants, key=lambda r: r["model_only"]["p50_ms"], default=None)
 
     torch_device = "cpu" if device == "cpu" else "cuda"

@@ -8,13 +8,12 @@ fidelity measurement do that); the runtime feeds 1 for the prompt.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from onnxformer.errors import ExportError
+from onnxformer.runtime.onnx_save import save_onnx
 
 INPUT = "logits_to_keep"
 _INT64_MAX = np.iinfo(np.int64).max
@@ -42,18 +41,4 @@ def add_logits_to_keep(path: Path) -> None:
     model.graph.node.insert(index + 1, helper.make_node(
         "Slice", [head.input[0], f"{INPUT}/starts", f"{INPUT}/ends", f"{INPUT}/axes"], [sliced], name=f"{INPUT}/Slice"))
     head.input[0] = sliced
-    _save_beside(model, path)
-
-
-def _save_beside(model: object, path: Path) -> None:
-    import onnx
-
-    large = model.ByteSize() > 1_900_000_000  # protobuf limit: weights to a side file, as optimum does
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        data = f"{path.name}_data"
-        onnx.save_model(model, tmp, save_as_external_data=large, location=data if large else None)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    save_onnx(model, path)

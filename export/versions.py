@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from typing import Sequence
 
 LIBRARIES = ("onnxformer", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
              "onnxruntime-gpu", "tokenizers", "sentence-transformers", "numpy")
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:
+    """Python's version and that of each installed distribution in ``libraries`` (absent ones are left out);
+    the benchmark report's environment block passes its own list."""
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in libraries:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -50,6 +50,7 @@ def register(family: Family) -> Family:
 register(Family("albert", ENCODER, "bert"))
 register(Family("bert", ENCODER, "bert"))
 register(Family("camembert", ENCODER, "bert", position_offset=2))
+register(Family("deberta-v2", ENCODER, "bert"))
 register(Family("distilbert", ENCODER, "bert"))
 register(Family("electra", ENCODER, "bert"))
 register(Family("mpnet", ENCODER, "bert"))

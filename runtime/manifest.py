@@ -270,7 +270,9 @@ class Generation:
         tokens = r.sub("special_tokens")
         tokens.get("eos_token_ids", lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of token ids")
         tokens.int("pad_token_id")
-        flag = lambda k: bool(r.get(k, lambda v: isinstance(v, bool), "true or false", False))
+        # Absent in manifests older than the flags: assume the graph may take the input (the runtime binds
+        # only inputs the session declares).
+        flag = lambda k: bool(r.get(k, lambda v: isinstance(v, bool), "true or false", True))
         return cls(kind, r.dict("cache"), tokens.data, r.int("max_positions", minimum=1), flag("position_ids"),
                    flag("logits_to_keep"),
                    r.rest({"kind", "cache", "special_tokens", "max_positions", "position_ids", "logits_to_keep"}))
@@ -357,7 +359,7 @@ class Manifest:
         known = {"format", "schema_version", "created", "name", "task", "architecture", "source", "opset", "inputs",
                  "outputs", "tokenizer", "generation", "postprocess", "versions", "validation", "variants"}
         return cls(
-            name=r.str("name", None) or "model", task=r.str("task"), architecture=Architecture.parse(r.sub("architecture")),
+            name=r.str("name", ""), task=r.str("task"), architecture=Architecture.parse(r.sub("architecture")),
             inputs=tensors("inputs"), outputs=tensors("outputs"),
             variants={n: Variant.parse(variants.sub(n)) for n in variants.data},
             tokenizer=TokenizerSpec.parse(r.sub("tokenizer")) if data.get("tokenizer") is not None else None,

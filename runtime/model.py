@@ -76,6 +76,14 @@ class Model:
               max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
         """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies."""
         self._require("feature-extraction", "embed")
+        return self.embed_encodings(self.tokenizer.encodings(texts, truncate=truncate), normalize, max_batch_tokens,
+                                    batch_size)
+
+    def embed_encodings(self, encodings: Sequence[Encoding], normalize: bool | None = None,
+                        max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
+        """``embed`` of texts already tokenized by ``self.tokenizer.encodings`` (the server tokenizes once: to
+        admit a request, then to run it)."""
+        self._require("feature-extraction", "embed")
         post = self.manifest.postprocess
         name = "last_hidden_state" if "last_hidden_state" in self.output_names else self.output_names[0]
         unit = normalize if normalize is not None else post.normalize
@@ -85,7 +93,7 @@ class Model:
             pooled = pool(states, feeds["attention_mask"], post.pooling or "mean")  # (B, C)
             return list(l2_normalize(pooled) if unit else pooled)
 
-        rows = self._batched(self.tokenizer.encodings(texts, truncate=truncate), batch, max_batch_tokens, batch_size)
+        rows = self._batched(list(encodings), batch, max_batch_tokens, batch_size)
         return np.stack(rows).astype(np.float32)
 
     def classify(self, texts: Sequence[str], top_k: int | None = 1, truncate: bool = False) -> list[list[dict[str, Any]]]:

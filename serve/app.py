@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from onnxformer.errors import InputError, ServingError
+from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind, kind_for_status
 from onnxformer.serve import routes_generate, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.httpio import check_api_key, error_response
@@ -52,26 +52,29 @@ async def metrics(request: Request) -> Response:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServingError)
-    async def serving_error(request: Request, e: ServingError) -> Response:
-        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
-        if e.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(request.url.path, e.status, str(e), headers)
+    """Every error becomes a kind (``onnxformer.errors.KINDS`` gives its status, headers and bodies)."""
 
-    @app.exception_handler(InputError)
-    async def input_error(request: Request, e: InputError) -> Response:  # the runtime refused the input
-        return error_response(request.url.path, 400, str(e))
+    @app.exception_handler(OnnxformerError)
+    async def library_error(request: Request, e: OnnxformerError) -> Response:
+        kind = error_kind(e)  # a ServingError's own kind; InputError (the runtime refused the input) → bad_request
+        if isinstance(e, ServingError) or KINDS[kind].status < 500:
+            return error_response(request.url.path, kind, str(e))
+        return _internal(request, e, kind)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> Response:
-        return error_response(request.url.path, 400, f"invalid request: {e.errors()[0].get('msg', 'malformed')}")
+        message = f"invalid request: {e.errors()[0].get('msg', 'malformed')}"
+        return error_response(request.url.path, ErrorKind.BAD_REQUEST, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> Response:  # 404 route, 405 method
-        return error_response(request.url.path, e.status_code, str(e.detail), e.headers)
+        return error_response(request.url.path, kind_for_status(e.status_code), str(e.detail), e.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, e: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)  # the trace stays in the server log
-        return error_response(request.url.path, 500, f"internal error ({type(e).__name__}); see the server log")
+        return _internal(request, e, ErrorKind.INTERNAL)
+
+
+def _internal(request: Request, e: Exception, kind: ErrorKind) -> Response:
+    log.exception("unhandled error on %s", request.url.path)  # the trace stays in the server log
+    return error_response(request.url.path, kind, f"internal error ({type(e).__name__}); see the server log")

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ErrorKind, ServingError
 
 log = logging.getLogger("onnxformer.serve")
 
@@ -57,7 +57,8 @@ class Scheduler:
     def admit(self, n: int) -> None:
         if self.pending + n > self.limits.max_queue:
             raise ServingError(
-                f"server busy: {self.pending} texts queued (limit {self.limits.max_queue}); retry shortly", 429)
+                f"server busy: {self.pending} texts queued (limit {self.limits.max_queue}); retry shortly",
+                ErrorKind.TOO_MANY_REQUESTS)
         self.pending += n
 
     def release(self, n: int) -> None:

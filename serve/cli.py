@@ -2,44 +2,47 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import typing
+from typing import Any
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an artifact over HTTP (KServe v2, OpenAI embeddings and completions, task endpoints)")
     p.add_argument("directory", help="artifact directory (from `onnxformer export` or `build`)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("ONNXFORMER_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $ONNXFORMER_API_KEY; none = open)")
     p.add_argument("--variant", help="variant to load (default: the runtime's choice)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
-    p.add_argument("--no-batching", action="store_true", help="run each request alone (no dynamic batching)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="texts merged into one model call")
-    p.add_argument("--max-batch-tokens", type=int, default=256,
-                   help="padded tokens per ONNX Runtime batch (merged texts are length-sorted under it)")
-    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a batch waits to fill while the model is busy with other work")
-    p.add_argument("--max-queue", type=int, default=1024, help="queued texts before 429")
-    p.add_argument("--max-texts", type=int, default=64, help="texts per request before 413")
-    p.add_argument("--max-tokens-per-text", type=int, help="tokens per text before 422 (default: model limit)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation: max_tokens per completion before 422")
-    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size before 413")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
-    p.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests on stop")
+    add_config_flags(p)
     p.set_defaults(func=run_serve)
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ServeConfig field: its flag name, default and help come from the field."""
+    from onnxformer.serve.config import ServeConfig  # dataclasses only: cheap to import
+
+    hints = typing.get_type_hints(ServeConfig)
+    for f in dataclasses.fields(ServeConfig):
+        flag, meta, kind = ServeConfig.flag(f.name), f.metadata, _scalar(hints[f.name])
+        if kind is bool:  # a switch that flips the default
+            p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", help=meta["help"])
+            continue
+        default = os.environ.get(meta["env"], f.default) if meta["env"] else f.default
+        p.add_argument(flag, dest=f.name, type=kind, default=default, help=meta["help"],
+                       metavar=flag.removeprefix("--").replace("-", "_").upper())
+
+
+def _scalar(hint: Any) -> Any:
+    """``int | None`` → int."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from onnxformer.serve.config import ServeConfig
     from onnxformer.serve.server import serve
 
-    config = ServeConfig(
-        host=args.host, port=args.port, api_key=args.api_key, batching=not args.no_batching,
-        max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens, max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue, max_texts=args.max_texts, max_tokens_per_text=args.max_tokens_per_text,
-        max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout,
-        graceful_s=args.graceful_timeout,
-    )
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     serve(args.directory, config, variant=args.variant, threads=args.threads)
     return 0
 

@@ -1,45 +1,61 @@
-"""Server options: every limit has a safe default and is checked once, before the server starts."""
+"""Server options: every limit is declared once here — default, CLI flag and help — and checked once, before
+the server starts. ``onnxformer serve``'s flags are generated from these fields (serve/cli.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from onnxformer.errors import ServingError
 
 
+def option(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:
+    """A config field with its CLI flag (default ``--field-name``; a bool that defaults to True gets
+    ``--no-...``), help text, and the environment variable that gives the CLI default (not the field's)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "env": env})
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "127.0.0.1"  # loopback unless the user opts in to exposure
-    port: int = 8000
-    api_key: str | None = None
-    batching: bool = True  # merge concurrent requests into one model call
-    max_batch_size: int = 32  # texts merged into one model call
-    # padded tokens per ONNX Runtime batch: the runtime sorts merged texts by length and cuts batches under
-    # it; small batches of similar length beat one big padded batch on CPU (cache-sized activations)
-    max_batch_tokens: int = 256
-    max_delay_ms: float = 2.0  # while the worker is busy with other work, how long a batch waits to fill
-    max_queue: int = 1024  # texts admitted but not yet running, plus generations in flight; beyond → 429
-    max_texts: int = 64  # texts per request; beyond → 413
-    max_tokens_per_text: int | None = None  # None: the model's own limit; beyond → 422
-    max_new_tokens: int = 512  # generation: tokens one completion may ask for; beyond → 422
-    max_body_bytes: int = 4 << 20  # request body; beyond → 413
-    timeout_s: float = 30.0  # per request, queue wait included; beyond → 504
-    graceful_s: float = 30.0  # shutdown waits this long for in-flight requests
+    host: str = option("127.0.0.1", "bind address (default loopback; 0.0.0.0 exposes it)")
+    port: int = option(8000, "TCP port to listen on")
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' "
+                                       "(default: $ONNXFORMER_API_KEY; none = open)", env="ONNXFORMER_API_KEY")
+    batching: bool = option(True, "run each request alone (no dynamic batching)", flag="--no-batching")
+    max_batch_size: int = option(32, "texts merged into one model call")
+    # the runtime sorts merged texts by length and cuts batches under it; small batches of similar length beat
+    # one big padded batch on CPU (cache-sized activations)
+    max_batch_tokens: int = option(
+        256, "padded tokens per ONNX Runtime batch (merged texts are length-sorted under it)")
+    max_delay_ms: float = option(2.0, "how long a batch waits to fill while the model is busy with other work")
+    max_queue: int = option(1024, "queued texts (plus generations in flight) before 429")
+    max_texts: int = option(64, "texts per request before 413")
+    max_tokens_per_text: int | None = option(None, "tokens per text before 422 (default: model limit)")
+    max_new_tokens: int = option(512, "generation: max_tokens per completion before 422")
+    max_body_bytes: int = option(4 << 20, "request body size before 413")
+    timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
+    graceful_s: float = option(30.0, "seconds to finish in-flight requests on stop", flag="--graceful-timeout")
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The CLI flag of field ``name`` (what error messages tell the user to change)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        if f.metadata.get("flag"):
+            return f.metadata["flag"]
+        return "--" + name.replace("_", "-")
 
     def check(self) -> "ServeConfig":
-        positive = {
-            "--port": self.port, "--max-batch-size": self.max_batch_size, "--max-batch-tokens": self.max_batch_tokens,
-            "--max-queue": self.max_queue, "--max-texts": self.max_texts, "--max-body-bytes": self.max_body_bytes,
-            "--timeout": self.timeout_s, "--max-new-tokens": self.max_new_tokens,
-        }
-        for flag, value in positive.items():
+        positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
+                    "timeout_s", "max_new_tokens")
+        for name in positive:
+            value = getattr(self, name)
             if value <= 0:
-                raise ServingError(f"{flag} must be > 0 (got {value})")
+                raise ServingError(f"{self.flag(name)} must be > 0 (got {value})")
         if self.max_delay_ms < 0 or self.graceful_s < 0:
-            raise ServingError("--max-delay-ms and --graceful-timeout must be >= 0")
+            raise ServingError(f"{self.flag('max_delay_ms')} and {self.flag('graceful_s')} must be >= 0")
         if self.max_tokens_per_text is not None and self.max_tokens_per_text <= 0:
-            raise ServingError(f"--max-tokens-per-text must be > 0 (got {self.max_tokens_per_text})")
+            raise ServingError(f"{self.flag('max_tokens_per_text')} must be > 0 (got {self.max_tokens_per_text})")
         if self.port > 65535:
-            raise ServingError(f"--port must be <= 65535 (got {self.port})")
+            raise ServingError(f"{self.flag('port')} must be <= 65535 (got {self.port})")
         if self.api_key is not None and len(self.api_key) < 8:
-            raise ServingError("--api-key must be at least 8 characters; use a random secret")
+            raise ServingError(f"{self.flag('api_key')} must be at least 8 characters; use a random secret")
         return self

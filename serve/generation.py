@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.runtime.generation import Generator, Run
 from onnxformer.serve.batching import Scheduler
 from onnxformer.serve.config import ServeConfig
@@ -43,28 +43,33 @@ class GenerationService:
 
     def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler):
         self.generator, self.config, self.scheduler = generator, config, scheduler
-        self.name: str = generator.manifest.get("name") or generator.directory.name
-        self.task: str = generator.manifest["task"]
+        self.name: str = generator.manifest.name or generator.directory.name
+        self.task: str = generator.manifest.task
 
     def start(self, req: CompletionRequest) -> Run:
         """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts)."""
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
-            raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', 400)
+            raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', ErrorKind.BAD_REQUEST)
         if req.n != 1:
-            raise ServingError(f"n={req.n} is not supported; send n=1 (repeat the request with seeds instead)", 400)
+            raise ServingError(f"n={req.n} is not supported; send n=1 (repeat the request with seeds instead)",
+                               ErrorKind.BAD_REQUEST)
         if req.stream and len(prompts) != 1:
-            raise ServingError(f"stream=true takes one prompt, got {len(prompts)}; send one request per prompt", 400)
+            raise ServingError(f"stream=true takes one prompt, got {len(prompts)}; send one request per prompt",
+                               ErrorKind.BAD_REQUEST)
         if len(prompts) > self.config.max_texts:
-            raise ServingError(f"{len(prompts)} prompts in one request; the limit is {self.config.max_texts}", 413)
+            raise ServingError(f"{len(prompts)} prompts in one request; the limit is {self.config.max_texts}",
+                               ErrorKind.PAYLOAD_TOO_LARGE)
         if req.max_tokens > self.config.max_new_tokens:
             raise ServingError(f"max_tokens={req.max_tokens} is over this server's limit of "
-                               f"{self.config.max_new_tokens} (--max-new-tokens)", 422)
+                               f"{self.config.max_new_tokens} ({ServeConfig.flag('max_new_tokens')})",
+                               ErrorKind.UNPROCESSABLE)
         run = self.generator.start(prompts, req.max_tokens, **req.options())  # InputError → 400
         limit = self.config.max_tokens_per_text
         for i, n in enumerate(run.prompt_tokens):
             if limit is not None and n > limit:
-                raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)", 422)
+                raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)",
+                                   ErrorKind.UNPROCESSABLE)
         return run
 
     def admit(self) -> "Slot":

@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import KINDS, ErrorKind, ServingError
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -19,14 +19,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) anything over ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ServingError(f"request body is {declared} bytes; the limit is {limit}", 413)
+        raise ServingError(f"request body is {declared} bytes; the limit is {limit}", ErrorKind.PAYLOAD_TOO_LARGE)
     if request.headers.get("content-encoding", "identity") != "identity":
-        raise ServingError("compressed request bodies are not accepted; send them uncompressed", 415)
+        raise ServingError("compressed request bodies are not accepted; send them uncompressed",
+                           ErrorKind.UNSUPPORTED_MEDIA_TYPE)
     chunks, size = [], 0
     async for chunk in request.stream():  # chunked uploads carry no content-length: count as we go
         size += len(chunk)
         if size > limit:
-            raise ServingError(f"request body exceeds the limit of {limit} bytes", 413)
+            raise ServingError(f"request body exceeds the limit of {limit} bytes", ErrorKind.PAYLOAD_TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -38,7 +39,7 @@ def parse_json(body: bytes, schema: type[M]) -> M:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        raise ServingError(f"invalid request ({where}: {err['msg']})", 400) from None
+        raise ServingError(f"invalid request ({where}: {err['msg']})", ErrorKind.BAD_REQUEST) from None
 
 
 def check_api_key(request: Request, expected: str | None) -> None:
@@ -47,7 +48,7 @@ def check_api_key(request: Request, expected: str | None) -> None:
     auth = request.headers.get("authorization", "")
     given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ServingError("missing or wrong API key: send 'Authorization: Bearer <key>'", 401)
+        raise ServingError("missing or wrong API key: send 'Authorization: Bearer <key>'", ErrorKind.UNAUTHORIZED)
 
 
 async def within(seconds: float, work: Awaitable[T]) -> T:
@@ -55,17 +56,18 @@ async def within(seconds: float, work: Awaitable[T]) -> T:
     try:
         return await asyncio.wait_for(work, seconds)
     except asyncio.TimeoutError:
-        raise ServingError(f"request timed out after {seconds:g}s; retry, or raise --timeout", 504) from None
+        raise ServingError(f"request timed out after {seconds:g}s; retry, or raise --timeout",
+                           ErrorKind.TIMEOUT) from None
 
 
-def error_response(path: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """KServe's ``{"error": msg}``; the OpenAI-style routes get OpenAI's error object."""
-    body: dict[str, Any] = {"error": message}
-    if path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": _openai_type(status), "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def error_response(path: str, kind: ErrorKind, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one rendering of an error: status and headers from the kind's row in ``KINDS``; KServe's
+    ``{"error": msg}``, or OpenAI's error object on the OpenAI-style ``/v1/`` routes."""
+    body = openai_error(kind, message) if path.startswith("/v1/") else {"error": message}
+    return JSONResponse(body, status_code=KINDS[kind].status, headers={**dict(KINDS[kind].headers), **(headers or {})})
 
 
-def _openai_type(status: int) -> str:
-    return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error")
+def openai_error(kind: ErrorKind, message: str) -> dict[str, Any]:
+    """OpenAI's ``{"error": {"message", "type", "code"}}`` (also the error event of a completion stream)."""
+    info = KINDS[kind]
+    return {"error": {"message": message, "type": info.openai_type, "code": info.status}}

@@ -13,16 +13,13 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ErrorKind, ServingError
+from onnxformer.runtime.dtypes import DTYPES, from_v2
+from onnxformer.runtime.manifest import TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}
-NP_TO_V2 = {np.dtype(v).name: k for k, v in DTYPES.items() if k != "BYTES"}
-ONNX_TO_V2 = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float16": "FP16", "bool": "BOOL"}
+BYTES = "BYTES"  # v2's string tensor (UTF-8 text): the one datatype that is not a graph dtype (runtime/dtypes)
+DATATYPES = sorted([d.v2 for d in DTYPES.values()] + [BYTES])
 
 
 @dataclass
@@ -46,17 +43,18 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     try:
         doc = json.loads(header)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ServingError(f"request body is not valid JSON ({e})", 400) from None
+        raise ServingError(f"request body is not valid JSON ({e})", ErrorKind.BAD_REQUEST) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise ServingError('request must be a JSON object with a non-empty "inputs" list', 400)
+        raise ServingError('request must be a JSON object with a non-empty "inputs" list', ErrorKind.BAD_REQUEST)
     offset, inputs = 0, {}
     for spec in doc["inputs"]:
         tensor, offset = _parse_tensor(spec, blob, offset)
         if tensor.name in inputs:
-            raise ServingError(f"input {tensor.name!r} appears twice", 400)
+            raise ServingError(f"input {tensor.name!r} appears twice", ErrorKind.BAD_REQUEST)
         inputs[tensor.name] = tensor
     if offset != len(blob):
-        raise ServingError(f"{len(blob) - offset} bytes of binary data are not claimed by any input", 400)
+        raise ServingError(f"{len(blob) - offset} bytes of binary data are not claimed by any input",
+                           ErrorKind.BAD_REQUEST)
     outputs, binary = _requested_outputs(doc)
     return InferRequest(doc.get("id") if isinstance(doc.get("id"), str) else None, inputs, outputs, binary)
 
@@ -67,62 +65,69 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     try:
         n = int(header_length)
     except ValueError:
-        raise ServingError(f"{HEADER_LENGTH} must be an integer (got {header_length!r})", 400) from None
+        raise ServingError(f"{HEADER_LENGTH} must be an integer (got {header_length!r})",
+                           ErrorKind.BAD_REQUEST) from None
     if not 0 < n <= len(body):
-        raise ServingError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body", 400)
+        raise ServingError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body", ErrorKind.BAD_REQUEST)
     return body[:n], body[n:]
 
 
 def _parse_tensor(spec: Any, blob: bytes, offset: int) -> tuple[Tensor, int]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ServingError('each input needs a "name", "datatype" and "shape"', 400)
+        raise ServingError('each input needs a "name", "datatype" and "shape"', ErrorKind.BAD_REQUEST)
     name, datatype, shape = spec["name"], spec.get("datatype"), spec.get("shape")
-    if datatype not in DTYPES:
-        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {sorted(DTYPES)}", 400)
+    if datatype != BYTES and (not isinstance(datatype, str) or from_v2(datatype) is None):
+        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
+                           ErrorKind.BAD_REQUEST)
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})", 400)
+        raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})",
+                           ErrorKind.BAD_REQUEST)
     size = (spec.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(blob):
-            raise ServingError(f"input {name!r}: binary_data_size {size!r} runs past the request body", 400)
+            raise ServingError(f"input {name!r}: binary_data_size {size!r} runs past the request body",
+                               ErrorKind.BAD_REQUEST)
         flat = _from_binary(name, datatype, blob[offset:offset + size])
         offset += size
     elif "data" in spec:
         flat = _from_json(name, datatype, spec["data"])
     else:
-        raise ServingError(f"input {name!r} has neither \"data\" nor binary data", 400)
+        raise ServingError(f"input {name!r} has neither \"data\" nor binary data", ErrorKind.BAD_REQUEST)
     count = int(np.prod(shape)) if shape else 1
     if flat.size != count:
-        raise ServingError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}", 400)
+        raise ServingError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}",
+                           ErrorKind.BAD_REQUEST)
     return Tensor(name, datatype, shape, flat.reshape(shape)), offset
 
 
 def _from_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
     try:
-        if datatype == "BYTES":
+        if datatype == BYTES:
             return deserialize_bytes_tensor(raw) if raw else np.empty(0, dtype=np.object_)
-        return np.frombuffer(raw, dtype=DTYPES[datatype])
+        return np.frombuffer(raw, dtype=from_v2(datatype).numpy)
     except Exception as e:  # any decoding failure is the client's malformed payload
-        raise ServingError(f"input {name!r}: binary data is not valid {datatype} ({e})", 400) from None
+        raise ServingError(f"input {name!r}: binary data is not valid {datatype} ({e})",
+                           ErrorKind.BAD_REQUEST) from None
 
 
 def _from_json(name: str, datatype: str, data: Any) -> np.ndarray:
     flat = np.array(data, dtype=object).ravel() if isinstance(data, list) else np.array([data], dtype=object)
-    if datatype == "BYTES":
+    if datatype == BYTES:
         if not all(isinstance(v, str) for v in flat):
-            raise ServingError(f"input {name!r}: BYTES data must be strings", 400)
+            raise ServingError(f"input {name!r}: BYTES data must be strings", ErrorKind.BAD_REQUEST)
         return flat
-    kind = np.dtype(DTYPES[datatype]).kind
+    target = from_v2(datatype).numpy
+    kind = np.dtype(target).kind
     ok = (lambda v: isinstance(v, bool)) if kind == "b" else (
         (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind in "iu" else
         (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)))
     if not all(ok(v) for v in flat):
-        raise ServingError(f"input {name!r}: data does not match datatype {datatype}", 400)
+        raise ServingError(f"input {name!r}: data does not match datatype {datatype}", ErrorKind.BAD_REQUEST)
     try:
-        return flat.astype(DTYPES[datatype])
+        return flat.astype(target)
     except (OverflowError, ValueError) as e:
-        raise ServingError(f"input {name!r}: data does not fit {datatype} ({e})", 400) from None
+        raise ServingError(f"input {name!r}: data does not fit {datatype} ({e})", ErrorKind.BAD_REQUEST) from None
 
 
 def _requested_outputs(doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
@@ -131,7 +136,7 @@ def _requested_outputs(doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]
     if specs is None:
         return None, {"*"} if all_binary else set()
     if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
-        raise ServingError('"outputs" must be a list of {"name": ...} objects', 400)
+        raise ServingError('"outputs" must be a list of {"name": ...} objects', ErrorKind.BAD_REQUEST)
     binary = {s["name"] for s in specs if (s.get("parameters") or {}).get("binary_data", all_binary)}
     return [s["name"] for s in specs], binary
 
@@ -139,14 +144,15 @@ def _requested_outputs(doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]
 def text_input(req: InferRequest, name: str) -> list[str]:
     """The BYTES text input as a list of str: shape [N] or [N, 1]."""
     t = req.inputs[name]
-    if t.datatype != "BYTES":
-        raise ServingError(f"input {name!r} must be BYTES (UTF-8 text), got {t.datatype}", 400)
+    if t.datatype != BYTES:
+        raise ServingError(f"input {name!r} must be BYTES (UTF-8 text), got {t.datatype}", ErrorKind.BAD_REQUEST)
     if not (len(t.shape) == 1 or (len(t.shape) == 2 and t.shape[1] == 1)) or t.shape[0] == 0:
-        raise ServingError(f"input {name!r} must have shape [N] or [N, 1] with N >= 1, got {t.shape}", 400)
+        raise ServingError(f"input {name!r} must have shape [N] or [N, 1] with N >= 1, got {t.shape}",
+                           ErrorKind.BAD_REQUEST)
     try:
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in t.array.ravel()]
     except UnicodeDecodeError:
-        raise ServingError(f"input {name!r} is not valid UTF-8", 400) from None
+        raise ServingError(f"input {name!r} is not valid UTF-8", ErrorKind.BAD_REQUEST) from None
 
 
 def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
@@ -154,11 +160,11 @@ def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray
     names = req.outputs if req.outputs is not None else list(outputs)
     unknown = [n for n in names if n not in outputs]
     if unknown:
-        raise ServingError(f"unknown output(s) {unknown}; this request yields {sorted(outputs)}", 400)
+        raise ServingError(f"unknown output(s) {unknown}; this request yields {sorted(outputs)}", ErrorKind.BAD_REQUEST)
     specs, blobs = [], []
     for name in names:
         arr = np.ascontiguousarray(outputs[name])
-        spec: dict[str, Any] = {"name": name, "datatype": _v2_dtype(arr), "shape": list(arr.shape)}
+        spec: dict[str, Any] = {"name": name, "datatype": _v2_dtype(name, arr), "shape": list(arr.shape)}
         if name in req.binary_outputs or "*" in req.binary_outputs:
             raw = _to_binary(arr)
             spec["parameters"] = {"binary_data_size": len(raw)}
@@ -175,8 +181,13 @@ def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray
     return header + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
 
 
-def _v2_dtype(arr: np.ndarray) -> str:
-    return "BYTES" if arr.dtype == np.object_ else NP_TO_V2[arr.dtype.name]
+def _v2_dtype(name: str, arr: np.ndarray) -> str:
+    if arr.dtype == np.object_:
+        return BYTES
+    if arr.dtype.name not in DTYPES:
+        raise ServingError(f"output {name!r} has dtype {arr.dtype.name}, which KServe v2 cannot name",
+                           ErrorKind.INTERNAL)
+    return DTYPES[arr.dtype.name].v2
 
 
 def _to_binary(arr: np.ndarray) -> bytes:
@@ -186,7 +197,12 @@ def _to_binary(arr: np.ndarray) -> bytes:
     return arr.tobytes()
 
 
-def tensor_metadata(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def tensor_metadata(specs: list[TensorSpec]) -> list[dict[str, Any]]:
     """Manifest inputs/outputs → v2 metadata (dynamic dims as -1)."""
-    return [{"name": s["name"], "datatype": ONNX_TO_V2.get(s["dtype"], s["dtype"].upper()),
-             "shape": [d if isinstance(d, int) else -1 for d in s["shape"]]} for s in specs]
+    return [{"name": s.name, "datatype": v2_datatype(s.dtype),
+             "shape": [d if isinstance(d, int) else -1 for d in s.shape]} for s in specs]
+
+
+def v2_datatype(dtype: str) -> str:
+    """The v2 datatype of a manifest dtype (a dtype we do not know keeps its own name, upper-cased)."""
+    return DTYPES[dtype].v2 if dtype in DTYPES else dtype.upper()

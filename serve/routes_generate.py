@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from onnxformer.errors import ErrorKind
 from onnxformer.runtime.generation import Run
 from onnxformer.serve.generation import CompletionRequest, GenerationService, Slot
-from onnxformer.serve.httpio import parse_json, read_body, within
+from onnxformer.serve.httpio import openai_error, parse_json, read_body, within
 from onnxformer.serve.state import server_state
 
 router = APIRouter()
@@ -57,7 +58,7 @@ async def _events(service: GenerationService, run: Run, reply: "_Reply", deadlin
                 more = await asyncio.wait_for(service.advance(run), max(deadline - time.monotonic(), 0.001))
             except asyncio.TimeoutError:
                 message = "request timed out; lower max_tokens, or raise --timeout"
-                yield _sse({"error": {"message": message, "type": "server_error", "code": 504}})
+                yield _sse(openai_error(ErrorKind.TIMEOUT, message))
                 return
             if not more:
                 break

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonable_encoder walks every float
 from pydantic import BaseModel, ConfigDict, Field
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.serve.httpio import parse_json, read_body, within
 from onnxformer.serve.state import ServerState, server_state
 
@@ -54,7 +54,8 @@ async def embeddings(request: Request) -> JSONResponse:
     texts = [req.input] if isinstance(req.input, str) else req.input
     vectors, tokens = await within(state.config.timeout_s, service.embed(texts))
     if req.dimensions is not None and req.dimensions != vectors.shape[1]:
-        raise ServingError(f"dimensions={req.dimensions} is not available; this model gives {vectors.shape[1]}", 400)
+        raise ServingError(f"dimensions={req.dimensions} is not available; this model gives {vectors.shape[1]}",
+                           ErrorKind.BAD_REQUEST)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return JSONResponse({"object": "list", "data": data, "model": service.name,
@@ -83,7 +84,7 @@ async def answer(request: Request) -> JSONResponse:
     service = state.model_service("/v1/answer")
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
-        raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', 400)
+        raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', ErrorKind.BAD_REQUEST)
     results = await within(state.config.timeout_s, service.answer(pairs))
     return JSONResponse({"model": service.name, "results": results})
 

@@ -9,7 +9,8 @@ import uvicorn
 from onnxformer.progress import console
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.manifest import load_manifest
+from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.tasks import get_task
 from onnxformer.serve.app import create_app
 from onnxformer.serve.config import ServeConfig
 
@@ -30,12 +31,12 @@ def serve(directory: str | Path, config: ServeConfig, variant: str | None = None
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", config.host)
     kwargs = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
-    if "generation" in load_manifest(Path(directory)):  # decoders and seq2seq: /v1/completions
+    if get_task(Manifest.load(directory).task).generative:  # decoders and seq2seq: /v1/completions
         model: Model | Generator = Generator.load(directory, **kwargs)
     else:
         model = Model.load(directory, max_batch_tokens=config.max_batch_tokens,
                            max_batch_size=config.max_batch_size, **kwargs)
     app = create_app(lambda: model, config)
-    name = model.manifest.get("name")
-    console.print(f"serving {name} ({model.manifest['task']}, {model.variant}) on http://{config.host}:{config.port}")
+    m = model.manifest
+    console.print(f"serving {m.name} ({m.task}, {model.variant}) on http://{config.host}:{config.port}")
     uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken

@@ -6,9 +6,12 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from tokenizers import Encoding
 
-from onnxformer.errors import InputError, ServingError
+from onnxformer.errors import ErrorKind, InputError, ServingError
 from onnxformer.runtime import Model
+from onnxformer.runtime.tasks import TASKS, get_task
 from onnxformer.runtime.tokenizer import check_texts
 from onnxformer.serve.batching import Scheduler
 from onnxformer.serve.config import ServeConfig
@@ -21,36 +24,37 @@ class ModelService:
         self.model = model
         self.config = config
         self.scheduler = scheduler
-        self.name: str = model.manifest.get("name") or model.directory.name
+        self.name: str = model.manifest.name or model.directory.name
         self.task = model.task
-        model_limit = model.tokenizer.max_length
-        self.max_tokens = min(config.max_tokens_per_text or model_limit, model_limit)
+        self.spec = get_task(model.task)  # the registry's entry: endpoints, text outputs, tokenizer
+        limit = model.manifest.max_length  # None: no tokenizer (raw), only --max-tokens-per-text applies
+        self.max_tokens: int | None = (min(config.max_tokens_per_text or limit, limit) if limit is not None
+                                       else config.max_tokens_per_text)
 
     # --- operations --------------------------------------------------------------------------------
     async def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """(N, C) float32 embeddings and the number of tokens they cost."""
-        self.require("feature-extraction", "embed", "/v1/embeddings")
-        lengths = await self.admit_texts(texts)
-        lane = self.scheduler.lane("embed", lambda chunk: list(self.model.embed(chunk)))
-        vectors = await lane.submit(list(texts))
-        return np.stack(vectors).astype(np.float32), sum(lengths)
+        self.require("/v1/embeddings")
+        encodings = await self.admit_texts(texts)
+        lane = self.scheduler.lane("embed", lambda chunk: list(self.model.embed_encodings(chunk)))
+        vectors = await lane.submit(encodings)  # tokenized once, at admission
+        return np.stack(vectors).astype(np.float32), sum(len(e.ids) for e in encodings)
 
     async def logits(self, texts: Sequence[str]) -> np.ndarray:
         """(N, L) classification logits, for the KServe text input of a text-classification model."""
-        self.require("text-classification", None, "text input")
-        await self.admit_texts(texts)
+        encodings = await self.admit_texts(texts)
         lane = self.scheduler.lane("logits", self._run_logits)
-        return np.stack(await lane.submit(list(texts))).astype(np.float32)
+        return np.stack(await lane.submit(encodings)).astype(np.float32)
 
     async def classify(self, texts: Sequence[str], top_k: int | None) -> list[Any]:
-        self.require("text-classification", "classify", "/v1/classify")
+        self.require("/v1/classify")
         await self.admit_texts(texts)
         kwargs = {} if top_k is None else {"top_k": top_k}
         lane = self.scheduler.lane(f"classify:{top_k}", lambda chunk: self.model.classify(chunk, **kwargs))
         return jsonable(await lane.submit(list(texts)))
 
     async def tag(self, texts: Sequence[str], aggregation: str | None) -> list[Any]:
-        self.require("token-classification", "tag", "/v1/tag")
+        self.require("/v1/tag")
         await self.admit_texts(texts)
         kwargs = {} if aggregation is None else {"aggregation": aggregation}
         lane = self.scheduler.lane(f"tag:{aggregation}", lambda chunk: self.model.tag(chunk, **kwargs))
@@ -58,7 +62,7 @@ class ModelService:
 
     async def answer(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """QA: long contexts are split by the runtime, so only the question is held to the token limit."""
-        self.require("question-answering", "answer", "/v1/answer")
+        self.require("/v1/answer")
         self.check_count(len(pairs))
         await self.admit_texts([q for q, _ in pairs])
         check_texts([c for _, c in pairs])
@@ -67,38 +71,58 @@ class ModelService:
 
     async def run_raw(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors: shapes differ per request, so these are never merged (no padding semantics to guess)."""
-        lane = self.scheduler.lane("raw", lambda chunk: [self.model.run(f) for f in chunk], mergeable=False)
+        lane = self.scheduler.lane("raw", lambda chunk: [self._run(f) for f in chunk], mergeable=False)
         return (await lane.submit([feeds]))[0]
 
     # --- guards ------------------------------------------------------------------------------------
-    def require(self, task: str, method: str | None, endpoint: str) -> None:
-        if self.task != task:
-            raise ServingError(f"{endpoint} needs a {task} model; {self.name!r} is {self.task}", 400)
-        if method and not callable(getattr(self.model, method, None)):
-            raise ServingError(f"this onnxformer runtime has no Model.{method}(); upgrade onnxformer", 501)
+    def require(self, endpoint: str) -> None:
+        """``endpoint`` must be one the registry lists for this model's task."""
+        if endpoint not in self.spec.endpoints:
+            serves = " or ".join(n for n, t in TASKS.items() if endpoint in t.endpoints)
+            raise ServingError(f"{endpoint} needs a {serves} model; {self.name!r} is {self.task}",
+                               ErrorKind.BAD_REQUEST)
 
-    def check_count(self, n: int) -> None:
+    def check_count(self, n: int, what: str = "texts") -> None:
         if n > self.config.max_texts:
-            raise ServingError(f"{n} texts in one request; the limit is {self.config.max_texts} (split it)", 413)
+            raise ServingError(f"{n} {what} in one request; the limit is {self.config.max_texts} (split it)",
+                               ErrorKind.PAYLOAD_TOO_LARGE)
 
-    async def admit_texts(self, texts: Sequence[str]) -> list[int]:
-        """Check count, types and token length; returns each text's token count."""
+    async def admit_texts(self, texts: Sequence[str]) -> list[Encoding]:
+        """Check count, types and token length; returns the texts' encodings (the model runs these)."""
         if isinstance(texts, (list, tuple)):
             self.check_count(len(texts))
         try:
             check_texts(texts)
         except InputError as e:
-            raise ServingError(str(e), 400) from None
+            raise ServingError(str(e), ErrorKind.BAD_REQUEST) from None
         # tokenizing a few dozen long texts takes milliseconds: keep it off the event loop too
-        lengths = await asyncio.to_thread(self.model.tokenizer.count_tokens, list(texts))
-        for i, n in enumerate(lengths):
-            if n > self.max_tokens:
-                raise ServingError(f"text {i} has {n} tokens; the limit is {self.max_tokens} (shorten it)", 422)
-        return lengths
+        return await asyncio.to_thread(self._tokenize, list(texts))
 
-    def _run_logits(self, chunk: list[str]) -> list[np.ndarray]:
-        batch = self.model.tokenizer.encode(chunk)
-        return list(self.model.run(batch.feeds)["logits"])
+    def _tokenize(self, texts: list[str]) -> list[Encoding]:
+        tokenizer = self.model.tokenizer
+        try:
+            encodings = tokenizer.encodings(texts)
+        except InputError:  # a text over the model's own limit (the texts passed check_texts): 422 below
+            self._check_lengths(tokenizer.count_tokens(texts))
+            raise
+        self._check_lengths([len(e.ids) for e in encodings])
+        return encodings
+
+    def _check_lengths(self, lengths: list[int]) -> None:
+        for i, n in enumerate(lengths):
+            if self.max_tokens is not None and n > self.max_tokens:
+                raise ServingError(f"text {i} has {n} tokens; the limit is {self.max_tokens} (shorten it)",
+                                   ErrorKind.UNPROCESSABLE)
+
+    def _run_logits(self, chunk: list[Encoding]) -> list[np.ndarray]:
+        return list(self.model.run(self.model.tokenizer.pad(chunk))["logits"])
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.model.run(feeds)
+        except InvalidArgument as e:  # ONNX Runtime refused the tensors (a dim the manifest leaves open)
+            raise ServingError(f"the model refused these tensors: {str(e).splitlines()[0]}",
+                               ErrorKind.BAD_REQUEST) from None
 
 
 def jsonable(obj: Any) -> Any:

@@ -7,13 +7,15 @@ from typing import Callable, Union
 
 from fastapi import Request
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
+from onnxformer.runtime.tasks import tasks_where
 from onnxformer.serve.batching import BatchLimits, Scheduler
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.metrics import Metrics
+from onnxformer.serve.raw import zero_feeds
 from onnxformer.serve.service import ModelService
 
 Loaded = Union[Model, Generator]  # an encoder artifact or a generative one
@@ -65,36 +67,41 @@ class ServerState:
 
     def require_service(self, name: str | None = None) -> Service:
         if self.load_error is not None:
-            raise ServingError(f"the model failed to load ({self.load_error}); see the server log", 503)
+            raise ServingError(f"the model failed to load ({self.load_error}); see the server log",
+                               ErrorKind.UNAVAILABLE)
         if self.draining:
-            raise ServingError("server is shutting down; retry on another replica", 503)
+            raise ServingError("server is shutting down; retry on another replica", ErrorKind.UNAVAILABLE)
         if self.service is None:
-            raise ServingError("model is still loading; retry when /v2/health/ready returns 200", 503)
+            raise ServingError("model is still loading; retry when /v2/health/ready returns 200", ErrorKind.UNAVAILABLE)
         if name is not None and name != self.service.name:
-            raise ServingError(f"unknown model {name!r}; this server serves {self.service.name!r}", 404)
+            raise ServingError(f"unknown model {name!r}; this server serves {self.service.name!r}", ErrorKind.NOT_FOUND)
         return self.service
 
     def model_service(self, endpoint: str, name: str | None = None) -> ModelService:
         service = self.require_service(name)
         if not isinstance(service, ModelService):
             raise ServingError(f"{endpoint} serves encoder models; {service.name!r} is {service.task}: "
-                               "use /v1/completions", 400)
+                               "use /v1/completions", ErrorKind.BAD_REQUEST)
         return service
 
     def generation_service(self, endpoint: str, name: str | None = None) -> GenerationService:
         service = self.require_service(name)
         if not isinstance(service, GenerationService):
-            raise ServingError(f"{endpoint} needs a text-generation or text2text-generation model; "
-                               f"{service.name!r} is {service.task}", 400)
+            tasks = " or ".join(tasks_where(generative=True))
+            raise ServingError(f"{endpoint} needs a {tasks} model; {service.name!r} is {service.task}",
+                               ErrorKind.BAD_REQUEST)
         return service
 
 
 def warm_up(model: Loaded) -> None:
-    """One tiny call so the first user request does not pay ONNX Runtime's lazy initialisation."""
+    """One tiny call so the first user request does not pay ONNX Runtime's lazy initialisation: a short text,
+    or (no tokenizer: a raw model) zeros of the declared inputs."""
     if isinstance(model, Generator):
         model.generate("warm up", max_new_tokens=2)
-    else:
+    elif model.tokenizer is not None:
         model.run(model.tokenizer.encode(["warm up"]).feeds)
+    else:
+        model.run(zero_feeds(model.manifest.inputs))
 
 
 def server_state(request: Request) -> ServerState:

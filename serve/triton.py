@@ -18,13 +18,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from onnxformer.errors import ServingError
+from onnxformer.runtime.dtypes import DTYPES
 from onnxformer.runtime.files import atomic_write_bytes, confined
-from onnxformer.runtime.manifest import load_manifest, verify_variant
+from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
+from onnxformer.runtime.providers import profile_options, shape_profile
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
-ONNX_TO_TRITON = {"int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32, "float32": mc.TYPE_FP32, "float16": mc.TYPE_FP16,
-                  "bool": mc.TYPE_BOOL, "int8": mc.TYPE_INT8, "uint8": mc.TYPE_UINT8}
 WORKSPACE_BYTES = 1 << 30
 
 
@@ -56,16 +56,16 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     """Write the model into the repository; returns ``repo/<name>``."""
     options.check()
     directory, repo = Path(directory), Path(repo)
-    manifest = load_manifest(directory)
+    manifest = Manifest.load(directory)
     verify_variant(directory, manifest, options.variant)  # never ship a file that fails its sha256
-    name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.get("name") or directory.name)
+    name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name or directory.name)
     target = repo / name
     if target.exists() and not options.overwrite:
         raise ServingError(f"{target} already exists; pass --overwrite to replace it")
     config = model_config(manifest, name, options)
     text = text_format.MessageToString(config)
     parse_config(text)  # the schema check: what Triton will read must parse back
-    _copy_variant(directory, manifest["variants"][options.variant], target / "1")
+    _copy_variant(directory, manifest.variant(options.variant), target / "1")
     atomic_write_bytes(target / "config.pbtxt", text.encode())
     return target
 
@@ -77,10 +77,10 @@ def parse_config(text: str) -> mc.ModelConfig:
         raise ServingError(f"generated config.pbtxt does not parse as a Triton ModelConfig: {e}") from None
 
 
-def model_config(manifest: dict[str, Any], name: str, options: TritonOptions) -> mc.ModelConfig:
+def model_config(manifest: Manifest, name: str, options: TritonOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
-    config.input.extend(_tensor(s, mc.ModelInput) for s in manifest["inputs"])
-    config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest["outputs"])
+    config.input.extend(_tensor(s, mc.ModelInput) for s in manifest.inputs)
+    config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest.outputs)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
     gpu = options.backend == "tensorrt"
     config.instance_group.add(count=options.instances,
@@ -90,18 +90,19 @@ def model_config(manifest: dict[str, Any], name: str, options: TritonOptions) ->
     return config
 
 
-def _tensor(spec: dict[str, Any], kind: type) -> Any:
+def _tensor(spec: TensorSpec, kind: type) -> Any:
     """Manifest tensor → Triton tensor; the batch dimension is implicit because max_batch_size > 0."""
-    if spec["dtype"] not in ONNX_TO_TRITON:
-        raise ServingError(f"tensor {spec['name']!r} has dtype {spec['dtype']} that Triton's config cannot name")
-    dims = [d if isinstance(d, int) else -1 for d in spec["shape"][1:]]
-    return kind(name=spec["name"], data_type=ONNX_TO_TRITON[spec["dtype"]], dims=dims)
+    data_type = getattr(mc, f"TYPE_{DTYPES[spec.dtype].v2}", None) if spec.dtype in DTYPES else None
+    if data_type is None:
+        raise ServingError(f"tensor {spec.name!r} has dtype {spec.dtype} that Triton's config cannot name")
+    dims = [d if isinstance(d, int) else -1 for d in spec.shape[1:]]
+    return kind(name=spec.name, data_type=data_type, dims=dims)
 
 
-def _add_tensorrt(config: mc.ModelConfig, manifest: dict[str, Any], options: TritonOptions) -> None:
-    variant = manifest["variants"][options.variant]
-    precision = PRECISIONS[options.precision or variant.get("precision", "fp32")]
-    cache = options.engine_cache or f"/tmp/onnxformer-trt/{config.name}-{variant['sha256'][:12]}"
+def _add_tensorrt(config: mc.ModelConfig, manifest: Manifest, options: TritonOptions) -> None:
+    variant = manifest.variant(options.variant)
+    precision = PRECISIONS[options.precision or variant.precision]
+    cache = options.engine_cache or f"/tmp/onnxformer-trt/{config.name}-{variant.sha256[:12]}"
     params = {"precision_mode": precision, "max_workspace_size_bytes": str(WORKSPACE_BYTES),
               "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
               "trt_timing_cache_enable": "1", "trt_timing_cache_path": cache, **_profiles(manifest, options)}
@@ -110,26 +111,17 @@ def _add_tensorrt(config: mc.ModelConfig, manifest: dict[str, Any], options: Tri
         accel.parameters[key] = value
 
 
-def _profiles(manifest: dict[str, Any], options: TritonOptions) -> dict[str, str]:
-    """One TensorRT shape profile covering batch 1..max_batch_size and sequence 1..the tokenizer's limit."""
-    longest = int(manifest.get("tokenizer", {}).get("max_length", 512))
-    batch = options.max_batch_size
-
-    def shapes(b: int, t: int) -> str:
-        return ",".join(f"{s['name']}:{b}x{t}" for s in manifest["inputs"] if len(s["shape"]) == 2)
-
-    if not shapes(1, 1):
-        return {}
-    return {"trt_profile_min_shapes": shapes(1, 1), "trt_profile_opt_shapes": shapes(max(1, batch // 2), min(128, longest)),
-            "trt_profile_max_shapes": shapes(batch, longest)}
+def _profiles(manifest: Manifest, options: TritonOptions) -> dict[str, str]:
+    """The runtime's one TensorRT shape profile: batch 1..max_batch_size, sequence 1..the tokenizer's limit."""
+    profile = shape_profile(manifest.inputs, options.max_batch_size, manifest.max_length or 512)
+    return profile_options(profile)
 
 
-def _copy_variant(directory: Path, record: dict[str, Any], version_dir: Path) -> None:
+def _copy_variant(directory: Path, record: Variant, version_dir: Path) -> None:
     """The variant's graph becomes model.onnx; its external-data siblings keep their names (the graph refers to them)."""
     version_dir.mkdir(parents=True, exist_ok=True)
-    main = record["file"]
-    for rel in sorted(record.get("files") or {main: record["sha256"]}):
-        dest = version_dir / ("model.onnx" if rel == main else Path(rel).name)
+    for rel in sorted(record.all_files):
+        dest = version_dir / ("model.onnx" if rel == record.file else Path(rel).name)
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(confined(directory, rel), tmp)
         os.replace(tmp, dest)

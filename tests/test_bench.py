@@ -6,12 +6,17 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from onnxformer.benchmarks import harness
+from onnxformer.benchmarks import harness, peers
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import load_report, output_paths, write_report
+from onnxformer.benchmarks.runners import ArtifactContext, Runner, variant_candidates
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
+from onnxformer.benchmarks.summary import add_comparisons
+from onnxformer.errors import IntegrityError
+from onnxformer.runtime.manifest import Manifest
 
 FAST = Budget(warmup=1, iters=3, seconds=None)
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "iterations", "seq_per_s", "tokens_per_s")
@@ -191,3 +196,78 @@ def test_isolated_worker_failure_is_recorded(tiny_artifact):
     (config,) = fragment["configs"]
     assert config["status"] == "failed" and "worker process exited with 1" in config["reason"]
     assert "no configuration named 'int3@cpu'" in config["reason"]
+
+
+def test_runner_refuses_external_data_outside_the_artifact(tiny_artifact, copy_artifact, monkeypatch):
+    """A variant whose initializers point at '../x.bin' is refused by the benchmark's runner exactly as by
+    Model.load: the same IntegrityError, before ONNX Runtime opens anything; the harness records it."""
+    import onnxruntime
+
+    from conftest import externalize
+    from onnxformer.runtime import Model
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    externalize(art)
+    externalize(art, rewrite="../x.bin")  # hashed again: only the location check stands in the way
+    opened: list = []
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: opened.append(a))
+    with pytest.raises(IntegrityError) as by_model:
+        Model.load(art, provider="cpu")
+    (candidate,) = variant_candidates(ArtifactContext(art, Manifest.load(art), 1, 1), None, ["cpu"])
+    with pytest.raises(IntegrityError) as by_bench:
+        candidate.load()
+    assert str(by_bench.value) == str(by_model.value)
+    assert "'..' leaves the artifact directory" in str(by_bench.value)
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False, baselines=False)
+    (config,) = run_benchmark(art, settings)["configs"]
+    assert config["name"] == "fp32@cpu" and config["status"] == "failed"
+    assert config["reason"] == f"IntegrityError: {by_model.value}"
+    assert opened == []  # refused before ONNX Runtime saw a file
+
+
+def _row(config: str, p50: float, cosine: float) -> dict:
+    stats = {"p50_ms": p50, "min_ms": p50}
+    return {"config": config, "batch": 1, "seq": 128, "fidelity_cosine": cosine, "model_only": stats, "end_to_end": stats}
+
+
+def test_headline_tells_our_variants_from_peers_by_kind():
+    """A peer named like one of ours ("openvino-int8") that is fastest is never reported as our best variant."""
+    configs = [{"name": "pytorch-fp32@cpu", "kind": "pytorch", "device": "cpu", "precision": "fp32"},
+               {"name": "openvino-int8@cpu", "kind": "peer", "device": "cpu", "precision": "int8"},
+               {"name": "int8@cpu", "kind": "variant", "device": "cpu", "precision": "int8"}]
+    report = {"configs": configs, "results": [_row("pytorch-fp32@cpu", 10.0, 1.0), _row("openvino-int8@cpu", 1.0, 0.999),
+                                               _row("int8@cpu", 2.0, 0.999)]}
+    add_comparisons(report)
+    h = report["headline"]
+    assert h["best_variant"] == "int8@cpu" and h["best_p50_ms"] == 2.0
+    assert h["speedup_vs_pytorch_fp32"] == pytest.approx(5.0)
+    assert report["headline_gpu"] is None
+
+
+def test_a_peer_is_one_registry_entry(tiny_artifact, monkeypatch):
+    """A new peer is one Peer in peers.PEERS. This one answers from a cache (faster than anything that computes)
+    and is named like a variant; the report labels it, and our best variant is still ours."""
+    import onnxruntime
+
+    def load(ctx: ArtifactContext, workdir: Path, device: str) -> Runner:
+        session = onnxruntime.InferenceSession(str(ctx.directory / "fp32" / "model.onnx"))
+        names, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        cache: dict = {}
+
+        def model_only(feeds: dict) -> dict:
+            key = feeds["input_ids"].shape  # every shape's feeds are fixed
+            if key not in cache:
+                cache[key] = dict(zip(outputs, session.run(outputs, {k: feeds[k] for k in names})))
+            return cache[key]
+
+        return Runner(model_only, lambda texts: np.zeros(len(texts)), 0.0)
+
+    monkeypatch.setattr(peers, "PEERS", (peers.Peer("openvino-int8", peers.PEER, "int8", ("cpu",), load, lambda ctx: None),))
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], baselines=False)
+    report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
+    assert [(c["name"], c["kind"], c["status"]) for c in report["configs"]] == [
+        ("openvino-int8@cpu", "peer", "ok"), ("fp32@cpu", "variant", "ok")]
+    rows = {r["config"]: r for r in report["results"]}
+    assert rows["openvino-int8@cpu"]["model_only"]["p50_ms"] < rows["fp32@cpu"]["model_only"]["p50_ms"]
+    assert rows["openvino-int8@cpu"]["within_budget"]
+    assert report["headline"]["best_variant"] == "fp32@cpu"

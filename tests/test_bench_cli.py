@@ -2,18 +2,34 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from onnxformer.benchmarks import stage
-from onnxformer.benchmarks.baselines import load_pytorch, pytorch_candidates, source_path
+from onnxformer.benchmarks.baselines import load_pytorch, source_path
 from onnxformer.benchmarks.cli import int_list
-from onnxformer.benchmarks.providers import resolve, tensorrt_precisions, variant_providers
+from onnxformer.benchmarks.peers import PYTORCH, peer_candidates
+from onnxformer.benchmarks.providers import resolve, tensorrt_precisions
 from onnxformer.benchmarks.runners import ArtifactContext
 from onnxformer.cli import main
 from onnxformer.errors import ProviderError
-from onnxformer.runtime.manifest import load_manifest, save_manifest
+from onnxformer.runtime.loader import LoadOptions, provider_options
+from onnxformer.runtime.manifest import load_manifest
+from onnxformer.runtime.providers import session_providers
+
+
+def pytorch_candidates(ctx: ArtifactContext, devices: list[str]) -> list:
+    """The PyTorch baselines of the peer registry on ``devices`` (they build nothing in the work directory)."""
+    return peer_candidates(ctx, Path("/nonexistent"), {PYTORCH: devices})
+
+
+def variant_providers(provider, manifest, record, build, *, max_batch, cache_root=None, gpu=None) -> list:
+    """ORT's provider list for a variant as the benchmark runners open it (runtime.loader, TensorRT engine
+    precision ``build``); ``gpu`` is ignored: the loader names this machine's GPU in the engine cache path."""
+    options = LoadOptions(provider=provider, max_batch_size=max_batch, trt_cache=cache_root)
+    return session_providers(provider, provider_options(manifest, record, provider, options, precision=build))
 
 
 def test_bench_command_writes_every_file(tiny_artifact, tmp_path, capsys):
@@ -83,8 +99,8 @@ def test_baseline_loaded_from_the_manifest_source(tiny_artifact, tiny_checkpoint
 def test_moved_source_checkpoint_is_reported(tiny_artifact, copy_artifact, tmp_path):
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     manifest = load_manifest(art)
-    manifest["source"]["path"] = str(tmp_path / "gone")
-    save_manifest(art, manifest)
+    manifest.source["path"] = str(tmp_path / "gone")
+    manifest.save(art)
     cands = pytorch_candidates(ArtifactContext(art, manifest, 1, 1), ["cpu"])
     assert all(c.load is None and "is gone" in c.reason and "re-export" in c.reason for c in cands)
 
@@ -97,7 +113,7 @@ def test_providers_and_tensorrt_options(tiny_artifact, tmp_path):
     with pytest.raises(ProviderError, match="unknown provider 'rocm'"):
         resolve(["rocm"], ["CPUExecutionProvider"])
     manifest = load_manifest(tiny_artifact("bert", "feature-extraction"))
-    record = manifest["variants"]["fp32"]
+    record = manifest.variant("fp32")
     chain = variant_providers("tensorrt", manifest, record, "int8", max_batch=32, cache_root=tmp_path, gpu="Test GPU")
     assert [name for name, _ in chain] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     opts = chain[0][1]

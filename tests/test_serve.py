@@ -44,7 +44,7 @@ def test_tritonclient_text_infer_matches_runtime(minilm):
 
     model, url = minilm
     client = triton.InferenceServerClient(url.removeprefix("http://"))
-    name = model.manifest["name"]
+    name = model.manifest.name
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
     text = triton.InferInput("text", [len(TEXTS)], "BYTES")
     text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_))  # binary by default
@@ -67,16 +67,16 @@ def test_tritonclient_raw_tensors_match_runtime(minilm):
         t.set_data_from_numpy(array, binary_data=name != "input_ids")  # mixed JSON and binary inputs
         inputs.append(t)
     client = triton.InferenceServerClient(url.removeprefix("http://"))
-    got = client.infer(model.manifest["name"], inputs).as_numpy("last_hidden_state")
+    got = client.infer(model.manifest.name, inputs).as_numpy("last_hidden_state")
     np.testing.assert_allclose(got, model.run(feeds)["last_hidden_state"], atol=1e-5)
 
 
 def test_openai_embeddings_match_runtime(minilm):
     model, url = minilm
-    r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "model": model.manifest["name"]})
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "model": model.manifest.name})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["object"] == "list" and body["model"] == model.manifest["name"]
+    assert body["object"] == "list" and body["model"] == model.manifest.name
     assert [d["index"] for d in body["data"]] == list(range(len(TEXTS)))
     np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"]]), model.embed(TEXTS), atol=1e-5)
     assert body["usage"]["prompt_tokens"] == sum(model.tokenizer.count_tokens(TEXTS))
@@ -87,7 +87,7 @@ def test_openai_embeddings_match_runtime(minilm):
 
 def test_health_and_metadata(tiny):
     model, url = tiny
-    name = model.manifest["name"]
+    name = model.manifest.name
     assert httpx.get(f"{url}/v2/health/live").status_code == 200
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
     meta = httpx.get(f"{url}/v2/models/{name}").json()
@@ -132,7 +132,7 @@ def _metric(text: str, prefix: str) -> float:
 # --- limits ------------------------------------------------------------------------------------------
 def test_full_queue_answers_429_at_once(tiny_artifact):
     model = Model.load(tiny_artifact("bert", "feature-extraction"))
-    gate = model.embed = Gate(model.embed)
+    gate = model.embed_encodings = Gate(model.embed_encodings)  # the server hands it its encodings
     gate.release.set()  # let the warm-up and readiness through, then hold the worker
     with running_server(lambda: model, max_queue=2) as url:
         gate.release.clear()
@@ -156,7 +156,7 @@ def test_full_queue_answers_429_at_once(tiny_artifact):
 
 def test_timeout_gives_504(tiny_artifact):
     model = Model.load(tiny_artifact("bert", "feature-extraction"))
-    gate = model.embed = Gate(model.embed)
+    gate = model.embed_encodings = Gate(model.embed_encodings)  # the server hands it its encodings
     gate.release.set()
     # the gate holds "slow" past any timeout; "fast again" gets 1 s, room for a stall on a shared machine
     with running_server(lambda: model, timeout_s=1.0) as url:
@@ -234,7 +234,7 @@ def test_bad_request_gets_its_status_and_no_trace(tiny, case):
     model, url = tiny
     path, body, status, words = BAD[case]
     if path == "infer":
-        path = f"/v2/models/{model.manifest['name']}/infer"
+        path = f"/v2/models/{model.manifest.name}/infer"
     r = httpx.post(f"{url}{path}", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     error = r.json()["error"]
@@ -262,13 +262,13 @@ def test_classification_model_endpoints(tiny_artifact):
 
     model = Model.load(tiny_artifact("bert", "text-classification"))
     with running_server(lambda: model) as url:
-        name = model.manifest["name"]
+        name = model.manifest.name
         text = triton.InferInput("text", [2, 1], "BYTES")
         text.set_data_from_numpy(np.array([[b"good"], [b"bad"]], dtype=np.object_))
         result = triton.InferenceServerClient(url.removeprefix("http://")).infer(name, [text])
         logits = model.run(model.tokenizer.encode(["good", "bad"]).feeds)["logits"]
         np.testing.assert_allclose(result.as_numpy("logits"), logits, atol=1e-5)
-        id2label = model.manifest["postprocess"]["id2label"]
+        id2label = model.manifest.postprocess.id2label
         assert [v.decode() for v in result.as_numpy("label")] == [id2label[str(i)] for i in logits.argmax(1)]
         r = httpx.post(f"{url}/v1/embeddings", json={"input": ["a"]})
         assert r.status_code == 400 and "feature-extraction" in r.json()["error"]["message"]

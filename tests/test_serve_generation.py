@@ -76,7 +76,7 @@ def test_completion_matches_generator(gpt2, server):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
-    assert body["model"] == gpt2.manifest["name"]
+    assert body["model"] == gpt2.manifest.name
     assert [c["text"] for c in body["choices"]] == gpt2.generate(PROMPTS, max_new_tokens=20)
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     ids = gpt2.generate_ids(PROMPTS, max_new_tokens=20)
@@ -164,7 +164,7 @@ def test_encoder_routes_refuse_a_generation_model_and_back(gpt2, server, tiny_ar
 
     r = httpx.post(f"{server}/v1/embeddings", json={"input": ["hi"]})
     assert r.status_code == 400 and "use /v1/completions" in r.json()["error"]["message"]
-    name = gpt2.manifest["name"]
+    name = gpt2.manifest.name
     meta = httpx.get(f"{server}/v2/models/{name}").json()
     assert meta["parameters"]["endpoint"] == "/v1/completions" and meta["inputs"] == []
     r = httpx.post(f"{server}/v2/models/{name}/infer", json={"inputs": []})

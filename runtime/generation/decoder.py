@@ -16,8 +16,11 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
 
 
 class DecoderStepper:
-    def __init__(self, session: ort.InferenceSession, cache_layout: dict[str, Any], prompts: Prompts, max_new: int):
+    def __init__(self, session: ort.InferenceSession, cache_layout: dict[str, Any], prompts: Prompts, max_new: int,
+                 position_ids: bool = True, logits_to_keep: bool = True):
+        """``position_ids`` / ``logits_to_keep``: whether the graph takes them (the manifest's generation flags)."""
         self.session = session
+        self.optional = {"position_ids": position_ids, "logits_to_keep": logits_to_keep}
         self.prompts = prompts
         batch, width = prompts.ids.shape
         self.cache = KVCache(session, cache_layout, batch, width + max_new)
@@ -29,7 +32,7 @@ class DecoderStepper:
     def first(self) -> np.ndarray:
         feeds = {"input_ids": self.prompts.ids, "attention_mask": self.prompts.mask,
                  "position_ids": positions_from_mask(self.prompts.mask),
-                 "logits_to_keep": np.array([1], dtype=np.int64)}  # last position only (if the graph has it)
+                 "logits_to_keep": np.array([1], dtype=np.int64)}  # last position only
         return self._run(feeds, self.prompts.ids.shape[1])
 
     def next(self, tokens: np.ndarray) -> np.ndarray:
@@ -41,6 +44,7 @@ class DecoderStepper:
         return logits
 
     def _run(self, feeds: dict[str, np.ndarray], new_tokens: int) -> np.ndarray:
+        feeds = {k: v for k, v in feeds.items() if self.optional.get(k, True)}
         out = run_bound(self.session, feeds, {}, self.cache, new_tokens, ["logits"])
         self.length = self.cache.length
         return out["logits"].numpy()[:, -1, :]

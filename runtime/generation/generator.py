@@ -100,7 +100,9 @@ class Generator:
                                           f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
                                           f"in this model's {self.max_positions} positions")
             history = np.where(prompts.mask == 1, prompts.ids, -1)
-            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens)
+            spec = self.manifest.generation
+            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens,
+                                              spec.position_ids, spec.logits_to_keep)
             return stepper, history, prompts.lengths
         if opts.max_new_tokens + 1 > self.max_positions:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
