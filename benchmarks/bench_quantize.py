@@ -126,18 +126,18 @@ def _exclusions(art: Path, name: str) -> str:
 def _full_int8(art: Path, out: Path) -> Path:
     from onnxformer.quantize import int8
 
-    recipe = int8.Int8Recipe("dynamic", "cpu", reduce_range=not int8.has_vnni())
+    recipe = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
     return int8.quantize(art / "fp32-opt" / "model.onnx", recipe, out)
 
 
 def _smoothed_full_int8(art: Path, out: Path) -> Path:
     """The int8 variant's recipe (SmoothQuant on the calibration texts) without the budget loop: every node int8."""
     from onnxformer.quantize import int8
-    from onnxformer.quantize.pipeline import smooth_for_int8
+    from onnxformer.quantize.smoothing import smooth_for_int8
     from onnxformer.quantize.texts import calibration_texts
     from onnxformer.runtime.manifest import load_manifest
 
-    recipe = int8.Int8Recipe("dynamic", "cpu", reduce_range=not int8.has_vnni())
+    recipe = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
     smoothed, _ = smooth_for_int8(art, load_manifest(art), art / "fp32-opt" / "model.onnx", recipe,
                                   calibration_texts(None), out / "smoothed" / "model.onnx")
     return int8.quantize(smoothed, recipe, out)

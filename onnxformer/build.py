@@ -36,14 +36,14 @@ def export_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], 
         args.model, out, task=args.task, opset=args.opset, atol=args.atol, allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, name=args.name, progress=progress,
     )
-    worst = max(result.manifest["validation"]["max_abs_diff"].values())
+    worst = max(result.manifest.validation["max_abs_diff"].values())
     return [{"stage": "export", "variant": "fp32", "detail": f"validated, max |Δ| {worst:.2e}", "seconds": result.seconds}]
 
 
-def _quantize_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
+def _quantize_stage(_args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
     from onnxformer.quantize.stage import quantize_stage
 
-    return quantize_stage(args, out, progress)
+    return quantize_stage(out, progress)  # the artifact alone decides: encoder or generative recipes
 
 
 def _bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[Row]:
@@ -92,13 +92,13 @@ def _print_summary(rows: list[Row]) -> None:
 def write_report(out: Path, rows: list[Row]) -> None:
     """report.md: what was built and how faithful it is (not part of the manifest's checksummed files)."""
     m = load_manifest(out)
-    lines = [f"# {m['name']}", "", f"- task: {m['task']}", f"- architecture: {m['architecture']['model_type']}",
-             f"- opset: {m['opset']}", "", "| stage | variant | result | time |", "|---|---|---|---|"]
+    lines = [f"# {m.name}", "", f"- task: {m.task}", f"- architecture: {m.architecture.model_type}",
+             f"- opset: {m.opset}", "", "| stage | variant | result | time |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['variant']} | {r['detail']} | {r['seconds']:.1f}s |" for r in rows]
     lines += ["", "## Variants", "", "| variant | precision | size (MB) | providers | fidelity |", "|---|---|---|---|---|"]
-    for name, v in m["variants"].items():
-        fid = ", ".join(f"{k}={_fmt(val)}" for k, val in v.get("fidelity", {}).items() if k != "reference")
-        lines.append(f"| {name} | {v['precision']} | {v['size_bytes'] / 1e6:.1f} | {', '.join(v['providers'])} | {fid} |")
+    for name, v in m.variants.items():
+        fid = ", ".join(f"{k}={_fmt(val)}" for k, val in v.fidelity.items() if k != "reference")
+        lines.append(f"| {name} | {v.precision} | {v.size_bytes / 1e6:.1f} | {', '.join(v.providers)} | {fid} |")
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.fidelity import evaluation_feeds
+from onnxformer.runtime.manifest import Manifest
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -37,10 +38,10 @@ class TextReader(CalibrationDataReader):
         self._iter = iter(self._feeds)
 
 
-def text_reader(directory: Path, manifest: dict[str, Any], texts: Sequence[str], length: int = 128) -> TextReader:
+def text_reader(directory: Path, manifest: Manifest, texts: Sequence[str], length: int = 128) -> TextReader:
     """Feeds of one fixed length: ORT's histogram calibrators (Entropy, Percentile) need equal shapes."""
-    length = min(length, int(manifest["tokenizer"]["max_length"]))
-    pad_id = int(manifest["tokenizer"]["pad_id"])
+    length = min(length, manifest.max_length or length)
+    pad_id = manifest.tokenizer.pad_id if manifest.tokenizer else 0
     return TextReader([_pad(f, length, pad_id) for f in evaluation_feeds(directory, manifest, texts)])
 
 

@@ -34,7 +34,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     from onnxformer.quantize.pipeline import optimize_artifact
 
     result = optimize_artifact(args.dir, progress=lambda m: console.log(m))
-    fused = ", ".join(f"{op}×{n}" for op, n in result.record["made_by"]["fused_ops"].items())
+    fused = ", ".join(f"{op}×{n}" for op, n in result.record.made_by["fused_ops"].items())
     console.print(f"fp32-opt: {fused or 'no fusions'} ({result.seconds:.1f}s)")
     return 0
 
@@ -48,7 +48,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         args.dir, args.precision, mode=args.mode, target=args.target, calibration=args.calibration,
         method=args.method, budget=_budget(args.budget), source=args.source, smooth=args.smooth, progress=lambda m: console.log(m),
     )
-    task = load_manifest(args.dir)["task"]
+    task = load_manifest(args.dir).task
     console.print(f"{result.name}: {result.summary(task)} ({result.seconds:.1f}s)")
     return 0
 

@@ -9,29 +9,27 @@ number reflects the model and not the batch). Metrics:
 - token-classification: per-token argmax agreement over real (unpadded) tokens;
 - question-answering: span agreement (same argmax start and end).
 
-``BUDGETS`` names, per task, the metric the accuracy budget applies to and its default value.
+Which of them the accuracy budget applies to, and its default floor, is the task registry's
+(``runtime/tasks.py``: ``budget_metric``, ``default_floor``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from onnxformer.errors import QuantizationError
 from onnxformer.runtime.files import confined
+from onnxformer.runtime.manifest import Manifest
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.session import create_session
+from onnxformer.runtime.tasks import TASKS, budgeted
 from onnxformer.runtime.tokenizer import TextTokenizer
-from onnxformer.runtime.variants import BUDGET_METRICS
 
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
-
-# task → (budget metric, default budget); one table shared with the runtime's variant chooser.
-# Embeddings: the worst text must stay within cosine 0.99.
-BUDGETS: dict[str, tuple[str, float]] = BUDGET_METRICS
 REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation texts"
 
 
@@ -39,14 +37,14 @@ REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation
 class Evaluation:
     """The evaluation inputs of one artifact and the fp32 reference outputs on them."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     feeds: list[Feeds]
     reference: list[Outputs]
     threads: int | None = None
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     def measure(self, model: Path) -> dict[str, Any]:
         """Run ``model`` on the evaluation inputs and compare it with the reference."""
@@ -57,36 +55,44 @@ class Evaluation:
 
 
 def check_task(task: str) -> None:
-    """Only encoder tasks have fidelity metrics (and fusion recipes) here."""
-    if task not in BUDGETS:
+    """Only encoder tasks with a budget metric (and a comparison here) are quantized by `onnxformer quantize`."""
+    handled = [t for t in budgeted() if t in _COMPARE]
+    if task not in handled:
         raise QuantizationError(
-            f"`onnxformer quantize` handles encoder tasks ({', '.join(BUDGETS)}); this artifact is {task}: "
+            f"`onnxformer quantize` handles encoder tasks ({', '.join(handled)}); this artifact is {task}: "
             "use `onnxformer quantize-generative` for it"
         )
 
 
 def budget_metric(task: str) -> str:
-    return BUDGETS[task][0]
+    return str(TASKS[task].budget_metric)
 
 
 def default_budget(task: str) -> float:
-    return BUDGETS[task][1]
+    return float(TASKS[task].default_floor)  # type: ignore[arg-type]  # budgeted tasks have one
 
 
-def prepare(directory: Path, manifest: dict[str, Any], reference: Path, texts: Sequence[str],
+def prepare(directory: Path, manifest: Manifest, reference: Path, texts: Sequence[str],
             threads: int | None = None) -> Evaluation:
     """Tokenize the evaluation texts as the runtime would and run the fp32 reference on them."""
     feeds = evaluation_feeds(directory, manifest, texts)
     return Evaluation(manifest, feeds, run_model(reference, feeds, threads), threads)
 
 
-def evaluation_feeds(directory: Path, manifest: dict[str, Any], texts: Sequence[str]) -> list[Feeds]:
-    names = [i["name"] for i in manifest["inputs"]]
-    tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), manifest["tokenizer"], names)
-    if manifest["task"] == "question-answering":  # each text asks about the next one
+def tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer:
+    """The artifact's tokenizer, configured as the runtime configures it."""
+    if manifest.tokenizer is None:
+        raise QuantizationError(f"{directory}: the manifest records no tokenizer; re-export the model")
+    return TextTokenizer(confined(directory, "tokenizer.json"), manifest.tokenizer, manifest.input_names)
+
+
+def evaluation_feeds(directory: Path, manifest: Manifest, texts: Sequence[str]) -> list[Feeds]:
+    """One feed per text (batch 1, unpadded); for question answering each text asks about the next one."""
+    tok = tokenizer(directory, manifest)
+    if manifest.task == "question-answering":
         pairs = [(q, texts[(i + 1) % len(texts)]) for i, q in enumerate(texts)]
-        return [tokenizer.encode([q], truncate=True, pair=[c]).feeds for q, c in pairs]
-    return [tokenizer.encode([t], truncate=True).feeds for t in texts]
+        return [tok.encode([q], truncate=True, pair=[c]).feeds for q, c in pairs]
+    return [tok.encode([t], truncate=True).feeds for t in texts]
 
 
 def run_model(model: Path, feeds: list[Feeds], threads: int | None = None) -> list[Outputs]:
@@ -95,10 +101,10 @@ def run_model(model: Path, feeds: list[Feeds], threads: int | None = None) -> li
     return [dict(zip(names, session.run(names, f))) for f in feeds]
 
 
-def compare(manifest: dict[str, Any], feeds: list[Feeds], reference: list[Outputs],
+def compare(manifest: Manifest, feeds: list[Feeds], reference: list[Outputs],
             outputs: list[Outputs]) -> dict[str, Any]:
     finite = all(np.isfinite(v).all() for out in outputs for v in out.values())
-    metrics = _METRICS[manifest["task"]](manifest, feeds, reference, outputs)
+    metrics = _COMPARE[manifest.task](manifest, feeds, reference, outputs)
     # Measured on ORT's CPU provider: fp16 graphs there run some kernels in fp32 behind inserted Casts, so an
     # fp16 number is storage-precision fidelity; overflow (values stored as fp16) is reproduced faithfully.
     return {"reference": REFERENCE, "measured_on": "CPUExecutionProvider", "texts": len(feeds),
@@ -110,18 +116,18 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (l2_normalize(a) * l2_normalize(b)).sum(axis=-1)
 
 
-def _embeddings(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
-    post = manifest["postprocess"]
+def _embeddings(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+    post = manifest.postprocess
 
     def pooled(o: Outputs, f: Feeds) -> np.ndarray:
-        vec = pool(o["last_hidden_state"], f["attention_mask"], post["pooling"])  # (1, C)
-        return l2_normalize(vec) if post.get("normalize") else vec
+        vec = pool(o["last_hidden_state"], f["attention_mask"], post.pooling or "mean")  # (1, C)
+        return l2_normalize(vec) if post.normalize else vec
 
     cos = np.concatenate([_cosines(pooled(o, f), pooled(r, f)) for o, r, f in zip(out, ref, feeds)])
     return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
-def _classification(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+def _classification(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
     got = np.concatenate([o["logits"] for o in out])  # (N, labels)
     want = np.concatenate([r["logits"] for r in ref])
     cos = _cosines(got, want)
@@ -129,7 +135,7 @@ def _classification(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outp
     return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
 
 
-def _tokens(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+def _tokens(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
     same = total = 0
     for o, r, f in zip(out, ref, feeds):
         real = f["attention_mask"].astype(bool)  # (1, T)
@@ -138,7 +144,7 @@ def _tokens(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], ou
     return {"token_agreement": same / total}
 
 
-def _spans(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
+def _spans(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:
     def span(o: Outputs) -> tuple[int, int]:
         return int(o["start_logits"].argmax()), int(o["end_logits"].argmax())
 
@@ -146,7 +152,9 @@ def _spans(manifest: dict[str, Any], feeds: list[Feeds], ref: list[Outputs], out
     return {"span_agreement": float(agree)}
 
 
-_METRICS = {
+Compare = Callable[[Manifest, list[Feeds], list[Outputs], list[Outputs]], dict]
+# task → the function computing its metrics; the budget applies to the registry's ``budget_metric`` among them.
+_COMPARE: dict[str, Compare] = {
     "feature-extraction": _embeddings,
     "text-classification": _classification,
     "token-classification": _tokens,

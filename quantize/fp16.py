@@ -21,9 +21,11 @@ import onnx
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.calibration import TextReader
-from onnxformer.quantize.fidelity import Feeds, evaluation_feeds, run_model
+from onnxformer.quantize.fidelity import Feeds, evaluation_feeds, run_model, tokenizer
 from onnxformer.quantize.shapes import annotate
-from onnxformer.quantize.source import MODEL_FILE, save_model
+from onnxformer.quantize.source import MODEL_FILE
+from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.onnx_save import save_onnx
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.104e-05  # smallest normal fp16
@@ -36,23 +38,15 @@ NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNorm
             "SkipSimplifiedLayerNormalization", "EmbedLayerNormalization")
 
 
-def guard_feeds(directory: Path, manifest: dict[str, Any], calibration: Sequence[str]) -> list[Feeds]:
+def guard_feeds(directory: Path, manifest: Manifest, calibration: Sequence[str]) -> list[Feeds]:
     """Inputs chosen to push activations to their extremes, plus ordinary text."""
-    limit = int(manifest["tokenizer"]["max_length"])
+    tok = tokenizer(directory, manifest)
+    limit = tok.max_length
     long_text = " ".join(calibration * (1 + limit // max(1, len(" ".join(calibration).split()))))
     extremes = [[long_text], [" ".join(["the"] * limit)], [long_text, "ok"]]  # last: row 2 is nearly all padding
-    feeds = [evaluation_feeds(directory, manifest, batch)[0] if len(batch) == 1 else _batch(directory, manifest, batch)
-             for batch in extremes]
+    feeds = [evaluation_feeds(directory, manifest, batch)[0] if len(batch) == 1
+             else tok.encode(batch, truncate=True).feeds for batch in extremes]
     return feeds + evaluation_feeds(directory, manifest, calibration)
-
-
-def _batch(directory: Path, manifest: dict[str, Any], texts: list[str]) -> Feeds:
-    from onnxformer.runtime.files import confined
-    from onnxformer.runtime.tokenizer import TextTokenizer
-
-    names = [i["name"] for i in manifest["inputs"]]
-    tokenizer = TextTokenizer(confined(directory, "tokenizer.json"), manifest["tokenizer"], names)
-    return tokenizer.encode(texts, truncate=True).feeds
 
 
 def activation_ranges(typed: Path, feeds: list[Feeds], work: Path) -> dict[str, float]:
@@ -108,7 +102,7 @@ def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tupl
     half.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
                                   node_block_list=sorted(blocked), op_block_list=ops)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_model(half.model, out_dir / MODEL_FILE)
+    path = save_onnx(half.model, out_dir / MODEL_FILE)
     prove_finite(path, feeds)
     made_by = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
                "guard": {"inputs": len(feeds), "tensors_measured": len(ranges), "overflow_limit": FP16_MAX / HEADROOM,

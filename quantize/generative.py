@@ -1,165 +1,123 @@
 """fp16, int8 (dynamic) and int4 (MatMulNBits, weight-only) variants of generative artifacts.
 
-Every graph of the model (the decoder, or encoder + both seq2seq decoders) is converted with ONNX
-Runtime's own tooling; our code only chooses settings and measures. Fidelity against the fp32
-variant is measured teacher-forced on the evaluation texts (the prompt-processing graph sees the
-whole text; logits at every position):
+The recipes (recipes.py) convert every graph of the model (the decoder, or encoder + both seq2seq
+decoders) with ONNX Runtime's own tooling; this module drives them and measures. Fidelity against
+the fp32 variant is measured teacher-forced on the evaluation texts (the prompt-processing graph sees
+the whole text; logits at every position):
 
 - ``next_token_agreement``: fraction of positions where the variant's argmax equals fp32's;
 - ``perplexity`` of each on the texts themselves and ``perplexity_delta`` (variant / fp32 − 1).
 
-The numbers go into the manifest with the variant, like every other variant's fidelity.
+Each variant is published like every other one (``source.publish``), fidelity included.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from onnxformer.errors import QuantizationError
+from onnxformer.quantize.recipe import Job, Options, Recipe, make
+from onnxformer.quantize.source import publish, scratch_dir
+from onnxformer.quantize.texts import evaluation_texts
+from onnxformer.quantize.variants import generative_names, generative_recipes
+from onnxformer.runtime.dtypes import from_ort
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.generation.cache import DTYPES
-from onnxformer.runtime.manifest import add_variant, load_manifest, variant_record
+from onnxformer.runtime.manifest import REFERENCE, Manifest, load_manifest
 from onnxformer.runtime.session import create_session
 
-VARIANTS = ("fp16", "int8", "int4")
 Progress = Callable[[str], None]
-FALLBACK_TEXTS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose molecules.",
-    "A key value cache keeps the attention state of every token that was already seen.",
-)
+Logits = list[tuple[np.ndarray, np.ndarray]]  # per text: (logits (T, V) float32, next-token targets (T,))
 
 
-def quantize_generative(directory: str | Path, variants: Sequence[str] = VARIANTS, *, block_size: int = 32,
-                        texts: Sequence[str] | None = None, progress: Progress = lambda _: None) -> dict[str, Any]:
-    """Add ``variants`` to a generative artifact; returns the updated manifest."""
-    directory = Path(directory)
-    manifest = load_manifest(directory)
-    if "generation" not in manifest:
-        raise QuantizationError(f"{directory} is not a generative artifact; use `onnxformer quantize` for encoders")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise QuantizationError(f"unknown generative variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    texts = list(texts or _evaluation_texts())
-    reference = teacher_forced_logits(Generator.load(directory, "fp32", provider="cpu"), texts)
-    fp32 = manifest["variants"]["fp32"]
-    for name in variants:
-        progress(f"{name}: converting")
-        start = time.perf_counter()
-        made_by = _write_variant(directory, fp32["components"], name, block_size)
-        components = {role: f"{name}/{Path(rel).name}" for role, rel in fp32["components"].items()}
-        progress(f"{name}: measuring next-token agreement and perplexity")
-        sessions = {role: create_session(directory / rel) for role, rel in components.items()}  # just written
-        measured = teacher_forced_logits(Generator(directory, manifest, name, sessions), texts)
-        record = variant_record(directory, components["decoder"], precision=name,
-                                providers=["cuda", "cpu"] if name == "fp16" else ["cpu"],
-                                made_by={**made_by, "seconds": round(time.perf_counter() - start, 2)},
-                                fidelity=fidelity(reference, measured))
-        record["components"] = components
-        record["cache_dtype"] = _cache_dtype(sessions)
-        manifest = add_variant(directory, name, record)  # one atomic manifest write, fidelity included
+def quantize_generative(directory: str | Path, variants: Sequence[str] | None = None, *, block_size: int = 32,
+                        texts: Sequence[str] | None = None, progress: Progress = lambda _: None) -> Manifest:
+    """Add ``variants`` (default: every generative recipe) to a generative artifact, each published as soon
+    as it is measured; returns the updated manifest."""
+    quantizer = GenerativeQuantizer.open(directory, variants, block_size=block_size, texts=texts, progress=progress)
+    manifest = quantizer.manifest
+    for recipe in quantizer.recipes:
+        manifest = quantizer.add(recipe)
     return manifest
 
 
-def _evaluation_texts() -> list[str]:
-    try:
-        from onnxformer.quantize.texts import evaluation_texts
+@dataclass
+class Reference:
+    """The fp32 generator and its teacher-forced logits on the evaluation texts."""
 
-        return evaluation_texts()
-    except (ImportError, OSError):  # the encoder quantizer's text set is optional for us
-        return list(FALLBACK_TEXTS)
+    generator: Generator
+    texts: list[str]
+    logits: Logits
 
+    @classmethod
+    def load(cls, directory: Path, texts: Sequence[str]) -> "Reference":
+        generator = Generator.load(directory, provider="cpu", variant=REFERENCE)  # every fp32 graph verified
+        return cls(generator, list(texts), teacher_forced_logits(generator, texts))
 
-def _write_variant(directory: Path, components: dict[str, str], name: str, block_size: int) -> dict[str, Any]:
-    """Convert every graph into a temp dir inside the artifact, then move it into place."""
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=directory))
-    try:
-        for rel in components.values():
-            made_by = CONVERTERS[name](confined(directory, rel), work / Path(rel).name, block_size)
-        final = directory / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return made_by
+    def measure(self, graphs: dict[str, Path]) -> dict[str, Any]:
+        """Fidelity of the graphs of a variant (role → path) against fp32."""
+        sessions = {role: create_session(path) for role, path in graphs.items()}
+        return fidelity(self.logits, teacher_forced_logits(self.generator, self.texts, sessions))
 
 
-def _save(model: Any, out: Path) -> None:
-    import onnx
+@dataclass
+class GenerativeQuantizer:
+    """One artifact's generative recipes, checked, and the fp32 reference they are measured against."""
 
-    large = model.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: weights go to a side file
-    onnx.save_model(model, str(out), save_as_external_data=large, location=f"{out.name}.data" if large else None)
+    directory: Path
+    manifest: Manifest
+    recipes: list[Recipe]
+    options: Options
+    reference: Reference
+    progress: Progress
 
+    @classmethod
+    def open(cls, directory: str | Path, variants: Sequence[str] | None = None, *, block_size: int = 32,
+             texts: Sequence[str] | None = None, progress: Progress = lambda _: None) -> "GenerativeQuantizer":
+        directory = Path(directory)
+        manifest = load_manifest(directory)
+        if manifest.generation is None:
+            raise QuantizationError(f"{directory} is not a generative artifact; use `onnxformer quantize` for encoders")
+        recipes = generative_recipes(generative_names() if variants is None else list(variants))
+        options = Options(block_size=block_size)
+        for recipe in recipes:
+            recipe.check(options)
+        reference = Reference.load(directory, list(texts or evaluation_texts()))
+        return cls(directory, manifest, recipes, options, reference, progress)
 
-def to_fp16(source: Path, out: Path, _block: int) -> dict[str, Any]:
-    """ORT's float16 converter; inputs and outputs become fp16 too, so the KV cache is half the size."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False, disable_shape_infer=False)
-    _save(model, out)
-    return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": False}
-
-
-def to_int8(source: Path, out: Path, _block: int) -> dict[str, Any]:
-    """Dynamic int8: weights int8 per tensor, activations quantized on the fly (MatMulInteger)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # types of ops shape inference cannot see
-    quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     extra_options=extra)
-    return {"tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "ops": ["MatMul", "Gemm"]}
-
-
-def to_int4(source: Path, out: Path, block_size: int) -> dict[str, Any]:
-    """Weight-only 4-bit: MatMul weights → MatMulNBits, symmetric, one scale per ``block_size`` weights."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=4)
-    quantizer.process()
-    nodes = sum(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node)
-    if nodes == 0:
-        raise QuantizationError(f"{source.name}: no MatMul weight could be quantized to 4 bits "
-                                f"(block size {block_size} must divide the input dimension)")
-    _save(quantizer.model.model, out)
-    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", "bits": 4,
-            "block_size": block_size, "symmetric": True, "accuracy_level": 4}
+    def add(self, recipe: Recipe) -> Manifest:
+        """Convert, measure and publish one variant; returns the updated manifest."""
+        start = time.perf_counter()
+        fp32 = self.manifest.variant(REFERENCE)
+        with scratch_dir(self.directory) as work:
+            self.progress(f"{recipe.name}: converting")
+            sources = {role: confined(self.directory, rel) for role, rel in fp32.components.items()}
+            job = Job(self.directory, self.manifest, REFERENCE, sources, work, self.options, self.reference,
+                      self.progress, origin_fused=fp32.fused, origin_made_by=fp32.made_by)
+            built = make(recipe, job)
+            built.made_by["seconds"] = round(time.perf_counter() - start, 2)
+            return publish(self.directory, built)
 
 
-CONVERTERS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {"fp16": to_fp16, "int8": to_int8,
-                                                                     "int4": to_int4}
-
-
-def _cache_dtype(sessions: dict[str, Any]) -> str:
-    session = sessions.get("decoder_with_past", sessions["decoder"])
-    past = next(i for i in session.get_inputs() if i.name.startswith("past_key_values."))
-    return {"tensor(float)": "float32", "tensor(float16)": "float16"}[past.type]
-
-
-def teacher_forced_logits(gen: Generator, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(logits (T, V) float32, next-token targets (T,)) per text, each text alone (batch 1)."""
+def teacher_forced_logits(gen: Generator, texts: Sequence[str], sessions: dict[str, Any] | None = None) -> Logits:
+    """(logits (T, V) float32, next-token targets (T,)) per text, each text alone (batch 1), from ``sessions``
+    (default: the generator's own)."""
+    sessions = sessions or gen.sessions
     out = []
     for text in texts:
         prompts = gen.prompts.encode([text], gen.max_positions, True, "positions")
         ids = prompts.ids
         if gen.kind == "decoder":
-            logits = decoder_logits(gen.sessions["decoder"], ids)[:-1]
+            logits = decoder_logits(sessions["decoder"], ids)[:-1]
             targets = ids[0, 1:]
         else:  # the source is also the target: the decoder sees start + text[:-1]
             start = np.full((1, 1), gen.start_id, dtype=np.int64)
             decoder_ids = np.concatenate([start, ids[:, :-1]], axis=1)
-            logits = seq2seq_logits(gen, ids, decoder_ids)
+            logits = seq2seq_logits(sessions, ids, decoder_ids)
             targets = ids[0]
         out.append((logits.astype(np.float32), targets))
     return out
@@ -172,19 +130,19 @@ def decoder_logits(session: Any, ids: np.ndarray) -> np.ndarray:
              "logits_to_keep": np.array([0], dtype=np.int64)}  # 0: every position
     for i in session.get_inputs():
         if i.name.startswith("past_key_values."):
-            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=DTYPES[i.type])
+            feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=from_ort(i.type).numpy)
     names = {i.name for i in session.get_inputs()}
     return session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0][0]
 
 
-def seq2seq_logits(gen: Generator, src: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
+def seq2seq_logits(sessions: dict[str, Any], src: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
     mask = np.ones_like(src)
-    hidden = gen.sessions["encoder"].run(["last_hidden_state"], {"input_ids": src, "attention_mask": mask})[0]
+    hidden = sessions["encoder"].run(["last_hidden_state"], {"input_ids": src, "attention_mask": mask})[0]
     feeds = {"input_ids": decoder_ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask}
-    return gen.sessions["decoder"].run(["logits"], feeds)[0][0]
+    return sessions["decoder"].run(["logits"], feeds)[0][0]
 
 
-def fidelity(reference: list[tuple[np.ndarray, np.ndarray]], variant: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+def fidelity(reference: Logits, variant: Logits) -> dict[str, Any]:
     agree = total = 0
     nll_ref, nll_var = [], []
     for (ref, targets), (got, _) in zip(reference, variant):
@@ -200,7 +158,6 @@ def fidelity(reference: list[tuple[np.ndarray, np.ndarray]], variant: list[tuple
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(-1, keepdims=True)
+    shifted = logits - logits.max(-1, keepdims=True)  # log-softmax, max-shifted
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     return -log_probs[np.arange(len(targets)), targets]
-

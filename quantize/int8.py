@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -40,15 +40,14 @@ def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in _VNNI_FLAGS)
 
 
-@dataclass
-class Int8Recipe:
-    """Everything that decides an int8 graph except which nodes stay fp32."""
+@dataclass(frozen=True)
+class Int8Settings:
+    """Everything that decides an int8 graph except which nodes stay fp32 (the budget loop decides those)."""
 
     mode: str  # "dynamic" | "static"
     target: str  # "cpu" | "tensorrt"
     reduce_range: bool
     method: str | None = None  # calibration method (static only)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def op_types(self) -> tuple[str, ...]:
@@ -57,6 +56,10 @@ class Int8Recipe:
     @property
     def symmetric(self) -> bool:
         return self.target == "tensorrt"
+
+    @property
+    def tool(self) -> str:
+        return f"onnxruntime.quantization.quantize_{self.mode}"
 
     def options(self) -> dict[str, Any]:
         """The options as recorded in the manifest."""
@@ -70,6 +73,8 @@ class Int8Recipe:
         return opts
 
 
+
+
 def candidate_nodes(model: Path, op_types: Sequence[str]) -> list[str]:
     """Nodes the quantizer would convert: the given op types with a constant (initializer) weight."""
     graph = onnx.load(str(model), load_external_data=False).graph
@@ -77,22 +82,22 @@ def candidate_nodes(model: Path, op_types: Sequence[str]) -> list[str]:
     return [n.name for n in graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in weights]
 
 
-def quantize(source: Path, recipe: Int8Recipe, out_dir: Path, exclude: Sequence[str] = (),
+def quantize(source: Path, settings: Int8Settings, out_dir: Path, exclude: Sequence[str] = (),
              only: Sequence[str] | None = None, reader: CalibrationDataReader | None = None,
              cache: Path | None = None) -> Path:
     """Quantize ``source`` into ``out_dir/model.onnx``, keeping ``exclude`` in fp32 (or quantizing only ``only``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / MODEL_FILE
-    common = dict(per_channel=True, reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8,
-                  op_types_to_quantize=list(recipe.op_types), nodes_to_exclude=list(exclude),
+    common = dict(per_channel=True, reduce_range=settings.reduce_range, weight_type=QuantType.QInt8,
+                  op_types_to_quantize=list(settings.op_types), nodes_to_exclude=list(exclude),
                   nodes_to_quantize=list(only) if only is not None else None)
-    with _quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger for every call
-        _run(source, out, recipe, common, reader, cache)
+    with quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger for every call
+        _run(source, out, settings, common, reader, cache)
     return out
 
 
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
+def quiet_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
@@ -102,9 +107,9 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _run(source: Path, out: Path, recipe: Int8Recipe, common: dict[str, Any], reader: CalibrationDataReader | None,
-         cache: Path | None) -> None:
-    if recipe.mode == "dynamic":
+def _run(source: Path, out: Path, settings: Int8Settings, common: dict[str, Any],
+         reader: CalibrationDataReader | None, cache: Path | None) -> None:
+    if settings.mode == "dynamic":
         quantize_dynamic(str(source), str(out), **common,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
         return
@@ -112,8 +117,8 @@ def _run(source: Path, out: Path, recipe: Int8Recipe, common: dict[str, Any], re
 
     quantize_static(
         str(source), str(out), reader, quant_format=QuantFormat.QDQ, **common,
-        activation_type=QuantType.QInt8 if recipe.symmetric else QuantType.QUInt8,
-        calibrate_method=calibration_method(recipe.method or "minmax"), calibration_cache_path=cache,
+        activation_type=QuantType.QInt8 if settings.symmetric else QuantType.QUInt8,
+        calibrate_method=calibration_method(settings.method or "minmax"), calibration_cache_path=cache,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True,
-                       "ActivationSymmetric": recipe.symmetric, "WeightSymmetric": True, **recipe.extra},
+                       "ActivationSymmetric": settings.symmetric, "WeightSymmetric": True},
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from onnxformer.errors import QuantizationError
-from onnxformer.quantize.source import save_model
+from onnxformer.runtime.onnx_save import save_onnx
 
 
 def annotate(source: Path, out: Path) -> Path:
@@ -23,4 +23,4 @@ def annotate(source: Path, out: Path) -> Path:
     except Exception as e:  # the tool raises bare Exceptions; name the step and the cause
         raise QuantizationError(f"ONNX Runtime's symbolic shape inference failed on {source.name}: {e}") from e
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(inferred, out)
+    return save_onnx(inferred, out)

@@ -27,7 +27,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxformer.quantize.source import save_model
+from onnxformer.quantize.fidelity import evaluation_feeds
+from onnxformer.quantize.int8 import Int8Settings, candidate_nodes
+from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.onnx_save import save_onnx
 from onnxformer.runtime.session import create_session
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -38,7 +41,7 @@ Feeds = dict[str, np.ndarray]
 
 
 @dataclass
-class Plan:
+class Smoothing:
     """The smoothing chosen for one graph: per node, α and the per-channel scales (None = left alone)."""
 
     alphas: dict[str, float | None] = field(default_factory=dict)
@@ -59,23 +62,31 @@ class Plan:
         }
 
 
+def smooth_for_int8(directory: Path, manifest: Manifest, source: Path, settings: Int8Settings,
+                    texts: Sequence[str], out: Path) -> tuple[Path, Smoothing]:
+    """SmoothQuant every node ``settings`` would quantize, from ``texts``; written to ``out``."""
+    feeds = evaluation_feeds(directory, manifest, texts)
+    nodes = candidate_nodes(source, settings.op_types)
+    return smooth(source, nodes, feeds, out, settings.reduce_range)
+
+
 def smooth(source: Path, nodes: Sequence[str], feeds: Sequence[Feeds], out: Path, reduce_range: bool = False,
-           min_gain: float = MIN_GAIN) -> tuple[Path, Plan]:
-    """Write ``source`` with ``nodes`` smoothed to ``out``; return the path and the plan applied."""
+           min_gain: float = MIN_GAIN) -> tuple[Path, Smoothing]:
+    """Write ``source`` with ``nodes`` smoothed to ``out``; return the path and the smoothing applied."""
     model = onnx.load(str(source))
     graph = _Graph(model)
     targets = [graph.nodes[n] for n in nodes if n in graph.nodes and graph.smoothable(graph.nodes[n])]
     inputs = sorted({node.input[0] for node in targets})
     acts = _activations(model, inputs, feeds, out.parent)  # per text: input name → (real tokens, K)
     absmax = {name: np.max([np.abs(a[name]).max(axis=0) for a in acts], axis=0) for name in inputs}
-    plan = _choose(graph, targets, absmax, acts, reduce_range, min_gain)
-    muls = {node.name: _apply(graph, node, plan.scales[node.name], fold=node.name in plan.folded)
-            for node in targets if node.name in plan.scales}
+    chosen = _choose(graph, targets, absmax, acts, reduce_range, min_gain)
+    muls = {node.name: _apply(graph, node, chosen.scales[node.name], fold=node.name in chosen.folded)
+            for node in targets if node.name in chosen.scales}
     ordered = [m for n in model.graph.node for m in (muls.get(n.name), n) if m is not None]
     del model.graph.node[:]
     model.graph.node.extend(ordered)  # each Mul right before the node it feeds: still topologically sorted
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(model, out), plan
+    return save_onnx(model, out), chosen
 
 
 class _Graph:
@@ -115,7 +126,7 @@ def _probe(model: onnx.ModelProto, inputs: Sequence[str], work: Path) -> Any:
     probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in inputs if name not in known)
     work.mkdir(parents=True, exist_ok=True)
-    return create_session(save_model(probe, work / "smoothing-probe.onnx"))
+    return create_session(save_onnx(probe, work / "smoothing-probe.onnx"))
 
 
 def _activations(model: onnx.ModelProto, inputs: Sequence[str], feeds: Sequence[Feeds],
@@ -164,8 +175,8 @@ def int8_error(x: np.ndarray, weight: np.ndarray, x_levels: int = 255, w_levels:
 
 
 def _choose(graph: _Graph, targets: Sequence[onnx.NodeProto], absmax: dict[str, np.ndarray],
-            acts: list[dict[str, np.ndarray]], reduce_range: bool, min_gain: float) -> Plan:
-    plan = Plan()
+            acts: list[dict[str, np.ndarray]], reduce_range: bool, min_gain: float) -> Smoothing:
+    chosen = Smoothing()
     for node in targets:
         weight, xs = graph.weight(node), [a[node.input[0]] for a in acts]
         levels = _levels(node, reduce_range)
@@ -177,13 +188,13 @@ def _choose(graph: _Graph, targets: Sequence[onnx.NodeProto], absmax: dict[str, 
             if err < best:
                 best_alpha, best = alpha, err
         fold = graph.foldable(node)
-        plan.error_before[node.name], plan.alphas[node.name] = base, None
+        chosen.error_before[node.name], chosen.alphas[node.name] = base, None
         if best_alpha is not None and (fold or best <= (1.0 - min_gain) * base):
-            plan.alphas[node.name], plan.error_after[node.name] = best_alpha, best
-            plan.scales[node.name] = scales_for(absmax[node.input[0]], weight, best_alpha)
+            chosen.alphas[node.name], chosen.error_after[node.name] = best_alpha, best
+            chosen.scales[node.name] = scales_for(absmax[node.input[0]], weight, best_alpha)
             if fold:
-                plan.folded.append(node.name)
-    return plan
+                chosen.folded.append(node.name)
+    return chosen
 
 
 def _levels(node: onnx.NodeProto, reduce_range: bool) -> tuple[int, int]:

@@ -1,9 +1,9 @@
-"""Reading a source variant from an artifact and writing a new variant into it.
+"""Reading a source variant from an artifact, and ``publish``: the one way a built variant enters it.
 
 Every check happens before anything is written: a command that fails leaves ``manifest.json``
 byte-identical. New graphs are built in a scratch directory inside the artifact (same filesystem)
 and moved into place with ``os.replace`` only once they passed every check; the manifest is updated
-last, through ``runtime.manifest.add_variant`` (atomic).
+last, in one atomic write (``Manifest.save``). Encoder and generative variants publish alike.
 """
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import onnx
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.fidelity import check_task
-from onnxformer.runtime.manifest import add_variant, load_manifest, variant_record, verify_variant
+from onnxformer.runtime.manifest import Manifest, Variant, load_manifest, variant_record, verify_variant
+
+if TYPE_CHECKING:
+    from onnxformer.quantize.recipe import Built
 
 MODEL_FILE = "model.onnx"
 # Operators that only appear in graphs that were already quantized or converted.
@@ -30,15 +33,15 @@ _QUANTIZED_OPS = frozenset({
 _FLOAT_PRECISIONS = ("fp32",)
 
 
-def load_source(directory: Path, variant: str) -> tuple[dict[str, Any], Path]:
+def load_source(directory: Path, variant: str) -> tuple[Manifest, Path]:
     """Load the manifest and verify ``variant`` (sha256) and that it is an unquantized fp32 graph."""
     manifest = load_manifest(directory)
-    check_task(manifest["task"])
-    if variant not in manifest["variants"]:
+    check_task(manifest.task)
+    if variant not in manifest.variants:
         raise QuantizationError(
-            f"variant {variant!r} is not in {directory}; available: {sorted(manifest['variants'])}"
+            f"variant {variant!r} is not in {directory}; available: {sorted(manifest.variants)}"
         )
-    precision = manifest["variants"][variant].get("precision")
+    precision = manifest.variants[variant].precision
     if precision not in _FLOAT_PRECISIONS:
         raise QuantizationError(
             f"variant {variant!r} is already quantized ({precision}); quantize from an fp32 variant "
@@ -74,26 +77,39 @@ def scratch_dir(directory: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Save a graph as one file (external data only when protobuf's 2 GB limit demands it)."""
-    large = model.ByteSize() > 1_800_000_000
-    onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
-    return path
+def publish(directory: Path, *built: Built) -> Manifest:
+    """Move each built variant's graphs (and their external data) into ``<name>/``, hash them, and record
+    every one in a single atomic manifest write. Returns the updated manifest."""
+    records: dict[str, Variant] = {}
+    with scratch_dir(directory) as work:
+        for b in built:
+            _replace_dir(_gather(b, work / b.name), directory / b.name, work / f"{b.name}.old")
+            records[b.name] = _record(directory, b)
+    manifest = load_manifest(directory)  # as it is now, not as it was when the build started
+    manifest.variants.update(records)
+    manifest.save(directory)
+    return manifest
 
 
-def publish_variant(
-    directory: Path, name: str, built: Path, *, precision: str, providers: list[str],
-    made_by: dict[str, Any], fidelity: dict[str, Any], extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Move a finished graph (and its external data) into ``<name>/`` and record it in the manifest."""
-    target = directory / name
-    target.mkdir(exist_ok=True)
-    parts = {p: p.name.replace(built.name, MODEL_FILE, 1) for p in built.parent.glob(built.name + "*")}
-    for stale in target.iterdir():  # files of an earlier variant of this name would be hashed with ours
-        if stale.is_file() and stale.name not in parts.values():
-            stale.unlink()
-    for part in sorted(parts, key=lambda p: p == built):  # external data first, the graph that names it last
-        os.replace(part, target / parts[part])
-    record = variant_record(directory, f"{name}/{MODEL_FILE}", precision=precision, providers=providers,
-                            made_by=made_by, fidelity=fidelity)
-    return add_variant(directory, name, {**record, **(extra or {})})
+def _gather(built: Built, staging: Path) -> Path:
+    """Move every graph of ``built`` and the files named after it (``model.onnx_data``) into ``staging``."""
+    staging.mkdir()
+    for graph in built.graphs.values():
+        for part in sorted(graph.parent.glob(graph.name + "*"), key=lambda p: p == graph):  # the graph last
+            os.replace(part, staging / part.name)
+    return staging
+
+
+def _replace_dir(staging: Path, target: Path, old: Path) -> None:
+    """Swap ``staging`` in as ``target``: files of an earlier variant of this name would be hashed with ours."""
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+
+
+def _record(directory: Path, built: Built) -> Variant:
+    files = {role: f"{built.name}/{path.name}" for role, path in built.graphs.items()}
+    return variant_record(directory, files[built.main], precision=built.precision, providers=built.providers,
+                          made_by=built.made_by, fidelity=built.fidelity, graph=built.graph,
+                          components=files if built.generative else None, cache_dtype=built.cache_dtype,
+                          speed_cpu=built.speed_cpu)

@@ -31,25 +31,25 @@ def test_every_variant_is_recorded_with_fidelity(quantized):
     from onnxformer.runtime.manifest import load_manifest
 
     m = load_manifest(quantized)
-    assert set(m["variants"]) == {"fp32", "fp16", "int8", "int4"}
+    assert set(m.variants) == {"fp32", "fp16", "int8", "int4"}
     for name in ("fp16", "int8", "int4"):
-        v = m["variants"][name]
-        fid = v["fidelity"]
+        v = m.variants[name]
+        fid = v.fidelity
         assert fid["reference"] == "fp32" and fid["texts"] >= 3 and fid["positions"] > 100
         assert 0.0 <= fid["next_token_agreement"] <= 1.0
         assert fid["perplexity_delta"] == pytest.approx(fid["perplexity"] / fid["perplexity_fp32"] - 1.0)
-        assert set(v["components"]) == set(m["variants"]["fp32"]["components"])
-        assert all(rel.startswith(f"{name}/") and rel in v["files"] for rel in v["components"].values())
-    assert m["variants"]["fp16"]["cache_dtype"] == "float16"  # the KV cache itself is half size
-    assert m["variants"]["int8"]["cache_dtype"] == "float32"
-    assert m["variants"]["fp16"]["fidelity"]["next_token_agreement"] > 0.8
+        assert set(v.components) == set(m.variants["fp32"].components)
+        assert all(rel.startswith(f"{name}/") and rel in v.files for rel in v.components.values())
+    assert m.variants["fp16"].cache_dtype == "float16"  # the KV cache itself is half size
+    assert m.variants["int8"].cache_dtype == "float32"
+    assert m.variants["fp16"].fidelity["next_token_agreement"] > 0.8
 
 
 def test_variants_use_the_quantized_operators(quantized):
     from onnxformer.runtime.manifest import load_manifest
 
     m = load_manifest(quantized)
-    decoder = Path(m["variants"]["int4"]["components"]["decoder"]).name
+    decoder = Path(m.variants["int4"].components["decoder"]).name
     assert "MatMulNBits" in _ops(quantized / "int4" / decoder)
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= _ops(quantized / "int8" / decoder)
     fp16 = onnx.load(str(quantized / "fp16" / decoder), load_external_data=False)
@@ -60,7 +60,7 @@ def test_variants_use_the_quantized_operators(quantized):
 def test_each_variant_generates(quantized, variant):
     from onnxformer.runtime.generation import Generator
 
-    gen = Generator.load(quantized, variant)
+    gen = Generator.load(quantized, variant=variant)
     ids = gen.generate_ids(["The quick brown fox", "Hi"], max_new_tokens=6)
     assert all(1 <= len(row) <= 6 for row in ids)
     assert "".join(gen.stream("Hi", max_new_tokens=6)) == gen.generate("Hi", max_new_tokens=6)
@@ -73,6 +73,19 @@ def test_bad_requests_are_refused(quantized, tiny_artifact):
         quantize_generative(quantized, ["int2"])
     with pytest.raises(QuantizationError, match="not a generative artifact"):
         quantize_generative(tiny_artifact("bert", "feature-extraction"))
+
+
+def test_build_stage_quantizes_generative_artifacts(quantized, copy_artifact):
+    from onnxformer.quantize.stage import quantize_stage
+    from onnxformer.runtime.manifest import load_manifest, verify_variant
+
+    art = copy_artifact(quantized)
+    rows = quantize_stage(art, lambda _: None)
+    assert [r["variant"] for r in rows] == ["fp16", "int8", "int4"]
+    assert all("next-token agreement" in r["detail"] for r in rows), rows
+    m = load_manifest(art)
+    for name in m.variants:
+        verify_variant(art, m, name)
 
 
 def test_fidelity_metrics():

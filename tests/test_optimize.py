@@ -24,18 +24,18 @@ EXPECTED = {
 def test_fusion_counts(family, tiny_artifact, copy_artifact):
     art = copy_artifact(tiny_artifact(family, "feature-extraction"))
     result = optimize_artifact(art)
-    made_by = result.record["made_by"]
+    made_by = result.record.made_by
     assert made_by["fused_ops"] == EXPECTED[family]
     assert (made_by["model_type"], made_by["num_heads"], made_by["hidden_size"]) == ("bert", 4, 32)
     graph = onnx.load(str(art / "fp32-opt" / "model.onnx")).graph
     ops = collections.Counter(n.op_type for n in graph.node)
     assert {op: ops[op] for op in EXPECTED[family]} == EXPECTED[family]  # the record describes the file
     assert "MatMul" in ops and "Softmax" not in ops  # attention really fused, no loose softmax left
-    assert result.record["fidelity"]["min_cosine"] > 0.9999
+    assert result.record.fidelity["min_cosine"] > 0.9999
     manifest = load_manifest(art)
     for name in ("fp32", "fp32-opt"):
         verify_variant(art, manifest, name)
-    assert manifest["variants"]["fp32-opt"]["providers"] == ["cuda", "cpu"]
+    assert manifest.variants["fp32-opt"].providers == ["cuda", "cpu"]
 
 
 def test_optimize_cli_and_bad_input(tiny_artifact, copy_artifact, tmp_path, capsys):

@@ -20,7 +20,7 @@ from onnxformer.quantize import fp16, int8
 from onnxformer.quantize.fidelity import evaluation_feeds, run_model
 from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
-from onnxformer.runtime.manifest import MANIFEST_NAME, load_manifest, verify_variant
+from onnxformer.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 
 
 def _scaled_checkpoint(src: Path, dst: Path, scale_fn) -> Path:
@@ -74,9 +74,9 @@ def _snapshot(art: Path) -> bytes:
     return (art / MANIFEST_NAME).read_bytes()
 
 
-def _verify_all(art: Path) -> dict:
+def _verify_all(art: Path) -> Manifest:
     manifest = load_manifest(art)
-    for name in manifest["variants"]:
+    for name in manifest.variants:
         verify_variant(art, manifest, name)  # sha256 of every file matches
     return manifest
 
@@ -108,12 +108,12 @@ def test_fp16_guard_keeps_overflowing_nodes_fp32(overflow_artifact, copy_artifac
     art = copy_artifact(overflow_artifact)
     before = _snapshot(art)
     record = quantize_artifact(art, "fp16", budget=0.9).record
-    guard = record["made_by"]["guard"]
+    guard = record.made_by["guard"]
     assert guard["max_abs_activation"] > 65504
     assert any("intermediate" in node or "Gelu" in node for node in guard["fp32_nodes"]), guard["fp32_nodes"]
-    assert record["fidelity"]["finite"] and record["fidelity"]["min_cosine"] > 0.99
+    assert record.fidelity["finite"] and record.fidelity["min_cosine"] > 0.99
     manifest = _verify_all(art)
-    assert set(manifest["variants"]) == {"fp32", "fp32-opt", "fp16"} and _snapshot(art) != before
+    assert set(manifest.variants) == {"fp32", "fp32-opt", "fp16"} and _snapshot(art) != before
     # fp32 inputs/outputs kept; the blocked node really is float32 inside the fp16 graph
     graph = onnx.load(str(art / "fp16" / "model.onnx")).graph
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.output)
@@ -131,8 +131,8 @@ def test_fp16_guard_keeps_overflowing_nodes_fp32(overflow_artifact, copy_artifac
 def test_fp16_on_ordinary_model_guards_nothing(tiny_artifact, copy_artifact):
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     record = quantize_artifact(art, "fp16").record
-    assert record["made_by"]["guard"]["fp32_nodes"] == {}
-    assert record["fidelity"]["min_cosine"] > 0.999 and record["providers"] == ["cuda"]
+    assert record.made_by["guard"]["fp32_nodes"] == {}
+    assert record.fidelity["min_cosine"] > 0.999 and record.providers == ["cuda"]
     _verify_all(art)
 
 
@@ -141,21 +141,21 @@ def test_fp16_on_ordinary_model_guards_nothing(tiny_artifact, copy_artifact):
 def test_int8_dynamic_on_fused_graph_budget_forces_exclusions(loud_artifact, copy_artifact):
     art = copy_artifact(loud_artifact)
     full = quantize_artifact(art, "int8", budget=0.01).record
-    assert full["made_by"]["budget"]["excluded_nodes"] == []
-    assert full["fidelity"]["min_cosine"] < 0.99  # int8 really hurts the loud model
+    assert full.made_by["budget"]["excluded_nodes"] == []
+    assert full.fidelity["min_cosine"] < 0.99  # int8 really hurts the loud model
     graph = onnx.load(str(art / "int8" / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert {"QAttention", "MatMulInteger"} <= ops and "EmbedLayerNormalization" in ops  # fused + int8
-    assert full["made_by"]["per_channel"] and full["made_by"]["reduce_range"] == (not int8.has_vnni())
+    assert full.made_by["per_channel"] and full.made_by["reduce_range"] == (not int8.has_vnni())
 
     record = quantize_artifact(art, "int8", budget=0.99).record  # default budget, replaces the variant
-    budget = record["made_by"]["budget"]
+    budget = record.made_by["budget"]
     assert budget["excluded_nodes"] and budget["met"]
-    assert record["fidelity"]["min_cosine"] >= 0.99 > full["fidelity"]["min_cosine"]
+    assert record.fidelity["min_cosine"] >= 0.99 > full.fidelity["min_cosine"]
     graph = onnx.load(str(art / "int8" / "model.onnx")).graph
     kept = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention")}
     assert set(budget["excluded_nodes"]) <= kept  # excluded nodes really stayed fp32
-    assert record["speed_cpu"]["ratio"] > 0
+    assert record.speed_cpu["ratio"] > 0
     _verify_all(art)
 
 
@@ -179,14 +179,14 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
     record = quantize_artifact(art, "int8", mode="static", target=target, calibration=cal, method="percentile",
                                budget=0.05).record
     name = "int8-static" if target == "cpu" else "int8-trt"
-    assert load_manifest(art)["variants"][name] == record
+    assert load_manifest(art).variants[name] == record
     graph = onnx.load(str(art / name / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    made_by = record["made_by"]
+    made_by = record.made_by
     assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 12
     if target == "tensorrt":  # symmetric int8, from the unfused graph: no ORT contrib ops for TensorRT
-        assert made_by["from"] == "fp32" and record["providers"] == ["tensorrt"]
+        assert made_by["from"] == "fp32" and record.providers == ["tensorrt"]
         assert not ops & {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
         inits = {i.name: i for i in graph.initializer}
         zero_points = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in graph.node
@@ -206,9 +206,9 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
 def test_task_fidelity_metrics(task, metric, tiny_artifact, copy_artifact):
     art = copy_artifact(tiny_artifact("bert", task))
     record = quantize_artifact(art, "int8").record
-    fidelity = record["fidelity"]
+    fidelity = record.fidelity
     assert 0.95 <= fidelity[metric] <= 1.0 and fidelity["finite"] and fidelity["texts"] == len(evaluation_texts())
-    assert record["made_by"]["budget"]["metric"] == metric
+    assert record.made_by["budget"]["metric"] == metric
     _verify_all(art)
 
 
@@ -269,16 +269,16 @@ def test_bad_input_is_one_line_and_leaves_manifest_identical(loud_artifact, copy
 
 def test_already_quantized_fp32_file_is_refused(loud_artifact, copy_artifact, capsys):
     """An artifact whose fp32 graph is secretly quantized (and re-hashed): refused by inspecting the graph."""
-    from onnxformer.runtime.manifest import save_manifest, variant_record
+    from onnxformer.runtime.manifest import variant_record
 
     art = copy_artifact(loud_artifact)
     quantize_artifact(art, "int8", budget=0.01)
     shutil.copy(art / "int8" / "model.onnx", art / "fp32" / "model.onnx")
     manifest = load_manifest(art)
-    old = manifest["variants"]["fp32"]
-    manifest["variants"]["fp32"] = variant_record(art, "fp32/model.onnx", precision="fp32", providers=old["providers"],
-                                                  made_by=old["made_by"])
-    save_manifest(art, manifest)
+    old = manifest.variants["fp32"]
+    manifest.variants["fp32"] = variant_record(art, "fp32/model.onnx", precision="fp32", providers=old.providers,
+                                               made_by=old.made_by, graph=old.graph)
+    manifest.save(art)
     before = _snapshot(art)
     for argv in (["optimize", str(art)], ["quantize", str(art), "--precision", "fp16"]):
         assert main(argv) == 1
@@ -291,36 +291,51 @@ def test_cli_quantize_then_manifest_verifies(tiny_artifact, copy_artifact, capsy
     assert main(["quantize", str(art), "--precision", "int8"]) == 0  # fuses on the fly, publishes both
     assert "int8: min_cosine" in capsys.readouterr().err
     manifest = _verify_all(art)
-    assert manifest["variants"]["int8"]["made_by"]["from"] == "fp32-opt"
-    assert manifest["variants"]["int8"]["made_by"]["fused_ops"]["Attention"] == 2
+    assert manifest.variants["int8"].made_by["from"] == "fp32-opt"
+    assert manifest.variants["int8"].made_by["fused_ops"]["Attention"] == 2
 
 
 def test_build_stage_rows(tiny_artifact, copy_artifact):
-    import argparse
-
     from onnxformer.quantize.stage import quantize_stage
 
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
-    rows = quantize_stage(argparse.Namespace(), art, lambda _: None)
+    rows = quantize_stage(art, lambda _: None)
     assert [r["variant"] for r in rows] == ["fp32-opt", "fp16", "int8"]
     assert "Attention×2" in rows[0]["detail"] and all("min_cosine" in r["detail"] for r in rows)
-    assert set(_verify_all(art)["variants"]) == {"fp32", "fp32-opt", "fp16", "int8"}
+    assert set(_verify_all(art).variants) == {"fp32", "fp32-opt", "fp16", "int8"}
+
+
+def test_every_recipe_is_chosen_through_the_registry():
+    from onnxformer.quantize import recipes, variants
+
+    for recipe in variants.quantizers():  # each (precision, mode, target) names exactly one recipe
+        assert variants.plan(recipe.precision, recipe.mode, recipe.target) is recipe
+    assert [variants.plan(p).name for p in ("fp16", "int8")] == ["fp16", "int8"]
+    assert variants.generative_names() == ("fp16", "int8", "int4")
+    assert len({(r.name, r.generative) for r in recipes.RECIPES}) == len(recipes.RECIPES)
+
+
+def test_variants_record_whether_their_graph_is_fused(tiny_artifact, copy_artifact):
+    from onnxformer.runtime.manifest import FUSED, UNFUSED
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    quantize_artifact(art, "int8", budget=0.01)  # fuses fp32-opt on the way
+    quantize_artifact(art, "int8", target="tensorrt", budget=0.01)
+    graphs = {name: v.graph for name, v in _verify_all(art).variants.items()}
+    assert graphs == {"fp32": graphs["fp32"], "fp32-opt": FUSED, "int8": FUSED, "int8-trt": UNFUSED}
 
 
 def test_decoder_tasks_are_refused_and_skipped_by_build(tiny_artifact, copy_artifact, capsys):
-    import argparse
-
     from onnxformer.quantize.stage import quantize_stage
-    from onnxformer.runtime.manifest import save_manifest
 
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     manifest = load_manifest(art)
-    manifest["task"] = "text-generation"
-    save_manifest(art, manifest)
+    manifest.task = "text-generation"
+    manifest.save(art)
     before = _snapshot(art)
     assert main(["quantize", str(art), "--precision", "int8"]) == 1
     assert "quantize-generative" in capsys.readouterr().err and _snapshot(art) == before
-    assert quantize_stage(argparse.Namespace(), art, lambda _: None)[0]["detail"].startswith("skipped")
+    assert quantize_stage(art, lambda _: None)[0]["detail"].startswith("skipped")
 
 
 # ------------------------------------------------------------------------------------------ smoothing
@@ -392,6 +407,6 @@ def test_int8_records_smoothing_and_no_smooth_skips_it(outlier_artifact, copy_ar
     art = copy_artifact(outlier_artifact)
     smoothed = quantize_artifact(art, "int8", budget=0.01).record
     plain = quantize_artifact(art, "int8", budget=0.01, smooth=False).record
-    assert smoothed["made_by"]["smoothing"]["smoothed_nodes"] > 0 and "smoothing" not in plain["made_by"]
-    assert smoothed["fidelity"]["min_cosine"] > plain["fidelity"]["min_cosine"]  # measured, end to end
+    assert smoothed.made_by["smoothing"]["smoothed_nodes"] > 0 and "smoothing" not in plain.made_by
+    assert smoothed.fidelity["min_cosine"] > plain.fidelity["min_cosine"]  # measured, end to end
     _verify_all(art)
