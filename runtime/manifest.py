@@ -84,6 +84,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _finish(part: Any, out: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``out`` plus the ``optional`` attributes that are set, then the keys this version does not know."""
+    out.update({k: getattr(part, k) for k in optional if getattr(part, k) is not None})
+    return {**out, **part.extra}
+
+
 # --- the parts -------------------------------------------------------------------------------------------
 @dataclass
 class TensorSpec:
@@ -178,8 +184,7 @@ class Architecture:
         out: dict[str, Any] = {"model_type": self.model_type}
         if self.architectures:
             out["architectures"] = list(self.architectures)
-        out.update({k: getattr(self, k) for k in self._SIZES if getattr(self, k) is not None})
-        return {**out, **self.extra}
+        return _finish(self, out, self._SIZES)
 
     @classmethod
     def parse(cls, r: _Reader) -> "Architecture":
@@ -230,8 +235,7 @@ class Variant:
                                "providers": list(self.providers), "made_by": self.made_by, "fidelity": self.fidelity}
         if self.components:
             out["components"] = dict(self.components)
-        out.update({k: getattr(self, k) for k in self._OPTIONAL if getattr(self, k) is not None})
-        return {**out, **self.extra}
+        return _finish(self, out, self._OPTIONAL)
 
     @classmethod
     def parse(cls, r: _Reader) -> "Variant":
