@@ -10,6 +10,7 @@ from typing import Callable
 from onnxformer.export.checkpoint import inspect_checkpoint, resolve_model_path
 from onnxformer.export.encoder import export_encoder
 from onnxformer.export.generative import export_generative
+from onnxformer.export.staging import check_destination
 from onnxformer.export.tasks import check_architecture, generative_task, get_task, infer_task
 from onnxformer.runtime.manifest import Manifest
 
@@ -41,6 +42,7 @@ def export_checkpoint(
     with their KV cache, encoders as one graph)."""
     start = time.perf_counter()
     out = Path(out)
+    check_destination(out, overwrite)  # before any loading: a refused --out costs nothing
     if task is not None and generative_task("", task) is None:
         get_task(task)  # unknown task: fail before any loading
     ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)

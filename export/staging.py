@@ -12,15 +12,20 @@ from pathlib import Path
 from typing import Iterator
 
 from onnxformer.errors import ArtifactError
+from onnxformer.runtime.files import default_mode
 from onnxformer.runtime.manifest import is_artifact
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a directory that is not ours unless --overwrite."""
+    """Refuse to replace anything, an earlier artifact included (its variants would be lost), unless --overwrite."""
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} exists and is a file; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not is_artifact(out) and not overwrite:
-        raise ArtifactError(f"{out} exists and is not an onnxformer artifact; choose another --out or pass --overwrite")
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    if is_artifact(out):
+        raise ArtifactError(f"{out} already holds an onnxformer artifact; pass --overwrite to replace it "
+                            "(its variants are replaced too) or choose another --out")
+    raise ArtifactError(f"{out} exists and is not an onnxformer artifact; choose another --out or pass --overwrite")
 
 
 @contextlib.contextmanager
@@ -29,6 +34,7 @@ def staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    os.chmod(stage, default_mode(directory=True))  # becomes the artifact: readable as a mkdir would make it
     try:
         yield stage
         _swap_into_place(stage, out)

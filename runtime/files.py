@@ -21,14 +21,37 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which races
+    with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """What open()/mkdir() would have given: mkstemp/mkdtemp make files 0600 and directories 0700, which a
+    server running as another user (or a Triton container) cannot read."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same directory, fsync, then rename over ``path``.
 
-    A killed process leaves either the old file or the new one, never a torn one.
+    A killed process leaves either the old file or the new one, never a torn one. The file gets the
+    permissions a plain write would (the umask's), not mkstemp's private 0600.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

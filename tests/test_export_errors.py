@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -72,10 +73,10 @@ def test_refuses_foreign_output_dir_unless_overwrite(capsys, tiny_checkpoint, tm
     assert is_artifact(out) and not (out / "precious.txt").exists()
 
 
-def test_reexport_over_own_artifact_is_allowed(tiny_checkpoint, tmp_path):
+def test_reexport_over_own_artifact_is_allowed_with_overwrite(tiny_checkpoint, tmp_path):
     out = tmp_path / "a"
     export_checkpoint(str(tiny_checkpoint()), out)
-    export_checkpoint(str(tiny_checkpoint()), out)
+    export_checkpoint(str(tiny_checkpoint()), out, overwrite=True)  # without it: refused (issue 16, defect 2)
     assert is_artifact(out) and no_leftovers(tmp_path)
 
 
@@ -101,8 +102,46 @@ def test_failed_reexport_keeps_previous_artifact(tiny_checkpoint, tmp_path):
     export_checkpoint(str(tiny_checkpoint()), out)
     before = (out / "manifest.json").read_bytes()
     with pytest.raises(ValidationError):
-        export_checkpoint(str(tiny_checkpoint()), out, atol=1e-12)
+        export_checkpoint(str(tiny_checkpoint()), out, atol=1e-12, overwrite=True)
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_reexport_without_overwrite_keeps_the_artifact_and_its_variants(capsys, tiny_checkpoint, tmp_path):
+    """Issue 16, defect 2: a re-export silently replaced an artifact and dropped its variants."""
+    from onnxformer.cli import main
+
+    out = tmp_path / "a"
+    assert main(["export", str(tiny_checkpoint()), "--out", str(out)]) == 0
+    assert main(["optimize", str(out)]) == 0
+    before = (out / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(tiny_checkpoint()), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds an onnxformer artifact; pass --overwrite" in err and err.strip().count("\n") == 0
+    assert (out / "manifest.json").read_bytes() == before and (out / "fp32-opt" / "model.onnx").is_file()
+    assert main(["export", str(tiny_checkpoint()), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(json.loads((out / "manifest.json").read_text())["variants"]) == ["fp32"]
+
+
+def test_everything_written_is_readable_as_the_umask_says(tiny_checkpoint, tmp_path):
+    """Issue 16, defect 3: mkstemp/mkdtemp made artifacts 0700 and manifest.json 0600 (unreadable by a server
+    running as another user or by a Triton container)."""
+    import stat
+
+    from onnxformer.cli import main
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "a"
+        assert main(["export", str(tiny_checkpoint()), "--out", str(out)]) == 0
+        assert main(["triton", str(out), "--repo", str(tmp_path / "repo")]) == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)
+    assert mode(out) == 0o755 and mode(out / "fp32") == 0o755
+    assert mode(out / "manifest.json") == 0o644 and mode(out / "fp32" / "model.onnx") == 0o644
+    (config,) = (tmp_path / "repo").rglob("config.pbtxt")
+    assert mode(config) == 0o644
 
 
 def test_output_is_a_file(tiny_checkpoint, tmp_path):
