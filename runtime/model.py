@@ -16,12 +16,13 @@ import numpy as np
 from tokenizers import Encoding
 
 from onnxformer.errors import InputError
-from onnxformer.runtime import classification, qa, tagging
+from onnxformer.runtime import classification, pairs, qa, tagging
 from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from onnxformer.runtime.binding import Runner
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_artifact
 from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.pairs import TextInput
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.tasks import get_task
 from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
@@ -96,16 +97,36 @@ class Model:
         rows = self._batched(list(encodings), batch, max_batch_tokens, batch_size)
         return np.stack(rows).astype(np.float32)
 
-    def classify(self, texts: Sequence[str], top_k: int | None = 1, truncate: bool = False) -> list[list[dict[str, Any]]]:
-        """Per text, the ``top_k`` labels (None: all) with softmax/sigmoid scores, best first."""
+    def classify(self, texts: Sequence[TextInput] | TextInput, top_k: int | None = 1,
+                 truncate: bool = False) -> list[list[dict[str, Any]]]:
+        """Per input, the ``top_k`` labels (None: all) with softmax/sigmoid scores, best first. An input is a
+        text, or a text pair for cross-encoders: a ``(text, text_pair)`` tuple or transformers' pipeline dict
+        ``{"text": ..., "text_pair": ...}`` (one pair alone is one input)."""
         self._require("text-classification", "classify")
-        post = self.manifest.postprocess
+        logits = self._pair_logits(*pairs.split(texts), truncate)
+        return classification.top_labels(logits, self.manifest.postprocess, top_k)
 
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None, truncate: bool = False,
+               return_documents: bool = False) -> list[dict[str, Any]]:
+        """Documents ranked by a cross-encoder's relevance to ``query``, best first, as sentence-transformers'
+        ``CrossEncoder.rank``: ``{"corpus_id", "score"(, "text")}``; the score is the sigmoid of a one-logit
+        head (CrossEncoder.predict's default), else the probability of the last label."""
+        self._require("text-classification", "rerank")
+        if not isinstance(query, str) or isinstance(documents, str):
+            raise InputError("rerank() takes one query string and a list of document strings")
+        check_texts(list(documents))
+        logits = self._pair_logits([query] * len(documents), list(documents), truncate)  # (N, L)
+        scores = (classification.sigmoid(logits[:, 0]) if logits.shape[1] == 1
+                  else classification.softmax(logits)[:, -1])
+        order = np.argsort(-scores, kind="stable")[: classification.check_top_k(top_k, len(documents))]
+        return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+                for i in order]
+
+    def _pair_logits(self, texts: Sequence[str], pair: Sequence[str] | None, truncate: bool) -> np.ndarray:
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
             return list(self.runner.run(feeds)["logits"].astype(np.float32))
 
-        logits = np.stack(self._batched(self.tokenizer.encodings(texts, truncate=truncate), batch))
-        return classification.top_labels(logits, post, top_k)
+        return np.stack(self._batched(self.tokenizer.encodings(texts, truncate=truncate, pair=pair), batch))
 
     def tag(self, texts: Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",),
             truncate: bool = False) -> list[list[dict[str, Any]]]:
