@@ -6,6 +6,10 @@ BIN    := $(VENV)/bin
 EXTRAS ?= cpu,export,serve,dev,demo
 # CPU installs pin the local CPU torch build (see constraints-cpu.txt).
 CONSTRAINTS ?= constraints-cpu.txt
+# Where a CPU-only torch comes from. Empty here: this machine's pip already has the CPU build on disk. From PyPI
+# alone, torch==2.13.0 is the CUDA build (~17 nvidia-* packages); elsewhere use
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 DEMO_OUT ?= build/all-MiniLM-L6-v2
 
 export HF_HUB_OFFLINE ?= 1
@@ -18,7 +22,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

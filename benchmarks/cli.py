@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     preflight(args.directory, settings)  # user errors surface as one line, before the progress display starts
     out = Path(args.out) if args.out else Path(args.directory) / "bench.json"
+    check_writable(out)  # before minutes of measuring, not after
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("bench", total=None)
@@ -74,6 +75,21 @@ def run(args: argparse.Namespace) -> int:
         console.print("[yellow]interrupted: the files hold what was measured so far[/]")
         return 130
     return 0
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, in one line, when the report cannot be written where it is meant to go."""
+    import tempfile
+
+    from onnxformer.errors import ArtifactError
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise ArtifactError(f"cannot write the report to {out.parent} ({e.strerror}); pass --out PATH to write "
+                            "it somewhere writable") from None
 
 
 def print_summary(report: dict[str, Any]) -> None:

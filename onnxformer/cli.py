@@ -21,12 +21,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", help="feature-extraction | text-classification | token-classification | question-answering")
+    from onnxformer.runtime.tasks import ALIASES, exportable
+
+    aliases = ", ".join(f"{a} = {t}" for a, t in ALIASES.items())
+    p.add_argument("--task", help=f"{' | '.join(exportable())} (aliases: {aliases}; default: inferred from the "
+                                  "checkpoint)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the architecture)")
     p.add_argument("--atol", type=float, help="max |Δ| against PyTorch (default per task)")
     p.add_argument("--allow-pickle", action="store_true", help="load pickle weights (torch.load weights_only=True)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an onnxformer artifact")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out: an earlier artifact (and its variants) or a directory that is not one")
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -22,7 +22,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable); the text ends before it")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop sequence (repeatable); the text ends before it. Taken literally: for a newline use "
+                        "bash's $'\\n'")
     p.add_argument("--seed", type=int, help="random seed for --sample (reproducible output)")
     p.add_argument("--truncate", action="store_true", help="cut prompts that do not fit instead of failing")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")

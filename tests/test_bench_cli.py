@@ -56,6 +56,32 @@ def test_bench_errors_are_one_line(tiny_artifact, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_bench_on_a_read_only_artifact_fails_before_measuring(tiny_artifact, copy_artifact, tmp_path, capsys,
+                                                               monkeypatch):
+    """Issue 16, defect 5: bench measured everything, then crashed writing into a read-only artifact."""
+    import os
+
+    from onnxformer.benchmarks import harness
+
+    if os.geteuid() == 0:  # root writes through read-only modes: make the directory unwritable another way
+        monkeypatch.setattr("tempfile.NamedTemporaryFile", _refuse_writes)
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    measured = []
+    monkeypatch.setattr(harness, "run_benchmark", lambda *a, **k: measured.append(1))
+    os.chmod(art, 0o555)
+    try:
+        assert main(["bench", str(art), "--iters", "1", "--no-peers", "--providers", "cpu"]) == 1
+    finally:
+        os.chmod(art, 0o755)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot write the report to" in err and "--out PATH" in err
+    assert measured == []
+
+
+def _refuse_writes(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+
 def test_bench_option_parsing(tiny_artifact):
     assert int_list("1,8,32") == [1, 8, 32]
     with pytest.raises(SystemExit):
