@@ -18,10 +18,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from onnxformer.errors import ServingError
-from onnxformer.runtime.dtypes import DTYPES
+from onnxformer.runtime.dtypes import DTYPES, from_ort
 from onnxformer.runtime.files import atomic_write_bytes, confined
 from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
 from onnxformer.runtime.providers import profile_options, shape_profile
+from onnxformer.runtime.tasks import get_task
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
@@ -57,17 +58,48 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     options.check()
     directory, repo = Path(directory), Path(repo)
     manifest = Manifest.load(directory)
-    verify_variant(directory, manifest, options.variant)  # never ship a file that fails its sha256
+    if get_task(manifest.task).generative:
+        raise ServingError(f"{directory} is a {manifest.task} artifact: its generation loop (several graphs and a "
+                           "KV cache carried between calls) is not one Triton model; serve it with "
+                           "`onnxformer serve` instead")
+    graph = verify_variant(directory, manifest, options.variant)  # never ship a file that fails its sha256
     name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name or directory.name)
     target = repo / name
     if target.exists() and not options.overwrite:
         raise ServingError(f"{target} already exists; pass --overwrite to replace it")
     config = model_config(manifest, name, options)
+    check_config(config, graph)  # Triton's own rules, against the graph it will load
     text = text_format.MessageToString(config)
     parse_config(text)  # the schema check: what Triton will read must parse back
     _copy_variant(directory, manifest.variant(options.variant), target / "1")
     atomic_write_bytes(target / "config.pbtxt", text.encode())
     return target
+
+
+def check_config(config: mc.ModelConfig, graph: Path) -> None:
+    """The rules Triton's onnxruntime backend applies at load: every tensor has ``dims`` (the batch dimension
+    is implicit, so a graph tensor needs rank >= 2), and names, data types and dims match the ONNX graph."""
+    from onnxformer.runtime.session import create_session
+
+    session = create_session(graph, threads=1)
+    for kind, declared, actual in (("input", config.input, session.get_inputs()),
+                                   ("output", config.output, session.get_outputs())):
+        graph_tensors = {t.name: t for t in actual}
+        if sorted(t.name for t in declared) != sorted(graph_tensors):
+            raise ServingError(f"config {kind}s {sorted(t.name for t in declared)} do not match the graph's "
+                               f"{sorted(graph_tensors)}; re-export the model")
+        for tensor in declared:
+            node = graph_tensors[tensor.name]
+            if not tensor.dims:
+                raise ServingError(f"{kind} {tensor.name!r} has shape {node.shape}: Triton needs a batch dimension "
+                                   "plus at least one more; this graph cannot be served by Triton as exported")
+            dtype = from_ort(node.type)
+            if tensor.data_type != getattr(mc, f"TYPE_{dtype.v2}", None):
+                raise ServingError(f"{kind} {tensor.name!r}: the config says {mc.DataType.Name(tensor.data_type)}, "
+                                   f"the graph {node.type}; re-export the model")
+            shape = [d if isinstance(d, int) else -1 for d in node.shape[1:]]
+            if list(tensor.dims) != shape:
+                raise ServingError(f"{kind} {tensor.name!r}: config dims {list(tensor.dims)} != the graph's {shape}")
 
 
 def parse_config(text: str) -> mc.ModelConfig:

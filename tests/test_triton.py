@@ -67,3 +67,36 @@ def test_cli(tiny_artifact, tmp_path, capsys):
     assert _parse(tmp_path / "emb" / "config.pbtxt").max_batch_size == 4
     assert main(["triton", str(tmp_path / "missing"), "--repo", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_generative_artifacts_are_refused_in_one_line(gen_artifact, tmp_path, capsys, family):
+    """Issue 16, defect 6: GPT-2's logits_to_keep had no dims and T5's config named the wrong graph's inputs."""
+    assert main(["triton", str(gen_artifact(family)), "--repo", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not one Triton model; serve it with `onnxformer serve`" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_configs_are_checked_against_the_graph(tiny_artifact, copy_artifact, tmp_path):
+    """Triton's rules, not only the protobuf schema: names, types and dims must match the ONNX graph."""
+    import dataclasses
+
+    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.serve.triton import check_config, model_config
+
+    artifact = tiny_artifact("bert", "feature-extraction")
+    manifest = Manifest.load(artifact)
+    graph = artifact / manifest.variants["fp32"].file
+    check_config(model_config(manifest, "m", TritonOptions()), graph)  # what export writes passes
+    renamed = dataclasses.replace(manifest, inputs=[dataclasses.replace(manifest.inputs[0], name="ids"),
+                                                    *manifest.inputs[1:]])
+    with pytest.raises(ServingError, match="do not match the graph's"):
+        check_config(model_config(renamed, "m", TritonOptions()), graph)
+    retyped = dataclasses.replace(manifest, inputs=[dataclasses.replace(manifest.inputs[0], dtype="int32"),
+                                                    *manifest.inputs[1:]])
+    with pytest.raises(ServingError, match="the config says TYPE_INT32, the graph tensor\\(int64\\)"):
+        check_config(model_config(retyped, "m", TritonOptions()), graph)
+    flat = dataclasses.replace(manifest, outputs=[dataclasses.replace(manifest.outputs[0], shape=["batch"])])
+    with pytest.raises(ServingError, match="Triton needs a batch dimension plus at least one more"):
+        check_config(model_config(flat, "m", TritonOptions()), graph)
