@@ -23,7 +23,7 @@ from onnxformer.runtime.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_artifact
 from onnxformer.runtime.manifest import Manifest
 from onnxformer.runtime.pairs import TextInput
-from onnxformer.runtime.pooling import l2_normalize, pool
+from onnxformer.runtime.pooling import l2_normalize, pool, truncate_dims
 from onnxformer.runtime.tasks import get_task
 from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
 
@@ -74,11 +74,18 @@ class Model:
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def embed(self, texts: Sequence[str], truncate: bool = False, normalize: bool | None = None,
-              max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
-        """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies."""
+              max_batch_tokens: int | None = None, batch_size: int | None = None,
+              dimensions: int | None = None) -> np.ndarray:
+        """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies;
+        ``dimensions``: the first that many components (Matryoshka), renormalised when the model normalises."""
         self._require("feature-extraction", "embed")
-        return self.embed_encodings(self.tokenizer.encodings(texts, truncate=truncate), normalize, max_batch_tokens,
-                                    batch_size)
+        vectors = self.embed_encodings(self.tokenizer.encodings(texts, truncate=truncate), normalize,
+                                       max_batch_tokens, batch_size)
+        return truncate_dims(vectors, dimensions, self.normalizes(normalize))
+
+    def normalizes(self, normalize: bool | None = None) -> bool:
+        """Whether embeddings come out unit length (the checkpoint's Normalize, unless overridden)."""
+        return normalize if normalize is not None else self.manifest.postprocess.normalize
 
     def embed_encodings(self, encodings: Sequence[Encoding], normalize: bool | None = None,
                         max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
@@ -87,7 +94,7 @@ class Model:
         self._require("feature-extraction", "embed")
         post = self.manifest.postprocess
         name = "last_hidden_state" if "last_hidden_state" in self.output_names else self.output_names[0]
-        unit = normalize if normalize is not None else post.normalize
+        unit = self.normalizes(normalize)
 
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
             states = self.runner.run(feeds)[name].astype(np.float32)  # (B, T, C)

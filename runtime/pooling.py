@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError
+from onnxformer.errors import ArtifactError, InputError
 
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 
@@ -30,3 +30,16 @@ def pool(states: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.clip(norms, 1e-12, None)
+
+
+def truncate_dims(vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:
+    """Matryoshka embeddings: the first ``dimensions`` components of (N, C) vectors, L2-normalised again when
+    the model's vectors are unit length (sentence-transformers' ``truncate_dim`` then ``normalize``)."""
+    if dimensions is None:
+        return vectors
+    full = vectors.shape[-1]
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= full:
+        raise InputError(f"dimensions={dimensions!r} is not available: pass an integer from 1 to {full} "
+                         "(this model's width)")
+    cut = vectors[..., :dimensions]
+    return l2_normalize(cut) if renormalize else cut

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonab
 from pydantic import BaseModel, ConfigDict, Field
 
 from onnxformer.errors import ErrorKind, ServingError
+from onnxformer.runtime.pooling import truncate_dims
 from onnxformer.serve.httpio import parse_json, read_body, within
 from onnxformer.serve.state import ServerState, server_state
 
@@ -53,9 +54,7 @@ async def embeddings(request: Request) -> JSONResponse:
     service = state.model_service("/v1/embeddings", req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
     vectors, tokens = await within(state.config.timeout_s, service.embed(texts))
-    if req.dimensions is not None and req.dimensions != vectors.shape[1]:
-        raise ServingError(f"dimensions={req.dimensions} is not available; this model gives {vectors.shape[1]}",
-                           ErrorKind.BAD_REQUEST)
+    vectors = truncate_dims(vectors, req.dimensions, service.model.normalizes())  # Matryoshka, per request
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return JSONResponse({"object": "list", "data": data, "model": service.name,

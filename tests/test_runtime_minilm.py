@@ -36,3 +36,21 @@ def test_minilm_mixed_lengths_equal_sentence_transformers(minilm_artifact, mixed
     ours = model.embed(mixed_texts, max_batch_tokens=2048)  # several length-sorted batches
     assert ours.shape == st_vectors.shape == (len(mixed_texts), 384)
     assert min_cosine(ours, st_vectors) >= 0.99999
+
+
+def test_matryoshka_dimensions_match_sentence_transformers_truncate_dim(minilm_artifact, minilm_checkpoint):
+    """embed(dimensions=k) is sentence-transformers' truncate_dim=k followed by its normalisation."""
+    from sentence_transformers import SentenceTransformer
+
+    from onnxformer.errors import InputError
+
+    texts = ["ONNX is fast", "so is this runtime", "a third sentence"]
+    st = SentenceTransformer(str(minilm_checkpoint), device="cpu", truncate_dim=64)
+    theirs = st.encode(texts, normalize_embeddings=True)
+    model = Model.load(minilm_artifact)
+    ours = model.embed(texts, dimensions=64)
+    assert ours.shape == theirs.shape == (3, 64)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(InputError, match="dimensions=385 is not available"):
+        model.embed(texts, dimensions=385)

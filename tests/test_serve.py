@@ -85,6 +85,16 @@ def test_openai_embeddings_match_runtime(minilm):
     np.testing.assert_allclose(vector, model.embed(TEXTS[:1])[0], atol=1e-5)
 
 
+def test_openai_embeddings_dimensions_are_matryoshka(minilm):
+    """`dimensions` (OpenAI's field) cuts each vector to its first components and renormalises it."""
+    model, url = minilm
+    r = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS, "dimensions": 32})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    assert got.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(got, model.embed(TEXTS, dimensions=32), atol=1e-5)
+
+
 def test_health_and_metadata(tiny):
     model, url = tiny
     name = model.manifest.name
@@ -221,7 +231,7 @@ BAD = {
     "too many texts": ("/v1/embeddings", json.dumps({"input": ["a"] * 9}).encode(), 413, "limit is 8"),
     "too many tokens": ("/v1/embeddings", json.dumps({"input": ["word " * 40]}).encode(), 422, "limit is 24"),
     "body too large": ("/v1/embeddings", json.dumps({"input": ["x" * 5000]}).encode(), 413, "limit"),
-    "wrong dimensions": ("/v1/embeddings", b'{"input": ["a"], "dimensions": 7}', 400, "dimensions=7"),
+    "wrong dimensions": ("/v1/embeddings", b'{"input": ["a"], "dimensions": 7000}', 400, "dimensions=7000"),
     "unknown model v1": ("/v1/embeddings", b'{"input": ["a"], "model": "nope"}', 404, "unknown model"),
     "unknown model v2": ("/v2/models/nope/infer", _v2([TEXT]), 404, "unknown model"),
     "wrong task": ("/v1/classify", b'{"inputs": ["a"]}', 400, "text-classification model"),
