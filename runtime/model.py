@@ -116,18 +116,27 @@ class Model:
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None, truncate: bool = False,
                return_documents: bool = False) -> list[dict[str, Any]]:
         """Documents ranked by a cross-encoder's relevance to ``query``, best first, as sentence-transformers'
-        ``CrossEncoder.rank``: ``{"corpus_id", "score"(, "text")}``; the score is the sigmoid of a one-logit
-        head (CrossEncoder.predict's default), else the probability of the last label."""
+        ``CrossEncoder.rank``: ``{"corpus_id", "score"(, "text")}``."""
         self._require("text-classification", "rerank")
         if not isinstance(query, str) or isinstance(documents, str):
             raise InputError("rerank() takes one query string and a list of document strings")
         check_texts(list(documents))
-        logits = self._pair_logits([query] * len(documents), list(documents), truncate)  # (N, L)
-        scores = (classification.sigmoid(logits[:, 0]) if logits.shape[1] == 1
-                  else classification.softmax(logits)[:, -1])
+        scores = self.relevance([(query, d) for d in documents], truncate)
         order = np.argsort(-scores, kind="stable")[: classification.check_top_k(top_k, len(documents))]
         return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
                 for i in order]
+
+    def relevance(self, pairs_: Sequence[tuple[str, str]], truncate: bool = False, raw: bool = False) -> np.ndarray:
+        """(N,) cross-encoder scores of (query, document) pairs: the sigmoid of a one-logit head
+        (CrossEncoder.predict's default), else the softmax probability of the last label; ``raw``: that logit."""
+        self._require("text-classification", "relevance")
+        first, second = pairs.split(list(pairs_))
+        if second is None:
+            raise InputError("relevance() takes (query, document) pairs")
+        logits = self._pair_logits(first, second, truncate)  # (N, L)
+        if raw:
+            return logits[:, -1]
+        return classification.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else classification.softmax(logits)[:, -1]
 
     def _pair_logits(self, texts: Sequence[str], pair: Sequence[str] | None, truncate: bool) -> np.ndarray:
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:

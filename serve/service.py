@@ -60,6 +60,24 @@ class ModelService:
         lane = self.scheduler.lane(f"tag:{aggregation}", lambda chunk: self.model.tag(chunk, **kwargs))
         return jsonable(await lane.submit(list(texts)))
 
+    async def relevance(self, query: str, documents: Sequence[str], truncate: bool = False,
+                        raw: bool = False) -> tuple[list[float], int]:
+        """Cross-encoder scores of ``query`` with each document (``raw``: the logit, TEI's raw_scores) and the
+        tokens they cost. Pairs of every request share one lane, so concurrent reranks batch together."""
+        self.require("/v1/rerank")
+        await self.admit_texts([query])
+        await self.admit_texts(list(documents))
+        tokenizer = self.model.tokenizer
+        try:  # the pair must fit the model, not each text alone
+            encodings = await asyncio.to_thread(tokenizer.encodings, [query] * len(documents), truncate, documents)
+        except InputError as e:
+            raise ServingError(f"a (query, document) pair is too long: {e}; pass truncate", ErrorKind.UNPROCESSABLE) from None
+        self._check_lengths([len(e.ids) for e in encodings])
+        lane = self.scheduler.lane(f"relevance:{truncate}:{raw}",
+                                   lambda chunk: list(self.model.relevance(chunk, truncate=truncate, raw=raw)))
+        scores = await lane.submit([(query, d) for d in documents])
+        return [float(x) for x in scores], sum(len(e.ids) for e in encodings)
+
     async def answer(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """QA: long contexts are split by the runtime, so only the question is held to the token limit."""
         self.require("/v1/answer")
@@ -112,7 +130,7 @@ class ModelService:
         for i, n in enumerate(lengths):
             if self.max_tokens is not None and n > self.max_tokens:
                 raise ServingError(f"text {i} has {n} tokens; the limit is {self.max_tokens} (shorten it)",
-                                   ErrorKind.UNPROCESSABLE)
+                                   ErrorKind.UNPROCESSABLE) from None
 
     def _run_logits(self, chunk: list[Encoding]) -> list[np.ndarray]:
         return list(self.model.run(self.model.tokenizer.pad(chunk))["logits"])

@@ -78,6 +78,36 @@ def test_bad_pair_inputs_are_refused(tiny_artifact, bad, match):
         clf.classify(bad)
 
 
+def test_rerank_routes_match_the_runtime_and_tei_shapes(reranker, tiny_artifact):
+    """/v1/rerank (Cohere/Jina shape) and text-embeddings-inference's /rerank, against Model.rerank."""
+    import httpx
+
+    from onnxformer.serve.testing import running_server
+
+    expected = reranker.rerank(QUERY, DOCS)
+    with running_server(lambda: reranker) as url:
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2,
+                                                  "return_documents": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [x["index"] for x in body["results"]] == [e["corpus_id"] for e in expected[:2]]
+        np.testing.assert_allclose([x["relevance_score"] for x in body["results"]],
+                                   [e["score"] for e in expected[:2]], atol=1e-6)
+        assert body["results"][0]["document"]["text"] == DOCS[expected[0]["corpus_id"]]
+        assert body["usage"]["total_tokens"] > 0
+        tei = httpx.post(f"{url}/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}).json()
+        assert [x["index"] for x in tei] == [e["corpus_id"] for e in expected]
+        np.testing.assert_allclose([x["score"] for x in tei], [e["score"] for e in expected], atol=1e-6)
+        raw = httpx.post(f"{url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True}).json()
+        np.testing.assert_allclose([1 / (1 + np.exp(-x["score"])) for x in raw], [e["score"] for e in expected],
+                                   atol=1e-5)
+        bad = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS, "rank_fields": ["x"]})
+        assert bad.status_code == 400 and "rank_fields" in bad.text
+    with running_server(lambda: Model.load(tiny_artifact("bert", "feature-extraction"))) as url:
+        r = httpx.post(f"{url}/v1/rerank", json={"query": QUERY, "documents": DOCS})
+        assert r.status_code == 400 and "/v1/rerank needs a text-classification model" in r.json()["error"]["message"]
+
+
 def test_rerank_needs_a_classifier_and_documents(reranker, tiny_artifact):
     with pytest.raises(InputError, match="rerank\\(\\) needs a text-classification model"):
         Model.load(tiny_artifact("bert", "feature-extraction")).rerank(QUERY, DOCS)
