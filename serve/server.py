@@ -21,7 +21,8 @@ def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning")
     return uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=max(1, round(config.graceful_s)),  # in-flight requests get this long to finish
-        timeout_keep_alive=5, lifespan="on",
+        timeout_keep_alive=max(1, round(config.keep_alive_s)), limit_concurrency=config.max_connections,
+        lifespan="on",
     )
 
 
