@@ -44,6 +44,8 @@ class InferRequest:
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     header, blob = _split(body, header_length)
     doc = parse_body(header, InferBody)  # types, shapes, parameters and depth checked: a 400 naming the field
+    if not doc.inputs:
+        raise ServingError('request must be a JSON object with a non-empty "inputs" list', ErrorKind.BAD_REQUEST)
     offset, inputs = 0, {}
     for spec in doc.inputs:
         tensor, offset = _parse_tensor(spec, blob, offset)
@@ -73,6 +75,9 @@ def _parse_tensor(spec: TensorInput, blob: bytes, offset: int) -> tuple[Tensor, 
     name, datatype, shape = spec.name, spec.datatype, spec.shape
     if datatype != BYTES and from_v2(datatype) is None:
         raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
+                           ErrorKind.BAD_REQUEST)
+    if any(d < 0 for d in shape):
+        raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})",
                            ErrorKind.BAD_REQUEST)
     count = math.prod(shape)  # Python ints: [2**32, 2**32] is 2**64 elements, not an overflow to 0
     if count > MAX_ELEMENTS:

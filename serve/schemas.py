@@ -107,7 +107,7 @@ class TensorInput(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)  # v2 clients may add fields of their own
     name: Annotated[str, Field(min_length=1, max_length=256)]
     datatype: Annotated[str, Field(max_length=16)]
-    shape: Annotated[list[Annotated[int, Field(ge=0, le=1 << 31)]], Field(max_length=8)]
+    shape: Annotated[list[Annotated[int, Field(le=1 << 31)]], Field(max_length=8)]  # sign: kserve.py says
     parameters: Optional[Parameters] = None
     data: Any = None
 
@@ -121,7 +121,7 @@ class TensorOutput(BaseModel):
 class InferBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     id: Optional[Annotated[str, Field(max_length=256)]] = None
-    inputs: Annotated[list[TensorInput], Field(min_length=1, max_length=64)]
+    inputs: Annotated[list[TensorInput], Field(max_length=64)]  # empty: kserve.py says what to send
     outputs: Optional[Annotated[list[TensorOutput], Field(max_length=64)]] = None
     parameters: Optional[Parameters] = None
 
@@ -136,6 +136,8 @@ def parse_body(body: bytes, schema: type[BaseModel]) -> Any:
         raise
     except ValidationError as e:
         err = e.errors()[0]
+        if err.get("type") == "json_invalid":
+            raise ServingError(f"request body is not valid JSON ({_short(err['msg'])})", ErrorKind.BAD_REQUEST) from None
         where = ".".join(str(p) for p in err.get("loc", ()) if not _is_type_tag(p)) or "body"
         raise ServingError(f"invalid request ({where}: {_short(err['msg'])})", ErrorKind.BAD_REQUEST) from None
     except (ValueError, RecursionError) as e:  # pydantic wraps validator errors; anything else is malformed
