@@ -101,12 +101,28 @@ def prepare_parent(out: Path) -> None:
 
 
 def swap_into_place(stage: Path, out: Path, old_prefix: str) -> None:
-    """Replace ``out`` with ``stage`` by renames: between them ``out`` is briefly absent, never half-written; the
-    old tree goes into a ``<old_prefix>*`` folder (swept if this process dies before deleting it)."""
+    """Replace ``out`` with ``stage``: one atomic exchange where Linux offers it (renameat2), so ``out`` is at
+    every instant the old tree or the new one; elsewhere two renames (``out`` briefly absent, never half-written).
+    The old tree ends in a ``<old_prefix>*`` folder (swept if this process dies before deleting it)."""
     if not out.exists():
         os.rename(stage, out)
         return
     trash = Path(tempfile.mkdtemp(prefix=old_prefix, dir=out.parent))
-    os.rename(out, trash / "old")
-    os.rename(stage, out)
+    if _exchange(stage, out):
+        os.rename(stage, trash / "old")
+    else:
+        os.rename(out, trash / "old")
+        os.rename(stage, out)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
