@@ -45,6 +45,17 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from onnxformer.benchmarks.stats import Budget
     from onnxformer.runtime.session import physical_cores
 
+    import math
+
+    from onnxformer.errors import OnnxformerError
+
+    for flag, value in (("--threads", args.threads), ("--iters", args.iters), ("--seconds", args.seconds)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise OnnxformerError(f"{flag} must be a finite number > 0, got {value}")
+    if args.warmup < 0:
+        raise OnnxformerError(f"--warmup must be >= 0, got {args.warmup}")
+    if any(n <= 0 for n in [*args.batch, *args.seq]):
+        raise OnnxformerError(f"--batch and --seq take sizes > 0, got {args.batch} and {args.seq}")
     seconds = args.seconds if args.seconds is not None else (None if args.iters else 2.0)
     return Settings(batches=args.batch, seqs=args.seq, threads=args.threads or physical_cores(),
                     budget=Budget(warmup=args.warmup, iters=args.iters, seconds=seconds), providers=args.providers,

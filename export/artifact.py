@@ -12,7 +12,9 @@ from onnxformer.export.encoder import export_encoder
 from onnxformer.export.generative import export_generative
 from onnxformer.export.staging import check_destination
 from onnxformer.export.tasks import check_architecture, generative_task, get_task, infer_task
+from onnxformer.errors import ExportError
 from onnxformer.runtime.manifest import Manifest
+from onnxformer.runtime.scratch import prepare_parent
 
 Progress = Callable[[str], None]
 
@@ -23,6 +25,18 @@ class ExportResult:
     manifest: Manifest
     seconds: float
     task_inferred: bool
+
+
+MIN_OPSET = 14  # scaled_dot_product_attention and friends need 14 at least
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset torch.onnx cannot target before tracing (else: a page of graph dump, then the error)."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= highest):
+        raise ExportError(f"--opset {opset} is not supported; give {MIN_OPSET}..{highest} or leave it out (default)")
 
 
 def export_checkpoint(
@@ -42,6 +56,8 @@ def export_checkpoint(
     with their KV cache, encoders as one graph)."""
     start = time.perf_counter()
     out = Path(out)
+    check_opset(opset)
+    prepare_parent(out)  # an unwritable --out (/proc/x, FILE/sub) is one line, before any model is loaded
     check_destination(out, overwrite)  # before any loading: a refused --out costs nothing
     if task is not None and generative_task("", task) is None:
         get_task(task)  # unknown task: fail before any loading

@@ -30,7 +30,7 @@ def save_tokenizer(ckpt: Checkpoint, stage: Path, trust_remote_code: bool) -> An
 
 def tokenizer_spec(stage: Path, max_length: int, pad_id: int, pad_token: str | None) -> TokenizerSpec:
     """Every file at the artifact root so far (the tokenizer's), hashed."""
-    files = [p.name for p in stage.iterdir() if p.is_file()]
+    files = [p.name for p in stage.iterdir() if p.is_file() and not p.name.startswith(".")]  # not the stage lock
     return TokenizerSpec(file_record(stage, files), int(max_length), int(pad_id), pad_token)
 
 

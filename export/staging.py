@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from onnxformer.errors import ArtifactError
 from onnxformer.runtime.files import default_mode
 from onnxformer.runtime.manifest import is_artifact
+from onnxformer.runtime.scratch import LOCK, prepare_parent, scratch_dir, swap_into_place, sweep
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
     """Refuse to replace anything, an earlier artifact included (its variants would be lost), unless --overwrite."""
-    if out.exists() and not out.is_dir():
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ArtifactError(f"{out} exists and is a file; choose another --out")
     if overwrite or not out.is_dir() or not any(out.iterdir()):
         return
@@ -30,23 +29,15 @@ def check_destination(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield an empty directory; on success it replaces ``out`` atomically, on failure it is removed."""
+    """Yield an empty directory; on success it replaces ``out`` atomically, on failure it is removed (after a
+    SIGKILL: by the next export to ``out``, which sweeps stale staging first)."""
     check_destination(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    os.chmod(stage, default_mode(directory=True))  # becomes the artifact: readable as a mkdir would make it
-    try:
+    prepare_parent(out)
+    staging, old = f".{out.name}.staging-", f".{out.name}.old-"
+    sweep(out.parent, staging)
+    sweep(out.parent, old)
+    with scratch_dir(out.parent, staging) as stage:
+        os.chmod(stage, default_mode(directory=True))  # becomes the artifact: readable as a mkdir would make it
         yield stage
-        _swap_into_place(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _swap_into_place(stage: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(stage, out)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, trash / "old")  # from here until the next rename, `out` does not exist: never half-written
-    os.rename(stage, out)
-    shutil.rmtree(trash, ignore_errors=True)
+        (stage / LOCK).unlink()  # the lock file is not part of the artifact (the kernel lock lives on the fd)
+        swap_into_place(stage, out, old)

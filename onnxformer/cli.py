@@ -129,3 +129,4 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("onnxformer.scratch").setLevel(logging.WARNING)  # "removed stale … freed" lines

@@ -54,7 +54,9 @@ class ErrorKind(str, Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"  # body, texts or tensors over a limit
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNPROCESSABLE = "unprocessable"  # well-formed but over a per-item limit (tokens, max_tokens)
-    TOO_MANY_REQUESTS = "too_many_requests"  # the queue is full
+    TOO_MANY_REQUESTS = "too_many_requests"  # the queue is full, or this client holds too many connections
+    REQUEST_TIMEOUT = "request_timeout"  # the body did not arrive in time
+    CLIENT_CLOSED = "client_closed"  # the client hung up before the answer (nginx's 499; nobody reads it)
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"  # loading, failed to load, shutting down
     TIMEOUT = "timeout"
@@ -77,6 +79,8 @@ KINDS: dict[ErrorKind, KindInfo] = {
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: KindInfo(415, "invalid_request_error"),
     ErrorKind.UNPROCESSABLE: KindInfo(422, "invalid_request_error"),
     ErrorKind.TOO_MANY_REQUESTS: KindInfo(429, "rate_limit_error", _RETRY),
+    ErrorKind.REQUEST_TIMEOUT: KindInfo(408, "invalid_request_error", (("Connection", "close"),)),
+    ErrorKind.CLIENT_CLOSED: KindInfo(499, "invalid_request_error"),
     ErrorKind.INTERNAL: KindInfo(500, "server_error"),
     ErrorKind.UNAVAILABLE: KindInfo(503, "server_error", _RETRY),
     ErrorKind.TIMEOUT: KindInfo(504, "server_error"),

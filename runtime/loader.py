@@ -81,11 +81,26 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
         raise ArtifactError(f"{directory}: a {manifest.task} manifest needs a tokenizer section; re-export the model")
 
     def attempt(provider: str) -> Opened:
-        choice = (choose(manifest, provider, options.budget) if options.variant == "auto"
-                  else check_explicit(manifest, provider, options.variant))
-        opened = open_variant(directory, manifest, choice, provider, options)
-        log.info("loaded %s: provider %s, variant %s (%s)", directory, provider, choice.variant, choice.reason)
-        return opened
+        broken: dict[str, str] = {}  # auto: a variant that fails verification gives way to the next best
+        first: ArtifactError | None = None
+        while True:
+            try:
+                choice = (choose(manifest, provider, options.budget, broken) if options.variant == "auto"
+                          else check_explicit(manifest, provider, options.variant))
+            except ProviderError:
+                if first is not None:  # every variant is damaged: the first damage is the error to report
+                    raise first from None
+                raise
+            try:
+                opened = open_variant(directory, manifest, choice, provider, options)
+            except ArtifactError as e:  # IntegrityError included: a damaged file, never a half-written load
+                if options.variant != "auto":
+                    raise
+                log.warning("variant %s of %s cannot be used (%s); trying the next", choice.variant, directory, e)
+                broken[choice.variant], first = str(e), first or e
+                continue
+            log.info("loaded %s: provider %s, variant %s (%s)", directory, provider, choice.variant, choice.reason)
+            return opened
 
     return registry.resolve(options.provider, attempt, strict=options.strict, available=available, gpu=gpu)
 

@@ -23,6 +23,7 @@ from onnxformer.runtime.files import atomic_write_json, confined, sha256_file
 FORMAT = "onnxformer-artifact"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_SEQUENCE = 1 << 20  # tokens: far past any position table; a bigger max_length is a damaged manifest
 REFERENCE = "fp32"  # the variant every other one is measured against
 FUSED, UNFUSED = "fused", "unfused"
 
@@ -133,7 +134,8 @@ class TokenizerSpec:
     def parse(cls, r: _Reader) -> "TokenizerSpec":
         files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                       "an object of path → sha256")
-        return cls(files, r.int("max_length", minimum=1), r.int("pad_id", 0), r.str("pad_token", None),
+        max_length = r.get("max_length", lambda v: _is_int(v) and 1 <= v <= MAX_SEQUENCE, f"an integer in [1, {MAX_SEQUENCE}]")
+        return cls(files, max_length, r.int("pad_id", 0), r.str("pad_token", None),
                    r.rest({"files", "max_length", "pad_id", "pad_token"}))
 
 

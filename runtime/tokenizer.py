@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from onnxformer.errors import InputError
+from onnxformer.errors import ArtifactError, InputError
 from onnxformer.runtime.manifest import TokenizerSpec
 
 
@@ -29,10 +29,10 @@ class TextTokenizer:
         self.input_names = list(input_names)
         # Two instances, never reconfigured after construction, so one tokenizer is safe to share across
         # threads: the strict one measures true lengths; the truncating one cuts (keeping [SEP]/</s>).
-        self._strict = Tokenizer.from_file(str(path))
+        self._strict = _load(path)
         self._strict.no_truncation()
         self._strict.no_padding()
-        self._cutting = Tokenizer.from_file(str(path))
+        self._cutting = _load(path)
         self._cutting.no_padding()
         self._cutting.enable_truncation(self.max_length, strategy="longest_first")
         self._json = self._strict.to_str()
@@ -50,12 +50,20 @@ class TextTokenizer:
         config = path.parent / "tokenizer_config.json"
         names = ["[CLS]", "<s>"]
         if config.is_file():
-            token = json.loads(config.read_text()).get("cls_token")
+            try:
+                token = json.loads(config.read_text(encoding="utf-8")).get("cls_token")
+            except (ValueError, AttributeError, UnicodeDecodeError) as e:
+                raise ArtifactError(f"{config} is not a JSON object ({type(e).__name__}); re-export the "
+                                    "artifact or restore the file") from None
             token = token.get("content") if isinstance(token, dict) else token
             if isinstance(token, str):
                 names.insert(0, token)
         ids = [self._strict.token_to_id(n) for n in names]
         return next((i for i in ids if i is not None), None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._strict.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str], truncate: bool = False, pair: Sequence[str] | None = None) -> Batch:
         encodings = self.encodings(texts, truncate=truncate, pair=pair)
@@ -126,6 +134,18 @@ class TextTokenizer:
             types[row, :n] = enc.type_ids
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: available[name] for name in self.input_names}
+
+
+def _load(path: Path) -> Tokenizer:
+    """The tokenizer file, or one line saying it is unusable (tokenizers raises a bare Exception)."""
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing; re-export the artifact or restore the file")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 — malformed JSON, wrong schema, random bytes
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ArtifactError(f"{path} is not a usable tokenizer ({reason}); re-export the artifact or "
+                            "restore the file") from None
 
 
 def check_texts(texts: Sequence[str]) -> None:

@@ -74,12 +74,17 @@ def meets(name: str, record: Variant, floors: dict[str, float]) -> str | None:
     return None
 
 
-def choose(manifest: Manifest, provider: str, budget: float | dict[str, float] | None = None) -> Choice:
-    """The fastest variant ``provider`` runs whose fidelity meets the budget; ProviderError when none does."""
+def choose(manifest: Manifest, provider: str, budget: float | dict[str, float] | None = None,
+           broken: dict[str, str] | None = None) -> Choice:
+    """The fastest variant ``provider`` runs whose fidelity meets the budget; ProviderError when none does.
+    ``broken``: variants that failed to open (name → why), passed over and named in the reason."""
     floors = budget_floors(manifest.task, budget)
     eligible: list[str] = []
-    rejected: list[Rejection] = []
+    rejected: list[Rejection] = [Rejection(n, f"{n} failed to open ({why})", budget=True)
+                                 for n, why in (broken or {}).items()]
     for name, record in manifest.variants.items():
+        if name in (broken or {}):
+            continue
         cannot = supports(provider, name, record)
         misses = None if cannot else meets(name, record, floors)
         if cannot or misses:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind, kind_for_status
 from onnxformer.serve import routes_generate, routes_rerank, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.guard import GuardMiddleware, internal_response
 from onnxformer.serve.httpio import check_api_key, error_response
 from onnxformer.serve.metrics import MetricsMiddleware
 from onnxformer.serve.state import Loaded, ServerState, server_state
@@ -40,7 +41,8 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     app.include_router(routes_rerank.router, dependencies=guarded)
     app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=guarded)
     _add_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(GuardMiddleware, metrics=state.metrics, config=state.config)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: it sees the guard's statuses too
     return app
 
 
@@ -64,18 +66,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> Response:
-        message = f"invalid request: {e.errors()[0].get('msg', 'malformed')}"
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        message = f"invalid request ({where}: {err.get('msg', 'malformed')})"
         return error_response(request.url.path, ErrorKind.BAD_REQUEST, message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> Response:  # 404 route, 405 method
         return error_response(request.url.path, kind_for_status(e.status_code), str(e.detail), e.headers)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, e: Exception) -> Response:
-        return _internal(request, e, ErrorKind.INTERNAL)
+    # any other exception reaches GuardMiddleware (serve/guard.py): a JSON 500 with an id, never a plain-text page
 
 
 def _internal(request: Request, e: Exception, kind: ErrorKind) -> Response:
-    log.exception("unhandled error on %s", request.url.path)  # the trace stays in the server log
-    return error_response(request.url.path, kind, f"internal error ({type(e).__name__}); see the server log")
+    return internal_response(request.url.path, e, kind, server_state(request).metrics)

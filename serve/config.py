@@ -2,6 +2,7 @@
 the server starts. ``onnxformer serve``'s flags are generated from these fields (serve/cli.py)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -33,6 +34,13 @@ class ServeConfig:
     max_new_tokens: int = option(512, "generation: max_tokens per completion before 422")
     max_body_bytes: int = option(4 << 20, "request body size before 413")
     timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
+    body_timeout_s: float = option(10.0, "seconds to receive a request body before 408", flag="--body-timeout")
+    keep_alive_s: float = option(5.0, "seconds an idle keep-alive connection stays open", flag="--keep-alive")
+    max_connections: int = option(512, "open connections before new ones get 503")
+    max_connections_per_client: int = option(
+        64, "requests in flight from one client address before 429 (slow clients cannot take every slot)")
+    max_chars_per_token: int = option(
+        32, "characters allowed per token of the limit: longer texts get 422 before they are tokenized")
     graceful_s: float = option(30.0, "seconds to finish in-flight requests on stop", flag="--graceful-timeout")
 
     @classmethod
@@ -45,13 +53,16 @@ class ServeConfig:
 
     def check(self) -> "ServeConfig":
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
-                    "timeout_s", "max_new_tokens")
+                    "timeout_s", "max_new_tokens", "body_timeout_s", "keep_alive_s", "max_connections",
+                    "max_connections_per_client", "max_chars_per_token")
         for name in positive:
             value = getattr(self, name)
-            if value <= 0:
-                raise ServingError(f"{self.flag(name)} must be > 0 (got {value})")
-        if self.max_delay_ms < 0 or self.graceful_s < 0:
-            raise ServingError(f"{self.flag('max_delay_ms')} and {self.flag('graceful_s')} must be >= 0")
+            if not (value > 0 and math.isfinite(value)):  # nan and inf too: "nan" would turn a timeout off
+                raise ServingError(f"{self.flag(name)} must be a finite number > 0 (got {value})")
+        for name in ("max_delay_ms", "graceful_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ServingError(f"{self.flag(name)} must be a finite number >= 0 (got {value})")
         if self.max_tokens_per_text is not None and self.max_tokens_per_text <= 0:
             raise ServingError(f"{self.flag('max_tokens_per_text')} must be > 0 (got {self.max_tokens_per_text})")
         if self.port > 65535:

@@ -7,35 +7,12 @@ the event loop. A run holds one admission slot (``--max-queue``) from its start 
 """
 from __future__ import annotations
 
-from typing import Any, Union
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.runtime.generation import Generator, Run
 from onnxformer.serve.batching import Scheduler
 from onnxformer.serve.config import ServeConfig
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(strict=True)  # OpenAI clients send fields we ignore (user, logprobs=None, …)
-    prompt: Union[str, list[str]]
-    model: str | None = None
-    max_tokens: int = Field(default=16, ge=1)
-    temperature: float = Field(default=1.0, ge=0)  # OpenAI's meaning: 0 is greedy, > 0 samples
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)  # not OpenAI's; vLLM's extension, 0 = off
-    repetition_penalty: float = Field(default=1.0, gt=0)
-    stop: Union[str, list[str], None] = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1)
-    stream: bool = False
-
-    def options(self) -> dict[str, Any]:
-        sample = self.temperature > 0
-        return {"do_sample": sample, "temperature": self.temperature if sample else 1.0, "top_p": self.top_p,
-                "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "stop": self.stop,
-                "seed": self.seed}
+from onnxformer.serve.schemas import CompletionRequest  # noqa: F401  (re-exported: the request it starts)
 
 
 class GenerationService:

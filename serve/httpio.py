@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from typing import Any, Awaitable, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
 
 from onnxformer.errors import KINDS, ErrorKind, ServingError
+from onnxformer.serve.config import ServeConfig
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over ``limit`` bytes before reading it all."""
+async def read_body(request: Request, config: ServeConfig) -> bytes:
+    """The whole body, refusing (413) anything over ``--max-body-bytes`` before reading it all, and (408) a
+    body that does not arrive within ``--body-timeout`` (a client that declares a length and stops sending)."""
+    limit = config.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServingError(f"request body is {declared} bytes; the limit is {limit}", ErrorKind.PAYLOAD_TOO_LARGE)
@@ -24,22 +26,21 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ServingError("compressed request bodies are not accepted; send them uncompressed",
                            ErrorKind.UNSUPPORTED_MEDIA_TYPE)
     chunks, size = [], 0
-    async for chunk in request.stream():  # chunked uploads carry no content-length: count as we go
+    stream = request.stream().__aiter__()
+    deadline = time.monotonic() + config.body_timeout_s
+    while True:  # chunked uploads carry no content-length: count as we go
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.monotonic(), 0.001))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ServingError(f"request body did not arrive within {config.body_timeout_s:g}s "
+                               f"({ServeConfig.flag('body_timeout_s')})", ErrorKind.REQUEST_TIMEOUT) from None
         size += len(chunk)
         if size > limit:
             raise ServingError(f"request body exceeds the limit of {limit} bytes", ErrorKind.PAYLOAD_TOO_LARGE)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def parse_json(body: bytes, schema: type[M]) -> M:
-    """Validate a JSON body against a pydantic schema; any problem is a 400 with the first reason."""
-    try:
-        return schema.model_validate_json(body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        raise ServingError(f"invalid request ({where}: {err['msg']})", ErrorKind.BAD_REQUEST) from None
 
 
 def check_api_key(request: Request, expected: str | None) -> None:

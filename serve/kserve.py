@@ -7,6 +7,7 @@ its ``binary_data_size`` parameter. BYTES elements are 4-byte little-endian leng
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,11 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.runtime.dtypes import DTYPES, from_v2
 from onnxformer.runtime.manifest import TensorSpec
+from onnxformer.serve.schemas import InferBody, TensorInput, parse_body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"  # v2's string tensor (UTF-8 text): the one datatype that is not a graph dtype (runtime/dtypes)
+MAX_ELEMENTS = 1 << 26  # elements per tensor (a 4 MiB body holds at most ~1M numbers anyway)
 DATATYPES = sorted([d.v2 for d in DTYPES.values()] + [BYTES])
 
 
@@ -40,14 +43,11 @@ class InferRequest:
 
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     header, blob = _split(body, header_length)
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ServingError(f"request body is not valid JSON ({e})", ErrorKind.BAD_REQUEST) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+    doc = parse_body(header, InferBody)  # types, shapes, parameters and depth checked: a 400 naming the field
+    if not doc.inputs:
         raise ServingError('request must be a JSON object with a non-empty "inputs" list', ErrorKind.BAD_REQUEST)
     offset, inputs = 0, {}
-    for spec in doc["inputs"]:
+    for spec in doc.inputs:
         tensor, offset = _parse_tensor(spec, blob, offset)
         if tensor.name in inputs:
             raise ServingError(f"input {tensor.name!r} appears twice", ErrorKind.BAD_REQUEST)
@@ -56,45 +56,44 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         raise ServingError(f"{len(blob) - offset} bytes of binary data are not claimed by any input",
                            ErrorKind.BAD_REQUEST)
     outputs, binary = _requested_outputs(doc)
-    return InferRequest(doc.get("id") if isinstance(doc.get("id"), str) else None, inputs, outputs, binary)
+    return InferRequest(doc.id, inputs, outputs, binary)
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        raise ServingError(f"{HEADER_LENGTH} must be an integer (got {header_length!r})",
-                           ErrorKind.BAD_REQUEST) from None
+    if not header_length.strip().isdigit():
+        raise ServingError(f"{HEADER_LENGTH} must be a non-negative integer (got {header_length[:32]!r})",
+                           ErrorKind.BAD_REQUEST)
+    n = int(header_length)
     if not 0 < n <= len(body):
         raise ServingError(f"{HEADER_LENGTH} {n} does not fit the {len(body)}-byte body", ErrorKind.BAD_REQUEST)
     return body[:n], body[n:]
 
 
-def _parse_tensor(spec: Any, blob: bytes, offset: int) -> tuple[Tensor, int]:
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise ServingError('each input needs a "name", "datatype" and "shape"', ErrorKind.BAD_REQUEST)
-    name, datatype, shape = spec["name"], spec.get("datatype"), spec.get("shape")
-    if datatype != BYTES and (not isinstance(datatype, str) or from_v2(datatype) is None):
+def _parse_tensor(spec: TensorInput, blob: bytes, offset: int) -> tuple[Tensor, int]:
+    name, datatype, shape = spec.name, spec.datatype, spec.shape
+    if datatype != BYTES and from_v2(datatype) is None:
         raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
                            ErrorKind.BAD_REQUEST)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if any(d < 0 for d in shape):
         raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})",
                            ErrorKind.BAD_REQUEST)
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # Python ints: [2**32, 2**32] is 2**64 elements, not an overflow to 0
+    if count > MAX_ELEMENTS:
+        raise ServingError(f"input {name!r}: shape {shape} is {count} elements; the limit is {MAX_ELEMENTS}",
+                           ErrorKind.PAYLOAD_TOO_LARGE)
+    size = (spec.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(blob):
             raise ServingError(f"input {name!r}: binary_data_size {size!r} runs past the request body",
                                ErrorKind.BAD_REQUEST)
         flat = _from_binary(name, datatype, blob[offset:offset + size])
         offset += size
-    elif "data" in spec:
-        flat = _from_json(name, datatype, spec["data"])
+    elif spec.data is not None:
+        flat = _from_json(name, datatype, spec.data)
     else:
         raise ServingError(f"input {name!r} has neither \"data\" nor binary data", ErrorKind.BAD_REQUEST)
-    count = int(np.prod(shape)) if shape else 1
     if flat.size != count:
         raise ServingError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}",
                            ErrorKind.BAD_REQUEST)
@@ -112,10 +111,16 @@ def _from_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
 
 
 def _from_json(name: str, datatype: str, data: Any) -> np.ndarray:
-    flat = np.array(data, dtype=object).ravel() if isinstance(data, list) else np.array([data], dtype=object)
+    flat = np.array(_flatten(data), dtype=object)  # nested lists (ragged ones too) in row-major order
     if datatype == BYTES:
         if not all(isinstance(v, str) for v in flat):
             raise ServingError(f"input {name!r}: BYTES data must be strings", ErrorKind.BAD_REQUEST)
+        for i, v in enumerate(flat):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\\ud800") is valid JSON but not text
+                raise ServingError(f"input {name!r}: element {i} is not valid Unicode (a lone surrogate?)",
+                                   ErrorKind.BAD_REQUEST) from None
         return flat
     target = from_v2(datatype).numpy
     kind = np.dtype(target).kind
@@ -130,15 +135,21 @@ def _from_json(name: str, datatype: str, data: Any) -> np.ndarray:
         raise ServingError(f"input {name!r}: data does not fit {datatype} ({e})", ErrorKind.BAD_REQUEST) from None
 
 
-def _requested_outputs(doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
-    all_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
-    specs = doc.get("outputs")
-    if specs is None:
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for v in data:  # depth is bounded by schemas.check_depth before this is reached
+        out.extend(_flatten(v)) if isinstance(v, list) else out.append(v)
+    return out
+
+
+def _requested_outputs(doc: InferBody) -> tuple[list[str] | None, set[str]]:
+    all_binary = bool((doc.parameters or {}).get("binary_data_output", False))
+    if doc.outputs is None:
         return None, {"*"} if all_binary else set()
-    if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
-        raise ServingError('"outputs" must be a list of {"name": ...} objects', ErrorKind.BAD_REQUEST)
-    binary = {s["name"] for s in specs if (s.get("parameters") or {}).get("binary_data", all_binary)}
-    return [s["name"] for s in specs], binary
+    binary = {s.name for s in doc.outputs if (s.parameters or {}).get("binary_data", all_binary)}
+    return [s.name for s in doc.outputs], binary
 
 
 def text_input(req: InferRequest, name: str) -> list[str]:

@@ -21,6 +21,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.model_seconds = Histogram("onnxformer_model_call_duration_seconds", "time inside one model call",
                                        ["lane"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.internal_errors = Counter("onnxformer_internal_errors", "exceptions that escaped a route (a 500)",
+                                       registry=self.registry)
         self.queue_depth = Gauge("onnxformer_queue_depth", "items admitted and waiting for the model",
                                  registry=self.registry)
 

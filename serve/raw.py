@@ -97,7 +97,14 @@ def _axis_sizes(req: InferRequest, specs: list[TensorSpec]) -> dict[str, set[int
 
 
 def _check_vocabulary(service: ModelService, feeds: dict[str, np.ndarray]) -> None:
-    vocab = service.model.manifest.architecture.vocab_size
+    """Ids index embedding tables: out of range is the client's error (a 400), not ONNX Runtime's."""
+    vocab = service.model.manifest.architecture.vocab_size or service.vocab_size
     ids = feeds.get("input_ids")
     if ids is not None and vocab and ids.size and (ids.min() < 0 or ids.max() >= vocab):
         raise ServingError(f"input_ids must lie in [0, {vocab}) for this model's vocabulary", ErrorKind.BAD_REQUEST)
+    mask = feeds.get("attention_mask")
+    if mask is not None and mask.size and not np.isin(mask, (0, 1)).all():
+        raise ServingError("attention_mask values must be 0 or 1", ErrorKind.BAD_REQUEST)
+    types = feeds.get("token_type_ids")
+    if types is not None and types.size and (types.min() < 0 or types.max() > 1):
+        raise ServingError("token_type_ids values must be 0 (first segment) or 1 (second)", ErrorKind.BAD_REQUEST)

@@ -13,8 +13,9 @@ from starlette.background import BackgroundTask
 
 from onnxformer.errors import ErrorKind
 from onnxformer.runtime.generation import Run
-from onnxformer.serve.generation import CompletionRequest, GenerationService, Slot
-from onnxformer.serve.httpio import openai_error, parse_json, read_body, within
+from onnxformer.serve.generation import GenerationService, Slot
+from onnxformer.serve.httpio import openai_error, read_body, within
+from onnxformer.serve.schemas import CompletionRequest, parse_body
 from onnxformer.serve.state import server_state
 
 router = APIRouter()
@@ -24,7 +25,8 @@ router = APIRouter()
 async def completions(request: Request) -> Any:
     state = server_state(request)
     state.generation_service("/v1/completions")  # 503 or wrong task before reading a body we could not serve
-    req = parse_json(await read_body(request, state.config.max_body_bytes), CompletionRequest)
+    state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything
+    req = parse_body(await read_body(request, state.config), CompletionRequest)
     service = state.generation_service("/v1/completions", req.model)
     run = await asyncio.to_thread(service.start, req)  # tokenizing stays off the event loop
     reply = _Reply(service.name, sum(run.prompt_tokens))

@@ -6,37 +6,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-from onnxformer.serve.httpio import parse_json, read_body, within
+from onnxformer.serve.httpio import read_body, within
+from onnxformer.serve.schemas import RerankRequest, TEIRerankRequest, parse_body
 from onnxformer.serve.state import server_state
 
 router = APIRouter()
-
-
-class RerankRequest(BaseModel):  # /v1/rerank (Cohere, Jina, vLLM)
-    model_config = ConfigDict(extra="forbid", strict=True)
-    query: str
-    documents: list[str]
-    model: str | None = None
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-
-
-class TEIRerankRequest(BaseModel):  # text-embeddings-inference's /rerank
-    model_config = ConfigDict(extra="forbid", strict=True)
-    query: str
-    texts: list[str]
-    raw_scores: bool = False
-    return_text: bool = False
-    truncate: bool = False
 
 
 @router.post("/v1/rerank")
 async def rerank(request: Request) -> JSONResponse:
     state = server_state(request)
     state.require_service()
-    req = parse_json(await read_body(request, state.config.max_body_bytes), RerankRequest)
+    req = parse_body(await read_body(request, state.config), RerankRequest)
     service = state.model_service("/v1/rerank", req.model)
     scores, tokens = await within(state.config.timeout_s, service.relevance(req.query, req.documents))
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: req.top_n]
@@ -50,7 +32,7 @@ async def rerank(request: Request) -> JSONResponse:
 async def rerank_tei(request: Request) -> JSONResponse:
     state = server_state(request)
     state.require_service()
-    req = parse_json(await read_body(request, state.config.max_body_bytes), TEIRerankRequest)
+    req = parse_body(await read_body(request, state.config), TEIRerankRequest)
     service = state.model_service("/rerank")
     scores, _ = await within(state.config.timeout_s,
                              service.relevance(req.query, req.texts, truncate=req.truncate, raw=req.raw_scores))

@@ -2,50 +2,19 @@
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal, Union
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonable_encoder walks every float
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from onnxformer.errors import ErrorKind, ServingError
 from onnxformer.runtime.pooling import truncate_dims
-from onnxformer.serve.httpio import parse_json, read_body, within
+from onnxformer.serve.httpio import read_body, within
+from onnxformer.serve.schemas import AnswerRequest, ClassifyRequest, EmbeddingsRequest, TagRequest, Texts, parse_body
 from onnxformer.serve.state import ServerState, server_state
 
 router = APIRouter()
-Texts = Union[str, list[str]]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(strict=True)  # OpenAI clients send extra fields (user, …): tolerate them
-    input: Texts
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-
-
-class ClassifyRequest(_Strict):
-    inputs: Texts
-    top_k: int | None = Field(default=None, ge=1)
-
-
-class TagRequest(_Strict):
-    inputs: Texts
-    aggregation: str | None = None
-
-
-class QAPair(_Strict):
-    question: str
-    context: str
-
-
-class AnswerRequest(_Strict):
-    inputs: list[QAPair]
 
 
 @router.post("/v1/embeddings")
@@ -91,7 +60,8 @@ async def answer(request: Request) -> JSONResponse:
 async def _parse(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:
     state = server_state(request)
     state.require_service()  # 503 before reading a body we could not serve
-    return state, parse_json(await read_body(request, state.config.max_body_bytes), schema)
+    state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything
+    return state, parse_body(await read_body(request, state.config), schema)
 
 
 def _texts(inputs: Texts) -> list[str]:

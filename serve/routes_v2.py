@@ -67,7 +67,8 @@ async def infer(request: Request, name: str, version: str = "1") -> Response:
     state = server_state(request)
     service = state.model_service("KServe infer", name)  # a generation model gets 400: use /v1/completions
     _check_version(name, version)
-    req = parse_infer(await read_body(request, state.config.max_body_bytes), request.headers.get(HEADER_LENGTH))
+    state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything
+    req = parse_infer(await read_body(request, state.config), request.headers.get(HEADER_LENGTH))
     outputs = await within(state.config.timeout_s, _infer(service, req))
     body, headers = encode_response(service.name, req, outputs)
     return Response(body, headers=headers)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import uvicorn
 
+from onnxformer.errors import ServingError
 from onnxformer.progress import console
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
@@ -21,8 +23,20 @@ def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning")
     return uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=max(1, round(config.graceful_s)),  # in-flight requests get this long to finish
-        timeout_keep_alive=5, lifespan="on",
+        timeout_keep_alive=max(1, round(config.keep_alive_s)), limit_concurrency=config.max_connections,
+        lifespan="on",
     )
+
+
+def check_port(config: ServeConfig) -> None:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((config.host, config.port))
+        except OSError as e:
+            raise ServingError(f"cannot listen on {config.host}:{config.port} ({e.strerror or e}); "
+                               f"choose another {ServeConfig.flag('port')} or stop what uses it") from None
 
 
 def serve(directory: str | Path, config: ServeConfig, variant: str | None = None, threads: int | None = None) -> None:
@@ -36,6 +50,7 @@ def serve(directory: str | Path, config: ServeConfig, variant: str | None = None
     else:
         model = Model.load(directory, max_batch_tokens=config.max_batch_tokens,
                            max_batch_size=config.max_batch_size, **kwargs)
+    check_port(config)  # before "serving …": a port in use is one line, not a banner then an error
     app = create_app(lambda: model, config)
     m = model.manifest
     console.print(f"serving {m.name} ({m.task}, {model.variant}) on http://{config.host}:{config.port}")

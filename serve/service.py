@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 from tokenizers import Encoding
 
 from onnxformer.errors import ErrorKind, InputError, ServingError
@@ -28,6 +28,8 @@ class ModelService:
         self.task = model.task
         self.spec = get_task(model.task)  # the registry's entry: endpoints, text outputs, tokenizer
         limit = model.manifest.max_length  # None: no tokenizer (raw), only --max-tokens-per-text applies
+        tokenizer = model.tokenizer
+        self.vocab_size: int | None = tokenizer.vocab_size if tokenizer is not None else None
         self.max_tokens: int | None = (min(config.max_tokens_per_text or limit, limit) if limit is not None
                                        else config.max_tokens_per_text)
 
@@ -113,6 +115,7 @@ class ModelService:
             check_texts(texts)
         except InputError as e:
             raise ServingError(str(e), ErrorKind.BAD_REQUEST) from None
+        self._check_chars(texts)
         # tokenizing a few dozen long texts takes milliseconds: keep it off the event loop too
         return await asyncio.to_thread(self._tokenize, list(texts))
 
@@ -126,6 +129,18 @@ class ModelService:
         self._check_lengths([len(e.ids) for e in encodings])
         return encodings
 
+    def _check_chars(self, texts: Sequence[str]) -> None:
+        """A text far longer in characters than the token limit allows is refused before it is tokenized (a
+        3.8 MB body of long texts would otherwise hold the tokenizer for seconds)."""
+        if self.max_tokens is None:
+            return
+        limit = self.max_tokens * self.config.max_chars_per_token
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                raise ServingError(f"text {i} has {len(text)} characters; the limit is {limit} "
+                                   f"({self.max_tokens} tokens, {ServeConfig.flag('max_chars_per_token')})",
+                                   ErrorKind.UNPROCESSABLE)
+
     def _check_lengths(self, lengths: list[int]) -> None:
         for i, n in enumerate(lengths):
             if self.max_tokens is not None and n > self.max_tokens:
@@ -138,7 +153,8 @@ class ModelService:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return self.model.run(feeds)
-        except InvalidArgument as e:  # ONNX Runtime refused the tensors (a dim the manifest leaves open)
+        except (InvalidArgument, Fail, RuntimeException) as e:  # ONNX Runtime refused the client's tensors
+            # (a dim the manifest leaves open, an index past a table the manifest does not size)
             raise ServingError(f"the model refused these tensors: {str(e).splitlines()[0]}",
                                ErrorKind.BAD_REQUEST) from None
 

@@ -77,6 +77,13 @@ class ServerState:
             raise ServingError(f"unknown model {name!r}; this server serves {self.service.name!r}", ErrorKind.NOT_FOUND)
         return self.service
 
+    def refuse_if_full(self) -> None:
+        """429 at once when the queue is already full: checked before a body is read, parsed or tokenized, so
+        an overloaded server refuses in microseconds (the admission that counts is still the scheduler's)."""
+        if self.scheduler is not None:  # a dry run of the scheduler's own admission: its 429, its message
+            self.scheduler.admit(1)
+            self.scheduler.release(1)
+
     def model_service(self, endpoint: str, name: str | None = None) -> ModelService:
         service = self.require_service(name)
         if not isinstance(service, ModelService):

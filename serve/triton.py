@@ -17,11 +17,12 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from onnxformer.errors import ServingError
+from onnxformer.errors import ArtifactError, ServingError
 from onnxformer.runtime.dtypes import DTYPES, from_ort
-from onnxformer.runtime.files import atomic_write_bytes, confined
+from onnxformer.runtime.files import atomic_write_bytes, confined, default_mode
 from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
 from onnxformer.runtime.providers import profile_options, shape_profile
+from onnxformer.runtime.scratch import LOCK, prepare_parent, scratch_dir, swap_into_place, sweep
 from onnxformer.runtime.tasks import get_task
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -65,14 +66,27 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     graph = verify_variant(directory, manifest, options.variant)  # never ship a file that fails its sha256
     name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name or directory.name)
     target = repo / name
+    if repo.exists() and not repo.is_dir():
+        raise ServingError(f"--repo {repo} is a file; give a directory (the model repository)")
+    try:
+        prepare_parent(target)
+    except ArtifactError as e:
+        raise ServingError(str(e)) from None
+    staging, old = f".{name}.staging-", f".{name}.old-"
+    sweep(repo, staging)  # a killed run's half-copied folder
+    sweep(repo, old)
     if target.exists() and not options.overwrite:
         raise ServingError(f"{target} already exists; pass --overwrite to replace it")
     config = model_config(manifest, name, options)
     check_config(config, graph)  # Triton's own rules, against the graph it will load
     text = text_format.MessageToString(config)
     parse_config(text)  # the schema check: what Triton will read must parse back
-    _copy_variant(directory, manifest.variant(options.variant), target / "1")
-    atomic_write_bytes(target / "config.pbtxt", text.encode())
+    with scratch_dir(repo, staging) as stage:  # built whole beside the target, then swapped in by renames
+        os.chmod(stage, default_mode(directory=True))  # a Triton container reads it as another user
+        _copy_variant(directory, manifest.variant(options.variant), stage / "1")
+        atomic_write_bytes(stage / "config.pbtxt", text.encode())
+        (stage / LOCK).unlink()  # not part of the model folder
+        swap_into_place(stage, target, old)
     return target
 
 
@@ -154,6 +168,4 @@ def _copy_variant(directory: Path, record: Variant, version_dir: Path) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     for rel in sorted(record.all_files):
         dest = version_dir / ("model.onnx" if rel == record.file else Path(rel).name)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(confined(directory, rel), tmp)
-        os.replace(tmp, dest)
+        shutil.copyfile(confined(directory, rel), dest)  # the folder is staged whole: no per-file temp needed

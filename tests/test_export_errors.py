@@ -141,7 +141,7 @@ def test_everything_written_is_readable_as_the_umask_says(tiny_checkpoint, tmp_p
     assert mode(out) == 0o755 and mode(out / "fp32") == 0o755
     assert mode(out / "manifest.json") == 0o644 and mode(out / "fp32" / "model.onnx") == 0o644
     (config,) = (tmp_path / "repo").rglob("config.pbtxt")
-    assert mode(config) == 0o644
+    assert mode(config) == 0o644 and mode(config.parent) == 0o755 and mode(config.parent / "1") == 0o755
 
 
 def test_output_is_a_file(tiny_checkpoint, tmp_path):
