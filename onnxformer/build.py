@@ -57,20 +57,18 @@ STAGES: list[tuple[str, Stage]] = [("export", export_stage), ("quantize", _quant
 
 
 def build(args: argparse.Namespace) -> list[Row]:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from onnxformer.progress import console
+    from onnxformer.progress import StageLog
 
     args.name = getattr(args, "name", None)
     if not args.model:
         args.model, args.name = default_model(), "all-MiniLM-L6-v2"
     out = Path(args.out)
     rows: list[Row] = []
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+    with StageLog() as log:
         for name, stage in STAGES:
-            task = bar.add_task(f"[bold]{name}[/]", total=None)
-            rows += stage(args, out, lambda msg, t=task, n=name: bar.update(t, description=f"[bold]{n}[/]: {msg}"))
-            bar.update(task, description=f"[green]{name} done[/]", completed=1, total=1)
+            log.start(name)
+            rows += stage(args, out, lambda msg, n=name: log.update(n, msg))
+            log.done(name)
     _print_summary(rows)
     write_report(out, rows)
     return rows
