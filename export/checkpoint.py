@@ -8,16 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxformer.errors import CheckpointError
+from onnxformer.export.st_config import read_sentence_transformers
 from onnxformer.runtime.files import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_POOLING_MODES = {  # sentence-transformers pooling config key → our pooling name
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "last",
-}
 
 
 @dataclass
@@ -26,7 +20,7 @@ class Checkpoint:
     config: dict[str, Any]
     weight_files: list[str]
     weight_format: str  # "safetensors" | "pickle"
-    sentence_transformers: dict[str, Any] | None = None  # pooling / normalize / max_seq_length
+    sentence_transformers: dict[str, Any] | None = None  # export/st_config.py: pooling, normalize, prompts, ...
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,7 +79,7 @@ def inspect_checkpoint(path: Path, allow_pickle: bool = False) -> Checkpoint:
     if "model_type" not in config:
         raise CheckpointError(f"{config_path} has no model_type; is this a transformers checkpoint?")
     weights, fmt = _weight_files(path, allow_pickle)
-    return Checkpoint(path, config, weights, fmt, _sentence_transformers_info(path))
+    return Checkpoint(path, config, weights, fmt, read_sentence_transformers(path))
 
 
 def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[str], str]:
@@ -101,30 +95,3 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[str], str]:
             "convert them to safetensors, or pass --allow-pickle to load them with torch.load(weights_only=True)"
         )
     return pickles, "pickle"
-
-
-def _sentence_transformers_info(path: Path) -> dict[str, Any] | None:
-    """Pooling and normalisation from a sentence-transformers checkpoint (modules.json), else None."""
-    modules_path = path / "modules.json"
-    if not modules_path.is_file():
-        return None
-    modules = json.loads(modules_path.read_text())
-    info: dict[str, Any] = {"pooling": "cls", "normalize": False}
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            pooling_cfg = json.loads((path / module["path"] / "config.json").read_text())
-            modes = [name for key, name in _POOLING_MODES.items() if pooling_cfg.get(key)]
-            if len(modes) != 1:
-                raise CheckpointError(f"sentence-transformers pooling {modes or 'none'} is not supported; use exactly one mode")
-            info["pooling"] = modes[0]
-        elif kind == "Normalize":
-            info["normalize"] = True
-        elif kind not in ("Transformer",):
-            raise CheckpointError(
-                f"sentence-transformers module {kind!r} is not supported yet (only Transformer, Pooling, Normalize)"
-            )
-    st_cfg = path / "sentence_bert_config.json"
-    if st_cfg.is_file():
-        info["max_seq_length"] = json.loads(st_cfg.read_text()).get("max_seq_length")
-    return info

@@ -67,7 +67,8 @@ def _postprocess(ckpt: Checkpoint, task: str) -> Postprocess:
     if task == "feature-extraction":
         st = ckpt.sentence_transformers
         if st:
-            return Postprocess(pooling=st["pooling"], normalize=st["normalize"],
+            return Postprocess(pooling=st["pooling"], normalize=st["normalize"], truncate_dim=st.get("truncate_dim"),
+                               prompts=st.get("prompts") or {}, default_prompt_name=st.get("default_prompt_name"),
                                extra={"source": "sentence-transformers"})
         return Postprocess(pooling="mean", normalize=False, extra={"source": "default (no sentence-transformers config)"})
     if task in ("text-classification", "token-classification"):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from onnxformer.errors import ArtifactError, IntegrityError
+from onnxformer.errors import ArtifactError, InputError, IntegrityError
 from onnxformer.runtime.files import atomic_write_json, confined, sha256_file
 
 FORMAT = "onnxformer-artifact"
@@ -147,22 +147,43 @@ class Postprocess:
     normalize: bool = False
     id2label: dict[str, str] = field(default_factory=dict)
     activation: str | None = None
+    truncate_dim: int | None = None  # sentence-transformers' Matryoshka default width
+    prompts: dict[str, str] = field(default_factory=dict)  # prompt name → text prepended to the input
+    default_prompt_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. "source" of the pooling settings
+
+    _EMBEDDING = ("truncate_dim", "default_prompt_name")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.pooling is not None:
             out.update(pooling=self.pooling, normalize=self.normalize)
+        if self.prompts:
+            out["prompts"] = dict(self.prompts)
         if self.id2label or self.activation is not None:
             out.update(id2label=dict(self.id2label), activation=self.activation)
-        return {**out, **self.extra}
+        return _finish(self, out, self._EMBEDDING)
 
     @classmethod
     def parse(cls, r: _Reader) -> "Postprocess":
         labels = r.dict("id2label", {})
+        prompts = r.get("prompts", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                        "an object of prompt name → text", {})
         return cls(r.str("pooling", None), bool(r.get("normalize", lambda v: isinstance(v, bool), "true or false", False)),
                    {str(k): str(v) for k, v in labels.items()}, r.str("activation", None),
-                   r.rest({"pooling", "normalize", "id2label", "activation"}))
+                   r.int("truncate_dim", None, minimum=1), dict(prompts), r.str("default_prompt_name", None),
+                   r.rest({"pooling", "normalize", "id2label", "activation", "prompts", *cls._EMBEDDING}))
+
+    def prompt(self, name: str | None = None, text: str | None = None) -> str:
+        """The text to prepend: ``text`` itself, the prompt called ``name``, else the default prompt (or none)."""
+        if text is not None:
+            return text
+        name = name if name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise InputError(f"prompt {name!r} is not one of this model's prompts: {sorted(self.prompts) or 'none'}")
+        return self.prompts[name]
 
     def label(self, index: int) -> str:
         return self.id2label.get(str(index), f"LABEL_{index}")

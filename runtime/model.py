@@ -74,14 +74,23 @@ class Model:
 
     # --- tasks ---------------------------------------------------------------------------------------------
     def embed(self, texts: Sequence[str], truncate: bool = False, normalize: bool | None = None,
-              max_batch_tokens: int | None = None, batch_size: int | None = None,
-              dimensions: int | None = None) -> np.ndarray:
-        """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies;
-        ``dimensions``: the first that many components (Matryoshka), renormalised when the model normalises."""
+              max_batch_tokens: int | None = None, batch_size: int | None = None, dimensions: int | None = None,
+              prompt_name: str | None = None, prompt: str | None = None) -> np.ndarray:
+        """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies. ``dimensions``:
+        the first that many components (Matryoshka; default the checkpoint's ``truncate_dim``), renormalised when the model normalises. ``prompt_name`` / ``prompt``: the text
+        prepended to every input, as sentence-transformers' ``encode`` (default: the checkpoint's default
+        prompt)."""
         self._require("feature-extraction", "embed")
-        vectors = self.embed_encodings(self.tokenizer.encodings(texts, truncate=truncate), normalize,
+        vectors = self.embed_encodings(self.encode_prompted(texts, prompt_name, prompt, truncate), normalize,
                                        max_batch_tokens, batch_size)
-        return truncate_dims(vectors, dimensions, self.normalizes(normalize))
+        return truncate_dims(vectors, dimensions or self.manifest.postprocess.truncate_dim, self.normalizes(normalize))
+
+    def encode_prompted(self, texts: Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                        truncate: bool = False) -> list[Encoding]:
+        """Encodings of ``texts`` with the model's (or the given) prompt prepended, as embed() runs them."""
+        check_texts(texts)
+        prefix = self.manifest.postprocess.prompt(prompt_name, prompt)
+        return self.tokenizer.encodings([prefix + t for t in texts] if prefix else list(texts), truncate=truncate)
 
     def normalizes(self, normalize: bool | None = None) -> bool:
         """Whether embeddings come out unit length (the checkpoint's Normalize, unless overridden)."""

@@ -22,8 +22,10 @@ async def embeddings(request: Request) -> JSONResponse:
     state, req = await _parse(request, EmbeddingsRequest)
     service = state.model_service("/v1/embeddings", req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
-    vectors, tokens = await within(state.config.timeout_s, service.embed(texts))
-    vectors = truncate_dims(vectors, req.dimensions, service.model.normalizes())  # Matryoshka, per request
+    post = service.model.manifest.postprocess
+    prefix = post.prompt(req.prompt_name, req.prompt)  # the checkpoint's default prompt unless told otherwise
+    vectors, tokens = await within(state.config.timeout_s, service.embed([prefix + t for t in texts]))
+    vectors = truncate_dims(vectors, req.dimensions or post.truncate_dim, service.model.normalizes())  # Matryoshka
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return JSONResponse({"object": "list", "data": data, "model": service.name,

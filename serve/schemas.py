@@ -54,6 +54,8 @@ class EmbeddingsRequest(_OpenAI):
     model: Optional[Annotated[str, Field(max_length=256)]] = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
+    prompt_name: Optional[Annotated[str, Field(max_length=256)]] = None  # sentence-transformers' prompts (TEI too)
+    prompt: Optional[Annotated[str, Field(max_length=4096)]] = None
 
 
 class CompletionRequest(_OpenAI):

@@ -55,3 +55,32 @@ def test_runtime_refuses_tampered_file(minilm_artifact, copy_artifact):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(IntegrityError, match="fp32/model.onnx does not match the manifest"):
         Model.load(art)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_current_sentence_transformers_checkpoint_exports_with_truncate_dim_and_prompt(tmp_path, tiny_checkpoint,
+                                                                                        pooling):
+    """Issue 16, defect 1: checkpoints saved by today's sentence-transformers (``{"pooling_mode": "mean"}``) did
+    not export; truncate_dim and prompts were dropped. Saved here by the installed sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    from onnxformer.export import export_checkpoint
+
+    words = Transformer(str(tiny_checkpoint("bert")))
+    st = SentenceTransformer(modules=[words, Pooling(words.get_embedding_dimension(), pooling), Normalize()],
+                             device="cpu", truncate_dim=16, prompts={"query": "query: ", "doc": "passage: "},
+                             default_prompt_name="query")
+    st.save(str(tmp_path / "st"))
+    res = export_checkpoint(str(tmp_path / "st"), tmp_path / "art")
+    post = res.manifest.postprocess
+    assert (post.pooling, post.normalize, post.truncate_dim, post.default_prompt_name) == (pooling, True, 16, "query")
+    assert post.prompts == {"query": "query: ", "doc": "passage: "}
+    reloaded = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    model = Model.load(tmp_path / "art")
+    for kwargs in ({}, {"prompt_name": "doc"}, {"prompt": "custom: "}):
+        theirs = reloaded.encode(TEXTS, **kwargs)
+        ours = model.embed(TEXTS, truncate=True, **kwargs)  # sentence-transformers cuts at max_seq_length silently
+        assert ours.shape == theirs.shape == (len(TEXTS), 16)
+        cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cos.min() >= 0.99999, (kwargs, cos)
