@@ -67,23 +67,24 @@ class KindInfo:
     status: int  # HTTP status
     openai_type: str  # ``error.type`` in OpenAI's error object
     headers: tuple[tuple[str, str], ...] = ()  # sent with the error response
+    grpc: str = "INTERNAL"  # grpc.StatusCode name, for KServe v2 over gRPC
 
 
 _RETRY = (("Retry-After", "1"),)
 KINDS: dict[ErrorKind, KindInfo] = {
-    ErrorKind.BAD_REQUEST: KindInfo(400, "invalid_request_error"),
-    ErrorKind.UNAUTHORIZED: KindInfo(401, "authentication_error", (("WWW-Authenticate", "Bearer"),)),
-    ErrorKind.NOT_FOUND: KindInfo(404, "not_found_error"),
-    ErrorKind.METHOD_NOT_ALLOWED: KindInfo(405, "invalid_request_error"),
-    ErrorKind.PAYLOAD_TOO_LARGE: KindInfo(413, "invalid_request_error"),
-    ErrorKind.UNSUPPORTED_MEDIA_TYPE: KindInfo(415, "invalid_request_error"),
-    ErrorKind.UNPROCESSABLE: KindInfo(422, "invalid_request_error"),
-    ErrorKind.TOO_MANY_REQUESTS: KindInfo(429, "rate_limit_error", _RETRY),
-    ErrorKind.REQUEST_TIMEOUT: KindInfo(408, "invalid_request_error", (("Connection", "close"),)),
-    ErrorKind.CLIENT_CLOSED: KindInfo(499, "invalid_request_error"),
+    ErrorKind.BAD_REQUEST: KindInfo(400, "invalid_request_error", grpc="INVALID_ARGUMENT"),
+    ErrorKind.UNAUTHORIZED: KindInfo(401, "authentication_error", (("WWW-Authenticate", "Bearer"),), "UNAUTHENTICATED"),
+    ErrorKind.NOT_FOUND: KindInfo(404, "not_found_error", grpc="NOT_FOUND"),
+    ErrorKind.METHOD_NOT_ALLOWED: KindInfo(405, "invalid_request_error", grpc="UNIMPLEMENTED"),
+    ErrorKind.PAYLOAD_TOO_LARGE: KindInfo(413, "invalid_request_error", grpc="RESOURCE_EXHAUSTED"),
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: KindInfo(415, "invalid_request_error", grpc="INVALID_ARGUMENT"),
+    ErrorKind.UNPROCESSABLE: KindInfo(422, "invalid_request_error", grpc="INVALID_ARGUMENT"),
+    ErrorKind.TOO_MANY_REQUESTS: KindInfo(429, "rate_limit_error", _RETRY, "RESOURCE_EXHAUSTED"),
+    ErrorKind.REQUEST_TIMEOUT: KindInfo(408, "invalid_request_error", (("Connection", "close"),), "DEADLINE_EXCEEDED"),
+    ErrorKind.CLIENT_CLOSED: KindInfo(499, "invalid_request_error", grpc="CANCELLED"),
     ErrorKind.INTERNAL: KindInfo(500, "server_error"),
-    ErrorKind.UNAVAILABLE: KindInfo(503, "server_error", _RETRY),
-    ErrorKind.TIMEOUT: KindInfo(504, "server_error"),
+    ErrorKind.UNAVAILABLE: KindInfo(503, "server_error", _RETRY, "UNAVAILABLE"),
+    ErrorKind.TIMEOUT: KindInfo(504, "server_error", grpc="DEADLINE_EXCEEDED"),
 }
 
 # The library's own exceptions, most specific first. A kind of status >= 500 is a server-side failure:

@@ -28,7 +28,10 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        grpc_server = await _start_grpc(state)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(state.config.graceful_s)  # in-flight calls finish, new ones are refused
         await state.stop()  # uvicorn has already waited for in-flight requests
 
     app = FastAPI(title="onnxformer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -44,6 +47,14 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     app.add_middleware(GuardMiddleware, metrics=state.metrics, config=state.config)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: it sees the guard's statuses too
     return app
+
+
+async def _start_grpc(state: ServerState) -> object | None:
+    if state.config.grpc_port is None:
+        return None
+    from onnxformer.serve.grpc_v2 import start_grpc  # grpcio loads only when asked for
+
+    return await start_grpc(state, state.config.host, state.config.grpc_port)
 
 
 def _api_key(request: Request) -> None:

@@ -19,6 +19,8 @@ def option(default: Any, help: str, *, flag: str | None = None, env: str | None 
 class ServeConfig:
     host: str = option("127.0.0.1", "bind address (default loopback; 0.0.0.0 exposes it)")
     port: int = option(8000, "TCP port to listen on")
+    grpc_port: int | None = option(None, "also serve KServe v2 over gRPC on this port (what tritonclient.grpc "
+                                         "speaks; default: off)")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' "
                                        "(default: $ONNXFORMER_API_KEY; none = open)", env="ONNXFORMER_API_KEY")
     batching: bool = option(True, "run each request alone (no dynamic batching)", flag="--no-batching")
@@ -67,6 +69,9 @@ class ServeConfig:
             raise ServingError(f"{self.flag('max_tokens_per_text')} must be > 0 (got {self.max_tokens_per_text})")
         if self.port > 65535:
             raise ServingError(f"{self.flag('port')} must be <= 65535 (got {self.port})")
+        if self.grpc_port is not None and not (0 < self.grpc_port <= 65535 and self.grpc_port != self.port):
+            raise ServingError(f"{self.flag('grpc_port')} must be a port other than {self.flag('port')}, "
+                               f"1 to 65535 (got {self.grpc_port})")
         if self.api_key is not None and len(self.api_key) < 8:
             raise ServingError(f"{self.flag('api_key')} must be at least 8 characters; use a random secret")
         return self

@@ -42,17 +42,21 @@ async def server_metadata() -> dict[str, Any]:
 @router.get("/v2/models/{name}")
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_metadata(request: Request, name: str, version: str = "1") -> dict[str, Any]:
-    service = _service(request, name, version)
+    return model_metadata_doc(_service(request, name, version))
+
+
+def model_metadata_doc(service: Service) -> dict[str, Any]:
+    """The v2 model metadata (HTTP and gRPC): tensors, plus task, variant and provider as parameters."""
     if isinstance(service, GenerationService):  # no tensors to offer: generation is a loop, not one graph call
         return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": [],
                 "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
-                                              "endpoint": "/v1/completions"}}
+                                              "provider": service.generator.provider, "endpoint": "/v1/completions"}}
     m, text_outputs = service.model.manifest, service.spec.text_outputs
     text = [{"name": TEXT_INPUT, "datatype": BYTES, "shape": [-1]}] if text_outputs else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": text + tensor_metadata(m.inputs),
             "outputs": [o.metadata() for o in text_outputs] + tensor_metadata(m.outputs),
-            "parameters": {"task": service.task, "variant": service.model.variant}}
+            "parameters": {"task": service.task, "variant": service.model.variant, "provider": service.model.provider}}
 
 
 @router.get("/v2/models/{name}/ready")

@@ -30,13 +30,15 @@ def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning")
 
 def check_port(config: ServeConfig) -> None:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
-        try:
-            s.bind((config.host, config.port))
-        except OSError as e:
-            raise ServingError(f"cannot listen on {config.host}:{config.port} ({e.strerror or e}); "
-                               f"choose another {ServeConfig.flag('port')} or stop what uses it") from None
+    ports = [("port", config.port)] + ([("grpc_port", config.grpc_port)] if config.grpc_port else [])
+    for field, port in ports:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+            try:
+                s.bind((config.host, port))
+            except OSError as e:
+                raise ServingError(f"cannot listen on {config.host}:{port} ({e.strerror or e}); "
+                                   f"choose another {ServeConfig.flag(field)} or stop what uses it") from None
 
 
 def serve(directory: str | Path, config: ServeConfig, variant: str | None = None, threads: int | None = None) -> None:
@@ -53,5 +55,7 @@ def serve(directory: str | Path, config: ServeConfig, variant: str | None = None
     check_port(config)  # before "serving …": a port in use is one line, not a banner then an error
     app = create_app(lambda: model, config)
     m = model.manifest
-    console.print(f"serving {m.name} ({m.task}, {model.variant}) on http://{config.host}:{config.port}")
+    grpc = f" and grpc://{config.host}:{config.grpc_port}" if config.grpc_port else ""
+    console.print(f"serving {m.name} ({m.task}, {model.variant} on {model.provider}) on "
+                  f"http://{config.host}:{config.port}{grpc}")
     uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken

@@ -1,0 +1,158 @@
+"""KServe v2 over gRPC: the protocol ``tritonclient.grpc`` speaks (the proto ships with tritonclient), served on
+the HTTP server's event loop and through the same services, limits and error kinds as the HTTP routes.
+
+Implemented: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelInfer (the BYTES ``text``
+input or the model's raw tensors; data as typed contents or raw_input_contents). Everything else answers
+UNIMPLEMENTED, as grpc does for a method a servicer leaves out.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import serialize_byte_tensor
+
+from onnxformer import __version__
+from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind
+from onnxformer.runtime.dtypes import from_v2
+from onnxformer.serve.kserve import BYTES, DATATYPES, MAX_ELEMENTS, InferRequest, Tensor, _from_binary
+from onnxformer.serve.routes_v2 import _infer, model_metadata_doc
+from onnxformer.serve.state import ServerState
+from onnxformer.serve.httpio import within
+
+log = logging.getLogger("onnxformer.serve")
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+             BYTES: "bytes_contents"}  # the typed ``contents`` field of each datatype (FP16/BF16: raw only)
+
+
+class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.state.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name="onnxformer", version=__version__, extensions=["binary_tensor_data"])
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return await _guard(context, self._model_ready, request)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        return await _guard(context, self._model_metadata, request)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await _guard(context, self._infer, request)
+
+    async def _model_ready(self, request: Any) -> Any:
+        try:
+            self.state.require_service(request.name)
+        except ServingError as e:
+            if e.kind != ErrorKind.UNAVAILABLE:
+                raise
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.state.ready)
+
+    async def _model_metadata(self, request: Any) -> Any:
+        doc = model_metadata_doc(self.state.require_service(request.name))
+        tensors = lambda specs: [pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"],
+                                                                         shape=t["shape"]) for t in specs]
+        return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"],
+                                        inputs=tensors(doc["inputs"]), outputs=tensors(doc["outputs"]))
+
+    async def _infer(self, request: Any) -> Any:
+        service = self.state.model_service("KServe infer", request.model_name)
+        if request.model_version not in ("", "1"):
+            raise ServingError(f"model {request.model_name!r} has only version 1", ErrorKind.NOT_FOUND)
+        self.state.refuse_if_full()
+        req = parse_request(request)
+        outputs = await within(self.state.config.timeout_s, _infer(service, req))
+        return encode_response(service.name, req, outputs)
+
+
+def parse_request(request: Any) -> InferRequest:
+    """A ModelInferRequest as the HTTP route's InferRequest: each tensor checked against datatype and shape."""
+    if not request.inputs:
+        raise ServingError("the request has no inputs", ErrorKind.BAD_REQUEST)
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ServingError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input",
+                           ErrorKind.BAD_REQUEST)
+    inputs: dict[str, Tensor] = {}
+    for i, spec in enumerate(request.inputs):
+        if spec.name in inputs:
+            raise ServingError(f"input {spec.name!r} appears twice", ErrorKind.BAD_REQUEST)
+        inputs[spec.name] = _tensor(spec, raw[i] if raw else None)
+    outputs = [o.name for o in request.outputs] or None
+    return InferRequest(request.id or None, inputs, outputs)
+
+
+def _tensor(spec: Any, raw: bytes | None) -> Tensor:
+    name, datatype, shape = spec.name, spec.datatype, [int(d) for d in spec.shape]
+    if datatype not in DATATYPES:
+        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
+                           ErrorKind.BAD_REQUEST)
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise ServingError(f"input {name!r}: shape {shape} must be non-negative with at most {MAX_ELEMENTS} "
+                           "elements", ErrorKind.BAD_REQUEST)
+    if raw is not None:
+        flat = _from_binary(name, datatype, raw)
+    elif datatype in _CONTENTS:
+        values = list(getattr(spec.contents, _CONTENTS[datatype]))
+        flat = np.array(values, dtype=object) if datatype == BYTES else np.array(values, dtype=from_v2(datatype).numpy)
+    else:
+        raise ServingError(f"input {name!r}: {datatype} data must come as raw_input_contents", ErrorKind.BAD_REQUEST)
+    if flat.size != math.prod(shape):
+        raise ServingError(f"input {name!r}: {flat.size} elements for shape {shape}", ErrorKind.BAD_REQUEST)
+    return Tensor(name, datatype, shape, flat.reshape(shape))
+
+
+def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
+    names = req.outputs if req.outputs is not None else list(outputs)
+    unknown = [n for n in names if n not in outputs]
+    if unknown:
+        raise ServingError(f"unknown output(s) {unknown}; this request yields {sorted(outputs)}", ErrorKind.BAD_REQUEST)
+    response = pb.ModelInferResponse(model_name=model, model_version="1", id=req.id or "")
+    for name in names:
+        arr = np.ascontiguousarray(outputs[name])
+        if arr.dtype == np.object_:
+            datatype, data = BYTES, serialize_byte_tensor(arr).item() if arr.size else b""
+        else:
+            from onnxformer.runtime.dtypes import DTYPES
+
+            datatype, data = DTYPES[arr.dtype.name].v2, arr.tobytes()
+        response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+        response.raw_output_contents.append(data)
+    return response
+
+
+async def _guard(context: Any, handler: Any, request: Any) -> Any:
+    """Run ``handler``; an error ends the call with the status code of its kind (``KINDS``) and its message."""
+    try:
+        return await handler(request)
+    except OnnxformerError as e:
+        kind = error_kind(e)
+        message = str(e) if isinstance(e, ServingError) or KINDS[kind].status < 500 else "internal error; see the log"
+        if KINDS[kind].status >= 500 and not isinstance(e, ServingError):
+            log.error("gRPC %s failed: %s", handler.__name__, e)
+        await context.abort(getattr(grpc.StatusCode, KINDS[kind].grpc), message)
+
+
+async def start_grpc(state: ServerState, host: str, port: int) -> Any:
+    """A grpc.aio server on ``host:port`` serving ``state``'s models; returns it (stop it with ``.stop(grace)``)."""
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(state), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise ServingError(f"cannot listen for gRPC on {address}; choose another --grpc-port")
+    await server.start()
+    return server

@@ -1,0 +1,58 @@
+"""KServe v2 over gRPC with the official tritonclient.grpc client: the same answers as the HTTP routes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxformer.runtime import Model
+from onnxformer.serve.testing import free_port, running_server
+
+pytestmark = pytest.mark.timeout(120)
+TEXTS = ["The cat sat on the mat.", "ONNX Runtime on two cores", "hello"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_artifact):
+    model = Model.load(tiny_artifact("bert", "feature-extraction"))
+    port = free_port()
+    with running_server(lambda: model, grpc_port=port) as url:
+        yield model, url, f"127.0.0.1:{port}"
+
+
+def test_tritonclient_grpc_text_and_raw_tensors(served):
+    import tritonclient.grpc as triton
+
+    model, _, address = served
+    client = triton.InferenceServerClient(address)
+    name = model.manifest.name
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
+    meta = client.get_model_metadata(name, as_json=True)
+    assert [i["name"] for i in meta["inputs"]] == ["text", *model.input_names]
+    text = triton.InferInput("text", [len(TEXTS)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+    vectors = client.infer(name, [text]).as_numpy("embedding")
+    np.testing.assert_allclose(vectors, model.embed(TEXTS), atol=1e-5)
+    feeds = model.tokenizer.encode(TEXTS).feeds
+    inputs = []
+    for key, array in feeds.items():
+        tensor = triton.InferInput(key, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    states = client.infer(name, inputs).as_numpy("last_hidden_state")
+    np.testing.assert_allclose(states, model.run(feeds)["last_hidden_state"], atol=1e-5)
+
+
+def test_grpc_errors_carry_the_kind_status(served):
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    model, _, address = served
+    client = triton.InferenceServerClient(address)
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_metadata("nope")
+    assert "StatusCode.NOT_FOUND" in str(missing.value.status())
+    bad = triton.InferInput("input_ids", [1, 3], "INT64")
+    bad.set_data_from_numpy(np.array([[1, 2, 10**9]], dtype=np.int64))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(model.manifest.name, [bad])
+    assert "StatusCode.INVALID_ARGUMENT" in str(refused.value.status())
