@@ -146,9 +146,9 @@ class BatchCache:
     def join(self, prefill_rows: list[int], prefill_shape: tuple[int, int], lengths: list[int]) -> None:
         """Append rows ``prefill_rows`` of the last prefill (rows × width, left-padded) to the batch."""
         rows, width = prefill_shape
-        target = max([self.width, *lengths])
-        if target > self.width:
-            self.repack(target)
+        needed = max([*self.lengths, *lengths])
+        if needed > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
+            self.repack(needed)  # wider for a longer prompt, or narrower when the drifted width no longer fits
         views, sets = self._views(), self._host(self._sets[2])
         for r, n in zip(prefill_rows, lengths):
             b = self.rows
