@@ -31,6 +31,12 @@ class ServeConfig:
     max_texts: int = option(64, "texts per request before 413")
     max_tokens_per_text: int | None = option(None, "tokens per text before 422 (default: model limit)")
     max_new_tokens: int = option(512, "generation: max_tokens per completion before 422")
+    continuous_batching: bool = option(True, "generation: runs take turns token by token instead of sharing "
+                                             "one decode batch", flag="--no-continuous-batching")
+    max_slots: int = option(16, "generation: rows in the decode batch (more requests wait their turn)")
+    max_cached_tokens: int = option(
+        8192, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
+              "max_tokens over it is refused with 422)")
     max_body_bytes: int = option(4 << 20, "request body size before 413")
     timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
     graceful_s: float = option(30.0, "seconds to finish in-flight requests on stop", flag="--graceful-timeout")
@@ -45,7 +51,7 @@ class ServeConfig:
 
     def check(self) -> "ServeConfig":
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
-                    "timeout_s", "max_new_tokens")
+                    "timeout_s", "max_new_tokens", "max_slots", "max_cached_tokens")
         for name in positive:
             value = getattr(self, name)
             if value <= 0:

@@ -46,7 +46,7 @@ async def model_metadata(request: Request, name: str, version: str = "1") -> dic
     if isinstance(service, GenerationService):  # no tensors to offer: generation is a loop, not one graph call
         return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": [],
                 "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
-                                              "endpoint": "/v1/completions"}}
+                                              "endpoint": "/v1/completions", **service.limits()}}
     m, text_outputs = service.model.manifest, service.spec.text_outputs
     text = [{"name": TEXT_INPUT, "datatype": BYTES, "shape": [-1]}] if text_outputs else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",

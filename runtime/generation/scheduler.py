@@ -68,6 +68,8 @@ class Sequence:
     cancelled: bool = False
     seen: np.ndarray | None = None  # tokens the repetition penalty counts (prompt + generated)
     rng: np.random.Generator | None = None
+    listener: Any = None  # whoever waits on this request (the server's event); the scheduler never reads it
+    observed: int = 0  # tokens already counted by the caller's metrics
 
     @property
     def done(self) -> bool:
@@ -242,6 +244,16 @@ class Scheduler:
     def submit(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
                **options: Any) -> Sequence:
         """Tokenize and check one prompt (bad input raises here) and queue it."""
+        return self.enqueue(self.prepare(prompt, max_new_tokens, deadline, **options))
+
+    def enqueue(self, seq: Sequence) -> Sequence:
+        with self._lock:
+            self.waiting.append(seq)
+        return seq
+
+    def prepare(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
+                **options: Any) -> Sequence:
+        """A request checked and tokenized, not yet queued (bad input raises here)."""
         opts = make_options(max_new_tokens, **options)
         prompts = self.generator.encode_prompts([prompt], opts)
         seq = Sequence(prompts.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
@@ -250,8 +262,6 @@ class Scheduler:
             raise InputError(f"the prompt's {len(seq.prompt)} tokens + max_new_tokens={opts.max_new_tokens} need "
                              f"{seq.need} cached tokens; this batch holds {self.limits.max_cached_tokens}: "
                              "shorten the prompt or lower max_new_tokens")
-        with self._lock:
-            self.waiting.append(seq)
         return seq
 
     @property
