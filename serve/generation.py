@@ -20,6 +20,7 @@ from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
 from onnxformer.serve.batching import Scheduler
+from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.metrics import Metrics
 
@@ -65,6 +66,7 @@ class GenerationService:
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
                                          lambda: len(self.batch.running) / config.max_slots)
         self._driver: asyncio.Task | None = None
+        self.chat = load_chat_template(generator.directory)  # None: the chat route says the model has none
 
     def limits(self) -> dict[str, Any]:
         """What a client may ask for (model metadata)."""
@@ -109,7 +111,8 @@ class GenerationService:
             try:
                 seqs.append(self.batch.prepare(prompt, req.max_tokens, **req.options()))
             except InputError as e:  # over the positions or the batch's cached tokens: the numbers, 422
-                kind = ErrorKind.UNPROCESSABLE if "tokens" in str(e) and "need" in str(e) else ErrorKind.BAD_REQUEST
+                over = "positions" in str(e) or "cached tokens" in str(e)
+                kind = ErrorKind.UNPROCESSABLE if over else ErrorKind.BAD_REQUEST
                 raise ServingError(str(e), kind) from None
         return BatchJob(self, seqs)
 

@@ -147,6 +147,8 @@ class BatchCache:
 
     def join(self, prefill_rows: list[int], prefill_shape: tuple[int, int], lengths: list[int]) -> None:
         """Append rows ``prefill_rows`` of the last prefill (rows × width, left-padded) to the batch."""
+        if not prefill_rows:
+            return  # every prompt of the prefill ended at its first token
         rows, width = prefill_shape
         needed = max([*self.lengths, *lengths])
         if needed > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
