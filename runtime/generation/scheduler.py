@@ -10,7 +10,7 @@ The graph takes one past length for the whole batch, so the rows share a width `
 right-aligned in its slot's columns and the attention mask hides the columns before them; every row keeps its
 own position ids. The cache lives in two preallocated buffer sets (``max_cached_tokens`` × kv heads × head
 size per cache tensor), bound through I/O binding: a step reads the past from one set and ONNX Runtime writes
-the present into the other. Joining copies a prefilled row into its slot; leaving moves the last row into the
+the present into the other; a prefill writes its presents into the other set too, from where its rows are copied. Joining copies a prefilled row into its slot; leaving moves the last row into the
 freed slot; when the shared width grows too wide for the rows in it the rows are re-packed. Those copies are
 numpy views on CPU; on CUDA they go through the host (decode steps themselves never do).
 """
@@ -105,11 +105,11 @@ class BatchCache:
         size = self.tokens * self.kv_heads * self.head_size
         # zeros, not uninitialised memory: masked columns are multiplied by 0, and 0 × NaN would be NaN
         self._sets = [[ort.OrtValue.ortvalue_from_shape_and_type([size], self.dtype, self.device, 0)
-                       for _ in self.past] for _ in range(3)]
+                       for _ in self.past] for _ in range(2)]
         zeros = np.zeros(size, dtype=self.dtype)
         for buf in (b for group in self._sets for b in group):
             buf.update_inplace(zeros)
-        self._current = 0  # sets 0/1: the decode batch's past and present; set 2: prefill presents
+        self._current = 0  # which set holds the past; a step's presents, and a prefill's, go to the other
         self.rows, self.width = 0, 0
         self.lengths: list[int] = []  # live (right-aligned) columns per row
 
@@ -135,11 +135,18 @@ class BatchCache:
         first = self.width - np.asarray(self.lengths, dtype=np.int64)[:, None]
         return (cols >= first).astype(np.int64)
 
-    # --- prefill: presents into the third set, then copied into slots --------------------------------------
+    # --- prefill: presents into the other set, then copied into slots ------------------------------------
+    def reserve(self, lengths: list[int]) -> None:
+        """Before a prefill of rows ``lengths`` long: re-pack now if they will not fit the shared width (wider
+        for a longer prompt, narrower when the drifted width no longer fits), so ``join`` copies only."""
+        needed = max([*self.lengths, *lengths])
+        if needed > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
+            self.repack(needed)
+
     def bind_prefill(self, binding: ort.IOBinding, rows: int, width: int, with_past: bool) -> None:
         if rows * width > self.tokens:
             raise RuntimeError(f"prefill overflow: {rows} × {width} > {self.tokens}")
-        bufs = self._sets[2]
+        bufs = self._sets[1 - self._current]
         for name, buf in zip(self.past if with_past else (), bufs):  # an empty past (length 0)
             binding.bind_input(name, self.device, 0, self.dtype, self._shape(rows, 0), buf.data_ptr())
         for name, buf in zip(self.present, bufs):
@@ -150,10 +157,9 @@ class BatchCache:
         if not prefill_rows:
             return  # every prompt of the prefill ended at its first token
         rows, width = prefill_shape
-        needed = max([*self.lengths, *lengths])
-        if needed > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
-            self.repack(needed)  # wider for a longer prompt, or narrower when the drifted width no longer fits
-        views, sets = self._views(), self._host(self._sets[2])
+        if max(lengths) > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
+            raise RuntimeError("join without reserve: the prefilled rows do not fit the shared width")
+        views, sets = self._views(), self._host(self._sets[1 - self._current])
         for r, n in zip(prefill_rows, lengths):
             b = self.rows
             for view, pre in zip(views, sets):
@@ -338,6 +344,7 @@ class Scheduler:
                  "logits_to_keep": np.array([1], dtype=np.int64)}
         start = time.perf_counter()
         try:
+            self.cache.reserve([len(s.prompt) for s in joiners])
             logits = self._run(feeds, lambda b: self.cache.bind_prefill(b, len(joiners), width, self._with_past))
         except Exception as e:  # only the requests of this prefill fail; the running rows go on
             for seq in joiners:
