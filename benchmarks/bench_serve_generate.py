@@ -7,13 +7,14 @@ exactly ``--new-tokens``; built by bench_generate.prepare) served by ``onnxforme
 ``C`` client threads each stream ``--rounds`` completions back to back (prompts of mixed length, 16–256
 tokens, cycled per request) from /v1/completions. For each concurrency the two servers run one after the
 other: continuous batching (``--max-slots`` rows) and today's turn-taking (``--no-continuous-batching``).
-Measured at the client: generated tokens/s (all requests' completion tokens ÷ wall time), TTFT (request sent →
-first text event), inter-event gaps (one event ≈ one token; the byte-level tokenizer can hold a piece back),
-and peak RSS of the process (reset before each server, /proc/self/clear_refs).
+Generated tokens/s: all requests' completion tokens (their ``usage``) ÷ the clients' wall time. TTFT (request
+checked and tokenized → first token) and inter-token gaps: timed in the server, per token, the same way for
+both engines. Peak RSS of the process (client and server; reset before each server, /proc/self/clear_refs).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--rounds", type=int, default=2, help="requests per client, back to back")
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--max-slots", type=int, default=32)
+    p.add_argument("--max-slots", type=int, default=16)
     p.add_argument("--out", default=str(RESULTS / "serve-generate"))
     return p.parse_args()
 
@@ -47,11 +48,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def stream_one(url: str, prompt: str, new: int) -> dict[str, Any]:
+def stream_one(url: str, prompt: str, new: int) -> int:
+    """One streamed completion; its completion tokens (from the last event's usage)."""
     import httpx
 
-    sent = time.perf_counter()
-    stamps, usage = [], None
+    usage = None
     body = {"prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
         r.raise_for_status()
@@ -61,23 +62,60 @@ def stream_one(url: str, prompt: str, new: int) -> dict[str, Any]:
             event = json.loads(line[6:])
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
-            if event["choices"][0]["text"]:
-                stamps.append(time.perf_counter())
             usage = event.get("usage") or usage
-    return {"ttft": stamps[0] - sent, "gaps": [b - a for a, b in zip(stamps, stamps[1:])],
-            "tokens": usage["completion_tokens"]}
+    return usage["completion_tokens"]
 
 
-def load(url: str, prompts: list[str], concurrency: int, rounds: int, new: int) -> dict[str, Any]:
-    results: list[dict[str, Any]] = []
+class Probe:
+    """Server-side token times of every request, for both engines: the continuous batch's sequences carry
+    them; a turn-taking run is timed per step. (Random weights over a 50257-word vocabulary mostly pick ids
+    the 384-token tokenizer decodes to nothing, so the client sees few text events: time tokens, not events.)"""
+
+    def __init__(self, gen: Any):
+        from onnxformer.runtime.generation import scheduler
+
+        self.requests: list[tuple[float, list[float]]] = []
+        self._cls, self._prepare, self._gen = scheduler.Scheduler, scheduler.Scheduler.prepare, gen
+        probe, prepare, start = self, self._prepare, gen.start
+
+        def timed_prepare(batch: Any, *args: Any, **kwargs: Any) -> Any:
+            seq = prepare(batch, *args, **kwargs)
+            probe.requests.append((seq.submitted, seq.token_times))
+            return seq
+
+        def timed_start(*args: Any, **kwargs: Any) -> Any:
+            run, times = start(*args, **kwargs), []
+            probe.requests.append((time.monotonic(), times))
+            step = run.step
+
+            def timed_step() -> bool:
+                before = len(run.streams[0].ids)
+                more = step()
+                if len(run.streams[0].ids) > before:
+                    times.append(time.monotonic())
+                return more
+
+            run.step = timed_step
+            return run
+
+        scheduler.Scheduler.prepare, gen.start = timed_prepare, timed_start
+
+    def close(self) -> None:
+        self._cls.prepare = self._prepare
+        del self._gen.start
+
+
+def load(url: str, probe: Probe, prompts: list[str], concurrency: int, rounds: int, new: int) -> dict[str, Any]:
+    tokens: list[int] = []
     lock = threading.Lock()
 
     def client(c: int) -> None:
         for r in range(rounds):
-            out = stream_one(url, prompts[(c * rounds + r) % len(prompts)], new)
+            n = stream_one(url, prompts[(c * rounds + r) % len(prompts)], new)
             with lock:
-                results.append(out)
+                tokens.append(n)
 
+    probe.requests.clear()
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(concurrency)]
     for t in threads:
@@ -85,10 +123,9 @@ def load(url: str, prompts: list[str], concurrency: int, rounds: int, new: int) 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ttft = [r["ttft"] for r in results]
-    gaps = [g for r in results for g in r["gaps"]]
-    tokens = sum(r["tokens"] for r in results)
-    return {"requests": len(results), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+    ttft = [times[0] - arrived for arrived, times in probe.requests if times]
+    gaps = [b - a for _, times in probe.requests for a, b in zip(times, times[1:])]
+    return {"requests": len(tokens), "tokens": sum(tokens), "wall_s": wall, "tokens_per_s": sum(tokens) / wall,
             "ttft_p50_s": percentile(ttft, 0.5), "ttft_p99_s": percentile(ttft, 0.99),
             "itl_p50_s": percentile(gaps, 0.5), "itl_p99_s": percentile(gaps, 0.99)}
 
@@ -146,19 +183,21 @@ def main() -> int:
     engines = {"continuous": dict(continuous_batching=True, max_slots=args.max_slots,
                                   max_cached_tokens=args.max_slots * (max(LENGTHS) + args.new_tokens)),
                "turn-taking": dict(continuous_batching=False)}
+    gen = Generator.load(art)  # one model for every server: the RSS differences are the engines' own
     for c in levels:
         results[str(c)] = {}
         for name, options in engines.items():
+            gc.collect()
             peak_rss_reset()
-            gen = Generator.load(art)
+            probe = Probe(gen)
             with running_server(lambda: gen, max_queue=4096, timeout_s=3600, **options) as url:
                 stream_one(url, prompts[0], 4)  # warm-up
-                r = load(url, prompts, c, args.rounds, args.new_tokens)
+                r = load(url, probe, prompts, c, args.rounds, args.new_tokens)
+            probe.close()
             r["peak_rss_mib"] = peak_rss_mib()
             results[str(c)][name] = r
             print(f"concurrency {c} {name}: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {1000 * r['ttft_p50_s']:.0f} ms, "
                   f"inter-token p99 {1000 * r['itl_p99_s']:.0f} ms", flush=True)
-            del gen
     report = {"config": {"new_tokens": args.new_tokens, "rounds": args.rounds, "max_slots": args.max_slots,
                          "prompt_tokens": list(LENGTHS), "concurrency": levels},
               "environment": {"cpu": cpu["model"], "flags": cpu["flags"], "usable_cores": cpu["usable_cores"],

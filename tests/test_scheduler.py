@@ -139,10 +139,13 @@ def test_limits_are_checked_at_submit(gen, gen_artifact):
 def test_the_batch_cache_holds_each_row_right_aligned(gen):
     scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=128))
     a, b = scheduler.submit(PROMPTS[2], 10), scheduler.submit(PROMPTS[1], 10)
-    scheduler.step()  # one prefill of both prompts
+    scheduler.step()  # a long and a short prompt: prefilled apart (one would be mostly padding)
+    assert scheduler.cache.rows == 1 and list(scheduler.waiting) == [b]
+    scheduler.step()  # a decodes (a prefill never follows a prefill while rows run)
+    scheduler.step()  # b's prefill joins it
     cache = scheduler.cache
-    assert cache.rows == 2 and cache.lengths == [len(a.prompt), len(b.prompt)]
-    assert cache.width == len(a.prompt)
+    assert cache.rows == 2 and cache.lengths == [len(a.prompt) + 1, len(b.prompt)]
+    assert cache.width == len(a.prompt) + 1
     mask = cache.mask(1)
     assert mask[1].tolist() == [0] * (cache.width - len(b.prompt)) + [1] * (len(b.prompt) + 1)
     solo = Generator.start(gen, PROMPTS[1], 1)
