@@ -37,6 +37,8 @@ class ServeConfig:
     max_cached_tokens: int = option(
         8192, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
               "max_tokens over it is refused with 422)")
+    prefill_chunk: int = option(64, "generation: prompt tokens per prefill call, between decode steps "
+                                    "(0: a whole prompt at once)")
     max_body_bytes: int = option(4 << 20, "request body size before 413")
     timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
     graceful_s: float = option(30.0, "seconds to finish in-flight requests on stop", flag="--graceful-timeout")
@@ -56,6 +58,8 @@ class ServeConfig:
             value = getattr(self, name)
             if value <= 0:
                 raise ServingError(f"{self.flag(name)} must be > 0 (got {value})")
+        if self.prefill_chunk < 0:
+            raise ServingError(f"{self.flag('prefill_chunk')} must be >= 0 (got {self.prefill_chunk})")
         if self.max_delay_ms < 0 or self.graceful_s < 0:
             raise ServingError(f"{self.flag('max_delay_ms')} and {self.flag('graceful_s')} must be >= 0")
         if self.max_tokens_per_text is not None and self.max_tokens_per_text <= 0:

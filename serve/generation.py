@@ -60,7 +60,7 @@ class GenerationService:
         self.task: str = generator.manifest.task
         self.batch: BatchScheduler | None = None
         if config.continuous_batching and generator.kind == "decoder":
-            self.batch = BatchScheduler(generator, SlotLimits(config.max_slots, config.max_cached_tokens))
+            self.batch = BatchScheduler(generator, SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk))
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
@@ -74,7 +74,8 @@ class GenerationService:
                                "max_positions": self.generator.max_positions,
                                "continuous_batching": self.batch is not None}
         if self.batch is not None:
-            out.update(max_slots=self.config.max_slots, max_cached_tokens=self.config.max_cached_tokens)
+            out.update(max_slots=self.config.max_slots, max_cached_tokens=self.config.max_cached_tokens,
+                       prefill_chunk=self.config.prefill_chunk)
         return out
 
     def start(self, req: CompletionRequest, prompts: list[str] | None = None) -> "Job":

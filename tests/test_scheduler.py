@@ -45,6 +45,19 @@ def test_greedy_rows_equal_solo_generation_whatever_joins_or_leaves(gen, gap):
     assert not scheduler.busy and scheduler.cache.rows == 0
 
 
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_chunked_prefill_interleaves_with_decoding_and_stays_exact(gen, chunk):
+    """A prompt prefilled ``chunk`` tokens per call (0: whole) between the running rows' decode steps."""
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS, MAX_NEW)]
+    calls: list[str] = []
+    scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64, prefill_chunk=chunk))
+    scheduler.on_step = lambda kind, *_: calls.append(kind)
+    assert [s.ids for s in staggered(scheduler, PROMPTS, MAX_NEW, 1)] == solo
+    longest = max(len(gen.prompts.tokenizer.encode(p).ids) for p in PROMPTS)
+    assert calls.count("prefill") >= (len(PROMPTS) if chunk == 0 else -(-longest // chunk) + len(PROMPTS) - 1)
+    assert "prefill prefill" not in " ".join(calls[calls.index("decode"):])  # never two in a row while rows run
+
+
 def test_rows_share_decode_calls_and_slots_are_reused(gen):
     calls: list[tuple[str, int]] = []
     scheduler = Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64))

@@ -158,3 +158,49 @@ def test_a_disconnected_stream_frees_its_decode_slot(chat_server):
         generated = httpx.get(f"{url2}/metrics").text
         tokens = float(next(l for l in generated.splitlines() if l.startswith("onnxformer_generated_tokens_total")).split()[-1])
         assert tokens < 120 + 2  # warm-up's 2 tokens; the hung-up request stopped early
+
+
+@pytest.fixture
+def held_steps(monkeypatch):
+    """Continuous-batch steps wait until the test sets the returned event (the tiny model is too fast to watch)."""
+    import threading
+
+    from onnxformer.runtime.generation.scheduler import Scheduler
+
+    step, release = Scheduler.step, threading.Event()
+
+    def held(self):
+        assert release.wait(30), "never released"
+        return step(self)
+
+    monkeypatch.setattr(Scheduler, "step", held)
+    return release
+
+
+def test_a_full_batch_server_answers_429_and_a_slow_one_504(chat_server, held_steps):
+    gen, _ = chat_server
+    held_steps.set()  # the warm-up runs through Generator, not the batch; let the server start normally
+    with running_server(lambda: gen, max_queue=1, timeout_s=1.0) as url:
+        held_steps.clear()
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                          json={"prompt": "Hi", "max_tokens": 100, "temperature": 0, "stream": True}) as busy:
+            assert busy.status_code == 200  # admitted: its slot is held, its steps are not running
+            start = time.perf_counter()
+            rejected = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=30)
+            assert rejected.status_code == 429 and time.perf_counter() - start < 1.0
+            assert rejected.headers["retry-after"] == "1"
+            events = [line for line in busy.iter_lines() if line.startswith("data: ")]
+        assert '"code": 504' in events[-1] and "[DONE]" not in events[-1]  # held past the 1 s timeout
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 60}, timeout=30)
+        assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+        held_steps.set()
+        _until_running(url, 0)  # the timed-out rows left the batch at the next step
+        ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4}, timeout=30)
+        assert ok.status_code == 200
+
+
+def _until_running(url: str, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while f"onnxformer_generation_running {float(n)}" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, f"running never reached {n}"
+        time.sleep(0.02)

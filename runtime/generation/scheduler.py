@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from onnxformer.errors import InputError
 from onnxformer.runtime.dtypes import from_name
-from onnxformer.runtime.generation.cache import device_of, flat_names, run_bound
+from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
 from onnxformer.runtime.generation.loop import SpecialTokens, _force
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.sampling import choose
@@ -41,11 +41,12 @@ class SlotLimits:
 
     max_slots: int = 16
     max_cached_tokens: int = 8192
+    prefill_chunk: int = 64  # prompt tokens per prefill call, between decode steps (0: a whole prompt at once)
 
     def __post_init__(self) -> None:
-        if self.max_slots < 1 or self.max_cached_tokens < 1:
-            raise InputError(f"max_slots and max_cached_tokens must be >= 1, got {self.max_slots}, "
-                             f"{self.max_cached_tokens}")
+        if self.max_slots < 1 or self.max_cached_tokens < 1 or self.prefill_chunk < 0:
+            raise InputError(f"max_slots and max_cached_tokens must be >= 1 and prefill_chunk >= 0, got "
+                             f"{self.max_slots}, {self.max_cached_tokens}, {self.prefill_chunk}")
 
 
 _ids = itertools.count()
@@ -135,37 +136,22 @@ class BatchCache:
         first = self.width - np.asarray(self.lengths, dtype=np.int64)[:, None]
         return (cols >= first).astype(np.int64)
 
-    # --- prefill: presents into the other set, then copied into slots ------------------------------------
-    def reserve(self, lengths: list[int]) -> None:
-        """Before a prefill of rows ``lengths`` long: re-pack now if they will not fit the shared width (wider
-        for a longer prompt, narrower when the drifted width no longer fits), so ``join`` copies only."""
+    # --- rows joining from a prefill ------------------------------------------------------------------------
+    def join(self, sources: list[np.ndarray], rows: list[int], lengths: list[int]) -> None:
+        """Append rows ``rows`` of a prefill's cache (``sources``: one (b, heads, width, head size) array per
+        cache tensor, left-padded) to the batch; re-packs first if they do not fit the shared width (wider for
+        a longer prompt, narrower when the drifted width no longer fits)."""
+        if not rows:
+            return  # every prompt of the prefill ended at its first token
         needed = max([*self.lengths, *lengths])
         if needed > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
             self.repack(needed)
-
-    def bind_prefill(self, binding: ort.IOBinding, rows: int, width: int, with_past: bool) -> None:
-        if rows * width > self.tokens:
-            raise RuntimeError(f"prefill overflow: {rows} × {width} > {self.tokens}")
-        bufs = self._sets[1 - self._current]
-        for name, buf in zip(self.past if with_past else (), bufs):  # an empty past (length 0)
-            binding.bind_input(name, self.device, 0, self.dtype, self._shape(rows, 0), buf.data_ptr())
-        for name, buf in zip(self.present, bufs):
-            binding.bind_output(name, self.device, 0, self.dtype, self._shape(rows, width), buf.data_ptr())
-
-    def join(self, prefill_rows: list[int], prefill_shape: tuple[int, int], lengths: list[int]) -> None:
-        """Append rows ``prefill_rows`` of the last prefill (rows × width, left-padded) to the batch."""
-        if not prefill_rows:
-            return  # every prompt of the prefill ended at its first token
-        rows, width = prefill_shape
-        if max(lengths) > self.width or (self.rows + len(lengths)) * self.width > self.tokens:
-            raise RuntimeError("join without reserve: the prefilled rows do not fit the shared width")
-        views, sets = self._views(), self._host(self._sets[1 - self._current])
-        for r, n in zip(prefill_rows, lengths):
+        views = self._views()
+        for r, n in zip(rows, lengths):
             b = self.rows
-            for view, pre in zip(views, sets):
+            for view, source in zip(views, sources):
                 batch = view[: (b + 1) * self._row(self.width)].reshape(b + 1, self.kv_heads, self.width, self.head_size)
-                source = pre[: rows * self._row(width)].reshape(rows, self.kv_heads, width, self.head_size)
-                batch[b, :, self.width - n:] = source[r, :, width - n:]
+                batch[b, :, self.width - n:] = source[r, :, source.shape[2] - n:]
             self.rows += 1
             self.lengths.append(n)
         self._commit(views)
@@ -226,6 +212,34 @@ class BatchCache:
             buf.update_inplace(view)
 
 
+class Prefill:
+    """Admitted prompts on their way into the batch: left-padded together, run ``chunk`` columns per call
+    (between decode steps, so a long prompt never stalls the running rows for its whole length) into a cache
+    of their own, then copied into slots."""
+
+    def __init__(self, session: ort.InferenceSession, layout: dict[str, Any], seqs: list[Sequence], pad: int,
+                 chunk: int):
+        self.seqs, width = seqs, max(len(s.prompt) for s in seqs)
+        self.ids = np.full((len(seqs), width), pad, dtype=np.int64)
+        self.mask = np.zeros_like(self.ids)
+        for r, seq in enumerate(seqs):
+            self.ids[r, width - len(seq.prompt):], self.mask[r, width - len(seq.prompt):] = seq.prompt, 1
+        self.positions = np.where(self.mask == 1, np.cumsum(self.mask, axis=1) - 1, 1).astype(np.int64)
+        self.cache = KVCache(session, layout, len(seqs), width)
+        self.chunk = width if chunk <= 0 else chunk
+        self.done = 0  # columns already run
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def feeds(self) -> tuple[dict[str, np.ndarray], int]:
+        cols = slice(self.done, min(self.done + self.chunk, self.width))
+        n = cols.stop - cols.start
+        return {"input_ids": self.ids[:, cols], "attention_mask": self.mask[:, : cols.stop],
+                "position_ids": self.positions[:, cols], "logits_to_keep": np.array([1], dtype=np.int64)}, n
+
+
 class Scheduler:
     """Continuous batching over one decoder session. ``submit`` may be called from any thread; ``step`` runs
     on one thread (the server's worker) and is one prefill or one decode call."""
@@ -246,6 +260,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self._lock = threading.Lock()
         self._prefilled_last = False
+        self._prefill: Prefill | None = None  # the prompts being prefilled, chunk by chunk
         self.on_step: Callable[[str, int, float], None] = lambda *_: None  # (kind, rows, seconds): metrics hook
 
     # --- requests ------------------------------------------------------------------------------------------
@@ -274,17 +289,21 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.waiting or self._prefill)
 
     # --- the loop ---------------------------------------------------------------------------------------
     def step(self) -> list[Sequence]:
         """One model call: a prefill of admitted requests (at most every other call while rows are running),
         else one decode step of every running row. Returns the requests that produced text or ended."""
         changed = self._drop_finished()
-        joiners = self._admit() if not (self._prefilled_last and self.running) else []
-        if joiners:
+        if self._prefill is None and not (self._prefilled_last and self.running):
+            joiners = self._admit()
+            if joiners:
+                self._prefill = Prefill(self.session, self.generator.cache_layout, joiners, self.special.pad,
+                                        self.limits.prefill_chunk)
+        if self._prefill is not None and not (self._prefilled_last and self.running):
             self._prefilled_last = True
-            return changed + self._prefill(joiners)
+            return changed + self._prefill_step(self._prefill)
         self._prefilled_last = False
         if not self.running:
             return changed
@@ -348,26 +367,29 @@ class Scheduler:
             widest, real = max(widest, n), real + n
         return group
 
-    def _prefill(self, joiners: list[Sequence]) -> list[Sequence]:
-        width = max(len(s.prompt) for s in joiners)
-        ids = np.full((len(joiners), width), self.special.pad, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, seq in enumerate(joiners):
-            ids[r, width - len(seq.prompt):], mask[r, width - len(seq.prompt):] = seq.prompt, 1
-        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1).astype(np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                 "logits_to_keep": np.array([1], dtype=np.int64)}
+    def _prefill_step(self, prefill: Prefill) -> list[Sequence]:
+        """One chunk of the prefill; after the last, each prompt's first token, and its row joins the batch."""
+        joiners = prefill.seqs
+        feeds, n = prefill.feeds()
         start = time.perf_counter()
         try:
-            self.cache.reserve([len(s.prompt) for s in joiners])
-            logits = self._run(feeds, lambda b: self.cache.bind_prefill(b, len(joiners), width, self._with_past))
+            feeds = {k: v for k, v in feeds.items() if self.optional.get(k, True)}
+            out = run_bound(self.session, feeds, {}, prefill.cache, n, ["logits"])
+            prefill.done += n
+            if prefill.done < prefill.width:
+                self.on_step("prefill", len(joiners), time.perf_counter() - start)
+                return []
+            logits = out["logits"].numpy()[:, -1, :]
         except Exception as e:  # only the requests of this prefill fail; the running rows go on
+            self._prefill = None
             for seq in joiners:
                 seq.finish_reason, seq.error = "error", e
             return joiners
+        self._prefill = None
         self.on_step("prefill", len(joiners), time.perf_counter() - start)
         stay = [r for r, seq in enumerate(joiners) if self._emit(seq, logits[r], 0)]
-        self.cache.join(stay, (len(joiners), width), [len(joiners[r].prompt) for r in stay])
+        sources = prefill.cache.host_arrays()
+        self.cache.join(sources, stay, [len(joiners[r].prompt) for r in stay])
         self.running += [joiners[r] for r in stay]
         return joiners
 
@@ -400,20 +422,6 @@ class Scheduler:
         over = cache.rows * (cache.width + 1) > self.limits.max_cached_tokens
         if over or cache.width - longest > max(16, cache.width // 4):
             cache.repack(longest)
-
-    def _run(self, feeds: dict[str, np.ndarray], bind: Callable[[ort.IOBinding], None]) -> np.ndarray:
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            if name in self.accepted and self.optional.get(name, True):
-                binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output("logits", "cpu", 0)
-        bind(binding)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[:, -1, :]
-
-    @property
-    def _with_past(self) -> bool:
-        return self.cache.past[0] in self.accepted
 
     def _emit(self, seq: Sequence, logits: np.ndarray, step: int) -> bool:
         """Choose ``seq``'s next token from its logits, with its own options and random stream; True while it
