@@ -39,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="requests per client, back to back")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--max-slots", type=int, default=16)
+    p.add_argument("--prefill-chunk", type=int, default=64, help="continuous: prompt tokens per prefill call")
     p.add_argument("--out", default=str(RESULTS / "serve-generate"))
     return p.parse_args()
 
@@ -150,7 +151,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# Serving generation: continuous batching vs turn-taking", "",
              f"GPT-2-sized decoder (12×768, random weights, fp32), /v1/completions streamed, {cfg['new_tokens']} new "
              f"tokens per request, prompts of {', '.join(map(str, LENGTHS))} tokens cycled, {cfg['rounds']} requests "
-             f"per client back to back, greedy. CPU: {env['cpu']} ({env['usable_cores']} usable cores; {flags}); "
+             f"per client back to back, greedy; continuous: {cfg['max_slots']} slots, prefill chunk "
+             f"{cfg.get('prefill_chunk', 0) or 'whole prompt'}. CPU: {env['cpu']} ({env['usable_cores']} usable cores; {flags}); "
              f"load average before/after {env['loadavg_before']} / {env['loadavg_after']}. Same run, same process.",
              "", "| concurrency | engine | tokens/s | × turn-taking | TTFT p50 (ms) | TTFT p99 (ms) | "
                  "inter-token p50 (ms) | inter-token p99 (ms) | peak RSS (MiB) |",
@@ -180,7 +182,7 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     cpu, before = cpu_info(), [round(x, 2) for x in os.getloadavg()]
     results: dict[str, dict[str, Any]] = {}
-    engines = {"continuous": dict(continuous_batching=True, max_slots=args.max_slots,
+    engines = {"continuous": dict(continuous_batching=True, max_slots=args.max_slots, prefill_chunk=args.prefill_chunk,
                                   max_cached_tokens=args.max_slots * (max(LENGTHS) + args.new_tokens)),
                "turn-taking": dict(continuous_batching=False)}
     gen = Generator.load(art)  # one model for every server: the RSS differences are the engines' own
@@ -199,6 +201,7 @@ def main() -> int:
             print(f"concurrency {c} {name}: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {1000 * r['ttft_p50_s']:.0f} ms, "
                   f"inter-token p99 {1000 * r['itl_p99_s']:.0f} ms", flush=True)
     report = {"config": {"new_tokens": args.new_tokens, "rounds": args.rounds, "max_slots": args.max_slots,
+                         "prefill_chunk": args.prefill_chunk,
                          "prompt_tokens": list(LENGTHS), "concurrency": levels},
               "environment": {"cpu": cpu["model"], "flags": cpu["flags"], "usable_cores": cpu["usable_cores"],
                               "loadavg_before": before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},

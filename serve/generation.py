@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,7 +61,8 @@ class GenerationService:
         self.task: str = generator.manifest.task
         self.batch: BatchScheduler | None = None
         if config.continuous_batching and generator.kind == "decoder":
-            self.batch = BatchScheduler(generator, SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk))
+            limits = SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk)
+            self.batch = BatchScheduler(generator, limits)
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
@@ -184,9 +186,25 @@ class RunJob(Job):
 
     def __init__(self, service: GenerationService, run: Run):
         self.service, self.run, self.prompt_tokens = service, run, run.prompt_tokens
+        self.started, self.last, self.tokens = time.monotonic(), None, 0
 
     async def advance(self) -> bool:
-        return await self.service.advance(self.run)
+        more = await self.service.advance(self.run)
+        self._observe()
+        return more
+
+    def _observe(self) -> None:
+        """The same token metrics as the continuous batch's (one step makes a token per unfinished row)."""
+        metrics, tokens = self.service.metrics, sum(len(s.ids) for s in self.run.streams)
+        if metrics is None or tokens == self.tokens:
+            return
+        now = time.monotonic()
+        if self.last is None:
+            metrics.first_token.observe(now - self.started)
+        else:
+            metrics.inter_token.observe(now - self.last)
+        metrics.generated_tokens.inc(tokens - self.tokens)
+        self.last, self.tokens = now, tokens
 
     def take(self, row: int = 0) -> str:
         return self.run.take(row)

@@ -1,18 +1,19 @@
 """Continuous batching for decoder-only models: one decode batch of slots that requests join and leave per step.
 
 A submitted request waits until a slot and enough cached tokens are free, is prefilled (its prompt run once,
-together with the other prompts admitted at the same step), and its row joins the decode batch: every later
-``step()`` is one ONNX Runtime call for all rows. A row that ends (end-of-sequence, a stop string, its
-``max_new_tokens``, a cancel, its deadline, an error of its own) leaves before the next step and its slot is
-reused by the next request.
+with the other admitted prompts of similar length, ``prefill_chunk`` tokens per call between decode steps),
+and its row joins the decode batch: every later ``step()`` is one ONNX Runtime call for all rows. A row that
+ends (end-of-sequence, a stop string, its ``max_new_tokens``, a cancel, its deadline, an error of its own)
+leaves before the next step and its slot is reused by the next request.
 
 The graph takes one past length for the whole batch, so the rows share a width ``W``: each row's tokens sit
 right-aligned in its slot's columns and the attention mask hides the columns before them; every row keeps its
-own position ids. The cache lives in two preallocated buffer sets (``max_cached_tokens`` × kv heads × head
-size per cache tensor), bound through I/O binding: a step reads the past from one set and ONNX Runtime writes
-the present into the other; a prefill writes its presents into the other set too, from where its rows are copied. Joining copies a prefilled row into its slot; leaving moves the last row into the
-freed slot; when the shared width grows too wide for the rows in it the rows are re-packed. Those copies are
-numpy views on CPU; on CUDA they go through the host (decode steps themselves never do).
+own position ids, options and random stream. The batch's cache lives in two preallocated buffer sets
+(``max_cached_tokens`` × kv heads × head size per cache tensor), bound through I/O binding: a step reads the
+past from one set and ONNX Runtime writes the present into the other. Joining copies a prefilled row into its
+slot; leaving moves the last row into the freed slot; when the shared width drifts too far past the rows in it
+they are re-packed. Those copies are numpy views on CPU; on CUDA they go through the host (decode steps
+themselves never do).
 """
 from __future__ import annotations
 
