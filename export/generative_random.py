@@ -66,8 +66,10 @@ def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32,
     return AutoConfig.for_model(family, **{"vocab_size": vocab_size, **ids, **kw, **overrides})
 
 
-def make_generative_checkpoint(directory: str | Path, family: str, seed: int = 0, **config: Any) -> Path:
-    """Save a random ``family`` model plus its tokenizer to ``directory`` (a loadable HF checkpoint)."""
+def make_generative_checkpoint(directory: str | Path, family: str, seed: int = 0, chat_template: str | None = None,
+                               **config: Any) -> Path:
+    """Save a random ``family`` model plus its tokenizer to ``directory`` (a loadable HF checkpoint);
+    ``chat_template``: a Jinja chat template the tokenizer saves with it."""
     import torch
     import transformers
     from transformers import PreTrainedTokenizerFast
@@ -84,5 +86,7 @@ def make_generative_checkpoint(directory: str | Path, family: str, seed: int = 0
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", model_max_length=positions,
                                    model_input_names=["input_ids", "attention_mask"])
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(directory)
     return directory

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind, kind_for_status
-from onnxformer.serve import routes_generate, routes_rerank, routes_v1, routes_v2
+from onnxformer.serve import routes_chat, routes_generate, routes_rerank, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.guard import GuardMiddleware, internal_response
 from onnxformer.serve.httpio import check_api_key, error_response
@@ -42,6 +42,7 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     app.include_router(routes_v1.router, dependencies=guarded)
     app.include_router(routes_generate.router, dependencies=guarded)
     app.include_router(routes_rerank.router, dependencies=guarded)
+    app.include_router(routes_chat.router, dependencies=guarded)
     app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=guarded)
     _add_error_handlers(app)
     app.add_middleware(GuardMiddleware, metrics=state.metrics, config=state.config)

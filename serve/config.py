@@ -34,6 +34,14 @@ class ServeConfig:
     max_texts: int = option(64, "texts per request before 413")
     max_tokens_per_text: int | None = option(None, "tokens per text before 422 (default: model limit)")
     max_new_tokens: int = option(512, "generation: max_tokens per completion before 422")
+    continuous_batching: bool = option(True, "generation: runs take turns token by token instead of sharing "
+                                             "one decode batch", flag="--no-continuous-batching")
+    max_slots: int = option(16, "generation: rows in the decode batch (more requests wait their turn)")
+    max_cached_tokens: int = option(
+        8192, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
+              "max_tokens over it is refused with 422)")
+    prefill_chunk: int = option(64, "generation: prompt tokens per prefill call, between decode steps "
+                                    "(0: a whole prompt at once)")
     max_body_bytes: int = option(4 << 20, "request body size before 413")
     timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
     body_timeout_s: float = option(10.0, "seconds to receive a request body before 408", flag="--body-timeout")
@@ -56,7 +64,7 @@ class ServeConfig:
     def check(self) -> "ServeConfig":
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
                     "timeout_s", "max_new_tokens", "body_timeout_s", "keep_alive_s", "max_connections",
-                    "max_connections_per_client", "max_chars_per_token")
+                    "max_connections_per_client", "max_chars_per_token", "max_slots", "max_cached_tokens")
         for name in positive:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):  # nan and inf too: "nan" would turn a timeout off
@@ -65,6 +73,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ServingError(f"{self.flag(name)} must be a finite number >= 0 (got {value})")
+        if self.prefill_chunk < 0:
+            raise ServingError(f"{self.flag('prefill_chunk')} must be >= 0 (got {self.prefill_chunk})")
         if self.max_tokens_per_text is not None and self.max_tokens_per_text <= 0:
             raise ServingError(f"{self.flag('max_tokens_per_text')} must be > 0 (got {self.max_tokens_per_text})")
         if self.port > 65535:

@@ -1,31 +1,66 @@
-"""The generator behind /v1/completions: request checks and token-by-token driving of runs.
+"""The generator behind /v1/completions and /v1/chat/completions: request checks and the driving of generations.
 
-Generations are not merged into one batch (each has its own KV cache); instead every run advances one token
-per call on the scheduler's worker thread, so concurrent generations — and the encoder lanes — take turns
-token by token, a timeout or a client that hangs up stops its run at the next token, and nothing runs on
-the event loop. A run holds one admission slot (``--max-queue``) from its start to its last token.
+Decoders share one continuously batched decode step: a driver task on the event loop runs the runtime
+scheduler's ``step()`` on the worker thread while any request is running or waiting, and wakes each request
+whose rows changed. Seq2seq models (whose exported decoders cannot batch rows at different steps) and
+``--no-continuous-batching`` advance each run one token per worker call instead, taking turns. Either way a
+timeout or a client that hangs up stops its request at the next step, and nothing runs on the event loop.
+A request holds one admission slot (``--max-queue``) from its start to its last token.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
 
-from onnxformer.errors import ErrorKind, ServingError
-from onnxformer.runtime.generation import Generator, Run
+from onnxformer.errors import ErrorKind, InputError, ServingError
+from onnxformer.runtime.generation import Completion, Generator, Run
+from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
+from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
 from onnxformer.serve.batching import Scheduler
+from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.metrics import Metrics
 from onnxformer.serve.schemas import CompletionRequest  # noqa: F401  (re-exported: the request it starts)
+
+log = logging.getLogger("onnxformer.serve")
 
 
 class GenerationService:
-    """The generator, its limits, and the token-by-token driving of runs on the worker thread."""
+    """The generator, its limits, and the driving of generations on the worker thread: decoders share one
+    continuously batched decode step (``runtime/generation/scheduler.py``); seq2seq models (and every model
+    under ``--no-continuous-batching``) take turns token by token."""
 
-    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler):
-        self.generator, self.config, self.scheduler = generator, config, scheduler
+    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler,
+                 metrics: Metrics | None = None):
+        self.generator, self.config, self.scheduler, self.metrics = generator, config, scheduler, metrics
         self.name: str = generator.manifest.name or generator.directory.name
         self.task: str = generator.manifest.task
+        self.batch: BatchScheduler | None = None
+        if config.continuous_batching and generator.kind == "decoder":
+            limits = SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk)
+            self.batch = BatchScheduler(generator, limits)
+            if metrics is not None:
+                self.batch.on_step = metrics.observe_batch
+                metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
+                                         lambda: len(self.batch.running) / config.max_slots)
+        self._driver: asyncio.Task | None = None
+        self.chat = load_chat_template(generator.directory)  # None: the chat route says the model has none
 
-    def start(self, req: CompletionRequest) -> Run:
+    def limits(self) -> dict[str, Any]:
+        """What a client may ask for (model metadata)."""
+        out: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens,
+                               "max_positions": self.generator.max_positions,
+                               "continuous_batching": self.batch is not None}
+        if self.batch is not None:
+            out.update(max_slots=self.config.max_slots, max_cached_tokens=self.config.max_cached_tokens,
+                       prefill_chunk=self.config.prefill_chunk)
+        return out
+
+    def start(self, req: CompletionRequest, prompts: list[str] | None = None) -> "Job":
         """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts)."""
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = prompts if prompts is not None else ([req.prompt] if isinstance(req.prompt, str) else req.prompt)
         if not prompts:
             raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', ErrorKind.BAD_REQUEST)
         if req.n != 1:
@@ -41,13 +76,26 @@ class GenerationService:
             raise ServingError(f"max_tokens={req.max_tokens} is over this server's limit of "
                                f"{self.config.max_new_tokens} ({ServeConfig.flag('max_new_tokens')})",
                                ErrorKind.UNPROCESSABLE)
-        run = self.generator.start(prompts, req.max_tokens, **req.options())  # InputError → 400
+        job = self._job(prompts, req)
         limit = self.config.max_tokens_per_text
-        for i, n in enumerate(run.prompt_tokens):
+        for i, n in enumerate(job.prompt_tokens):
             if limit is not None and n > limit:
                 raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)",
                                    ErrorKind.UNPROCESSABLE)
-        return run
+        return job
+
+    def _job(self, prompts: list[str], req: CompletionRequest) -> "Job":
+        if self.batch is None:
+            return RunJob(self, self.generator.start(prompts, req.max_tokens, **req.options()))  # InputError → 400
+        seqs = []
+        for prompt in prompts:
+            try:
+                seqs.append(self.batch.prepare(prompt, req.max_tokens, **req.options()))
+            except InputError as e:  # over the positions or the batch's cached tokens: the numbers, 422
+                over = "positions" in str(e) or "cached tokens" in str(e)
+                kind = ErrorKind.UNPROCESSABLE if over else ErrorKind.BAD_REQUEST
+                raise ServingError(str(e), kind) from None
+        return BatchJob(self, seqs)
 
     def admit(self) -> "Slot":
         """One admission slot per run, taken before any response starts: 429 at once when too many are in flight."""
@@ -56,6 +104,129 @@ class GenerationService:
     async def advance(self, run: Run) -> bool:
         """One more token of ``run`` on the worker thread; False once the run has finished."""
         return await self.scheduler.run_in_worker(run.step)
+
+    # --- the continuous batch's driver (on the event loop; the steps run on the worker) -------------------
+    def enqueue(self, job: "BatchJob") -> None:
+        assert self.batch is not None
+        for seq in job.seqs:
+            self.batch.enqueue(seq)
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self._drive())
+
+    async def _drive(self) -> None:
+        batch = self.batch
+        assert batch is not None
+        while batch.busy:
+            try:
+                changed = await self.scheduler.run_in_worker(batch.step)
+            except Exception as e:  # a bug in the scheduler: fail what it holds, keep the server up
+                log.exception("generation step failed")
+                changed = [*batch.running, *batch.waiting]
+                for seq in changed:
+                    seq.finish_reason, seq.error = "error", e
+                batch.running.clear()
+                batch.waiting.clear()
+                batch.cache.rows, batch.cache.width, batch.cache.lengths = 0, 0, []
+            for seq in changed:
+                self._observe(seq)
+                if seq.listener is not None:
+                    seq.listener.set()
+
+    def _observe(self, seq: Sequence) -> None:
+        if self.metrics is None:
+            return
+        times, seen = seq.token_times, seq.observed
+        if seen == 0 and times:
+            self.metrics.first_token.observe(times[0] - seq.submitted)
+        for a, b in zip(times[max(seen - 1, 0):], times[max(seen, 1):]):
+            self.metrics.inter_token.observe(b - a)
+        self.metrics.generated_tokens.inc(len(times) - seen)
+        seq.observed = len(times)
+
+
+class Job:
+    """One request's generation, whichever way it is driven: ``advance`` until False, ``take`` text as it
+    becomes final, ``completions`` at the end, ``cancel`` on any early exit (timeout, disconnect)."""
+
+    prompt_tokens: list[int]
+
+    async def advance(self) -> bool: ...
+
+    def take(self, row: int = 0) -> str: ...
+
+    def completions(self) -> list[Completion]: ...
+
+    def cancel(self) -> None: ...
+
+
+class RunJob(Job):
+    """Turn-taking: the run advances one token per worker call, between other runs' tokens."""
+
+    def __init__(self, service: GenerationService, run: Run):
+        self.service, self.run, self.prompt_tokens = service, run, run.prompt_tokens
+        self.started, self.last, self.tokens = time.monotonic(), None, 0
+
+    async def advance(self) -> bool:
+        more = await self.service.advance(self.run)
+        self._observe()
+        return more
+
+    def _observe(self) -> None:
+        """The same token metrics as the continuous batch's (one step makes a token per unfinished row)."""
+        metrics, tokens = self.service.metrics, sum(len(s.ids) for s in self.run.streams)
+        if metrics is None or tokens == self.tokens:
+            return
+        now = time.monotonic()
+        if self.last is None:
+            metrics.first_token.observe(now - self.started)
+        else:
+            metrics.inter_token.observe(now - self.last)
+        metrics.generated_tokens.inc(tokens - self.tokens)
+        self.last, self.tokens = now, tokens
+
+    def take(self, row: int = 0) -> str:
+        return self.run.take(row)
+
+    def completions(self) -> list[Completion]:
+        return self.run.completions()
+
+    def cancel(self) -> None:
+        pass  # a run that is not advanced stops by itself
+
+
+class BatchJob(Job):
+    """Rows of the continuous batch: woken whenever the driver's step changed one of them."""
+
+    def __init__(self, service: GenerationService, seqs: list[Sequence]):
+        self.service, self.seqs = service, seqs
+        self.prompt_tokens = [len(s.prompt) for s in seqs]
+        self.changed = asyncio.Event()
+        for seq in seqs:
+            seq.listener = self.changed
+        self.queued = False
+
+    async def advance(self) -> bool:
+        if not self.queued:
+            self.queued = True
+            self.service.enqueue(self)
+        if all(s.done for s in self.seqs):
+            return False
+        await self.changed.wait()
+        self.changed.clear()
+        failed = next((s for s in self.seqs if s.error is not None), None)
+        if failed is not None:
+            raise failed.error
+        return True
+
+    def take(self, row: int = 0) -> str:
+        return self.seqs[row].take()
+
+    def completions(self) -> list[Completion]:
+        return [Completion(s.stream.text, len(s.ids), s.finish_reason or "length") for s in self.seqs]
+
+    def cancel(self) -> None:
+        for seq in self.seqs:
+            seq.cancel()
 
 
 class Slot:

@@ -26,6 +26,23 @@ class Metrics:
         self.queue_depth = Gauge("onnxformer_queue_depth", "items admitted and waiting for the model",
                                  registry=self.registry)
 
+        self.running = Gauge("onnxformer_generation_running", "requests in the decode batch", registry=self.registry)
+        self.waiting = Gauge("onnxformer_generation_waiting", "requests waiting for a decode slot",
+                             registry=self.registry)
+        self.occupancy = Gauge("onnxformer_generation_batch_occupancy", "decode batch rows / --max-slots",
+                               registry=self.registry)
+        self.first_token = Histogram("onnxformer_time_to_first_token_seconds", "submit to first generated token",
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inter_token = Histogram("onnxformer_inter_token_latency_seconds", "between two tokens of a request",
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.generated_tokens = Counter("onnxformer_generated_tokens", "tokens generated", registry=self.registry)
+
+    def track_generation(self, running: Callable[[], float], waiting: Callable[[], float],
+                         occupancy: Callable[[], float]) -> None:
+        self.running.set_function(running)
+        self.waiting.set_function(waiting)
+        self.occupancy.set_function(occupancy)
+
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 

@@ -50,7 +50,8 @@ def model_metadata_doc(service: Service) -> dict[str, Any]:
     if isinstance(service, GenerationService):  # no tensors to offer: generation is a loop, not one graph call
         return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": [],
                 "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
-                                              "provider": service.generator.provider, "endpoint": "/v1/completions"}}
+                                              "provider": service.generator.provider, "endpoint": "/v1/completions",
+                                              **service.limits()}}
     m, text_outputs = service.model.manifest, service.spec.text_outputs
     text = [{"name": TEXT_INPUT, "datatype": BYTES, "shape": [-1]}] if text_outputs else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",

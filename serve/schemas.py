@@ -80,6 +80,36 @@ class CompletionRequest(_OpenAI):
                 "seed": self.seed}
 
 
+class Message(BaseModel):
+    """One chat message; clients send more (name, tool_calls, …): tolerated, not used."""
+    model_config = ConfigDict(strict=True)
+    role: Annotated[str, Field(max_length=64)]
+    content: Union[Text, Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)], None] = None
+
+
+class ChatRequest(_OpenAI):
+    unsupported = ("logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "tools",
+                   "tool_choice", "response_format")
+    messages: Annotated[list[Message], Field(max_length=MAX_ITEMS)]  # empty: check_messages says so
+    model: Optional[Annotated[str, Field(max_length=256)]] = None
+    max_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
+    max_completion_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None  # OpenAI's newer name
+    temperature: Finite = Field(default=1.0, ge=0, le=100)
+    top_p: Finite = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, le=1 << 31)
+    repetition_penalty: Finite = Field(default=1.0, gt=0, le=1e6)
+    stop: Union[Annotated[str, Field(min_length=1, max_length=256)],
+                Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)], None] = None
+    seed: Optional[Annotated[int, Field(ge=0, le=U64)]] = None
+    n: int = Field(default=1, ge=1, le=128)
+    stream: bool = False
+
+    def completion(self, prompt: str) -> CompletionRequest:
+        fields = self.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens"})
+        return CompletionRequest(prompt=prompt, max_tokens=self.max_completion_tokens or self.max_tokens or 16,
+                                 **fields)
+
+
 # --- task routes ----------------------------------------------------------------------------------------
 class ClassifyRequest(_Body):
     inputs: Texts

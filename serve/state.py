@@ -54,7 +54,7 @@ class ServerState:
             self.load_error = f"{type(e).__name__}: {e}"
             return
         if isinstance(model, Generator):
-            self.service = GenerationService(model, self.config, self.scheduler)
+            self.service = GenerationService(model, self.config, self.scheduler, self.metrics)
         else:
             self.service = ModelService(model, self.config, self.scheduler)
 

@@ -179,7 +179,7 @@ def test_encoder_routes_refuse_a_generation_model_and_back(gpt2, server, tiny_ar
 def test_client_disconnect_stops_the_run(gen_artifact):
     gen = Generator.load(gen_artifact("gpt2"))
     recorder = Recorder(gen, delay=0.02)  # 100 tokens would take ≥ 2 s
-    with running_server(lambda: gen, max_new_tokens=100) as url:
+    with running_server(lambda: gen, max_new_tokens=100, continuous_batching=False) as url:  # turn-taking
         recorder.runs.clear()  # the warm-up's run
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
                           json={"prompt": PROMPTS[0], "max_tokens": 100, "temperature": 0, "stream": True}) as r:
@@ -196,7 +196,7 @@ def test_client_disconnect_stops_the_run(gen_artifact):
 def test_too_many_generations_answer_429_at_once(gen_artifact):
     gen = Generator.load(gen_artifact("gpt2"))
     recorder = Recorder(gen)
-    with running_server(lambda: gen, max_queue=1) as url:
+    with running_server(lambda: gen, max_queue=1, continuous_batching=False) as url:
         recorder.release.clear()
         recorder.stepping.clear()
         with ThreadPoolExecutor(1) as pool:
@@ -216,7 +216,7 @@ def test_too_many_generations_answer_429_at_once(gen_artifact):
 def test_timeout_gives_504_or_an_error_event(gen_artifact):
     gen = Generator.load(gen_artifact("gpt2"))
     Recorder(gen, delay=0.05)
-    with running_server(lambda: gen, timeout_s=0.5) as url:
+    with running_server(lambda: gen, timeout_s=0.5, continuous_batching=False) as url:
         r = complete(url, prompt="slow", max_tokens=60)
         assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
         with httpx.stream("POST", f"{url}/v1/completions", timeout=30,

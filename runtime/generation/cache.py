@@ -56,6 +56,11 @@ class KVCache:
         flat = self._buffers[self._current][index].numpy()  # shares memory with the OrtValue
         return flat[: int(np.prod(self.shape(self.length)))].reshape(self.shape(self.length))
 
+    def host_arrays(self) -> list[np.ndarray]:
+        """Every past tensor as a host array (B, kv heads, length, head size): views on CPU, copies on CUDA."""
+        size = int(np.prod(self.shape(self.length)))
+        return [buf.numpy()[:size].reshape(self.shape(self.length)) for buf in self._buffers[self._current]]
+
     def buffer_addresses(self) -> list[int]:
         return [buf.data_ptr() for pair in self._buffers for buf in pair]
 

@@ -14,7 +14,7 @@ from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
-from onnxformer.runtime.generation.text import PromptEncoder, TextStream
+from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
 from onnxformer.runtime.manifest import REFERENCE, Generation, Manifest
 
@@ -90,15 +90,19 @@ class Generator:
         streams = [TextStream(self.prompts.tokenizer, opts.stop) for _ in batch]
         return Run(stepper, history, opts, self.special, streams, lengths)
 
+    def encode_prompts(self, batch: list[str], opts: GenerationOptions) -> Prompts:
+        """A decoder's prompts, tokenized and checked against the positions left by ``max_new_tokens``."""
+        room = self.max_positions - opts.max_new_tokens
+        if room < 1:
+            raise InputError(f"max_new_tokens={opts.max_new_tokens} leaves no room for a prompt in this "
+                             f"model's {self.max_positions} positions; lower max_new_tokens")
+        return self.prompts.encode(batch, room, opts.truncate,
+                                   f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
+                                   f"in this model's {self.max_positions} positions")
+
     def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
         if self.kind == "decoder":
-            room = self.max_positions - opts.max_new_tokens
-            if room < 1:
-                raise InputError(f"max_new_tokens={opts.max_new_tokens} leaves no room for a prompt in this "
-                                 f"model's {self.max_positions} positions; lower max_new_tokens")
-            prompts = self.prompts.encode(batch, room, opts.truncate,
-                                          f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
-                                          f"in this model's {self.max_positions} positions")
+            prompts = self.encode_prompts(batch, opts)
             history = np.where(prompts.mask == 1, prompts.ids, -1)
             spec = self.manifest.generation
             stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens,

@@ -1,0 +1,167 @@
+"""Continuous batching: every request's output equals a solo Generator run whatever joins or leaves around it."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from onnxformer.errors import InputError
+from onnxformer.runtime.generation import Generator
+from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; PyTorch is the reference", "A key",
+           "Der schnelle braune Fuchs springt", "0123456789 + - *", "Translation, summarisation and text"]
+MAX_NEW = [20, 7, 40, 12, 25, 33, 5]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def gen(request, gen_artifact) -> Generator:
+    return Generator.load(gen_artifact(request.param))
+
+
+def staggered(scheduler: Scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
+    """Submit one request every ``gap`` steps while the batch runs, then run to the end."""
+    seqs = []
+    for p, m in zip(prompts, max_new):
+        seqs.append(scheduler.submit(p, m, **options))
+        for _ in range(gap):
+            scheduler.step()
+    scheduler.run_until_done()
+    return seqs
+
+
+@pytest.mark.parametrize("gap", [0, 1, 3])
+def test_greedy_rows_equal_solo_generation_whatever_joins_or_leaves(gen, gap):
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS, MAX_NEW)]
+    scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
+    seqs = staggered(scheduler, PROMPTS, MAX_NEW, gap)
+    assert [s.ids for s in seqs] == solo
+    eos = set(gen.special.eos)
+    assert [s.finish_reason for s in seqs] == ["stop" if ids[-1] in eos else "length" for ids in solo]
+    assert [s.stream.text for s in seqs] == [gen.generate(p, max_new_tokens=m) for p, m in zip(PROMPTS, MAX_NEW)]
+    assert not scheduler.busy and scheduler.cache.rows == 0
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_chunked_prefill_interleaves_with_decoding_and_stays_exact(gen, chunk):
+    """A prompt prefilled ``chunk`` tokens per call (0: whole) between the running rows' decode steps."""
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS, MAX_NEW)]
+    calls: list[str] = []
+    scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64, prefill_chunk=chunk))
+    scheduler.on_step = lambda kind, *_: calls.append(kind)
+    assert [s.ids for s in staggered(scheduler, PROMPTS, MAX_NEW, 1)] == solo
+    longest = max(len(gen.prompts.tokenizer.encode(p).ids) for p in PROMPTS)
+    assert calls.count("prefill") >= (len(PROMPTS) if chunk == 0 else -(-longest // chunk) + len(PROMPTS) - 1)
+    assert "prefill prefill" not in " ".join(calls[calls.index("decode"):])  # never two in a row while rows run
+
+
+def test_rows_share_decode_calls_and_slots_are_reused(gen):
+    calls: list[tuple[str, int]] = []
+    scheduler = Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64))
+    scheduler.on_step = lambda kind, rows, _: calls.append((kind, rows))
+    addresses = scheduler.cache.buffer_addresses()
+    staggered(scheduler, PROMPTS, MAX_NEW, 2)
+    decodes = [rows for kind, rows in calls if kind == "decode"]
+    assert max(decodes) == 3  # never more rows than slots, and the batch did fill
+    assert sum(decodes) < sum(MAX_NEW)  # far fewer calls than tokens: rows decode together
+    assert scheduler.cache.buffer_addresses() == addresses  # the same preallocated buffers throughout
+
+
+def test_width_is_repacked_when_rows_leave(gen):
+    """A long prompt leaves early, short rows run on: the shared width is re-packed, outputs stay exact."""
+    prompts = [PROMPTS[2] + " " + PROMPTS[6], PROMPTS[1], PROMPTS[3], PROMPTS[1]]
+    max_new = [3, 60, 40, 20]
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(prompts, max_new)]
+    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=2 * 90))
+    widths = []
+    scheduler.on_step = lambda *_: widths.append(scheduler.cache.width)
+    seqs = staggered(scheduler, prompts, max_new, 1)
+    assert [s.ids for s in seqs] == solo
+    assert any(b < a for a, b in zip(widths, widths[1:]))  # re-packed narrower at least once
+
+
+def test_seeded_sampling_is_reproducible_per_request(gen):
+    opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7)
+    solo = [gen.generate_ids([p], max_new_tokens=m, **opts)[0] for p, m in zip(PROMPTS[:4], MAX_NEW[:4])]
+    scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
+    assert [s.ids for s in staggered(scheduler, PROMPTS[:4], MAX_NEW[:4], 1, **opts)] == solo
+    other = Scheduler(gen)
+    reseeded = other.submit(PROMPTS[0], MAX_NEW[0], **{**opts, "seed": 8})
+    other.run_until_done()
+    assert reseeded.ids != solo[0]  # the seed is the request's own
+
+
+def test_stop_string_ends_a_row_early(gen):
+    full = gen.generate(PROMPTS[0], max_new_tokens=24)
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=128))
+    seqs = staggered(scheduler, PROMPTS[:2], [24, 24], 1, stop=stop)
+    assert seqs[0].stream.text == gen.generate(PROMPTS[0], max_new_tokens=24, stop=stop)
+    assert seqs[0].finish_reason == "stop" and stop not in seqs[0].stream.text
+
+
+def test_cancelled_and_expired_rows_leave_and_free_their_slot(gen):
+    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
+    a = scheduler.submit(PROMPTS[0], 40)
+    b = scheduler.submit(PROMPTS[2], 40, deadline=time.monotonic() + 3600)
+    waiting = scheduler.submit(PROMPTS[1], 10)
+    for _ in range(4):
+        scheduler.step()
+    assert len(scheduler.running) == 2 and list(scheduler.waiting) == [waiting]  # no third slot
+    a.cancel()
+    b.deadline = time.monotonic() - 1
+    produced = len(a.ids)
+    scheduler.step()
+    assert (a.finish_reason, b.finish_reason) == ("cancelled", "timeout") and len(a.ids) == produced
+    scheduler.run_until_done()
+    assert waiting.ids == gen.generate_ids([PROMPTS[1]], max_new_tokens=10)[0]
+
+
+def test_a_failing_row_does_not_disturb_the_others(gen):
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
+    scheduler = Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64))
+    seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
+    add = seqs[1].stream.add
+
+    def broken(token: int) -> str:
+        if len(seqs[1].ids) == 3:
+            raise RuntimeError("injected")
+        return add(token)
+
+    seqs[1].stream.add = broken
+    scheduler.run_until_done()
+    assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
+    assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
+
+
+def test_limits_are_checked_at_submit(gen, gen_artifact):
+    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=32))
+    with pytest.raises(InputError, match=r"need \d+ cached tokens; this batch holds 32"):
+        scheduler.submit(PROMPTS[2], 30)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        scheduler.submit("hi", 0)
+    with pytest.raises(InputError, match="continuous batching runs decoder-only"):
+        Scheduler(Generator.load(gen_artifact("t5")))
+    with pytest.raises(InputError, match="max_slots"):
+        SlotLimits(max_slots=0)
+
+
+def test_the_batch_cache_holds_each_row_right_aligned(gen):
+    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=128))
+    a, b = scheduler.submit(PROMPTS[2], 10), scheduler.submit(PROMPTS[1], 10)
+    scheduler.step()  # a long and a short prompt: prefilled apart (one would be mostly padding)
+    assert scheduler.cache.rows == 1 and list(scheduler.waiting) == [b]
+    scheduler.step()  # a decodes (a prefill never follows a prefill while rows run)
+    scheduler.step()  # b's prefill joins it
+    cache = scheduler.cache
+    assert cache.rows == 2 and cache.lengths == [len(a.prompt) + 1, len(b.prompt)]
+    assert cache.width == len(a.prompt) + 1
+    mask = cache.mask(1)
+    assert mask[1].tolist() == [0] * (cache.width - len(b.prompt)) + [1] * (len(b.prompt) + 1)
+    solo = Generator.start(gen, PROMPTS[1], 1)
+    solo.step()
+    past = solo.stepper.cache.host_view(0)[0]  # (heads, length, head size) of the solo run
+    np.testing.assert_allclose(cache.host_view(0)[1, :, -len(b.prompt):], past, atol=1e-5)

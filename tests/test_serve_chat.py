@@ -1,0 +1,206 @@
+"""/v1/chat/completions and /v1/completions through the official openai client, on the continuous batch."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from onnxformer.runtime.generation import Generator
+from onnxformer.serve.testing import running_server
+
+pytestmark = pytest.mark.timeout(180)
+
+TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+            "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick brown fox"}]
+
+
+@pytest.fixture(scope="module")
+def chat_artifact(tmp_path_factory):
+    from onnxformer.export import export_checkpoint
+    from onnxformer.export.generative_random import make_generative_checkpoint
+
+    ckpt = make_generative_checkpoint(tmp_path_factory.mktemp("chat-ckpt"), "gpt2", chat_template=TEMPLATE)
+    out = tmp_path_factory.mktemp("chat-art") / "artifact"
+    export_checkpoint(str(ckpt), out)
+    return ckpt, out
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_artifact):
+    gen = Generator.load(chat_artifact[1])
+    with running_server(lambda: gen, max_new_tokens=64) as url:
+        yield gen, url
+
+
+def rendered(ckpt, messages) -> str:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ckpt).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def client(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def test_the_chat_template_is_exported_and_hashed(chat_artifact):
+    from conftest import manifest_json
+
+    files = manifest_json(chat_artifact[1])["tokenizer"]["files"]
+    assert "chat_template.jinja" in files and len(files["chat_template.jinja"]) == 64
+
+
+def test_openai_client_chat_matches_the_generator(chat_artifact, chat_server):
+    gen, url = chat_server
+    prompt = rendered(chat_artifact[0], MESSAGES)
+    r = client(url).chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=20,
+                                            temperature=0)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == gen.generate(prompt, max_new_tokens=20)
+    ids = gen.generate_ids([prompt], max_new_tokens=20)[0]
+    assert r.choices[0].finish_reason == ("stop" if ids[-1] in gen.special.eos else "length")
+    n = len(gen.prompts.tokenizer.encode(prompt).ids)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n, len(ids))
+
+
+def test_openai_client_chat_stream_sends_deltas(chat_artifact, chat_server):
+    gen, url = chat_server
+    prompt = rendered(chat_artifact[0], MESSAGES)
+    opts = dict(temperature=0.8, top_p=0.9, seed=4)
+    chunks = list(client(url).chat.completions.create(model=gen.manifest.name, messages=MESSAGES, stream=True,
+                                                      max_completion_tokens=24, **opts))
+    assert len(chunks) > 2 and chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == gen.generate(prompt, max_new_tokens=24, do_sample=True, temperature=0.8, top_p=0.9, seed=4)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_openai_client_completions_whole_and_streamed(chat_server):
+    gen, url = chat_server
+    c = client(url)
+    r = c.completions.create(model=gen.manifest.name, prompt="The quick brown fox", max_tokens=16, temperature=0,
+                             stop=["e"])
+    expected = gen.generate("The quick brown fox", max_new_tokens=16, stop="e")
+    assert r.choices[0].text == expected
+    streamed = c.completions.create(model=gen.manifest.name, prompt="The quick brown fox", max_tokens=16,
+                                    temperature=0, stop=["e"], stream=True)
+    assert "".join(ch.choices[0].text for ch in streamed) == expected
+
+
+def test_concurrent_chats_batch_together_and_stay_exact(chat_artifact, chat_server):
+    gen, url = chat_server
+    conversations = [[{"role": "user", "content": f"{w} jumps over the lazy dog"}] for w in
+                     ("A fox", "The key", "ONNX", "Translation", "Der Fuchs", "0123")]
+    expected = [gen.generate(rendered(chat_artifact[0], m), max_new_tokens=30) for m in conversations]
+
+    def ask(messages):
+        r = client(url).chat.completions.create(model=gen.manifest.name, messages=messages, max_tokens=30,
+                                                temperature=0)
+        return r.choices[0].message.content
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(ask, conversations)) == expected
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("onnxformer_generation_running", "onnxformer_generation_waiting",
+                 "onnxformer_generation_batch_occupancy", "onnxformer_time_to_first_token_seconds_count",
+                 "onnxformer_inter_token_latency_seconds_count", "onnxformer_generated_tokens_total"):
+        assert name in metrics
+    lines = metrics.splitlines()
+    value = lambda prefix: float(next(line for line in lines if line.startswith(prefix)).split()[-1])
+    ones, total = value('onnxformer_batch_size_bucket{lane="decode",le="1.0"}'), value(
+        'onnxformer_batch_size_count{lane="decode"}')
+    assert ones < total  # some decode steps ran several requests' rows at once
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"messages": MESSAGES, "n": 2}, 400, "n=2 is not supported"),
+        ({"messages": []}, 400, '"messages" is empty'),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role 'wizard' is not one of"),
+        ({"messages": [{"role": "user", "content": 7}]}, 400, "content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "only text parts"),
+        ({"messages": MESSAGES, "max_tokens": 65}, 422, "over this server's limit of 64"),
+        ({"messages": [{"role": "user", "content": "word " * 40}], "max_tokens": 64}, 422, "positions"),
+        ({"messages": MESSAGES, "max_tokens": 3, "max_completion_tokens": 4}, 400, "disagree"),
+    ],
+)
+def test_bad_chat_request_gets_its_status(chat_server, body, status, message):
+    r = httpx.post(f"{chat_server[1]}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]["message"] and "Traceback" not in r.text
+
+
+def test_a_model_without_a_chat_template_refuses_chat_but_completes(gen_artifact):
+    gen = Generator.load(gen_artifact("gpt2"))
+    with running_server(lambda: gen) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=30)
+        assert r.status_code == 400 and "has no chat template" in r.json()["error"]["message"]
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+
+
+def test_a_disconnected_stream_frees_its_decode_slot(chat_server):
+    gen, url = chat_server
+    with running_server(lambda: gen, max_new_tokens=10_000, max_cached_tokens=100_000, timeout_s=60) as url2:
+        with httpx.stream("POST", f"{url2}/v1/completions", timeout=30,
+                          json={"prompt": "Hi", "max_tokens": 120, "temperature": 0, "stream": True}) as r:
+            next(r.iter_lines())  # generation under way; hang up
+        deadline = time.monotonic() + 10
+        while "onnxformer_generation_running 0.0" not in httpx.get(f"{url2}/metrics").text:
+            assert time.monotonic() < deadline, "the row never left the batch"
+            time.sleep(0.02)
+        generated = httpx.get(f"{url2}/metrics").text
+        tokens = float(next(l for l in generated.splitlines() if l.startswith("onnxformer_generated_tokens_total")).split()[-1])
+        assert tokens < 120 + 2  # warm-up's 2 tokens; the hung-up request stopped early
+
+
+@pytest.fixture
+def held_steps(monkeypatch):
+    """Continuous-batch steps wait until the test sets the returned event (the tiny model is too fast to watch)."""
+    import threading
+
+    from onnxformer.runtime.generation.scheduler import Scheduler
+
+    step, release = Scheduler.step, threading.Event()
+
+    def held(self):
+        assert release.wait(30), "never released"
+        return step(self)
+
+    monkeypatch.setattr(Scheduler, "step", held)
+    return release
+
+
+def test_a_full_batch_server_answers_429_and_a_slow_one_504(chat_server, held_steps):
+    gen, _ = chat_server
+    held_steps.set()  # the warm-up runs through Generator, not the batch; let the server start normally
+    with running_server(lambda: gen, max_queue=1, timeout_s=1.0) as url:
+        held_steps.clear()
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=30,
+                          json={"prompt": "Hi", "max_tokens": 100, "temperature": 0, "stream": True}) as busy:
+            assert busy.status_code == 200  # admitted: its slot is held, its steps are not running
+            start = time.perf_counter()
+            rejected = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=30)
+            assert rejected.status_code == 429 and time.perf_counter() - start < 1.0
+            assert rejected.headers["retry-after"] == "1"
+            events = [line for line in busy.iter_lines() if line.startswith("data: ")]
+        assert '"code": 504' in events[-1] and "[DONE]" not in events[-1]  # held past the 1 s timeout
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 60}, timeout=30)
+        assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+        held_steps.set()
+        _until_running(url, 0)  # the timed-out rows left the batch at the next step
+        ok = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4}, timeout=30)
+        assert ok.status_code == 200
+
+
+def _until_running(url: str, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while f"onnxformer_generation_running {float(n)}" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline, f"running never reached {n}"
+        time.sleep(0.02)
