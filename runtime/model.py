@@ -45,6 +45,9 @@ class Model:
         self.output_names = list(runner.outputs)
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.reason = reason  # why this variant: logged at load, kept for callers to show
+        # Per-call activation scales (dynamic int8) would make a text's vector depend on its batch-mates (and
+        # their padding); one sequence per call keeps one text → one vector, as the budget measured it.
+        self.one_sequence_per_call = manifest.variant(variant).one_sequence_per_call
 
     @classmethod
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "auto",
@@ -150,7 +153,7 @@ class Model:
     def _batched(self, encodings: Sequence[Encoding], fn: BatchFn, max_batch_tokens: int | None = None,
                  batch_size: int | None = None) -> list[Any]:
         """Run ``fn`` over length-sorted batches; results come back in the order of ``encodings``."""
-        cap = batch_size or self.max_batch_size
+        cap = 1 if self.one_sequence_per_call else batch_size or self.max_batch_size
         if self.provider == "tensorrt":  # the engine's shape profile ends at max_batch_size
             cap = min(cap, self.max_batch_size)
         plan = plan_batches([len(e.ids) for e in encodings], max_batch_tokens or self.max_batch_tokens, cap)
