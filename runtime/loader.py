@@ -15,8 +15,10 @@ from typing import Any, Sequence
 import onnxruntime as ort
 
 from onnxformer.errors import ArtifactError, ProviderError
+from onnxformer.runtime import latency
 from onnxformer.runtime import providers as registry
 from onnxformer.runtime.binding import Runner
+from onnxformer.runtime.cpu import this_cpu
 from onnxformer.runtime.external import check_external_data
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.manifest import Manifest, Variant, verify_files, verify_variant
@@ -40,6 +42,7 @@ class LoadOptions:
     io_binding: bool | None = None  # None: on for GPU providers, off on CPU (plain run is as fast there)
     max_batch_size: int = 32  # also the TensorRT profile's max batch
     trt_cache: Path | None = None
+    measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
 
 
 @dataclass
@@ -81,13 +84,25 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
         raise ArtifactError(f"{directory}: a {manifest.task} manifest needs a tokenizer section; re-export the model")
 
     def attempt(provider: str) -> Opened:
-        choice = (choose(manifest, provider, options.budget) if options.variant == "auto"
+        choice = (auto(directory, manifest, provider, options, generative) if options.variant == "auto"
                   else check_explicit(manifest, provider, options.variant))
         opened = open_variant(directory, manifest, choice, provider, options)
         log.info("loaded %s: provider %s, variant %s (%s)", directory, provider, choice.variant, choice.reason)
         return opened
 
     return registry.resolve(options.provider, attempt, strict=options.strict, available=available, gpu=gpu)
+
+
+def auto(directory: Path, manifest: Manifest, provider: str, options: LoadOptions, generative: bool = False) -> Choice:
+    """The fastest variant meeting the budget; on a CPU of a kind the quantize stage did not measure on, the
+    eligible variants are measured here first (``runtime/latency.py``) unless ``options.measure`` is off."""
+    choice = choose(manifest, provider, options.budget)
+    if generative or provider != "cpu" or choice.measured or len(choice.eligible) < 2 or not options.measure:
+        return choice
+    cpu = this_cpu()
+    measured = latency.at_load(directory, manifest, choice.eligible, cpu, options.threads)
+    return choose(manifest, provider, options.budget, cpu=cpu, measured=measured,
+                  measured_how="measured at load (cached per artifact and CPU)")
 
 
 def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, provider: str, options: LoadOptions,

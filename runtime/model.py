@@ -53,13 +53,15 @@ class Model:
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "auto",
              budget: float | dict[str, float] | None = None, threads: int | None = None, strict: bool = False,
              *, io_binding: bool | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-             max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None) -> "Model":
+             max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None,
+             measure: bool = True) -> "Model":
         """Verify and load an artifact. ``provider``: "auto" (TensorRT → CUDA → CPU), a name or a list;
         ``variant``: "auto" (fastest whose recorded fidelity meets ``budget``) or a name; ``strict``: any
-        fallback is an error instead of a logged warning."""
+        fallback is an error instead of a logged warning; ``measure``: on a CPU of a kind the artifact's latencies
+        were not recorded on, time the eligible variants at load (≤ 1 s, cached) to choose the fastest."""
         directory = Path(directory)
         options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
-                              Path(trt_cache) if trt_cache else None)
+                              Path(trt_cache) if trt_cache else None, measure)
         opened = open_artifact(directory, options)
         spec = opened.manifest.tokenizer
         tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), spec, list(opened.runner.inputs))
