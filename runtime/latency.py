@@ -17,7 +17,7 @@ import numpy as np
 
 from onnxformer.runtime.cpu import CpuInfo
 from onnxformer.runtime.external import check_external_data
-from onnxformer.runtime.files import atomic_write_json, confined
+from onnxformer.runtime.files import atomic_write_json
 from onnxformer.runtime.manifest import Manifest, verify_variant
 from onnxformer.runtime.session import create_session
 from onnxformer.runtime.timing import time_calls
@@ -77,9 +77,8 @@ def at_load(directory: Path, manifest: Manifest, names: Sequence[str], cpu: CpuI
         return {n: float(known[n]) for n in names}
     graphs = {}
     for name in names:  # sha256 and external data checked before ONNX Runtime is handed a file
-        graph = verify_variant(directory, manifest, name)
-        check_external_data(directory, manifest.variants[name], graph)
-        graphs[name] = confined(directory, manifest.variants[name].file)
+        graphs[name] = verify_variant(directory, manifest, name)
+        check_external_data(directory, manifest.variants[name], graphs[name])
     measured = interleaved_ms(graphs, probe_feeds(manifest), threads, seconds)
     cached[key] = {**known, **measured}
     path.parent.mkdir(parents=True, exist_ok=True)
