@@ -9,8 +9,8 @@ from typing import Any
 
 from onnxformer.export.versions import library_versions  # the one version reader (imports no torch)
 
-# CPU features that decide which kernels ONNX Runtime and PyTorch can use.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+from onnxformer.runtime.cpu import FLAGS as CPU_FLAGS  # the flags that decide ONNX Runtime's and PyTorch's kernels
+from onnxformer.runtime.cpu import this_cpu
 LIBRARIES = (
     "onnxformer", "onnxruntime", "onnxruntime-gpu", "numpy", "tokenizers", "torch", "transformers", "optimum",
     "optimum-onnx", "onnx", "tensorrt", "tensorrt-cu12", "sentence-transformers", "safetensors", "matplotlib",
@@ -19,18 +19,10 @@ LIBRARIES = (
 
 
 def cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("unknown", "x86_64", ""):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass  # non-Linux: model from platform, flags unknown (reported as False)
     from onnxformer.runtime.session import physical_cores
+
+    cpu = this_cpu()  # non-Linux: model from platform, flags unknown (reported as False)
+    model, flags = cpu.model, set(cpu.flags)
 
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {

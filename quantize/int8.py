@@ -23,21 +23,15 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from onnxformer.quantize.source import MODEL_FILE
+from onnxformer.runtime.cpu import read_cpuinfo
 
 DYNAMIC_OPS = ("MatMul", "Attention")
 STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU has 8-bit dot-product instructions (x86 VNNI/AMX, ARM dot-product)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False  # unknown CPU: assume the worst, reduce_range is the safe choice
-    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for f in line.split(":", 1)[-1].split()}
-    return any(flag in flags for flag in _VNNI_FLAGS)
+    """True when the CPU has 8-bit dot-product instructions (unknown CPU: False, reduce_range is the safe choice)."""
+    return read_cpuinfo(cpuinfo).vnni
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,7 @@ class Int8Settings:
             opts.update(format="QDQ", calibration=self.method, activation_type="int8" if self.symmetric else "uint8",
                         symmetric=self.symmetric)
         else:
-            opts.update(activation_type="uint8 (dynamic, per tensor)")
+            opts.update(activation_type="uint8 (dynamic, per tensor of each call: run one sequence per call)")
         return opts
 
 

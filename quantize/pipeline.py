@@ -15,9 +15,11 @@ from typing import Any, Callable
 from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
 from onnxformer.quantize.recipe import MODEL, Built, Job, Options, make
 from onnxformer.quantize.recipes import FusedFp32
+from onnxformer.quantize.speed import record_latencies
 from onnxformer.quantize.source import load_source, publish, scratch_dir
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
 from onnxformer.quantize.variants import plan
+from onnxformer.runtime.cpu import this_cpu
 from onnxformer.runtime.manifest import REFERENCE, Manifest, Variant, load_manifest
 
 Progress = Callable[[str], None]
@@ -47,6 +49,7 @@ def optimize_artifact(directory: str | Path, progress: Progress = lambda _: None
     with scratch_dir(directory) as work:
         evaluation = prepare(directory, manifest, fp32, evaluation_texts())
         publish(directory, _fuse(directory, manifest, fp32, evaluation, work, progress))
+    _record_latencies(directory, progress)
     return _result(directory, FusedFp32.name, start)
 
 
@@ -86,7 +89,14 @@ def quantize_artifact(
                   evaluation, progress, floor, texts, fp32, origin_fused, origin_made_by)
         built = make(recipe, job)
         publish(directory, *([fused] if fused else []), built)  # a fused-on-the-way fp32-opt never alone
+    if "cpu" in built.providers or fused is not None:
+        _record_latencies(directory, progress)
     return _result(directory, recipe.name, start)
+
+
+def _record_latencies(directory: Path, progress: Progress) -> None:
+    progress(f"timing every CPU variant side by side on {this_cpu().key}")
+    record_latencies(directory)
 
 
 def _origin(manifest: Manifest, origin: str, fused: Built | None) -> tuple[bool, dict[str, Any]]:

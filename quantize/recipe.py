@@ -71,6 +71,7 @@ class Built:
     generative: bool = False  # record every graph as a generation component
     speed_cpu: dict[str, Any] | None = None
     cache_dtype: str | None = None
+    activation_scales: str | None = None  # PER_CALL (dynamic int8) or STATIC_SCALES; None: no int8 activations
 
     @property
     def path(self) -> Path:

@@ -34,6 +34,7 @@ from onnxformer.quantize.recipe import MODEL, Built, Job, Options, Recipe
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.smoothing import smooth_for_int8
 from onnxformer.quantize.source import MODEL_FILE
+from onnxformer.runtime.manifest import PER_CALL, STATIC_SCALES
 from onnxformer.runtime.onnx_save import save_onnx
 
 # fp32-opt must reproduce fp32 to this fidelity on every task metric (fusions are exact up to fp32 rounding).
@@ -143,8 +144,9 @@ class Int8Dynamic(EncoderRecipe):
         if reader is not None:
             made_by["calibration_texts"] = len(job.calibration)
         speed_cpu = speed.ratio(result.path, job.reference, job.manifest) if self.target == "cpu" else None
+        scales = PER_CALL if self.mode == "dynamic" else STATIC_SCALES  # PER_CALL: run one sequence per call
         return self.built(job, {MODEL: result.path}, {**made_by, **prepared}, fidelity=result.fidelity,
-                          speed_cpu=speed_cpu)
+                          speed_cpu=speed_cpu, activation_scales=scales)
 
     def measure(self, job: Job, built: Built) -> dict[str, Any]:
         return built.fidelity  # measured by the budget loop, on this very graph

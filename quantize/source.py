@@ -185,4 +185,4 @@ def _record(directory: Path, built: Built, folder: str) -> Variant:
     return variant_record(directory, files[built.main], precision=built.precision, providers=built.providers,
                           made_by=built.made_by, fidelity=built.fidelity, graph=built.graph,
                           components=files if built.generative else None, cache_dtype=built.cache_dtype,
-                          speed_cpu=built.speed_cpu)
+                          speed_cpu=built.speed_cpu, activation_scales=built.activation_scales)

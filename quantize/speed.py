@@ -1,40 +1,45 @@
-"""A quick model-only latency probe (batch 1 × up to 128 tokens), used to report what a variant costs.
+"""Latency on this CPU: the probe behind build rows and budget failures, and the latencies recorded per variant.
 
-The full side-by-side measurement with warm-up and percentiles is benchmarks/bench_quantize.py; this
-probe only backs the numbers quoted in build rows and budget failures. Timing is runtime/timing.py's.
+``record_latencies`` times every CPU variant of an artifact side by side (batch 1 × up to 128 tokens) and records
+each with the CPU it ran on (``Variant.latency``), so that ``variant="auto"`` chooses by measurement on a CPU
+of this kind. The full side-by-side measurement with percentiles is benchmarks/bench_quantize.py.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from onnxformer.runtime.cpu import this_cpu
+from onnxformer.runtime.latency import SEQUENCE, interleaved_ms, probe_feeds
+from onnxformer.runtime.manifest import REFERENCE, Latency, Manifest, load_manifest
+from onnxformer.runtime.providers import REGISTRY
+from onnxformer.runtime.session import physical_cores
 
-from onnxformer.runtime.manifest import Manifest
-from onnxformer.runtime.session import create_session
-from onnxformer.runtime.timing import time_calls
-
-SEQUENCE = 128
-
-
-def probe_feeds(manifest: Manifest, sequence: int = SEQUENCE) -> dict[str, np.ndarray]:
-    """Batch 1 × ``sequence`` tokens (capped at the model's limit) of ordinary word ids, all attended."""
-    length = min(sequence, manifest.max_length or sequence)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, min(20000, manifest.architecture.vocab_size or 20000), (1, length))
-    available = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    return {name: available[name].astype(np.int64) for name in manifest.input_names}
-
-
-def median_ms(model: Path, feeds: dict[str, np.ndarray], threads: int | None = None, runs: int = 30) -> float:
-    session = create_session(model, threads=threads)
-    return float(np.median(time_calls(lambda: session.run(None, feeds), runs=runs, warmup=5)) * 1e3)
+__all__ = ["probe_feeds", "ratio", "record_latencies"]
+RECORD_SECONDS = 4.0  # timed calls for all variants together
 
 
 def ratio(model: Path, reference: Path, manifest: Manifest, threads: int | None = None) -> dict[str, float]:
     """Latency of ``model`` and of ``reference``, measured interleaved so that load affects both alike."""
+    ms = interleaved_ms({"model": model, "fp32": reference}, probe_feeds(manifest), threads, seconds=3.0)
+    return {"ms": ms["model"], "fp32_ms": ms["fp32"], "ratio": ms["model"] / ms["fp32"]}
+
+
+def record_latencies(directory: Path, threads: int | None = None, seconds: float = RECORD_SECONDS) -> Manifest:
+    """Time every variant the CPU runs, side by side, and record each latency with this CPU (atomic write)."""
+    manifest = load_manifest(directory)
+    runnable = {name: directory / v.file for name, v in manifest.variants.items()
+                if not v.components and v.precision in REGISTRY["cpu"].precisions
+                and (not v.providers or "cpu" in v.providers or name == REFERENCE)}
+    if not runnable:
+        return manifest
     feeds = probe_feeds(manifest)
-    ms, ref = [], []
-    for _ in range(2):
-        ms.append(median_ms(model, feeds, threads))
-        ref.append(median_ms(reference, feeds, threads))
-    return {"ms": min(ms), "fp32_ms": min(ref), "ratio": min(ms) / min(ref)}
+    ms = interleaved_ms(runnable, feeds, threads, seconds)
+    cpu, tokens = this_cpu(), int(next(iter(feeds.values())).shape[1]) if feeds else SEQUENCE
+    fp32 = ms.get(REFERENCE)
+    for name, value in ms.items():
+        record = manifest.variants[name]
+        entry = Latency(cpu, round(value, 3), 1, tokens, threads or physical_cores(),
+                        round(fp32, 3) if fp32 is not None else None)
+        record.latency = [m for m in record.latency if m.cpu.key != cpu.key] + [entry]
+    manifest.save(directory)
+    return manifest

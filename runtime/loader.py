@@ -15,8 +15,10 @@ from typing import Any, Sequence
 import onnxruntime as ort
 
 from onnxformer.errors import ArtifactError, ProviderError
+from onnxformer.runtime import latency
 from onnxformer.runtime import providers as registry
 from onnxformer.runtime.binding import Runner
+from onnxformer.runtime.cpu import this_cpu
 from onnxformer.runtime.external import check_external_data
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.manifest import Manifest, Variant, verify_files, verify_variant
@@ -40,6 +42,7 @@ class LoadOptions:
     io_binding: bool | None = None  # None: on for GPU providers, off on CPU (plain run is as fast there)
     max_batch_size: int = 32  # also the TensorRT profile's max batch
     trt_cache: Path | None = None
+    measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
 
 
 @dataclass
@@ -85,7 +88,7 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
         first: ArtifactError | None = None
         while True:
             try:
-                choice = (choose(manifest, provider, options.budget, broken) if options.variant == "auto"
+                choice = (auto(directory, manifest, provider, options, generative, broken) if options.variant == "auto"
                           else check_explicit(manifest, provider, options.variant))
             except ProviderError:
                 if first is not None:  # every variant is damaged: the first damage is the error to report
@@ -103,6 +106,20 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
             return opened
 
     return registry.resolve(options.provider, attempt, strict=options.strict, available=available, gpu=gpu)
+
+
+def auto(directory: Path, manifest: Manifest, provider: str, options: LoadOptions, generative: bool = False,
+         broken: dict[str, str] | None = None) -> Choice:
+    """The fastest variant meeting the budget (``broken`` ones passed over); on a CPU of a kind the quantize stage
+    did not measure on, the eligible variants are measured here first (``runtime/latency.py``) unless
+    ``options.measure`` is off."""
+    choice = choose(manifest, provider, options.budget, broken)
+    if generative or provider != "cpu" or choice.measured or len(choice.eligible) < 2 or not options.measure:
+        return choice
+    cpu = this_cpu()
+    measured = latency.at_load(directory, manifest, choice.eligible, cpu, options.threads)
+    return choose(manifest, provider, options.budget, broken, cpu=cpu, measured=measured,
+                  measured_how="measured at load (cached per artifact and CPU)")
 
 
 def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, provider: str, options: LoadOptions,

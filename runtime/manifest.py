@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from onnxformer.errors import ArtifactError, InputError, IntegrityError
+from onnxformer.runtime.cpu import CpuInfo
 from onnxformer.runtime.files import atomic_write_json, confined, sha256_file
 
 FORMAT = "onnxformer-artifact"
@@ -216,6 +217,36 @@ class Architecture:
                    extra=r.rest({"model_type", "architectures", *cls._SIZES}))
 
 
+PER_CALL = "per-call"  # activation scales taken over each call's whole input (dynamic int8)
+STATIC_SCALES = "static"  # activation scales fixed at quantize time (calibrated QDQ)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A variant's latency as measured on one CPU: median ms of a ``batch`` × ``tokens`` call on ``threads``."""
+
+    cpu: CpuInfo
+    ms: float
+    batch: int = 1
+    tokens: int = 128
+    threads: int | None = None
+    fp32_ms: float | None = None  # the fp32 reference, measured interleaved with it (None: not measured)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"cpu": self.cpu.to_json(), "ms": self.ms, "batch": self.batch, "tokens": self.tokens,
+               "threads": self.threads}
+        return {**out, **({"fp32_ms": self.fp32_ms} if self.fp32_ms is not None else {})}
+
+    @classmethod
+    def parse(cls, r: _Reader) -> "Latency":
+        cpu = CpuInfo.from_json(r.get("cpu", lambda v: CpuInfo.from_json(v) is not None,
+                                      "an object {model: string, flags: [string]}"))
+        number = lambda v: _is_number(v) and v > 0
+        return cls(cpu, float(r.get("ms", number, "a positive number")), r.int("batch", 1, minimum=1),
+                   r.int("tokens", 128, minimum=1), r.int("threads", None, minimum=1),
+                   r.get("fp32_ms", number, "a positive number", None))
+
+
 @dataclass
 class Variant:
     """One runnable form of the model: its graph file(s), hashed, and how it measured against fp32."""
@@ -232,9 +263,24 @@ class Variant:
     components: dict[str, str] = field(default_factory=dict)  # generation: role → graph file
     cache_dtype: str | None = None  # generation: dtype of the KV cache
     speed_cpu: dict[str, Any] | None = None  # measured latency against fp32 on a CPU
+    # PER_CALL: a sequence's output depends on its batch-mates, so the runtime runs one sequence per call.
+    activation_scales: str | None = None
+    latency: list[Latency] = field(default_factory=list)  # measured latencies, each with its CPU
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _OPTIONAL = ("graph", "cache_dtype", "speed_cpu")
+    _OPTIONAL = ("graph", "cache_dtype", "speed_cpu", "activation_scales")
+
+    @property
+    def one_sequence_per_call(self) -> bool:
+        """Whether its outputs depend on batch-mates (per-call activation scales). Manifests written before
+        ``activation_scales`` existed: dynamic int8 encoders, read from ``made_by``."""
+        if self.activation_scales is not None:
+            return self.activation_scales == PER_CALL
+        return self.precision == "int8" and self.made_by.get("mode") == "dynamic" and not self.components
+
+    def latency_on(self, cpu: CpuInfo) -> Latency | None:
+        """The latency recorded on a CPU of ``cpu``'s kind (same model and kernel flags), if any."""
+        return next((m for m in self.latency if m.cpu.key == cpu.key), None)
 
     @property
     def fused(self) -> bool:
@@ -258,6 +304,8 @@ class Variant:
                                "providers": list(self.providers), "made_by": self.made_by, "fidelity": self.fidelity}
         if self.components:
             out["components"] = dict(self.components)
+        if self.latency:
+            out["latency"] = [m.to_json() for m in self.latency]
         return _finish(self, out, self._OPTIONAL)
 
     @classmethod
@@ -267,11 +315,15 @@ class Variant:
                           "a list of provider names", [])
         graph = r.get("graph", lambda v: v in (FUSED, UNFUSED), f"{FUSED!r} or {UNFUSED!r}", None)
         known = {"file", "sha256", "files", "size_bytes", "precision", "providers", "made_by", "fidelity",
-                 "components", *cls._OPTIONAL}
+                 "components", "latency", *cls._OPTIONAL}
+        scales = r.get("activation_scales", lambda v: v in (PER_CALL, STATIC_SCALES),
+                       f"{PER_CALL!r} or {STATIC_SCALES!r}", None)
+        latency = [Latency.parse(_Reader(m, f"{r._path('latency')}[{i}]", r.origin))
+                   for i, m in enumerate(r.list("latency", []))]
         return cls(r.str("file"), r.str("sha256"), r.get("files", strings, "an object of path → sha256", {}),
                    r.str("precision"), providers, r.dict("made_by", {}), r.dict("fidelity", {}),
                    r.int("size_bytes", 0), graph, r.get("components", strings, "an object of role → file", {}),
-                   r.str("cache_dtype", None), r.dict("speed_cpu", None), r.rest(known))
+                   r.str("cache_dtype", None), r.dict("speed_cpu", None), scales, latency, r.rest(known))
 
 
 @dataclass
@@ -471,10 +523,12 @@ def variant_record(directory: str | Path, file: str, *, precision: str, provider
     files = file_record(directory, siblings)
     cache_dtype = extra.pop("cache_dtype", None)
     speed_cpu = extra.pop("speed_cpu", None)
+    scales, latency = extra.pop("activation_scales", None), list(extra.pop("latency", None) or [])
     return Variant(file=file, sha256=files[file], files=files,
                    size_bytes=sum((directory / f).stat().st_size for f in files), precision=precision,
                    providers=list(providers), made_by=made_by, fidelity=fidelity or {}, graph=graph,
-                   components=dict(components or {}), cache_dtype=cache_dtype, speed_cpu=speed_cpu, extra=extra)
+                   components=dict(components or {}), cache_dtype=cache_dtype, speed_cpu=speed_cpu,
+                   activation_scales=scales, latency=latency, extra=extra)
 
 
 def verify_files(directory: str | Path, files: Mapping[str, str]) -> None:

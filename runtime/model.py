@@ -46,18 +46,23 @@ class Model:
         self.output_names = list(runner.outputs)
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.reason = reason  # why this variant: logged at load, kept for callers to show
+        # Per-call activation scales (dynamic int8) would make a text's vector depend on its batch-mates (and
+        # their padding); one sequence per call keeps one text → one vector, as the budget measured it.
+        self.one_sequence_per_call = manifest.variant(variant).one_sequence_per_call
 
     @classmethod
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "auto",
              budget: float | dict[str, float] | None = None, threads: int | None = None, strict: bool = False,
              *, io_binding: bool | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-             max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None) -> "Model":
+             max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None,
+             measure: bool = True) -> "Model":
         """Verify and load an artifact. ``provider``: "auto" (TensorRT → CUDA → CPU), a name or a list;
         ``variant``: "auto" (fastest whose recorded fidelity meets ``budget``) or a name; ``strict``: any
-        fallback is an error instead of a logged warning."""
+        fallback is an error instead of a logged warning; ``measure``: on a CPU of a kind the artifact's latencies
+        were not recorded on, time the eligible variants at load (≤ 1 s, cached) to choose the fastest."""
         directory = Path(directory)
         options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
-                              Path(trt_cache) if trt_cache else None)
+                              Path(trt_cache) if trt_cache else None, measure)
         opened = open_artifact(directory, options)
         spec = opened.manifest.tokenizer
         tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), spec, list(opened.runner.inputs))
@@ -196,7 +201,7 @@ class Model:
     def _batched(self, encodings: Sequence[Encoding], fn: BatchFn, max_batch_tokens: int | None = None,
                  batch_size: int | None = None) -> list[Any]:
         """Run ``fn`` over length-sorted batches; results come back in the order of ``encodings``."""
-        cap = batch_size or self.max_batch_size
+        cap = 1 if self.one_sequence_per_call else batch_size or self.max_batch_size
         if self.provider == "tensorrt":  # the engine's shape profile ends at max_batch_size
             cap = min(cap, self.max_batch_size)
         plan = plan_batches([len(e.ids) for e in encodings], max_batch_tokens or self.max_batch_tokens, cap)

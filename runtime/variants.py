@@ -1,16 +1,21 @@
 """Variant choice: per provider, the fastest variant whose recorded fidelity meets the accuracy budget.
 
-Records come from the quantize stage (``precision``, ``providers``, ``fidelity``, ``graph``, optionally a
-measured ``speed_cpu.ratio``); the chooser reads them defensively — a variant without a fidelity number for the
-budget metric is never assumed good, except ``fp32`` itself, which is the reference.
+Records come from the quantize stage (``precision``, ``providers``, ``fidelity``, ``graph``, ``latency``: the
+latencies it measured with the CPU it measured them on); the chooser reads them defensively — a variant without
+a fidelity number for the budget metric is never assumed good, except ``fp32`` itself, which is the reference.
+
+On the CPU, "fastest" is measured, not assumed: when every eligible variant has a latency recorded on a CPU of
+this kind (same model name and kernel flags, ``runtime/cpu.py``) or measured at load (``runtime/latency.py``),
+the one with the lowest wins. Without measurements (or off), a fixed precision order stands in.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from onnxformer.errors import ProviderError
+from onnxformer.runtime.cpu import CpuInfo, this_cpu
 from onnxformer.runtime.manifest import REFERENCE, Manifest, Variant
 from onnxformer.runtime.providers import REGISTRY
 from onnxformer.runtime.tasks import TASKS, get_task
@@ -28,6 +33,8 @@ _PRECISION_ORDER: dict[str, tuple[str, ...]] = {"tensorrt": ("int8", "fp16", "fp
 class Choice:
     variant: str
     reason: str
+    eligible: tuple[str, ...] = ()  # every variant that met the budget on this provider
+    measured: bool = False  # chosen by latencies measured on a CPU of this kind
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,13 @@ def meets(name: str, record: Variant, floors: dict[str, float]) -> str | None:
 
 
 def choose(manifest: Manifest, provider: str, budget: float | dict[str, float] | None = None,
-           broken: dict[str, str] | None = None) -> Choice:
+           broken: dict[str, str] | None = None, *, cpu: CpuInfo | None = None,
+           measured: Mapping[str, float] | None = None, measured_how: str = "measured at load") -> Choice:
     """The fastest variant ``provider`` runs whose fidelity meets the budget; ProviderError when none does.
-    ``broken``: variants that failed to open (name → why), passed over and named in the reason."""
+    ``broken``: variants that failed to open (name → why), passed over and named in the reason.
+
+    On the CPU: by latency (ms) on ``cpu`` (default: this one) — ``measured`` when given, else as recorded
+    in the manifest for a CPU of that kind — when every eligible variant has one; else by the fixed order."""
     floors = budget_floors(manifest.task, budget)
     eligible: list[str] = []
     rejected: list[Rejection] = [Rejection(n, f"{n} failed to open ({why})", budget=True)
@@ -94,12 +105,33 @@ def choose(manifest: Manifest, provider: str, budget: float | dict[str, float] |
     if not eligible:
         raise ProviderError(f"no variant of this artifact suits {provider}: "
                             + "; ".join([r.reason for r in rejected] or ["none recorded"]))
-    best = min(eligible, key=lambda n: _rank(provider, n, manifest.variants[n]))
     shown = ", ".join(f"{m} >= {f}" for m, f in floors.items())
     skipped = [r.reason for r in rejected if r.budget]
-    reason = (f"fastest {provider} variant meeting the budget ({shown})"
-              + (f"; passed over: {'; '.join(skipped)}" if skipped else ""))
-    return Choice(best, reason)
+    passed = f"; passed over: {'; '.join(skipped)}" if skipped else ""
+    cpu = cpu or this_cpu()
+    times, how = (dict(measured), measured_how) if measured is not None else (recorded_ms(manifest, cpu),
+                                                                               "recorded at quantize")
+    if provider == "cpu" and len(eligible) > 1 and all(n in times for n in eligible):
+        best = min(eligible, key=lambda n: (times[n], n))
+        shown_ms = ", ".join(f"{n} {times[n]:.2f} ms" for n in sorted(eligible, key=lambda n: times[n]))
+        reason = (f"fastest cpu variant meeting the budget ({shown}), by latency at batch 1 x 128 tokens {how} "
+                  f"on {cpu.key}: {shown_ms}{passed}")
+        return Choice(best, reason, tuple(eligible), measured=True)
+    best = min(eligible, key=lambda n: _rank(provider, n, manifest.variants[n]))
+    unmeasured = ("; not measured on this CPU (" + cpu.key + "): by precision order"
+                  if provider == "cpu" and len(eligible) > 1 else "")
+    return Choice(best, f"fastest {provider} variant meeting the budget ({shown}){unmeasured}{passed}",
+                  tuple(eligible))
+
+
+def recorded_ms(manifest: Manifest, cpu: CpuInfo) -> dict[str, float]:
+    """Each variant's latency recorded on a CPU of ``cpu``'s kind (ms, batch 1 × 128 tokens)."""
+    out = {}
+    for name, record in manifest.variants.items():
+        measured = record.latency_on(cpu)
+        if measured is not None:
+            out[name] = measured.ms
+    return out
 
 
 def check_explicit(manifest: Manifest, provider: str, name: str) -> Choice:
