@@ -21,7 +21,7 @@ from onnxformer.runtime.dtypes import DTYPES
 from onnxformer.runtime.files import atomic_write_bytes, confined
 from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
 from onnxformer.runtime.providers import profile_options, shape_profile
-from onnxformer.runtime.scratch import LOCK, prepare_parent, scratch_dir, swap_into_place, sweep
+from onnxformer.runtime.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
@@ -77,7 +77,6 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     with scratch_dir(repo, staging) as stage:  # built whole beside the target, then swapped in by renames
         _copy_variant(directory, manifest.variant(options.variant), stage / "1")
         atomic_write_bytes(stage / "config.pbtxt", text.encode())
-        (stage / LOCK).unlink()  # not part of the model folder
         swap_into_place(stage, target, old)
     return target
 
