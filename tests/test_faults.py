@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,11 +112,11 @@ def test_kill_during_quantize_fresh_and_existing(art):
     args = ["quantize", str(art), "--precision", "int8"]
     assert _campaign(art, args, wanted=2) >= 3  # fresh: no int8 yet
     assert _run(args).returncode == 0  # now an int8 exists: re-quantizing replaces it
-    assert _campaign(art, args, wanted=6) >= 6  # every publishing step: new folder, swap, removal, relink, swap
+    assert _campaign(art, args, wanted=5) >= 5  # every publishing step: new folder, swap, removal, relink, swap
 
 
 def test_kill_during_optimize(art):
-    assert _campaign(art, ["optimize", str(art)], wanted=2) >= 3
+    assert _campaign(art, ["optimize", str(art)], wanted=1) >= 2
 
 
 def test_kill_during_triton_fresh_and_existing(art, tmp_path):
@@ -144,21 +143,14 @@ def test_kill_during_export_fresh_and_existing(tiny_checkpoint, tmp_path):
     out = tmp_path / "exp" / "artifact"
     args = ["export", str(ckpt), "--out", str(out), "--overwrite"]
     total = _ops(_run(args))
-    for n in (1, total - 1, total):  # while staging, and at the swap into place (existing target)
-        result = _run(args, kill_at=n)
-        assert result.returncode == -signal.SIGKILL
-        assert _loadable(out) == {"fp32"}  # the artifact from before survives whole
+    for n, fresh in ((total, False), (max(1, total // 2), True)):  # the swap over an existing one; mid-staging
+        if fresh:
+            shutil.rmtree(out)
+        assert _run(args, kill_at=n).returncode == -signal.SIGKILL
+        assert _loadable(out) == (set() if fresh else {"fp32"})  # the old artifact whole, or (fresh) none at all
         rerun = _run(args)
         assert rerun.returncode == 0 and not _leftovers(out.parent), _leftovers(out.parent)
-    shutil.rmtree(out)
-    proc = subprocess.Popen([sys.executable, "-m", "onnxformer", "export", str(ckpt), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)  # mid-export (tracing), fresh target
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() or _loadable(out) == {"fp32"}
-    rerun = _run(args)
-    assert rerun.returncode == 0 and not _leftovers(out.parent), _leftovers(out.parent)
+        assert _loadable(out) == {"fp32"}
 
 
 def test_stale_scratch_is_removed_with_a_line_saying_how_much(art):
