@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import statistics
 import sys
 import time
@@ -59,9 +60,12 @@ def rss_growth(server: Server, n: int = 2000) -> dict[str, Any]:
         for i in range(50):  # warm: allocator pools and ORT arenas settle first
             client.post(f"{server.url}/v1/embeddings", json={"input": pool[i % 512]})
         before = rss_mib(server.proc.pid)
-        for i in range(n):
-            batch = [pool[(i * 7 + j) % 512] * (1 + (i % 5)) for j in range(1 + i % 16)]
-            client.post(f"{server.url}/v1/embeddings", json={"input": batch})
+        for i in range(n):  # varied: 1-4 texts of 4-40 words, either encoding, now and then a bad one
+            batch = [pool[(i * 7 + j) % 512] for j in range(1 + i % 4)]
+            body: dict[str, Any] = {"input": batch, "encoding_format": "base64" if i % 3 == 0 else "float"}
+            if i % 10 == 0:
+                body["input"] = batch + [""]  # a 400 every tenth request
+            client.post(f"{server.url}/v1/embeddings", json=body)
         after = rss_mib(server.proc.pid)
     return {"requests": n, "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
             "growth_mib": round(after - before, 1)}
@@ -115,7 +119,8 @@ def main() -> None:
     n = int(argv[argv.index("--requests") + 1]) if "--requests" in argv else 10_000
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else ROOT / "results" / "fuzz_serve.json"
     artifact = minilm_artifact(ROOT.parent / "build" / "all-MiniLM-L6-v2")
-    report: dict[str, Any] = {"cpu": cpu_info(), "artifact": "all-MiniLM-L6-v2 (fp32)"}
+    report: dict[str, Any] = {"cpu": cpu_info(), "artifact": "all-MiniLM-L6-v2 (fp32)",
+                              "load_average_at_start": list(os.getloadavg())}
     with Server(artifact, batching=True, threads=None) as server:
         start = time.perf_counter()
         report["hostile"] = hostile(server.url, "all-MiniLM-L6-v2", n)
