@@ -12,7 +12,7 @@ from typing import Iterator
 from onnxformer.errors import ArtifactError
 from onnxformer.runtime.files import default_mode
 from onnxformer.runtime.manifest import is_artifact
-from onnxformer.runtime.scratch import LOCK, prepare_parent, scratch_dir, swap_into_place, sweep
+from onnxformer.runtime.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
@@ -39,5 +39,4 @@ def staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     with scratch_dir(out.parent, staging) as stage:
         os.chmod(stage, default_mode(directory=True))  # becomes the artifact: readable as a mkdir would make it
         yield stage
-        (stage / LOCK).unlink()  # the lock file is not part of the artifact (the kernel lock lives on the fd)
         swap_into_place(stage, out, old)

@@ -1,6 +1,6 @@
 """Scratch and staging directories that a killed command cannot leak.
 
-Each scratch directory holds a ``.lock`` file its owner keeps ``flock``-ed while it works; the kernel drops the
+Each scratch directory has a ``<name>.lock`` file beside it that its owner keeps ``flock``-ed while it works; the kernel drops the
 lock when the process dies, however it dies. ``sweep`` (run at the start of every command that makes scratch
 space) removes the ones whose lock nobody holds — a concurrent command's scratch is left alone — and says how
 much it freed.
@@ -17,49 +17,64 @@ from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger("onnxformer.scratch")  # the CLI shows this logger's lines even when quiet
-LOCK = ".lock"
+LOCK_SUFFIX = ".lock"
 
 
 @contextlib.contextmanager
 def scratch_dir(parent: Path, prefix: str) -> Iterator[Path]:
     """A locked temporary directory ``parent/<prefix>XXXXXXXX``, removed whatever happens (even SIGKILL:
-    then by the next ``sweep``)."""
+    then by the next ``sweep``). The lock is a sibling file (``….lock``), so the directory holds only the work."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    lock = os.open(path / LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    lock_path = _lock_of(path)
+    lock = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        lock_path.unlink(missing_ok=True)
         os.close(lock)
 
 
 def sweep(parent: Path, prefix: str) -> tuple[int, int]:
-    """Remove stale ``parent/<prefix>*`` directories (and files: temp files of atomic writes); returns
-    (how many, bytes freed) and logs a line when it freed anything."""
+    """Remove stale ``parent/<prefix>*`` directories (and files: temp files of atomic writes) that no live
+    process holds; returns (how many, bytes freed) and logs a line when it freed anything."""
     if not parent.is_dir():
         return 0, 0
     count = freed = 0
     for path in sorted(parent.glob(prefix + "*")):
-        if path.is_dir() and _in_use(path):
-            continue
+        if path.name.endswith(LOCK_SUFFIX) or _in_use(path):
+            continue  # lock files go with their directory
         size = tree_size(path)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+        _lock_of(path).unlink(missing_ok=True)
         count, freed = count + 1, freed + size
+    for orphan in parent.glob(prefix + "*" + LOCK_SUFFIX):  # a run killed between its lock and its directory
+        if not orphan.with_name(orphan.name.removesuffix(LOCK_SUFFIX)).exists() and not _locked(orphan):
+            orphan.unlink(missing_ok=True)
     if count:
         log.warning("removed %d stale %s* item(s) in %s left by an interrupted run: %s freed",
                     count, prefix, parent, human_bytes(freed))
     return count, freed
 
 
+def _lock_of(path: Path) -> Path:
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
 def _in_use(path: Path) -> bool:
+    lock = _lock_of(path)
+    return lock.exists() and _locked(lock)
+
+
+def _locked(lock: Path) -> bool:
     try:
-        fd = os.open(path / LOCK, os.O_RDWR)
+        fd = os.open(lock, os.O_RDWR)
     except OSError:
-        return False  # no lock file: made before locks, or by a run killed before it took one
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False

@@ -22,7 +22,7 @@ from onnxformer.runtime.dtypes import DTYPES, from_ort
 from onnxformer.runtime.files import atomic_write_bytes, confined, default_mode
 from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
 from onnxformer.runtime.providers import profile_options, shape_profile
-from onnxformer.runtime.scratch import LOCK, prepare_parent, scratch_dir, swap_into_place, sweep
+from onnxformer.runtime.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
 from onnxformer.runtime.tasks import get_task
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -85,7 +85,6 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
         os.chmod(stage, default_mode(directory=True))  # a Triton container reads it as another user
         _copy_variant(directory, manifest.variant(options.variant), stage / "1")
         atomic_write_bytes(stage / "config.pbtxt", text.encode())
-        (stage / LOCK).unlink()  # not part of the model folder
         swap_into_place(stage, target, old)
     return target
 

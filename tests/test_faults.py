@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,10 +73,8 @@ def _unreferenced_folders(art: Path) -> set[str]:
 
 
 def _moments(total: int, wanted: int) -> list[int]:
-    """``wanted`` kill points spread over 1..total, always including the last ones (the publishing renames)."""
-    picks = {total, max(1, total - 1), max(1, total - 2)}
-    picks |= {1 + round(i * (total - 1) / max(1, wanted - 1)) for i in range(wanted)}
-    return sorted(picks)
+    """The last ``wanted`` operations (where files are published and the manifest swapped) and one mid-build."""
+    return sorted({max(1, total - i) for i in range(wanted)} | {max(1, total // 2)})
 
 
 def _campaign(art: Path, args: list[str], wanted: int) -> int:
@@ -113,20 +110,20 @@ def art(tiny_artifact, tmp_path) -> Path:
 
 def test_kill_during_quantize_fresh_and_existing(art):
     args = ["quantize", str(art), "--precision", "int8"]
-    assert _campaign(art, args, wanted=3) >= 3  # fresh: no int8 yet
+    assert _campaign(art, args, wanted=2) >= 3  # fresh: no int8 yet
     assert _run(args).returncode == 0  # now an int8 exists: re-quantizing replaces it
-    assert _campaign(art, args, wanted=4) >= 4
+    assert _campaign(art, args, wanted=5) >= 5  # every publishing step: new folder, swap, removal, relink, swap
 
 
 def test_kill_during_optimize(art):
-    assert _campaign(art, ["optimize", str(art)], wanted=3) >= 3
+    assert _campaign(art, ["optimize", str(art)], wanted=1) >= 2
 
 
 def test_kill_during_triton_fresh_and_existing(art, tmp_path):
     repo = tmp_path / "repo"
     args = ["triton", str(art), "--repo", str(repo), "--overwrite", "--name", "m"]
     total = _ops(_run(args))
-    for n in _moments(total, 4):
+    for n in _moments(total, 3):
         shutil.rmtree(repo)
         if n % 2:  # existing target half the time
             assert _run(args).returncode == 0
@@ -146,21 +143,14 @@ def test_kill_during_export_fresh_and_existing(tiny_checkpoint, tmp_path):
     out = tmp_path / "exp" / "artifact"
     args = ["export", str(ckpt), "--out", str(out), "--overwrite"]
     total = _ops(_run(args))
-    for n in (1, total - 1, total):  # while staging, and at the swap into place (existing target)
-        result = _run(args, kill_at=n)
-        assert result.returncode == -signal.SIGKILL
-        assert _loadable(out) == {"fp32"}  # the artifact from before survives whole
+    for n, fresh in ((total, False), (max(1, total // 2), True)):  # the swap over an existing one; mid-staging
+        if fresh:
+            shutil.rmtree(out)
+        assert _run(args, kill_at=n).returncode == -signal.SIGKILL
+        assert _loadable(out) == (set() if fresh else {"fp32"})  # the old artifact whole, or (fresh) none at all
         rerun = _run(args)
         assert rerun.returncode == 0 and not _leftovers(out.parent), _leftovers(out.parent)
-    shutil.rmtree(out)
-    proc = subprocess.Popen([sys.executable, "-m", "onnxformer", "export", str(ckpt), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)  # mid-export (tracing), fresh target
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() or _loadable(out) == {"fp32"}
-    rerun = _run(args)
-    assert rerun.returncode == 0 and not _leftovers(out.parent), _leftovers(out.parent)
+        assert _loadable(out) == {"fp32"}
 
 
 def test_stale_scratch_is_removed_with_a_line_saying_how_much(art):
