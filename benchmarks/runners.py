@@ -17,6 +17,7 @@ from onnxformer.runtime.binding import Runner as SessionRunner
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_variant, provider_options
 from onnxformer.runtime.manifest import Manifest, Postprocess, verify_files
+from onnxformer.runtime.providers import tensorrt_major
 from onnxformer.runtime.tokenizer import TextTokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -76,7 +77,7 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
     for name in variants or list(ctx.manifest.variants):
         record = ctx.manifest.variant(name)  # names checked by harness.preflight
         for provider in (p for p in providers if p in (record.providers or ["cpu"])):
-            builds = tensorrt_precisions(record.precision) if provider == "tensorrt" else [record.precision]
+            builds = tensorrt_precisions(record.precision, tensorrt_major()) if provider == "tensorrt" else [record.precision]
             for build in builds:
                 label = f"{name}@{provider}" + (f"-{build}" if provider == "tensorrt" else "")
                 out.append(Candidate(label, VARIANT, "gpu" if provider in GPU_PROVIDERS else "cpu",

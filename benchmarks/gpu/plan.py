@@ -36,3 +36,51 @@ def check_gpu() -> str:
     if done.returncode != 0 or not done.stdout.strip():
         raise ProviderError(f"nvidia-smi found no usable GPU: {done.stderr.strip() or 'no devices listed'}")
     return done.stdout.strip().splitlines()[0]
+
+
+# --- what can run here: each missing piece becomes "not measured: why" -----------------------------------------
+TENSORRT_LIBRARIES = ("libnvinfer.so.11", "libnvinfer.so.10")  # the TensorRT majors ONNX Runtime's EP loads
+
+
+def tiny_model_bytes() -> bytes:
+    """A one-node float graph (y = x + x) to start a provider on."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "start-check", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def provider_problem(ort_name: str, options: dict | None = None) -> str | None:
+    """Why ``ort_name`` does not really start here (None: a tiny session runs on it first in line).
+    ONNX Runtime falls back to the CPU silently when a provider fails to initialise: that is a failure here."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if ort_name not in ort.get_available_providers():
+        return f"{ort_name} is not in this onnxruntime build ({ort.__version__}; onnxruntime-gpu has it)"
+    try:
+        chain = [(ort_name, options or {})] + (["CPUExecutionProvider"] if ort_name != "CPUExecutionProvider" else [])
+        session = ort.InferenceSession(tiny_model_bytes(), providers=chain)
+        session.run(None, {"x": np.ones((1, 4), np.float32)})
+    except Exception as e:  # ORT's pybind errors share no base class below Exception
+        return f"{ort_name} failed to start: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    first = session.get_providers()[0]
+    if first != ort_name:
+        return f"{ort_name} did not start (onnxruntime fell back to {first}: CUDA/cuDNN libraries missing or mismatched)"
+    return None
+
+
+def tensorrt_library() -> tuple[int | None, str | None]:
+    """(TensorRT major version, None) when libnvinfer loads, else (None, why)."""
+    import ctypes
+
+    for name in TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return int(name.rsplit(".", 1)[1]), None
+    return None, f"no TensorRT libraries ({' or '.join(TENSORRT_LIBRARIES)} not found on the loader path)"
