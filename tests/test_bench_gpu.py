@@ -285,3 +285,34 @@ def test_summary_from_fake_results(tmp_path):
     assert "- TensorRT rows not measured: no TensorRT libraries" in md and "No GPU number" not in md
     assert "| bert | mixed-length 1,000 texts | mixed |" in md and "[minilm](gpu-minilm.md)" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+# --- PyTorch's best as peers -----------------------------------------------------------------------------------
+def test_gpu_pytorch_peers_are_registered_once():
+    from onnxformer.benchmarks.peers import PEERS, PYTORCH
+
+    cuda = {p.name: p for p in PEERS if p.kind == PYTORCH and p.devices == ("cuda",)}
+    assert set(cuda) == {"pytorch-fp16", "pytorch-fp16-half", "pytorch-fp16-sdpa", "pytorch-fp16-compile"}
+    assert all(p.precision == "fp16" for p in cuda.values()) and len({p.name for p in PEERS}) == len(PEERS)
+    assert summary.REFERENCE == "pytorch-fp16-sdpa@cuda" and summary.REFERENCE in summary.planned_configs()
+
+
+def test_pytorch_half_and_sdpa_match_fp32(tiny_artifact):
+    """The fp16-weight and SDPA paths of load_pytorch, run on the CPU (the GPU check runs them on CUDA)."""
+    import numpy as np
+
+    from onnxformer.benchmarks.baselines import load_pytorch, source_path
+    from onnxformer.benchmarks.runners import ArtifactContext
+    from onnxformer.runtime.manifest import load_manifest
+
+    art = tiny_artifact("bert", "feature-extraction")
+    ctx = ArtifactContext(art, load_manifest(art), 1, 1)
+    path = source_path(ctx.manifest)[0]
+    fp32 = load_pytorch(ctx, path, "cpu", None)
+    half = load_pytorch(ctx, path, "cpu", None, half=True, attn="sdpa")
+    assert half.size_bytes == pytest.approx(fp32.size_bytes / 2)  # the weights really are fp16
+    texts = ["a short one", "a much longer sentence, so that the first row is padded"]
+    a, b = fp32.end_to_end(texts), half.end_to_end(texts)
+    assert b.dtype == np.float32 and a.shape == b.shape
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.999
