@@ -278,7 +278,8 @@ def test_summary_from_fake_results(tmp_path):
     assert ours["measured"] and ours["speedup_vs_pytorch_fp16_sdpa"] == pytest.approx(2.0) and ours["p99_ms"] == 3.0
     assert rows[("minilm", "pytorch-fp16-compile@cuda", 1)]["reason"] == "failed: TimeoutError: compile"
     assert rows[("minilm", "fp16@cuda", 8)]["reason"] == "time limit reached before it ran"
-    assert rows[("minilm", "fp16@cuda-packed", 1)]["reason"].startswith("packed (unpadded) attention is not wired")
+    assert rows[("minilm", "fp16@cuda-graph", 1)]["reason"].startswith("CUDA graphs need one capture per shape")
+    assert rows[("minilm", "fp16@cuda-packed", 1)]["reason"] == "time limit reached before it ran"
     assert rows[("bert", "fp16@cuda", 1)]["reason"] == "time limit reached before this model"
     md = paths["markdown"].read_text()
     assert "| minilm | fp16@cuda | 1 × 128 | 2.00 | 3.00 | 5.00× | 2.00× | 0.99950 | measured |" in md
@@ -316,3 +317,31 @@ def test_pytorch_half_and_sdpa_match_fp32(tiny_artifact):
     assert b.dtype == np.float32 and a.shape == b.shape
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.min() > 0.999
+
+
+# --- our GPU configurations -------------------------------------------------------------------------------------
+def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, tmp_path):
+    """The packed (unpadded) CUDA configuration: ORT's packing mode on the fused graph (its kernels are CUDA-only,
+    so the conversion and the candidate list are what runs here)."""
+    import onnx
+
+    from onnxformer.benchmarks.runners import ArtifactContext, packed_graph, variant_candidates
+    from onnxformer.errors import ArtifactError
+    from onnxformer.quantize.pipeline import optimize_artifact
+    from onnxformer.runtime.manifest import load_manifest
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    optimize_artifact(art)
+    manifest = load_manifest(art)
+    graph = packed_graph(art / manifest.variants["fp32-opt"].file, tmp_path / "packed.onnx")
+    model = onnx.load(str(graph))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("RemovePadding") == 1 and ops.count("RestorePadding") == 1
+    assert "PackedAttention" in ops and "Attention" not in ops
+    assert [i.name for i in model.graph.input] == manifest.input_names  # callers feed the same (B, T) tensors
+    with pytest.raises(ArtifactError, match="packing mode needs ONNX Runtime's fused Attention"):
+        packed_graph(art / manifest.variants["fp32"].file, tmp_path / "unfused.onnx")
+    ctx = ArtifactContext(art, manifest, 1, 8)
+    labels = [c.name for c in variant_candidates(ctx, None, ["cuda"])]
+    assert "fp32-opt@cuda-packed" in labels and "fp32@cuda-packed" not in labels
+    assert all(c.device == "cpu" for c in variant_candidates(ctx, None, ["cpu"]))
