@@ -164,14 +164,20 @@ def engine_precisions(variant_precision: str, trt_major: int) -> list[str]:
     return [variant_precision]
 
 
-def tensorrt_major() -> int:
-    """The TensorRT major whose libnvinfer loads here (ONNXFORMER_TRT_MAJOR overrides); 10 when none does,
-    the options then built being the ones a TensorRT 10 machine would use."""
+def tensorrt_major(ep_library: Path | None = None) -> int:
+    """The TensorRT major ONNX Runtime's TensorRT EP is built against: read from the libnvinfer it links
+    (onnxruntime-gpu 1.31.1 from PyPI links libnvinfer.so.10), else the newest libnvinfer that loads here, else 10.
+    ``ONNXFORMER_TRT_MAJOR`` overrides."""
     import ctypes
 
     forced = os.environ.get("ONNXFORMER_TRT_MAJOR")
     if forced:
         return int(forced)
+    library = ep_library or _tensorrt_ep_library()
+    if library is not None and library.is_file():
+        linked = re.search(rb"libnvinfer\.so\.(\d+)", library.read_bytes())
+        if linked:
+            return int(linked.group(1))
     for major in sorted(TENSORRT_MAJORS, reverse=True):
         try:
             ctypes.CDLL(TENSORRT_LIBRARIES[major])
@@ -179,6 +185,14 @@ def tensorrt_major() -> int:
             continue
         return major
     return 10
+
+
+def _tensorrt_ep_library() -> Path | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
 
 
 def tensorrt_options(manifest: Manifest, variant: Variant, *, max_batch: int, cache_root: Path,

@@ -237,7 +237,7 @@ def test_no_tensorrt_libraries_here():
     major, why = plan.tensorrt_library()
     if major is not None:
         pytest.skip("TensorRT is installed here")
-    assert "no TensorRT libraries (libnvinfer.so.11 or libnvinfer.so.10" in why
+    assert why.startswith("no TensorRT libraries (libnvinfer.so.10, which this onnxruntime's TensorRT EP links")
 
 
 def test_driver_without_gpu_writes_every_row_not_measured(tmp_path):
@@ -285,6 +285,7 @@ def test_summary_from_fake_results(tmp_path):
     assert "| minilm | fp16@cuda | 1 × 128 | 2.00 | 3.00 | 5.00× | 2.00× | 0.99950 | measured |" in md
     assert "- TensorRT rows not measured: no TensorRT libraries" in md and "No GPU number" not in md
     assert "| bert | mixed-length 1,000 texts | mixed |" in md and "[minilm](gpu-minilm.md)" in md
+    assert "| minilm | mixed-length 1,000 texts | mixed | — | — | — | — | — | not measured: the mixed-length run" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -345,3 +346,27 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
     labels = [c.name for c in variant_candidates(ctx, None, ["cuda"])]
     assert "fp32-opt@cuda-packed" in labels and "fp32@cuda-packed" not in labels
     assert all(c.device == "cpu" for c in variant_candidates(ctx, None, ["cpu"]))
+
+
+def test_mixed_length_throughput_rows_on_cpu(tiny_artifact, tmp_path):
+    """The mixed-length run's loop, on CPU configurations (the GPU check runs it on CUDA ones)."""
+    from onnxformer.benchmarks.gpu import throughput
+    from onnxformer.benchmarks.runners import ArtifactContext, Candidate, variant_candidates
+    from onnxformer.runtime.manifest import load_manifest
+
+    texts = throughput.mixed_texts(64)
+    lengths = [len(t.split()) for t in texts]
+    assert texts == throughput.mixed_texts(64) and min(lengths) >= 4 and max(lengths) > 4 * min(lengths)
+    art = tiny_artifact("bert", "feature-extraction")
+    ctx = ArtifactContext(art, load_manifest(art), 1, 32)
+    cands = variant_candidates(ctx, None, ["cpu"]) + [Candidate("gone@cuda", "variant", "gpu", "fp16", reason="no GPU")]
+    rows = throughput.run_mixed(cands, texts, names=["fp32@cpu", "gone@cuda", "fp16@cuda-packed"])
+    assert rows[0]["measured"] and rows[0]["texts_per_s"] > 0 and rows[0]["texts"] == 64
+    assert rows[1] == {"config": "gone@cuda", "texts": 64, "batch": 32, "measured": False, "reason": "unavailable: no GPU"}
+    assert rows[2]["reason"].startswith("not part of this run")
+    late = throughput.measure(cands[0], texts, deadline=0.0)
+    assert not late["measured"] and late["reason"] == "time limit reached after 0 of 2 batches"
+    paths = summary.write_summary(tmp_path, "g", ["tiny"], {}, {}, mixed={"tiny": rows})
+    md = paths["markdown"].read_text()
+    assert f"| tiny | fp32@cpu | mixed | — | — | — | — | — | measured: {rows[0]['texts_per_s']:.1f} texts/s" in md
+    assert "| tiny | gone@cuda | mixed | — | — | — | — | — | not measured: unavailable: no GPU |" in md

@@ -250,3 +250,12 @@ def test_tensorrt_major_from_the_environment(monkeypatch):
     assert providers.tensorrt_major() == 11
     monkeypatch.delenv("ONNXFORMER_TRT_MAJOR")
     assert providers.tensorrt_major() in (10, 11)  # 10 where no libnvinfer loads (this CPU machine)
+
+
+def test_tensorrt_major_is_the_one_the_ep_links(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONNXFORMER_TRT_MAJOR", raising=False)
+    ep = tmp_path / "libonnxruntime_providers_tensorrt.so"
+    ep.write_bytes(b"\x7fELF...libcudart.so.13\x00libnvinfer.so.10\x00libnvonnxparser.so.10\x00")  # as 1.31.1's NEEDED
+    assert providers.tensorrt_major(ep) == 10
+    ep.write_bytes(b"\x7fELF...libnvinfer.so.11\x00")
+    assert providers.tensorrt_major(ep) == 11

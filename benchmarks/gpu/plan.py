@@ -39,7 +39,6 @@ def check_gpu() -> str:
 
 
 # --- what can run here: each missing piece becomes "not measured: why" -----------------------------------------
-TENSORRT_LIBRARIES = ("libnvinfer.so.11", "libnvinfer.so.10")  # the TensorRT majors ONNX Runtime's EP loads
 
 
 def tiny_model_bytes() -> bytes:
@@ -74,13 +73,16 @@ def provider_problem(ort_name: str, options: dict | None = None) -> str | None:
 
 
 def tensorrt_library() -> tuple[int | None, str | None]:
-    """(TensorRT major version, None) when libnvinfer loads, else (None, why)."""
+    """(the TensorRT major ONNX Runtime's EP links, None) when that libnvinfer loads, else (None, why)."""
     import ctypes
 
-    for name in TENSORRT_LIBRARIES:
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            continue
-        return int(name.rsplit(".", 1)[1]), None
-    return None, f"no TensorRT libraries ({' or '.join(TENSORRT_LIBRARIES)} not found on the loader path)"
+    from onnxformer.runtime.providers import TENSORRT_LIBRARIES, tensorrt_major
+
+    major = tensorrt_major()
+    name = TENSORRT_LIBRARIES.get(major, f"libnvinfer.so.{major}")
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return None, (f"no TensorRT libraries ({name}, which this onnxruntime's TensorRT EP links, is not on the "
+                      "loader path; " + " or ".join(TENSORRT_LIBRARIES.values()) + " would come from the tensorrt wheels)")
+    return major, None

@@ -21,8 +21,8 @@ VARIANTS: tuple[str, ...] = ("fp32-opt@cuda", "fp16@cuda", "fp16@cuda-graph", "f
 NOT_BUILT = {
     "fp16@cuda-graph": "CUDA graphs need one capture per shape (RunOptions gpu_graph_id) over buffers that never "
                        "move; the runner's I/O binding regrows its buffers across shapes: not wired yet",
-    "mixed-length 1,000 texts": "the mixed-length throughput run is not wired into the GPU driver yet",
 }
+MIXED_ROW = "mixed-length 1,000 texts"
 
 
 def planned_configs() -> list[str]:
@@ -62,9 +62,11 @@ def shapes_of(report: Mapping[str, Any] | None) -> list[tuple[int, int]]:
 
 
 def summary_rows(models: Sequence[str], reports: Mapping[str, Mapping[str, Any]], reasons: Mapping[str, str],
-                 default_reason: str = "not run") -> list[dict[str, Any]]:
-    """One row per model × configuration × shape (plus one mixed-length row per model); ``reasons[model]`` says
-    why a model without a report was not measured."""
+                 default_reason: str = "not run", mixed: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+                 ) -> list[dict[str, Any]]:
+    """One row per model × configuration × shape, then the model's mixed-length rows (throughput.run_mixed), or
+    one row saying why there are none; ``reasons[model]`` says why a model without a report was not measured."""
+    mixed = mixed or {}
     rows = []
     for model in models:
         report = reports.get(model)
@@ -87,8 +89,14 @@ def summary_rows(models: Sequence[str], reports: Mapping[str, Mapping[str, Any]]
                                speedup_vs_pytorch_fp16_sdpa=(ref["model_only"]["p50_ms"] / r["model_only"]["p50_ms"]
                                                              if ref else None))
                 rows.append(row)
-        rows.append({"model": model, "config": "mixed-length 1,000 texts", "batch": None, "seq": None,
-                     "measured": False, "reason": NOT_BUILT["mixed-length 1,000 texts"] if report else why})
+        for m in mixed.get(model, []):
+            rows.append({"model": model, "config": m["config"], "batch": None, "seq": None, "mixed": True,
+                         "measured": m["measured"], **({"texts_per_s": m["texts_per_s"]} if m["measured"]
+                                                        else {"reason": m["reason"]})})
+        if model not in mixed:
+            rows.append({"model": model, "config": MIXED_ROW, "batch": None, "seq": None, "mixed": True,
+                         "measured": False, "reason": why if report is None else
+                         "the mixed-length run did not start (time limit, or run for MiniLM only)"})
     return rows
 
 
@@ -110,7 +118,9 @@ def markdown(gpu: str, rows: Sequence[Mapping[str, Any]], notes: Sequence[str], 
               "| fidelity | status |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         shape = "mixed" if r["batch"] is None else f"{r['batch']} × {r['seq']}"
-        if r["measured"]:
+        if r["measured"] and r.get("mixed"):
+            cells = ["—"] * 5 + [f"measured: {_f(r['texts_per_s'], 1)} texts/s (1,000 texts, batches of 32)"]
+        elif r["measured"]:
             fid = _f(r.get("fidelity_cosine"), 5) + ("" if r.get("within_budget") else " ✗")
             cells = [_f(r["p50_ms"]), _f(r["p99_ms"]), f"{_f(r.get('speedup_vs_pytorch_fp32'))}×",
                      f"{_f(r.get('speedup_vs_pytorch_fp16_sdpa'))}×", fid, "measured"]
@@ -131,7 +141,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, gpu: str) -> Path:
     done = [r for r in rows if r["measured"] and (r["batch"], r["seq"]) == SHAPES[0]]
     fig, ax = plt.subplots(figsize=(9, 0.35 * max(4, len(done)) + 1.2))
     if not done:
-        reasons = sorted({r["reason"] for r in rows})[:3]
+        reasons = sorted({r["reason"] for r in rows if not r["measured"]})[:3]
         ax.text(0.5, 0.5, "no GPU number measured\n" + "\n".join(reasons), ha="center", va="center", wrap=True,
                 fontsize=9)
         ax.set_axis_off()
@@ -144,11 +154,11 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, gpu: str) -> Path:
 
 
 def write_summary(out: Path, gpu: str, models: Sequence[str], reports: Mapping[str, Mapping[str, Any]],
-                  reasons: Mapping[str, str], notes: Sequence[str] = (), default_reason: str = "not run"
-                  ) -> dict[str, Path]:
+                  reasons: Mapping[str, str], notes: Sequence[str] = (), default_reason: str = "not run",
+                  mixed: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Path]:
     """gpu-summary.json / .md / .png in ``out`` (atomic writes)."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = summary_rows(models, reports, reasons, default_reason)
+    rows = summary_rows(models, reports, reasons, default_reason, mixed)
     paths = {"json": out / "gpu-summary.json", "markdown": out / "gpu-summary.md", "png": out / "gpu-summary.png"}
     atomic_write_json(paths["json"], {"schema": SCHEMA, "gpu": gpu, "notes": list(notes), "reference": REFERENCE,
                                       "measured": sum(1 for r in rows if r["measured"]), "rows": rows})
