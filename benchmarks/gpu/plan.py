@@ -16,7 +16,8 @@ GPU_PROVIDERS = ["tensorrt", "cuda"]
 
 
 def gpu_settings(seconds: float = 1.0, batches: tuple[int, ...] = (1, 8, 32), seqs: tuple[int, ...] = (128,)) -> Settings:
-    """TensorRT and CUDA providers vs PyTorch CUDA fp32 and fp16 autocast; no CPU baselines or CPU peers."""
+    """TensorRT and CUDA providers vs the PyTorch CUDA peers (fp32, fp16 autocast, .half(), SDPA, torch.compile:
+    peers.py); no CPU baselines or CPU peers."""
     return Settings(batches=list(batches), seqs=list(seqs), threads=1, budget=Budget(warmup=10, iters=None, seconds=seconds),
                     providers=list(GPU_PROVIDERS), baseline_devices=["cuda"], peers=False, isolate=True)
 

