@@ -388,7 +388,9 @@ def test_offline_script_refuses_before_any_pip_command_without_cuda_torch(tmp_pa
     house.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA Fake, 580.0, 1 MiB'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
-    (house / ORT_WHEEL).write_bytes(b"x")
+    tag = subprocess.run([bare, "-c", "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    (house / ORT_WHEEL.replace("cp312-cp312", f"{tag}-{tag}")).write_bytes(b"x")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
     done = subprocess.run(["bash", str(GPU_DIR / "run_gpu.sh"), "--wheelhouse", str(house), "--python", bare],
                           capture_output=True, text=True, env=env, timeout=120)
