@@ -58,8 +58,11 @@ def optimum_missing(ctx: ArtifactContext) -> str | None:
 
 
 # --- PyTorch -------------------------------------------------------------------------------------------------
-def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | None) -> Runner:
-    """The source checkpoint in PyTorch on ``device``, eager (``autocast`` None) or under bf16/fp16 autocast."""
+def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | None, *, half: bool = False,
+                 attn: str | None = None, compiled: bool = False) -> Runner:
+    """The source checkpoint in PyTorch on ``device``: eager fp32 (``autocast`` None), under bf16/fp16 autocast,
+    or with fp16 weights (``half``: ``.half()``); ``attn``: transformers' ``attn_implementation`` ("sdpa",
+    "eager"); ``compiled``: wrapped in ``torch.compile`` (compiles on the first call of each shape)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -67,7 +70,11 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
     torch.set_num_threads(ctx.threads)  # matched budget: torch intra-op threads = ORT intra_op_num_threads
     auto = getattr(transformers, get_task(ctx.task).auto_class)
     safetensors = any(f.endswith(".safetensors") for f in ctx.manifest.source.get("sha256", {}))
-    model = auto.from_pretrained(path, local_files_only=True, use_safetensors=safetensors or None).eval().to(device)
+    extra = {"attn_implementation": attn} if attn else {}
+    model = auto.from_pretrained(path, local_files_only=True, use_safetensors=safetensors or None, **extra).eval()
+    model = (model.half() if half else model).to(device)
+    size = float(sum(p.numel() * p.element_size() for p in model.parameters()))
+    call = torch.compile(model) if compiled else model
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     input_names, output_names = ctx.manifest.input_names, ctx.manifest.output_names
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast or "")
@@ -77,11 +84,10 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
 
     def forward(tensors: dict[str, Any]) -> dict[str, np.ndarray]:
         with torch.inference_mode(), cast():
-            out = model(**{k: tensors[k].to(device) for k in input_names})
+            out = call(**{k: tensors[k].to(device) for k in input_names})
         return {k: out[k].float().cpu().numpy() for k in output_names}
 
     model_only, end_to_end = _entry_points(forward, tokenizer, ctx)
-    size = float(sum(p.numel() * p.element_size() for p in model.parameters()))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def peak() -> float | None:
@@ -95,9 +101,12 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
     return Runner(model_only, end_to_end, size, synchronize=sync, gpu_memory_mb=peak)
 
 
-def pytorch(autocast: str | None) -> Callable[[ArtifactContext, Path, str], Runner]:
-    """A peer's ``load``: PyTorch eager (``autocast`` None) or under ``autocast`` ("bf16", "fp16")."""
-    return lambda ctx, workdir, device: load_pytorch(ctx, source_path(ctx.manifest)[0], device, autocast)
+def pytorch(autocast: str | None, *, half: bool = False, attn: str | None = None,
+            compiled: bool = False) -> Callable[[ArtifactContext, Path, str], Runner]:
+    """A peer's ``load``: PyTorch eager (``autocast`` None) or under ``autocast`` ("bf16", "fp16"), or with fp16
+    weights, an attention implementation and torch.compile (load_pytorch)."""
+    return lambda ctx, workdir, device: load_pytorch(ctx, source_path(ctx.manifest)[0], device, autocast, half=half,
+                                                     attn=attn, compiled=compiled)
 
 
 # --- optimum -------------------------------------------------------------------------------------------------

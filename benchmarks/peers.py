@@ -1,7 +1,8 @@
 """The benchmark peers: every configuration that is not one of the artifact's own variants, one entry each.
 
 Kind ``pytorch``: the baselines speedups are measured against, PyTorch eager fp32 and the fast setting a
-user tries first (bf16 autocast on CPU, AMX/AVX-512-BF16 where present; fp16 autocast on CUDA); off with
+user tries first (bf16 autocast on CPU, AMX/AVX-512-BF16 where present; fp16 autocast on CUDA) and, on CUDA,
+PyTorch's best (fp16 weights, SDPA attention, torch.compile); off with
 ``--no-baselines``. Kind ``peer``: other ONNX Runtime stacks, today optimum's ORTModel export of the same
 checkpoint (fp32, and its dynamic int8); off with ``--no-peers``. Adding a peer is one ``Peer`` in ``PEERS``;
 how PyTorch and optimum run is in baselines.py.
@@ -40,6 +41,12 @@ PEERS: tuple[Peer, ...] = (
     Peer("pytorch-fp32", PYTORCH, "fp32", ("cpu", "cuda"), pytorch(None), pytorch_missing),
     Peer("pytorch-bf16", PYTORCH, "bf16", ("cpu",), pytorch("bf16"), pytorch_missing),
     Peer("pytorch-fp16", PYTORCH, "fp16", ("cuda",), pytorch("fp16"), pytorch_missing),
+    # The GPU check's stronger PyTorch peers (issue 18): fp16 weights, then fp16 + SDPA (flash/memory-efficient
+    # attention kernels), then that under torch.compile.
+    Peer("pytorch-fp16-half", PYTORCH, "fp16", ("cuda",), pytorch(None, half=True, attn="eager"), pytorch_missing),
+    Peer("pytorch-fp16-sdpa", PYTORCH, "fp16", ("cuda",), pytorch(None, half=True, attn="sdpa"), pytorch_missing),
+    Peer("pytorch-fp16-compile", PYTORCH, "fp16", ("cuda",), pytorch(None, half=True, attn="sdpa", compiled=True),
+         pytorch_missing),
     Peer("optimum-fp32", PEER, "fp32", ("cpu",), optimum("fp32"), optimum_missing, optimum_prepare("fp32")),
     Peer("optimum-int8", PEER, "int8", ("cpu",), optimum("int8"), optimum_missing, optimum_prepare("int8")),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from onnxformer.errors import ProviderError
-from onnxformer.runtime.providers import REGISTRY, provider_names
+from onnxformer.runtime.providers import REGISTRY, engine_precisions, provider_names
 
 GPU_PROVIDERS = tuple(name for name, p in REGISTRY.items() if p.needs_gpu)
 
@@ -31,7 +31,7 @@ def resolve(requested: Sequence[str] | None, available: Sequence[str]) -> list[s
     return wanted
 
 
-def tensorrt_precisions(variant_precision: str) -> list[str]:
-    """TensorRT engines to build from a variant: an fp32 graph also yields TensorRT's own fp16 engine,
-    the setting most TensorRT users try first."""
-    return ["fp32", "fp16"] if variant_precision == "fp32" else [variant_precision]
+def tensorrt_precisions(variant_precision: str, trt_major: int = 10) -> list[str]:
+    """TensorRT engines to build from a variant: under TensorRT 10 an fp32 graph also yields TensorRT's own fp16
+    engine, the setting most TensorRT users try first; under 11 only the graph's precision (runtime.providers)."""
+    return engine_precisions(variant_precision, trt_major)

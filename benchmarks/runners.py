@@ -17,6 +17,7 @@ from onnxformer.runtime.binding import Runner as SessionRunner
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_variant, provider_options
 from onnxformer.runtime.manifest import Manifest, Postprocess, verify_files
+from onnxformer.runtime.providers import tensorrt_major
 from onnxformer.runtime.tokenizer import TextTokenizer
 
 Feeds = dict[str, np.ndarray]
@@ -76,19 +77,64 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
     for name in variants or list(ctx.manifest.variants):
         record = ctx.manifest.variant(name)  # names checked by harness.preflight
         for provider in (p for p in providers if p in (record.providers or ["cpu"])):
-            builds = tensorrt_precisions(record.precision) if provider == "tensorrt" else [record.precision]
+            builds = tensorrt_precisions(record.precision, tensorrt_major()) if provider == "tensorrt" else [record.precision]
             for build in builds:
                 label = f"{name}@{provider}" + (f"-{build}" if provider == "tensorrt" else "")
                 out.append(Candidate(label, VARIANT, "gpu" if provider in GPU_PROVIDERS else "cpu",
                                      record.precision, load=_variant_loader(ctx, name, provider, build)))
+            if provider == "cuda" and record.fused:  # BERT-class attention, unpadded: ORT's own packing mode
+                out.append(Candidate(f"{name}@cuda-packed", VARIANT, "gpu", record.precision,
+                                     load=_packed_loader(ctx, name)))
     return out
+
+
+def packed_graph(source: Path, out: Path) -> Path:
+    """``source`` (a fused graph: Attention contrib ops) in ONNX Runtime's packing mode: RemovePadding before the
+    first Attention, PackedAttention over the real tokens only, RestorePadding after the last LayerNorm. The
+    inputs stay (B, T) + attention mask; the padding is never computed. Those kernels exist on CUDA only."""
+    import onnx
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from onnxformer.errors import ArtifactError
+    from onnxformer.runtime.onnx_save import save_onnx
+
+    model = OnnxModel(onnx.load(str(source)))
+    PackingMode(model).convert(use_symbolic_shape_infer=True)
+    if not model.get_nodes_by_op_type("RemovePadding"):
+        raise ArtifactError(f"{source}: packing mode needs ONNX Runtime's fused Attention with a 2-D attention mask "
+                            "(an fp32-opt-derived graph); none was found")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_onnx(model.model, out)
+
+
+def _packed_loader(ctx: ArtifactContext, variant: str) -> Callable[[], Runner]:
+    """The variant, verified as open_variant verifies it, converted to packing mode next to the run and started
+    on CUDA with I/O binding (the provider start checked like any other)."""
+    def load() -> Runner:
+        import tempfile
+
+        from onnxformer.runtime.loader import start_runner
+        from onnxformer.runtime.manifest import verify_variant
+
+        record = ctx.manifest.variant(variant)
+        verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before the converter reads it
+        work = Path(tempfile.mkdtemp(prefix="onnxformer-packed-"))
+        path = packed_graph(confined(ctx.directory, record.file), work / "model.onnx")
+        options = LoadOptions(provider="cuda", variant=variant, threads=ctx.threads, max_batch_size=ctx.max_batch)
+        runner = start_runner(path, "cuda", provider_options(ctx.manifest, record, "cuda", options), options)
+        return onnx_runner(runner, artifact_tokenizer(ctx, list(runner.inputs)), ctx, float(record.size_bytes), "cuda")
+
+    return load
 
 
 def _variant_loader(ctx: ArtifactContext, variant: str, provider: str, build: str) -> Callable[[], Runner]:
     """Open the variant as ``Model.load`` does (runtime.loader.open_variant), with TensorRT's engine built at
-    ``build`` precision; plain ``session.run`` calls, as the benchmark has always timed them."""
+    ``build`` precision. On the CPU plain ``session.run`` calls, as the benchmark has always timed them; on GPU
+    providers I/O binding into reused device buffers, as ``Model.load`` runs them (the loader's default)."""
     def load() -> Runner:
-        options = LoadOptions(provider=provider, variant=variant, threads=ctx.threads, io_binding=False,
+        options = LoadOptions(provider=provider, variant=variant, threads=ctx.threads,
+                              io_binding=None if provider in GPU_PROVIDERS else False,
                               max_batch_size=ctx.max_batch)
         record = ctx.manifest.variant(variant)
         engine = provider_options(ctx.manifest, record, provider, options, precision=build)

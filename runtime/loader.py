@@ -144,7 +144,8 @@ def provider_options(manifest: Manifest, record: Variant, provider: str, options
     if provider == "tensorrt":
         return registry.tensorrt_options(manifest, record, max_batch=options.max_batch_size,
                                          cache_root=options.trt_cache or registry.default_cache_root(),
-                                         ort_version=ort.__version__, gpu=registry.gpu_name(), precision=precision)
+                                         ort_version=ort.__version__, gpu=registry.gpu_name(), precision=precision,
+                                         trt_major=registry.tensorrt_major())
     return dict(registry.REGISTRY[provider].default_options)
 
 

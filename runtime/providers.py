@@ -132,20 +132,85 @@ def session_providers(name: str, options: dict[str, Any]) -> list[tuple[str, dic
 
 # --- TensorRT ------------------------------------------------------------------------------------------------
 
+# TensorRT 10 builds weakly typed networks by default: ONNX Runtime's EP turns trt_fp16_enable / trt_int8_enable
+# into the builder flags kFP16 / kINT8, which let TensorRT pick fp16/int8 kernels per layer (a Q/DQ graph is then
+# quantized explicitly, by its own scales; with no calibration table none is needed). Weak typing may also run
+# the graph's fp32-kept LayerNorm statistics in fp16, hence trt_layer_norm_fp32_fallback.
+# TensorRT 11 builds only strongly typed networks: kFP16, kINT8, calibrators and per-layer precision are gone,
+# every tensor runs in the dtype the ONNX graph gives it. The flags mean nothing there and are not set; an fp16
+# engine needs an fp16 graph (fp16-trt), an int8 engine a Q/DQ graph (int8-trt).
+TENSORRT_MAJORS = (10, 11)
+TENSORRT_LIBRARIES = {major: f"libnvinfer.so.{major}" for major in TENSORRT_MAJORS}
+
+
+def tensorrt_precision_options(precision: str, trt_major: int) -> dict[str, Any]:
+    """The precision options ONNX Runtime's TensorRT EP still honours under ``trt_major`` for a graph of
+    ``precision`` (plain data: tested per version on CPU)."""
+    if trt_major not in TENSORRT_MAJORS:
+        raise ProviderError(f"TensorRT {trt_major} is not supported; onnxformer builds engines for TensorRT "
+                            f"{' and '.join(map(str, TENSORRT_MAJORS))}")
+    if trt_major >= 11:
+        return {}  # strongly typed: the graph's dtypes are the engine's precision
+    return {"trt_fp16_enable": precision in ("fp16", "int8"),  # int8 engines keep non-quantized layers in fp16
+            "trt_int8_enable": precision == "int8",
+            **({"trt_layer_norm_fp32_fallback": True} if precision in ("fp16", "int8") else {})}
+
+
+def engine_precisions(variant_precision: str, trt_major: int) -> list[str]:
+    """Engines a variant can be built into: under TensorRT 10 an fp32 graph also yields TensorRT's own (weakly
+    typed) fp16 engine; under 11 an engine has exactly its graph's precision."""
+    if trt_major < 11 and variant_precision == "fp32":
+        return ["fp32", "fp16"]
+    return [variant_precision]
+
+
+def tensorrt_major(ep_library: Path | None = None) -> int:
+    """The TensorRT major ONNX Runtime's TensorRT EP is built against: read from the libnvinfer it links
+    (onnxruntime-gpu 1.31.1 from PyPI links libnvinfer.so.10), else the newest libnvinfer that loads here, else 10.
+    ``ONNXFORMER_TRT_MAJOR`` overrides."""
+    import ctypes
+
+    forced = os.environ.get("ONNXFORMER_TRT_MAJOR")
+    if forced:
+        return int(forced)
+    library = ep_library or _tensorrt_ep_library()
+    if library is not None and library.is_file():
+        linked = re.search(rb"libnvinfer\.so\.(\d+)", library.read_bytes())
+        if linked:
+            return int(linked.group(1))
+    for major in sorted(TENSORRT_MAJORS, reverse=True):
+        try:
+            ctypes.CDLL(TENSORRT_LIBRARIES[major])
+        except OSError:
+            continue
+        return major
+    return 10
+
+
+def _tensorrt_ep_library() -> Path | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+
+
 def tensorrt_options(manifest: Manifest, variant: Variant, *, max_batch: int, cache_root: Path,
-                     ort_version: str, gpu: str, opt_length: int = 128, precision: str | None = None) -> dict[str, Any]:
-    """fp16/int8 flags from the variant's precision (or the engine ``precision`` asked for), shape profiles from
-    the declared dynamic axes and the tokenizer limit, and engine/timing caches keyed so a changed model, ORT
-    upgrade or other GPU rebuilds."""
+                     ort_version: str, gpu: str, opt_length: int = 128, precision: str | None = None,
+                     trt_major: int = 10) -> dict[str, Any]:
+    """Precision options for ``trt_major`` (tensorrt_precision_options), shape profiles from the declared dynamic
+    axes and the tokenizer limit, and engine/timing caches keyed so a changed model, ORT upgrade, TensorRT major or
+    other GPU rebuilds."""
     precision = precision or variant.precision
+    if trt_major >= 11 and precision != variant.precision:  # TensorRT 10's flags may still ask for any precision
+        raise ProviderError(f"TensorRT {trt_major} cannot build a {precision} engine from the {variant.precision} "
+                            f"graph (strongly typed: precision comes from the graph); use a {precision} variant")
     max_length = manifest.max_length or 512
     options = dict(REGISTRY["tensorrt"].default_options)
-    options.update(
-        trt_fp16_enable=precision in ("fp16", "int8"),  # int8 engines keep non-quantized layers in fp16
-        trt_int8_enable=precision == "int8",
-        **profile_options(shape_profile(manifest.inputs, max_batch, max_length, opt_length)),
-    )
-    cache = engine_cache_dir(cache_root, variant.sha256, precision, ort_version, gpu)
+    options.update(**tensorrt_precision_options(precision, trt_major),
+                   **profile_options(shape_profile(manifest.inputs, max_batch, max_length, opt_length)))
+    tag = precision if trt_major < 11 else f"{precision}-trt{trt_major}"  # TensorRT 10 keys stay as they were
+    cache = engine_cache_dir(cache_root, variant.sha256, tag, ort_version, gpu)
     options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
                    trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
     return options

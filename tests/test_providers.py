@@ -213,3 +213,49 @@ def test_strict_load_on_a_cpu_machine(tiny_artifact):
         pytest.skip("a GPU is present: cuda would not fall back")
     with pytest.raises(ProviderError, match="strict=True"):
         Model.load(tiny_artifact("bert"), provider=["cuda", "cpu"], strict=True)
+
+
+# --- TensorRT 10 vs 11 (issue 18) -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_precision_options_per_major(precision):
+    """TensorRT 10: weakly typed, ORT's flags become kFP16/kINT8 (LayerNorm pinned fp32); 11: strongly typed, none."""
+    ten = providers.tensorrt_precision_options(precision, 10)
+    assert ten["trt_fp16_enable"] is (precision != "fp32") and ten["trt_int8_enable"] is (precision == "int8")
+    assert ten.get("trt_layer_norm_fp32_fallback", False) is (precision != "fp32")
+    assert providers.tensorrt_precision_options(precision, 11) == {}
+    with pytest.raises(ProviderError, match="TensorRT 12 is not supported; .* TensorRT 10 and 11"):
+        providers.tensorrt_precision_options(precision, 12)
+
+
+def test_tensorrt_11_options_carry_no_precision_flags(tmp_path):
+    m = manifest(x=rec("fp16", ["tensorrt"]), y=rec("fp32", ["tensorrt"]))
+    opts = providers.tensorrt_options(m, m.variants["x"], max_batch=8, cache_root=tmp_path, ort_version="1.31.1",
+                                      gpu="NVIDIA H200", trt_major=11)
+    assert not {k for k in opts if k in ("trt_fp16_enable", "trt_int8_enable", "trt_layer_norm_fp32_fallback")}
+    assert opts["trt_profile_max_shapes"].startswith("input_ids:8x256")
+    assert Path(opts["trt_engine_cache_path"]).name.endswith("-fp16-trt11-ort1.31.1-NVIDIA-H200")
+    ten = providers.tensorrt_options(m, m.variants["x"], max_batch=8, cache_root=tmp_path, ort_version="1.31.1",
+                                     gpu="NVIDIA H200", trt_major=10)
+    assert ten["trt_fp16_enable"] and Path(ten["trt_engine_cache_path"]).name.endswith("-fp16-ort1.31.1-NVIDIA-H200")
+    with pytest.raises(ProviderError, match="TensorRT 11 cannot build a fp16 engine from the fp32 graph"):
+        providers.tensorrt_options(m, m.variants["y"], max_batch=8, cache_root=tmp_path, ort_version="1.31.1",
+                                   gpu="g", precision="fp16", trt_major=11)
+    assert providers.engine_precisions("fp32", 10) == ["fp32", "fp16"]
+    assert providers.engine_precisions("fp32", 11) == ["fp32"] and providers.engine_precisions("int8", 11) == ["int8"]
+
+
+def test_tensorrt_major_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ONNXFORMER_TRT_MAJOR", "11")
+    assert providers.tensorrt_major() == 11
+    monkeypatch.delenv("ONNXFORMER_TRT_MAJOR")
+    assert providers.tensorrt_major() in (10, 11)  # 10 where no libnvinfer loads (this CPU machine)
+
+
+def test_tensorrt_major_is_the_one_the_ep_links(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONNXFORMER_TRT_MAJOR", raising=False)
+    ep = tmp_path / "libonnxruntime_providers_tensorrt.so"
+    ep.write_bytes(b"\x7fELF...libcudart.so.13\x00libnvinfer.so.10\x00libnvonnxparser.so.10\x00")  # as 1.31.1's NEEDED
+    assert providers.tensorrt_major(ep) == 10
+    ep.write_bytes(b"\x7fELF...libnvinfer.so.11\x00")
+    assert providers.tensorrt_major(ep) == 11

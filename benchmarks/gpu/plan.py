@@ -16,7 +16,8 @@ GPU_PROVIDERS = ["tensorrt", "cuda"]
 
 
 def gpu_settings(seconds: float = 1.0, batches: tuple[int, ...] = (1, 8, 32), seqs: tuple[int, ...] = (128,)) -> Settings:
-    """TensorRT and CUDA providers vs PyTorch CUDA fp32 and fp16 autocast; no CPU baselines or CPU peers."""
+    """TensorRT and CUDA providers vs the PyTorch CUDA peers (fp32, fp16 autocast, .half(), SDPA, torch.compile:
+    peers.py); no CPU baselines or CPU peers."""
     return Settings(batches=list(batches), seqs=list(seqs), threads=1, budget=Budget(warmup=10, iters=None, seconds=seconds),
                     providers=list(GPU_PROVIDERS), baseline_devices=["cuda"], peers=False, isolate=True)
 
@@ -36,3 +37,53 @@ def check_gpu() -> str:
     if done.returncode != 0 or not done.stdout.strip():
         raise ProviderError(f"nvidia-smi found no usable GPU: {done.stderr.strip() or 'no devices listed'}")
     return done.stdout.strip().splitlines()[0]
+
+
+# --- what can run here: each missing piece becomes "not measured: why" -----------------------------------------
+
+
+def tiny_model_bytes() -> bytes:
+    """A one-node float graph (y = x + x) to start a provider on."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "start-check", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def provider_problem(ort_name: str, options: dict | None = None) -> str | None:
+    """Why ``ort_name`` does not really start here (None: a tiny session runs on it first in line).
+    ONNX Runtime falls back to the CPU silently when a provider fails to initialise: that is a failure here."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if ort_name not in ort.get_available_providers():
+        return f"{ort_name} is not in this onnxruntime build ({ort.__version__}; onnxruntime-gpu has it)"
+    try:
+        chain = [(ort_name, options or {})] + (["CPUExecutionProvider"] if ort_name != "CPUExecutionProvider" else [])
+        session = ort.InferenceSession(tiny_model_bytes(), providers=chain)
+        session.run(None, {"x": np.ones((1, 4), np.float32)})
+    except Exception as e:  # ORT's pybind errors share no base class below Exception
+        return f"{ort_name} failed to start: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    first = session.get_providers()[0]
+    if first != ort_name:
+        return f"{ort_name} did not start (onnxruntime fell back to {first}: CUDA/cuDNN libraries missing or mismatched)"
+    return None
+
+
+def tensorrt_library() -> tuple[int | None, str | None]:
+    """(the TensorRT major ONNX Runtime's EP links, None) when that libnvinfer loads, else (None, why)."""
+    import ctypes
+
+    from onnxformer.runtime.providers import TENSORRT_LIBRARIES, tensorrt_major
+
+    major = tensorrt_major()
+    name = TENSORRT_LIBRARIES.get(major, f"libnvinfer.so.{major}")
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return None, (f"no TensorRT libraries ({name}, which this onnxruntime's TensorRT EP links, is not on the "
+                      "loader path; " + " or ".join(TENSORRT_LIBRARIES.values()) + " would come from the tensorrt wheels)")
+    return major, None
