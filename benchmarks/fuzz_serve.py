@@ -4,7 +4,9 @@
 
 Measures: hostile requests per route × family × status (the seeded generator of serve/fuzz.py; target: no
 5xx), max latency, RSS growth of the server over 2,000 varied /v1/embeddings requests (≤ 50 MiB), 64 clients ×
-100 requests (errors: 0), and time to 429 on a full queue (--max-queue 8, 128 clients; target < 100 ms).
+100 requests (errors: 0), and time to 429 on a full queue (--max-queue 8; target < 100 ms): with 128 client threads
+(the load measures itself too: they share the server's cores), and as one probe client sees it while 8 others keep
+the queue full.
 """
 from __future__ import annotations
 
@@ -114,6 +116,41 @@ def time_to_429(artifact: Path, clients: int = 128, each: int = 20) -> dict[str,
             "ok_median_ms": round(1000 * statistics.median([t for s, t in results if s == 200] or [0]), 1)}
 
 
+def time_to_429_probe(artifact: Path, holders: int = 8, probes: int = 200) -> dict[str, Any]:
+    """What one refused client sees: ``holders`` threads keep the queue full (--max-queue 8) while a single probe
+    client sends ``probes`` sequential requests and times each 429. Unlike ``time_to_429``, the 128 client
+    threads of the load are not there to compete with the server for the same cores."""
+    import threading
+
+    with Server(artifact, batching=True, threads=None, extra=["--max-queue", "8"]) as server:
+        body = {"input": [" ".join(texts(1, seed=i)[0] for i in range(6))] * 8}
+        stop = threading.Event()
+
+        def hold() -> None:
+            with httpx.Client(timeout=120) as client:
+                while not stop.is_set():
+                    client.post(f"{server.url}/v1/embeddings", json=body)
+
+        threads = [threading.Thread(target=hold, daemon=True) for _ in range(holders)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # the queue is full from here on
+        results = []
+        with httpx.Client(timeout=120) as probe:
+            for _ in range(probes):
+                start = time.perf_counter()
+                r = probe.post(f"{server.url}/v1/embeddings", json=body)
+                results.append((r.status_code, time.perf_counter() - start))
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    refused = sorted(t for s, t in results if s == 429)
+    pct = lambda q: round(1000 * refused[min(len(refused) - 1, int(q * len(refused)))], 1) if refused else None
+    return {"holders": holders, "probes": probes, "429": len(refused),
+            "statuses": dict(collections.Counter(str(s) for s, _ in results)),
+            "time_to_429_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)}}
+
+
 def main() -> None:
     argv = sys.argv[1:]
     n = int(argv[argv.index("--requests") + 1]) if "--requests" in argv else 10_000
@@ -135,6 +172,8 @@ def main() -> None:
                                                 if l.startswith("onnxformer_internal_errors_total")), None)
     report["overload"] = time_to_429(artifact)
     print(report["overload"], flush=True)
+    report["overload_probe"] = time_to_429_probe(artifact)
+    print(report["overload_probe"], flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
