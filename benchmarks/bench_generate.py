@@ -12,12 +12,13 @@ tokens/s ≥ 1.5 × PyTorch's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from onnxformer.benchmarks.report import write_json_and_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -203,12 +204,7 @@ def main() -> int:
         "bar": {"metric": "onnx-fp32 tokens/s ÷ pytorch tokens/s", "required": BAR, "measured": measured,
                 "met": bool(measured) and all(x >= BAR for x in measured.values())},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(write_json_and_markdown(report, args.out, markdown(report)))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import random
 import signal
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from onnxformer.benchmarks.report import write_json_and_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -259,10 +260,7 @@ def main() -> None:
                            "threads": args.threads, "server_args": args.server_args},
               "load_average": {"before": load_before[0], "after": os.getloadavg()[0]},
               "results": rows, "bar": summarize(rows)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    print(write_json_and_markdown(report, args.out, markdown(report)))
 
 
 if __name__ == "__main__":

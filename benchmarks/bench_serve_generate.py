@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from onnxformer.benchmarks.report import write_json_and_markdown
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -206,12 +208,7 @@ def main() -> int:
               "environment": {"cpu": cpu["model"], "flags": cpu["flags"], "usable_cores": cpu["usable_cores"],
                               "loadavg_before": before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(write_json_and_markdown(report, args.out, markdown(report)))
     return 0
 
 

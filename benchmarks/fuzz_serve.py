@@ -98,22 +98,31 @@ def time_to_429(artifact: Path, clients: int = 128, each: int = 20) -> dict[str,
         body = {"input": [" ".join(texts(1, seed=i)[0] for i in range(6))] * 8}  # 8 long texts: fills the queue
 
         def client_run(k: int) -> list[tuple[int, float]]:
-            out = []
-            with httpx.Client(timeout=120) as client:
-                for _ in range(each):
-                    start = time.perf_counter()
-                    r = client.post(f"{server.url}/v1/embeddings", json=body)
-                    out.append((r.status_code, time.perf_counter() - start))
-            return out
+            return _timed_posts(f"{server.url}/v1/embeddings", body, each)
 
         with ThreadPoolExecutor(clients) as ex:
             results = [x for part in ex.map(client_run, range(clients)) for x in part]
+    return {"clients": clients, "requests": len(results), **_refusals(results),
+            "ok_median_ms": round(1000 * statistics.median([t for s, t in results if s == 200] or [0]), 1)}
+
+
+def _timed_posts(url: str, body: dict[str, Any], n: int) -> list[tuple[int, float]]:
+    """``n`` sequential POSTs from one client: (status, seconds) each."""
+    out = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            status = client.post(url, json=body).status_code
+            out.append((status, time.perf_counter() - start))
+    return out
+
+
+def _refusals(results: list[tuple[int, float]]) -> dict[str, Any]:
+    """How many were refused with 429, the statuses, and the time to a 429 (p50, p99, max; ms)."""
     refused = sorted(t for s, t in results if s == 429)
     pct = lambda q: round(1000 * refused[min(len(refused) - 1, int(q * len(refused)))], 1) if refused else None
-    return {"clients": clients, "requests": len(results), "429": len(refused),
-            "statuses": dict(collections.Counter(str(s) for s, _ in results)),
-            "time_to_429_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
-            "ok_median_ms": round(1000 * statistics.median([t for s, t in results if s == 200] or [0]), 1)}
+    return {"429": len(refused), "statuses": dict(collections.Counter(str(s) for s, _ in results)),
+            "time_to_429_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)}}
 
 
 def time_to_429_probe(artifact: Path, holders: int = 8, probes: int = 200) -> dict[str, Any]:
@@ -135,20 +144,11 @@ def time_to_429_probe(artifact: Path, holders: int = 8, probes: int = 200) -> di
         for t in threads:
             t.start()
         time.sleep(2.0)  # the queue is full from here on
-        results = []
-        with httpx.Client(timeout=120) as probe:
-            for _ in range(probes):
-                start = time.perf_counter()
-                r = probe.post(f"{server.url}/v1/embeddings", json=body)
-                results.append((r.status_code, time.perf_counter() - start))
+        results = _timed_posts(f"{server.url}/v1/embeddings", body, probes)
         stop.set()
         for t in threads:
             t.join(timeout=120)
-    refused = sorted(t for s, t in results if s == 429)
-    pct = lambda q: round(1000 * refused[min(len(refused) - 1, int(q * len(refused)))], 1) if refused else None
-    return {"holders": holders, "probes": probes, "429": len(refused),
-            "statuses": dict(collections.Counter(str(s) for s, _ in results)),
-            "time_to_429_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)}}
+    return {"holders": holders, "probes": probes, **_refusals(results)}
 
 
 def main() -> None:

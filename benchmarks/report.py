@@ -27,6 +27,15 @@ def write_report(report: dict[str, Any], json_path: str | Path) -> dict[str, Pat
     return paths
 
 
+def write_json_and_markdown(report: dict[str, Any], out: str | Path, text: str) -> str:
+    """``out``.json (the numbers, floats) and ``out``.md (``text``), both written atomically; returns ``text``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_bytes(out.with_suffix(".md"), text.encode())
+    return text
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 

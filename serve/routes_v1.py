@@ -36,16 +36,14 @@ async def embeddings(request: Request) -> JSONResponse:
 async def classify(request: Request) -> JSONResponse:
     state, req = await _parse(request, ClassifyRequest)
     service = state.model_service("/v1/classify")
-    results = await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k))
-    return JSONResponse({"model": service.name, "results": results})
+    return _results(service, await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k)))
 
 
 @router.post("/v1/tag")
 async def tag(request: Request) -> JSONResponse:
     state, req = await _parse(request, TagRequest)
     service = state.model_service("/v1/tag")
-    results = await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation))
-    return JSONResponse({"model": service.name, "results": results})
+    return _results(service, await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation)))
 
 
 @router.post("/v1/answer")
@@ -55,7 +53,10 @@ async def answer(request: Request) -> JSONResponse:
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
         raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', ErrorKind.BAD_REQUEST)
-    results = await within(state.config.timeout_s, service.answer(pairs))
+    return _results(service, await within(state.config.timeout_s, service.answer(pairs)))
+
+
+def _results(service: Any, results: Any) -> JSONResponse:
     return JSONResponse({"model": service.name, "results": results})
 
 

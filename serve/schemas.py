@@ -58,11 +58,8 @@ class EmbeddingsRequest(_OpenAI):
     prompt: Optional[Annotated[str, Field(max_length=4096)]] = None
 
 
-class CompletionRequest(_OpenAI):
-    unsupported = ("logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty", "suffix", "logit_bias")
-    prompt: Texts
-    model: Optional[Annotated[str, Field(max_length=256)]] = None
-    max_tokens: int = Field(default=16, ge=1, le=1 << 20)
+class _Sampling(_OpenAI):
+    """The generation parameters completions and chat completions share."""
     temperature: Finite = Field(default=1.0, ge=0, le=100)  # OpenAI's meaning: 0 is greedy, > 0 samples
     top_p: Finite = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0, le=1 << 31)  # not OpenAI's; vLLM's extension, 0 = off
@@ -72,6 +69,13 @@ class CompletionRequest(_OpenAI):
     seed: Optional[Annotated[int, Field(ge=0, le=U64)]] = None
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
+    model: Optional[Annotated[str, Field(max_length=256)]] = None
+
+
+class CompletionRequest(_Sampling):
+    unsupported = ("logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty", "suffix", "logit_bias")
+    prompt: Texts
+    max_tokens: int = Field(default=16, ge=1, le=1 << 20)
 
     def options(self) -> dict[str, Any]:
         sample = self.temperature > 0
@@ -87,22 +91,12 @@ class Message(BaseModel):
     content: Union[Text, Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)], None] = None
 
 
-class ChatRequest(_OpenAI):
+class ChatRequest(_Sampling):
     unsupported = ("logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "tools",
                    "tool_choice", "response_format")
     messages: Annotated[list[Message], Field(max_length=MAX_ITEMS)]  # empty: check_messages says so
-    model: Optional[Annotated[str, Field(max_length=256)]] = None
     max_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
     max_completion_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None  # OpenAI's newer name
-    temperature: Finite = Field(default=1.0, ge=0, le=100)
-    top_p: Finite = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0, le=1 << 31)
-    repetition_penalty: Finite = Field(default=1.0, gt=0, le=1e6)
-    stop: Union[Annotated[str, Field(min_length=1, max_length=256)],
-                Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)], None] = None
-    seed: Optional[Annotated[int, Field(ge=0, le=U64)]] = None
-    n: int = Field(default=1, ge=1, le=128)
-    stream: bool = False
 
     def completion(self, prompt: str) -> CompletionRequest:
         fields = self.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens"})

@@ -49,17 +49,17 @@ class ModelService:
         return np.stack(await lane.submit(encodings)).astype(np.float32)
 
     async def classify(self, texts: Sequence[str], top_k: int | None) -> list[Any]:
-        self.require("/v1/classify")
-        await self.admit_texts(texts)
-        kwargs = {} if top_k is None else {"top_k": top_k}
-        lane = self.scheduler.lane(f"classify:{top_k}", lambda chunk: self.model.classify(chunk, **kwargs))
-        return jsonable(await lane.submit(list(texts)))
+        return await self._per_text("/v1/classify", self.model.classify, texts, top_k=top_k)
 
     async def tag(self, texts: Sequence[str], aggregation: str | None) -> list[Any]:
-        self.require("/v1/tag")
+        return await self._per_text("/v1/tag", self.model.tag, texts, aggregation=aggregation)
+
+    async def _per_text(self, endpoint: str, method: Any, texts: Sequence[str], **options: Any) -> list[Any]:
+        """A Model method over admitted texts; requests with the same options share one batching lane."""
+        self.require(endpoint)
         await self.admit_texts(texts)
-        kwargs = {} if aggregation is None else {"aggregation": aggregation}
-        lane = self.scheduler.lane(f"tag:{aggregation}", lambda chunk: self.model.tag(chunk, **kwargs))
+        kwargs = {k: v for k, v in options.items() if v is not None}  # None: the method's own default
+        lane = self.scheduler.lane(f"{endpoint}:{sorted(kwargs.items())}", lambda chunk: method(chunk, **kwargs))
         return jsonable(await lane.submit(list(texts)))
 
     async def relevance(self, query: str, documents: Sequence[str], truncate: bool = False,
