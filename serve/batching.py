@@ -47,12 +47,14 @@ class Scheduler:
         self.pending = 0  # items admitted and not yet handed to the model
         self.busy = 0  # calls submitted to the worker and not yet finished
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxformer-model")
-        self._lanes: dict[str, Lane] = {}
+        self._lanes: dict[tuple[str, str], Lane] = {}
 
-    def lane(self, name: str, run: RunFn, mergeable: bool = True) -> "Lane":
-        if name not in self._lanes:
-            self._lanes[name] = Lane(self, name, run, mergeable and self.limits.batching)
-        return self._lanes[name]
+    def lane(self, name: str, run: RunFn, mergeable: bool = True, owner: str = "") -> "Lane":
+        """The lane ``name`` of model ``owner`` (two models' texts never share a batch), made on first use."""
+        key = (owner, name)
+        if key not in self._lanes:
+            self._lanes[key] = Lane(self, name, run, mergeable and self.limits.batching)
+        return self._lanes[key]
 
     def admit(self, n: int) -> None:
         if self.pending + n > self.limits.max_queue:

@@ -10,7 +10,8 @@ from typing import Any
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an artifact over HTTP (KServe v2, OpenAI embeddings and completions, task endpoints)")
-    p.add_argument("directory", help="artifact directory (from `onnxformer export` or `build`)")
+    p.add_argument("directory", nargs="+", help="artifact directory (from `onnxformer export` or `build`); several "
+                                                "serve side by side, each under its own name")
     p.add_argument("--variant", help="variant to load (default: the runtime's choice)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores)")
     add_config_flags(p)

@@ -19,6 +19,8 @@ def option(default: Any, help: str, *, flag: str | None = None, env: str | None 
 class ServeConfig:
     host: str = option("127.0.0.1", "bind address (default loopback; 0.0.0.0 exposes it)")
     port: int = option(8000, "TCP port to listen on")
+    served_model_name: str | None = option(None, "the name each model is served under, comma-separated in the "
+                                                 "order of the directories (default: each manifest's name)")
     grpc_port: int | None = option(None, "also serve KServe v2 over gRPC on this port (what tritonclient.grpc "
                                          "speaks; default: off)")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' "

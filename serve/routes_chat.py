@@ -23,7 +23,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Any:
     state = server_state(request)
-    state.generation_service("/v1/chat/completions")
+    state.precheck("/v1/chat/completions", generative=True)
     chat = parse_body(await read_body(request, state.config), ChatRequest)
     service = state.generation_service("/v1/chat/completions", chat.model)
     if service.chat is None:

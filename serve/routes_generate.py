@@ -24,7 +24,7 @@ router = APIRouter()
 @router.post("/v1/completions")
 async def completions(request: Request) -> Any:
     state = server_state(request)
-    state.generation_service("/v1/completions")  # 503 or wrong task before reading a body we could not serve
+    state.precheck("/v1/completions", generative=True)  # 503 or wrong task before reading a body we could not serve
     state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything
     req = parse_body(await read_body(request, state.config), CompletionRequest)
     service = state.generation_service("/v1/completions", req.model)

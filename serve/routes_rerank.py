@@ -17,7 +17,7 @@ router = APIRouter()
 @router.post("/v1/rerank")
 async def rerank(request: Request) -> JSONResponse:
     state = server_state(request)
-    state.require_service()
+    state.require_ready()
     req = parse_body(await read_body(request, state.config), RerankRequest)
     service = state.model_service("/v1/rerank", req.model)
     scores, tokens = await within(state.config.timeout_s, service.relevance(req.query, req.documents))
@@ -31,7 +31,7 @@ async def rerank(request: Request) -> JSONResponse:
 @router.post("/rerank")
 async def rerank_tei(request: Request) -> JSONResponse:
     state = server_state(request)
-    state.require_service()
+    state.require_ready()
     req = parse_body(await read_body(request, state.config), TEIRerankRequest)
     service = state.model_service("/rerank")
     scores, _ = await within(state.config.timeout_s,

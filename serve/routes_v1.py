@@ -32,24 +32,34 @@ async def embeddings(request: Request) -> JSONResponse:
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
+@router.get("/v1/models")
+async def models(request: Request) -> JSONResponse:
+    """OpenAI's model list: every model this server serves."""
+    state = server_state(request)
+    state.require_ready()
+    return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                     "owned_by": "onnxformer", "task": service.task}
+                                                    for name, service in state.services.items()]})
+
+
 @router.post("/v1/classify")
 async def classify(request: Request) -> JSONResponse:
     state, req = await _parse(request, ClassifyRequest)
-    service = state.model_service("/v1/classify")
+    service = state.model_service("/v1/classify", req.model)
     return _results(service, await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k)))
 
 
 @router.post("/v1/tag")
 async def tag(request: Request) -> JSONResponse:
     state, req = await _parse(request, TagRequest)
-    service = state.model_service("/v1/tag")
+    service = state.model_service("/v1/tag", req.model)
     return _results(service, await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation)))
 
 
 @router.post("/v1/answer")
 async def answer(request: Request) -> JSONResponse:
     state, req = await _parse(request, AnswerRequest)
-    service = state.model_service("/v1/answer")
+    service = state.model_service("/v1/answer", req.model)
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
         raise ServingError('"inputs" is empty; send at least one {"question", "context"} pair', ErrorKind.BAD_REQUEST)
@@ -62,7 +72,7 @@ def _results(service: Any, results: Any) -> JSONResponse:
 
 async def _parse(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:
     state = server_state(request)
-    state.require_service()  # 503 before reading a body we could not serve
+    state.require_ready()  # 503 before reading a body we could not serve
     state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything
     return state, parse_body(await read_body(request, state.config), schema)
 

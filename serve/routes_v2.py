@@ -30,13 +30,36 @@ async def live() -> dict[str, bool]:
 
 @health.get("/v2/health/ready")
 async def ready(request: Request) -> dict[str, bool]:
-    server_state(request).require_service()
+    server_state(request).require_ready()
     return {"ready": True}
 
 
 @router.get("/v2")
 async def server_metadata() -> dict[str, Any]:
     return {"name": "onnxformer", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.post("/v2/repository/index")
+async def repository_index(request: Request) -> list[dict[str, Any]]:
+    """Triton's repository extension: every model this server serves, and its state."""
+    state = server_state(request)
+    state.require_ready()
+    return [{"name": name, "version": "1", "state": "READY"} for name in state.services]
+
+
+@router.get("/v2/models/{name}/config")
+async def model_config(request: Request, name: str) -> dict[str, Any]:
+    """Triton's model configuration, as JSON: tensors with their data types and dims (-1: dynamic), the
+    batching this server applies, and what it was made from."""
+    service = _service(request, name, "1")
+    doc = model_metadata_doc(service)
+    config = server_state(request).config
+    dims = lambda specs: [{"name": t["name"], "data_type": f"TYPE_{t['datatype'].replace('BYTES', 'STRING')}",
+                           "dims": t["shape"]} for t in specs]
+    return {"name": service.name, "platform": doc["platform"], "backend": "onnxruntime",
+            "max_batch_size": config.max_batch_size, "input": dims(doc["inputs"]), "output": dims(doc["outputs"]),
+            "dynamic_batching": {"max_queue_delay_microseconds": int(config.max_delay_ms * 1000)}
+            if config.batching else None, "parameters": doc["parameters"]}
 
 
 @router.get("/v2/models/{name}")

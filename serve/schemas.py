@@ -107,11 +107,13 @@ class ChatRequest(_Sampling):
 # --- task routes ----------------------------------------------------------------------------------------
 class ClassifyRequest(_Body):
     inputs: Texts
+    model: Optional[Annotated[str, Field(max_length=256)]] = None  # which model, on a server of several
     top_k: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
 
 
 class TagRequest(_Body):
     inputs: Texts
+    model: Optional[Annotated[str, Field(max_length=256)]] = None  # which model, on a server of several
     aggregation: Optional[Literal["none", "simple", "first", "average", "max"]] = None
 
 
@@ -121,6 +123,7 @@ class QAPair(_Body):
 
 
 class AnswerRequest(_Body):
+    model: Optional[Annotated[str, Field(max_length=256)]] = None  # which model, on a server of several
     inputs: Annotated[list[QAPair], Field(max_length=MAX_ITEMS)]
 
 

@@ -41,21 +41,39 @@ def check_port(config: ServeConfig) -> None:
                                    f"choose another {ServeConfig.flag(field)} or stop what uses it") from None
 
 
-def serve(directory: str | Path, config: ServeConfig, variant: str | None = None, threads: int | None = None) -> None:
-    """Load the model up front (a bad artifact is a one-line CLI error), then serve until signalled."""
+def serve(directories: str | Path | list[str | Path], config: ServeConfig, variant: str | None = None,
+          threads: int | None = None) -> None:
+    """Load every model up front (a bad artifact is a one-line CLI error), then serve until signalled."""
     config.check()
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         log.warning("serving on %s without --api-key: anyone who can reach this port can use the model", config.host)
+    directories = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    names = served_names(config, len(directories))
+    models = [(name, load_model(d, config, variant, threads)) for name, d in zip(names, directories)]
+    check_port(config)  # before "serving …": a port in use is one line, not a banner then an error
+    app = create_app(lambda: models, config)
+    grpc = f" and grpc://{config.host}:{config.grpc_port}" if config.grpc_port else ""
+    for name, model in models:
+        m = model.manifest
+        console.print(f"serving {name or m.name} ({m.task}, {model.variant} on {model.provider}) on "
+                      f"http://{config.host}:{config.port}{grpc}")
+    uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken
+
+
+def served_names(config: ServeConfig, count: int) -> list[str | None]:
+    """``--served-model-name a,b``: one name per directory, in order (None: the manifest's name)."""
+    if config.served_model_name is None:
+        return [None] * count
+    names = [n.strip() for n in config.served_model_name.split(",")]
+    if len(names) != count or not all(names) or len(set(names)) != count:
+        raise ServingError(f"{ServeConfig.flag('served_model_name')} needs {count} distinct comma-separated "
+                           f"name(s), one per directory (got {config.served_model_name!r})")
+    return list(names)
+
+
+def load_model(directory: str | Path, config: ServeConfig, variant: str | None, threads: int | None) -> Model | Generator:
     kwargs = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
     if get_task(Manifest.load(directory).task).generative:  # decoders and seq2seq: /v1/completions
-        model: Model | Generator = Generator.load(directory, **kwargs)
-    else:
-        model = Model.load(directory, max_batch_tokens=config.max_batch_tokens,
-                           max_batch_size=config.max_batch_size, **kwargs)
-    check_port(config)  # before "serving …": a port in use is one line, not a banner then an error
-    app = create_app(lambda: model, config)
-    m = model.manifest
-    grpc = f" and grpc://{config.host}:{config.grpc_port}" if config.grpc_port else ""
-    console.print(f"serving {m.name} ({m.task}, {model.variant} on {model.provider}) on "
-                  f"http://{config.host}:{config.port}{grpc}")
-    uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken
+        return Generator.load(directory, **kwargs)
+    return Model.load(directory, max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,
+                      **kwargs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from fastapi import Request
 
@@ -25,20 +25,28 @@ log = logging.getLogger("onnxformer.serve")
 
 
 class ServerState:
-    def __init__(self, load: Callable[[], Loaded], config: ServeConfig):
+    """``load`` returns one model, or a list of ``(name, model)`` for a server of several (each under its name;
+    None: the manifest's)."""
+
+    def __init__(self, load: Callable[[], Loaded | list[tuple[str | None, Loaded]]], config: ServeConfig):
         self.load, self.config = load, config
         self.metrics = Metrics()
-        self.service: Service | None = None
+        self.services: dict[str, Service] = {}
         self.scheduler: Scheduler | None = None
         self.draining = False
         self.load_error: str | None = None
 
     @property
+    def service(self) -> Service | None:
+        """The first model's service (the only one, on a server of one)."""
+        return next(iter(self.services.values()), None)
+
+    @property
     def ready(self) -> bool:
-        return self.service is not None and not self.draining
+        return bool(self.services) and not self.draining
 
     async def start(self) -> None:
-        """Create the scheduler on the server's loop, then load and warm the model in the background."""
+        """Create the scheduler on the server's loop, then load and warm the models in the background."""
         c = self.config
         limits = BatchLimits(c.batching, c.max_batch_size, c.max_delay_ms / 1000, c.max_queue)
         self.scheduler = Scheduler(limits, self.metrics.observe_batch)
@@ -47,16 +55,32 @@ class ServerState:
 
     async def _load(self) -> None:
         try:
-            model = await asyncio.to_thread(self.load)
-            await self.scheduler.run_in_worker(lambda: warm_up(model))
+            loaded = await asyncio.to_thread(self.load)
+            models = loaded if isinstance(loaded, list) else [(None, loaded)]
+            services = {}
+            for name, model in models:
+                await self.scheduler.run_in_worker(lambda m=model: warm_up(m))
+                service = self._service(model, name)
+                if service.name in services:
+                    raise ServingError(f"two models are named {service.name!r}; give each its own "
+                                       f"{ServeConfig.flag('served_model_name')}")
+                services[service.name] = service
         except Exception as e:  # reported by /v2/health/ready and every model route; the server stays live
             log.exception("model failed to load")
             self.load_error = f"{type(e).__name__}: {e}"
             return
+        self.services = services  # every model at once: ready means all of them are
+
+    def _service(self, model: Loaded, name: str | None) -> Service:
+        # each model gets its own batching lanes: texts of two models never share a batch
+        lanes = NamedLanes(self.scheduler, name or model.manifest.name or model.directory.name)
         if isinstance(model, Generator):
-            self.service = GenerationService(model, self.config, self.scheduler, self.metrics)
+            service: Service = GenerationService(model, self.config, lanes, self.metrics)
         else:
-            self.service = ModelService(model, self.config, self.scheduler)
+            service = ModelService(model, self.config, lanes)
+        if name:
+            service.name = name
+        return service
 
     async def stop(self) -> None:
         """Called after uvicorn has finished in-flight requests: drain what is queued, stop the worker."""
@@ -65,17 +89,37 @@ class ServerState:
         if self.scheduler is not None:
             await self.scheduler.close()
 
-    def require_service(self, name: str | None = None) -> Service:
+    def require_ready(self) -> None:
+        """503 unless every model is loaded and the server is not shutting down."""
+        self._check_ready()
+
+    def precheck(self, endpoint: str, generative: bool) -> None:
+        """Before a body is read: 503 when not ready, and (one model) 400 when it does not serve ``endpoint``;
+        with several models the request's ``model`` field decides, after parsing."""
+        self.require_ready()
+        if len(self.services) == 1:
+            (self.generation_service if generative else self.model_service)(endpoint)
+
+    def _check_ready(self) -> None:
         if self.load_error is not None:
             raise ServingError(f"the model failed to load ({self.load_error}); see the server log",
                                ErrorKind.UNAVAILABLE)
         if self.draining:
             raise ServingError("server is shutting down; retry on another replica", ErrorKind.UNAVAILABLE)
-        if self.service is None:
+        if not self.services:
             raise ServingError("model is still loading; retry when /v2/health/ready returns 200", ErrorKind.UNAVAILABLE)
-        if name is not None and name != self.service.name:
-            raise ServingError(f"unknown model {name!r}; this server serves {self.service.name!r}", ErrorKind.NOT_FOUND)
-        return self.service
+
+    def require_service(self, name: str | None = None) -> Service:
+        self._check_ready()
+        if name is None:
+            if len(self.services) > 1:
+                raise ServingError(f"this server serves several models ({', '.join(self.services)}); name one "
+                                   "(the request's \"model\" field)", ErrorKind.BAD_REQUEST)
+            return self.service
+        if name not in self.services:
+            serves = ", ".join(repr(n) for n in self.services)
+            raise ServingError(f"unknown model {name!r}; this server serves {serves}", ErrorKind.NOT_FOUND)
+        return self.services[name]
 
     def refuse_if_full(self) -> None:
         """429 at once when the queue is already full: checked before a body is read, parsed or tokenized, so
@@ -98,6 +142,20 @@ class ServerState:
             raise ServingError(f"{endpoint} needs a {tasks} model; {service.name!r} is {service.task}",
                                ErrorKind.BAD_REQUEST)
         return service
+
+
+class NamedLanes:
+    """The shared scheduler as one model sees it: its lanes carry the model's name; everything else (admission,
+    the worker thread) is the one scheduler's."""
+
+    def __init__(self, scheduler: Scheduler, model: str):
+        self._scheduler, self._model = scheduler, model
+
+    def lane(self, name: str, run: Any, mergeable: bool = True) -> Any:
+        return self._scheduler.lane(name, run, mergeable, owner=self._model)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._scheduler, attr)
 
 
 def warm_up(model: Loaded) -> None:
