@@ -100,7 +100,21 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRARS:
         register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
     return p
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help already states it or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, argparse.SUPPRESS, [])
+                or not action.option_strings or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: {', '.join(map(str, default)) if isinstance(default, list) else default})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
+from onnxformer import __version__
 from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind, kind_for_status
 from onnxformer.serve import routes_chat, routes_generate, routes_rerank, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
@@ -34,7 +35,9 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
             await grpc_server.stop(state.config.graceful_s)  # in-flight calls finish, new ones are refused
         await state.stop()  # uvicorn has already waited for in-flight requests
 
-    app = FastAPI(title="onnxformer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    docs = state.config.docs  # off by default: the API surface is not advertised unless asked for
+    app = FastAPI(title="onnxformer", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url=None, openapi_url="/openapi.json" if docs else None)
     app.state.serving = state
     guarded = [Depends(_api_key)]
     app.include_router(routes_v2.health)

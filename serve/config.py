@@ -19,6 +19,8 @@ def option(default: Any, help: str, *, flag: str | None = None, env: str | None 
 class ServeConfig:
     host: str = option("127.0.0.1", "bind address (default loopback; 0.0.0.0 exposes it)")
     port: int = option(8000, "TCP port to listen on")
+    docs: bool = option(False, "serve the OpenAPI description at /openapi.json and a browsable page at /docs")
+    truncate: bool = option(False, "cut texts over the token limit instead of answering 422 (TEI's --auto-truncate)")
     served_model_name: str | None = option(None, "the name each model is served under, comma-separated in the "
                                                  "order of the directories (default: each manifest's name)")
     grpc_port: int | None = option(None, "also serve KServe v2 over gRPC on this port (what tritonclient.grpc "

@@ -115,14 +115,23 @@ class ModelService:
             check_texts(texts)
         except InputError as e:
             raise ServingError(str(e), ErrorKind.BAD_REQUEST) from None
+        texts = self._cut(texts) if self.config.truncate else texts
         self._check_chars(texts)
         # tokenizing a few dozen long texts takes milliseconds: keep it off the event loop too
         return await asyncio.to_thread(self._tokenize, list(texts))
 
+    def _cut(self, texts: Sequence[str]) -> list[str]:
+        """--truncate: a text past the character bound is cut to it first (tokenizing stays bounded work); the
+        tokenizer then keeps the first tokens up to the limit."""
+        if self.max_tokens is None:
+            return list(texts)
+        limit = self.max_tokens * self.config.max_chars_per_token
+        return [t[:limit] for t in texts]
+
     def _tokenize(self, texts: list[str]) -> list[Encoding]:
         tokenizer = self.model.tokenizer
         try:
-            encodings = tokenizer.encodings(texts)
+            encodings = tokenizer.encodings(texts, truncate=self.config.truncate)
         except InputError:  # a text over the model's own limit (the texts passed check_texts): 422 below
             self._check_lengths(tokenizer.count_tokens(texts))
             raise

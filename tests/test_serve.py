@@ -378,3 +378,23 @@ def test_tag_and_answer_endpoints_match_runtime(tiny_artifact):
         expected = reader.answer(pairs[0]["question"], pairs[0]["context"])
         assert r.json()["results"] == [json.loads(json.dumps(expected))]
         assert httpx.post(f"{url}/v1/tag", json={"inputs": ["x"]}).status_code == 400
+
+
+def test_truncate_flag_cuts_instead_of_refusing(tiny_model):
+    """--truncate (TEI's auto-truncate): an over-long text is cut to the model's limit instead of a 422."""
+    long = "word " * 5000
+    with running_server(lambda: tiny_model, truncate=True) as url:
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": [long, "short"]})
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(got, tiny_model.embed([long, "short"], truncate=True), atol=1e-5)
+    with running_server(lambda: tiny_model) as url:
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": [long]}).status_code == 422
+
+
+def test_docs_flag_serves_the_openapi_description(tiny_model):
+    with running_server(lambda: tiny_model) as url:
+        assert httpx.get(f"{url}/openapi.json").status_code == 404
+    with running_server(lambda: tiny_model, docs=True) as url:
+        spec = httpx.get(f"{url}/openapi.json").json()
+        assert "/v1/embeddings" in spec["paths"] and httpx.get(f"{url}/docs").status_code == 200
