@@ -82,9 +82,9 @@ class Model:
               max_batch_tokens: int | None = None, batch_size: int | None = None, dimensions: int | None = None,
               prompt_name: str | None = None, prompt: str | None = None) -> np.ndarray:
         """Sentence embeddings (N, C) float32, pooled and normalised as the checkpoint specifies. ``dimensions``:
-        the first that many components (Matryoshka; default the checkpoint's ``truncate_dim``), renormalised when the model normalises. ``prompt_name`` / ``prompt``: the text
-        prepended to every input, as sentence-transformers' ``encode`` (default: the checkpoint's default
-        prompt)."""
+        the first that many components (Matryoshka; default the checkpoint's ``truncate_dim``), renormalised
+        when the model normalises. ``prompt_name`` / ``prompt``: the text prepended to every input, as
+        sentence-transformers' ``encode`` (default: the checkpoint's default prompt)."""
         self._require("feature-extraction", "embed")
         vectors = self.embed_encodings(self.encode_prompted(texts, prompt_name, prompt, truncate), normalize,
                                        max_batch_tokens, batch_size)

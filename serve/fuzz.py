@@ -68,7 +68,7 @@ class Generator:
         if routes.embeddings:
             self._add("/v1/embeddings", "/v1/embeddings", self._embeddings)
             self._add("/v2/models/{name}/infer", infer, self._infer)
-            self._add("/v1/classify", "/v1/classify", lambda: self._texts_body("inputs"))
+            self._add("/v1/classify", "/v1/classify", lambda: self._common("inputs"))
         if routes.completions:
             self._add("/v1/completions", "/v1/completions", self._completions)
         self._add("/v2/models/{name}/infer", "", self._traversal)
@@ -110,9 +110,6 @@ class Generator:
         if pick == 7:
             return _j({key: ["x" * r.choice([70_000, 200_000])] * r.randint(1, 3)}), None, "oversized"
         return _j({key: "hello", r.choice(["foo", "__proto__", "", "a" * 300]): 1}), None, "unknown field"
-
-    def _texts_body(self, key: str) -> tuple[bytes, dict[str, str] | None, str]:
-        return self._common(key)
 
     def _embeddings(self) -> tuple[bytes, dict[str, str] | None, str]:
         r = self.rng

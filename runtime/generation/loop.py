@@ -41,7 +41,7 @@ def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, s
     for row, ids in enumerate(history):
         seen[row, ids[ids >= 0]] = True
     for step in range(opts.max_new_tokens):
-        logits = _force(logits, step, opts.max_new_tokens, special)
+        logits = force_tokens(logits, step, opts.max_new_tokens, special)
         active = ~finished
         tokens = np.where(active, choose(logits, seen, opts, rng), special.pad)
         seen[rows[active], tokens[active]] = True
@@ -52,7 +52,9 @@ def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, s
         logits = stepper.next(tokens)
 
 
-def _force(logits: np.ndarray, step: int, max_new: int, special: SpecialTokens) -> np.ndarray:
+def force_tokens(logits: np.ndarray, step: int, max_new: int, special: SpecialTokens) -> np.ndarray:
+    """Logits (B, V) with only the forced token allowed where transformers forces one: bos at the first step,
+    eos at the last (the solo loop and the continuous batch both call this)."""
     forced = special.forced_bos if step == 0 else None
     if step == max_new - 1 and special.forced_eos is not None:
         forced = special.forced_eos

@@ -30,7 +30,7 @@ import onnxruntime as ort
 from onnxformer.errors import InputError
 from onnxformer.runtime.dtypes import from_name
 from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
-from onnxformer.runtime.generation.loop import SpecialTokens, _force
+from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.sampling import choose
 from onnxformer.runtime.generation.text import TextStream
@@ -432,7 +432,7 @@ class Scheduler:
                 seq.rng = np.random.default_rng(seq.opts.seed)
                 seq.seen = np.zeros((1, logits.shape[-1]), dtype=bool)
                 seq.seen[0, seq.prompt] = True
-            forced = _force(logits[None, :], step, seq.opts.max_new_tokens, self.special)
+            forced = force_tokens(logits[None, :], step, seq.opts.max_new_tokens, self.special)
             token = int(choose(forced, seq.seen, seq.opts, seq.rng)[0])
             seq.seen[0, token] = True
             seq.stream.pending += seq.stream.add(token)
