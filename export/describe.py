@@ -34,9 +34,9 @@ def tokenizer_spec(stage: Path, max_length: int, pad_id: int, pad_token: str | N
     return TokenizerSpec(file_record(stage, files), int(max_length), int(pad_id), pad_token)
 
 
-def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The graph's inputs and outputs as ONNX Runtime sees them."""
-    session = create_session(path)
+def io_specs(graph: Path | Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs of a graph (a path, or a session already open on it) as ONNX Runtime sees them."""
+    session = create_session(graph) if isinstance(graph, Path) else graph
     return [tensor_spec(i) for i in session.get_inputs()], [tensor_spec(o) for o in session.get_outputs()]
 
 

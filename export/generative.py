@@ -184,7 +184,7 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
     main = "decoder_with_past" if kind == "seq2seq" else "decoder"
     actual_opset = graph_opset(stage / files["decoder"])
     session = create_session(stage / files[main])
-    inputs, outputs = io_specs(stage / files[main])
+    inputs, outputs = io_specs(session)
     names = [i.name for i in inputs]
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)

@@ -11,7 +11,6 @@ from onnxformer.errors import CheckpointError
 from onnxformer.runtime import families
 from onnxformer.runtime.families import ENCODER, Family
 from onnxformer.runtime.tasks import TASKS, Task, canonical, exportable
-from onnxformer.runtime.tasks import get_task as _registry_task
 
 
 def get_task(name: str) -> Task:
@@ -19,7 +18,7 @@ def get_task(name: str) -> Task:
     task = TASKS.get(canonical(name))
     if task is None or task.auto_class is None:
         raise CheckpointError(f"unknown task {name!r}; choose one of: {', '.join(exportable())}")
-    return _registry_task(task.name)
+    return task
 
 
 def check_architecture(model_type: str) -> Family:
@@ -45,10 +44,8 @@ def generative_task(model_type: str, task: str | None) -> str | None:
 
     Accepts optimum's ``-with-past`` spellings; a generative family with no task gets its natural one.
     """
-    if task is not None:
+    if task is not None:  # optimum's -with-past spellings are aliases in the registry
         spec = TASKS.get(canonical(task))
-        if spec is None and task.endswith("-with-past"):
-            spec = TASKS.get(task.removesuffix("-with-past"))
         return spec.name if spec is not None and spec.generative else None
     family = families.find(model_type)
     return family.tasks[0] if family is not None and family.generative else None

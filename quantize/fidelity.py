@@ -86,9 +86,11 @@ def tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer:
     return TextTokenizer(confined(directory, "tokenizer.json"), manifest.tokenizer, manifest.input_names)
 
 
-def evaluation_feeds(directory: Path, manifest: Manifest, texts: Sequence[str]) -> list[Feeds]:
-    """One feed per text (batch 1, unpadded); for question answering each text asks about the next one."""
-    tok = tokenizer(directory, manifest)
+def evaluation_feeds(directory: Path, manifest: Manifest, texts: Sequence[str],
+                     tok: TextTokenizer | None = None) -> list[Feeds]:
+    """One feed per text (batch 1, unpadded); for question answering each text asks about the next one.
+    ``tok``: the artifact's tokenizer when the caller has one already."""
+    tok = tok or tokenizer(directory, manifest)
     if manifest.task == "question-answering":
         pairs = [(q, texts[(i + 1) % len(texts)]) for i, q in enumerate(texts)]
         return [tok.encode([q], truncate=True, pair=[c]).feeds for q, c in pairs]

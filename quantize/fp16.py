@@ -44,9 +44,9 @@ def guard_feeds(directory: Path, manifest: Manifest, calibration: Sequence[str])
     limit = tok.max_length
     long_text = " ".join(calibration * (1 + limit // max(1, len(" ".join(calibration).split()))))
     extremes = [[long_text], [" ".join(["the"] * limit)], [long_text, "ok"]]  # last: row 2 is nearly all padding
-    feeds = [evaluation_feeds(directory, manifest, batch)[0] if len(batch) == 1
+    feeds = [evaluation_feeds(directory, manifest, batch, tok)[0] if len(batch) == 1
              else tok.encode(batch, truncate=True).feeds for batch in extremes]
-    return feeds + evaluation_feeds(directory, manifest, calibration)
+    return feeds + evaluation_feeds(directory, manifest, calibration, tok)
 
 
 def activation_ranges(typed: Path, feeds: list[Feeds], work: Path) -> dict[str, float]:

@@ -23,15 +23,16 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from onnxformer.quantize.source import MODEL_FILE
-from onnxformer.runtime.cpu import read_cpuinfo
+from onnxformer.runtime.cpu import read_cpuinfo, this_cpu
 
 DYNAMIC_OPS = ("MatMul", "Attention")
 STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul
 
 
-def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU has 8-bit dot-product instructions (unknown CPU: False, reduce_range is the safe choice)."""
-    return read_cpuinfo(cpuinfo).vnni
+def has_vnni(cpuinfo: str | Path | None = None) -> bool:
+    """True when the CPU has 8-bit dot-product instructions (unknown CPU: False, reduce_range is the safe choice).
+    ``cpuinfo``: another description to read (tests); default this CPU, read once per process."""
+    return (this_cpu() if cpuinfo is None else read_cpuinfo(cpuinfo)).vnni
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from onnxformer.runtime.manifest import REFERENCE, Latency, Manifest, load_manif
 from onnxformer.runtime.providers import REGISTRY
 from onnxformer.runtime.session import physical_cores
 
-__all__ = ["probe_feeds", "ratio", "record_latencies"]
 RECORD_SECONDS = 4.0  # timed calls for all variants together
 
 
