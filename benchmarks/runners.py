@@ -114,11 +114,13 @@ def _packed_loader(ctx: ArtifactContext, variant: str) -> Callable[[], Runner]:
     def load() -> Runner:
         import tempfile
 
+        from onnxformer.runtime.external import check_external_data
         from onnxformer.runtime.loader import start_runner
         from onnxformer.runtime.manifest import verify_variant
 
         record = ctx.manifest.variant(variant)
-        verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before the converter reads it
+        graph = verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before the converter reads it
+        check_external_data(ctx.directory, record, graph)
         work = Path(tempfile.mkdtemp(prefix="onnxformer-packed-"))
         path = packed_graph(confined(ctx.directory, record.file), work / "model.onnx")
         options = LoadOptions(provider="cuda", variant=variant, threads=ctx.threads, max_batch_size=ctx.max_batch)

@@ -8,7 +8,6 @@ UNIMPLEMENTED, as grpc does for a method a servicer leaves out.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import grpc
@@ -20,7 +19,7 @@ from tritonclient.utils import serialize_byte_tensor
 from onnxformer import __version__
 from onnxformer.errors import KINDS, ErrorKind, OnnxformerError, ServingError, error_kind
 from onnxformer.runtime.dtypes import from_v2
-from onnxformer.serve.kserve import BYTES, DATATYPES, MAX_ELEMENTS, InferRequest, Tensor, _from_binary
+from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
 from onnxformer.serve.routes_v2 import _infer, model_metadata_doc
 from onnxformer.serve.state import ServerState
 from onnxformer.serve.httpio import within
@@ -98,12 +97,7 @@ def parse_request(request: Any) -> InferRequest:
 
 def _tensor(spec: Any, raw: bytes | None) -> Tensor:
     name, datatype, shape = spec.name, spec.datatype, [int(d) for d in spec.shape]
-    if datatype not in DATATYPES:
-        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
-                           ErrorKind.BAD_REQUEST)
-    if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
-        raise ServingError(f"input {name!r}: shape {shape} must be non-negative with at most {MAX_ELEMENTS} "
-                           "elements", ErrorKind.BAD_REQUEST)
+    count = check_header(name, datatype, shape)  # the HTTP route's checks, its kinds
     if raw is not None:
         flat = _from_binary(name, datatype, raw)
     elif datatype in _CONTENTS:
@@ -111,7 +105,7 @@ def _tensor(spec: Any, raw: bytes | None) -> Tensor:
         flat = np.array(values, dtype=object) if datatype == BYTES else np.array(values, dtype=from_v2(datatype).numpy)
     else:
         raise ServingError(f"input {name!r}: {datatype} data must come as raw_input_contents", ErrorKind.BAD_REQUEST)
-    if flat.size != math.prod(shape):
+    if flat.size != count:
         raise ServingError(f"input {name!r}: {flat.size} elements for shape {shape}", ErrorKind.BAD_REQUEST)
     return Tensor(name, datatype, shape, flat.reshape(shape))
 
@@ -124,12 +118,8 @@ def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray
     response = pb.ModelInferResponse(model_name=model, model_version="1", id=req.id or "")
     for name in names:
         arr = np.ascontiguousarray(outputs[name])
-        if arr.dtype == np.object_:
-            datatype, data = BYTES, serialize_byte_tensor(arr).item() if arr.size else b""
-        else:
-            from onnxformer.runtime.dtypes import DTYPES
-
-            datatype, data = DTYPES[arr.dtype.name].v2, arr.tobytes()
+        datatype = _v2_dtype(name, arr)  # the HTTP encoder's naming (an unnameable dtype: its error)
+        data = (serialize_byte_tensor(arr).item() if arr.size else b"") if datatype == BYTES else arr.tobytes()
         response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
         response.raw_output_contents.append(data)
     return response

@@ -73,16 +73,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def _parse_tensor(spec: TensorInput, blob: bytes, offset: int) -> tuple[Tensor, int]:
     name, datatype, shape = spec.name, spec.datatype, spec.shape
-    if datatype != BYTES and from_v2(datatype) is None:
-        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
-                           ErrorKind.BAD_REQUEST)
-    if any(d < 0 for d in shape):
-        raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})",
-                           ErrorKind.BAD_REQUEST)
-    count = math.prod(shape)  # Python ints: [2**32, 2**32] is 2**64 elements, not an overflow to 0
-    if count > MAX_ELEMENTS:
-        raise ServingError(f"input {name!r}: shape {shape} is {count} elements; the limit is {MAX_ELEMENTS}",
-                           ErrorKind.PAYLOAD_TOO_LARGE)
+    count = check_header(name, datatype, shape)
     size = (spec.parameters or {}).get("binary_data_size")
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(blob):
@@ -98,6 +89,22 @@ def _parse_tensor(spec: TensorInput, blob: bytes, offset: int) -> tuple[Tensor, 
         raise ServingError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}",
                            ErrorKind.BAD_REQUEST)
     return Tensor(name, datatype, shape, flat.reshape(shape)), offset
+
+
+def check_header(name: str, datatype: str, shape: list[int]) -> int:
+    """A tensor's datatype and shape, checked before any of its data is read (HTTP and gRPC alike); returns
+    its element count."""
+    if datatype != BYTES and from_v2(datatype) is None:
+        raise ServingError(f"input {name!r}: unknown datatype {datatype!r}; use one of {DATATYPES}",
+                           ErrorKind.BAD_REQUEST)
+    if any(d < 0 for d in shape):
+        raise ServingError(f"input {name!r}: shape must be a list of non-negative integers (got {shape!r})",
+                           ErrorKind.BAD_REQUEST)
+    count = math.prod(shape)  # Python ints: [2**32, 2**32] is 2**64 elements, not an overflow to 0
+    if count > MAX_ELEMENTS:
+        raise ServingError(f"input {name!r}: shape {shape} is {count} elements; the limit is {MAX_ELEMENTS}",
+                           ErrorKind.PAYLOAD_TOO_LARGE)
+    return count
 
 
 def _from_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:

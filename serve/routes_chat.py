@@ -24,6 +24,7 @@ router = APIRouter()
 async def chat_completions(request: Request) -> Any:
     state = server_state(request)
     state.precheck("/v1/chat/completions", generative=True)
+    state.refuse_if_full()  # 429 before reading, parsing or rendering anything, as /v1/completions
     chat = parse_body(await read_body(request, state.config), ChatRequest)
     service = state.generation_service("/v1/chat/completions", chat.model)
     if service.chat is None:

@@ -7,18 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from onnxformer.serve.httpio import read_body, within
-from onnxformer.serve.schemas import RerankRequest, TEIRerankRequest, parse_body
-from onnxformer.serve.state import server_state
+from onnxformer.serve.httpio import within
+from onnxformer.serve.routes_v1 import parse_request
+from onnxformer.serve.schemas import RerankRequest, TEIRerankRequest
 
 router = APIRouter()
 
 
 @router.post("/v1/rerank")
 async def rerank(request: Request) -> JSONResponse:
-    state = server_state(request)
-    state.require_ready()
-    req = parse_body(await read_body(request, state.config), RerankRequest)
+    state, req = await parse_request(request, RerankRequest)  # ready and 429 before the body, as every route
     service = state.model_service("/v1/rerank", req.model)
     scores, tokens = await within(state.config.timeout_s, service.relevance(req.query, req.documents))
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: req.top_n]
@@ -30,9 +28,7 @@ async def rerank(request: Request) -> JSONResponse:
 
 @router.post("/rerank")
 async def rerank_tei(request: Request) -> JSONResponse:
-    state = server_state(request)
-    state.require_ready()
-    req = parse_body(await read_body(request, state.config), TEIRerankRequest)
+    state, req = await parse_request(request, TEIRerankRequest)
     service = state.model_service("/rerank")
     scores, _ = await within(state.config.timeout_s,
                              service.relevance(req.query, req.texts, truncate=req.truncate, raw=req.raw_scores))

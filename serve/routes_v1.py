@@ -19,7 +19,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> JSONResponse:
-    state, req = await _parse(request, EmbeddingsRequest)
+    state, req = await parse_request(request, EmbeddingsRequest)
     service = state.model_service("/v1/embeddings", req.model)
     texts = [req.input] if isinstance(req.input, str) else req.input
     post = service.model.manifest.postprocess
@@ -44,21 +44,21 @@ async def models(request: Request) -> JSONResponse:
 
 @router.post("/v1/classify")
 async def classify(request: Request) -> JSONResponse:
-    state, req = await _parse(request, ClassifyRequest)
+    state, req = await parse_request(request, ClassifyRequest)
     service = state.model_service("/v1/classify", req.model)
     return _results(service, await within(state.config.timeout_s, service.classify(_texts(req.inputs), req.top_k)))
 
 
 @router.post("/v1/tag")
 async def tag(request: Request) -> JSONResponse:
-    state, req = await _parse(request, TagRequest)
+    state, req = await parse_request(request, TagRequest)
     service = state.model_service("/v1/tag", req.model)
     return _results(service, await within(state.config.timeout_s, service.tag(_texts(req.inputs), req.aggregation)))
 
 
 @router.post("/v1/answer")
 async def answer(request: Request) -> JSONResponse:
-    state, req = await _parse(request, AnswerRequest)
+    state, req = await parse_request(request, AnswerRequest)
     service = state.model_service("/v1/answer", req.model)
     pairs = [(p.question, p.context) for p in req.inputs]
     if not pairs:
@@ -70,7 +70,7 @@ def _results(service: Any, results: Any) -> JSONResponse:
     return JSONResponse({"model": service.name, "results": results})
 
 
-async def _parse(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:
+async def parse_request(request: Request, schema: type[BaseModel]) -> tuple[ServerState, Any]:
     state = server_state(request)
     state.require_ready()  # 503 before reading a body we could not serve
     state.refuse_if_full()  # 429 before reading, parsing or tokenizing anything

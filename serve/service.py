@@ -59,6 +59,7 @@ class ModelService:
         self.require(endpoint)
         await self.admit_texts(texts)
         kwargs = {k: v for k, v in options.items() if v is not None}  # None: the method's own default
+        kwargs["truncate"] = self.config.truncate  # --truncate: the run cuts what admission let through cut
         lane = self.scheduler.lane(f"{endpoint}:{sorted(kwargs.items())}", lambda chunk: method(chunk, **kwargs))
         return jsonable(await lane.submit(list(texts)))
 
@@ -67,6 +68,7 @@ class ModelService:
         """Cross-encoder scores of ``query`` with each document (``raw``: the logit, TEI's raw_scores) and the
         tokens they cost. Pairs of every request share one lane, so concurrent reranks batch together."""
         self.require("/v1/rerank")
+        truncate = truncate or self.config.truncate
         await self.admit_texts([query])
         await self.admit_texts(list(documents))
         tokenizer = self.model.tokenizer
