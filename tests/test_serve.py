@@ -398,3 +398,13 @@ def test_docs_flag_serves_the_openapi_description(tiny_model):
     with running_server(lambda: tiny_model, docs=True) as url:
         spec = httpx.get(f"{url}/openapi.json").json()
         assert "/v1/embeddings" in spec["paths"] and httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_truncate_flag_reaches_classification_too(tiny_artifact):
+    """--truncate cuts in the model call as well as at admission: an over-long text is classified, not refused."""
+    classifier = Model.load(tiny_artifact("bert", "text-classification"))
+    long = "word " * 5000
+    with running_server(lambda: classifier, truncate=True) as url:
+        r = httpx.post(f"{url}/v1/classify", json={"inputs": [long, "short"]})
+        assert r.status_code == 200, r.text
+    assert r.json()["results"] == classifier.classify([long, "short"], truncate=True)
