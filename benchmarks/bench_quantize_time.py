@@ -13,35 +13,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from onnxformer.benchmarks.environment import cpu_info
 from onnxformer.benchmarks.run_suite import checkpoint
+from onnxformer.runtime.files import atomic_write_json
+from onnxformer.runtime.timing import timed
 
 ROOT = Path(__file__).resolve().parent
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
+def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
-def optimum_export(source: Path, out: Path) -> None:
-    import optimum.onnxruntime as ort_optimum
-
-    ort_optimum.ORTModelForFeatureExtraction.from_pretrained(source, export=True).save_pretrained(out / "fp32")
-
-
-def optimum_int8(out: Path) -> None:
-    """optimum's documented CPU recipe: ORTQuantizer with the CPU's preset, on its own export."""
-    import optimum.onnxruntime as ort_optimum
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    factory = AutoQuantizationConfig.avx512_vnni if cpu_info()["flags"]["avx512_vnni"] else AutoQuantizationConfig.avx2
-    ort_optimum.ORTQuantizer.from_pretrained(out / "fp32").quantize(factory(is_static=False, per_channel=False),
-                                                                    save_dir=out / "int8")
+def _optimum(precision: str, artifact: Path, workdir: Path) -> list[str]:
+    """A process running the benchmarks' own optimum recipe (``baselines.optimum_prepare``) for ``artifact``."""
+    code = ("import sys; from pathlib import Path; from onnxformer.benchmarks.baselines import optimum_prepare; "
+            "from onnxformer.benchmarks.runners import ArtifactContext; from onnxformer.runtime.manifest import Manifest; "
+            "art = Path(sys.argv[1]); optimum_prepare(sys.argv[3])(ArtifactContext(art, Manifest.load(art), 1, 1), "
+            "Path(sys.argv[2]))")
+    return [sys.executable, "-c", code, str(artifact), str(workdir), precision]
 
 
 def main() -> None:
@@ -54,25 +46,22 @@ def main() -> None:
     ckpt = checkpoint(args.model, work)
     art = work / "artifact"
     cli = [sys.executable, "-m", "onnxformer"]
-    subprocess.run([*cli, "export", str(ckpt), "--out", str(art), "--overwrite"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times = {"onnxformer int8 (fp32-opt + SmoothQuant + budget)": timed([*cli, "quantize", str(art), "--precision", "int8"])}
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, %r); import bench_quantize_time as b; "
-            "b.optimum_%s(*map(Path, sys.argv[1:]))")
+    _run([*cli, "export", str(ckpt), "--out", str(art), "--overwrite"])
+    times = {"onnxformer int8 (fp32-opt + SmoothQuant + budget)":
+             timed(lambda: _run([*cli, "quantize", str(art), "--precision", "int8"]))[0]}
     opt = work / "optimum"
     shutil.rmtree(opt, ignore_errors=True)
-    subprocess.run([sys.executable, "-c", code % (str(ROOT), "export"), str(ckpt), str(opt)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # untimed, like our export
-    times["optimum dynamic int8 (ORTQuantizer)"] = timed([sys.executable, "-c", code % (str(ROOT), "int8"), str(opt)])
+    _run(_optimum("fp32", art, opt))  # its export, untimed like ours
+    times["optimum dynamic int8 (ORTQuantizer)"] = timed(lambda: _run(_optimum("int8", art, opt)))[0]
     plain = ("import sys; from onnxruntime.quantization import quantize_dynamic, QuantType; "
              "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)")
-    times["onnxruntime quantize_dynamic (fp32 graph given)"] = timed(
-        [sys.executable, "-c", plain, str(art / "fp32" / "model.onnx"), str(work / "plain-int8.onnx")])
+    times["onnxruntime quantize_dynamic (fp32 graph given)"] = timed(lambda: _run(
+        [sys.executable, "-c", plain, str(art / "fp32" / "model.onnx"), str(work / "plain-int8.onnx")]))[0]
     ours, theirs = times["onnxformer int8 (fp32-opt + SmoothQuant + budget)"], times["optimum dynamic int8 (ORTQuantizer)"]
     report = {"model": args.model, "cpu": cpu_info(), "seconds": {k: round(v, 1) for k, v in times.items()},
               "ours_over_optimum": round(ours / theirs, 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(args.out, report)
     print(json.dumps(report, indent=1))
 
 

@@ -89,18 +89,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_writable(out: Path) -> None:
-    """Fail now, in one line, when the report cannot be written where it is meant to go."""
-    import tempfile
-
+    """Fail now, in one line, when the report cannot be written where it is meant to go (the probe every
+    writer uses: runtime/scratch.prepare_parent)."""
     from onnxformer.errors import ArtifactError
+    from onnxformer.runtime.scratch import prepare_parent
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise ArtifactError(f"cannot write the report to {out.parent} ({e.strerror}); pass --out PATH to write "
-                            "it somewhere writable") from None
+        prepare_parent(out)
+    except ArtifactError as e:
+        raise ArtifactError(f"cannot write the report to {out.parent} ({e}); pass --out PATH to write it "
+                            "somewhere writable") from None
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ def test_bench_on_a_read_only_artifact_fails_before_measuring(tiny_artifact, cop
     from onnxformer.benchmarks import harness
 
     if os.geteuid() == 0:  # root writes through read-only modes: make the directory unwritable another way
-        monkeypatch.setattr("tempfile.NamedTemporaryFile", _refuse_writes)
+        monkeypatch.setattr("tempfile.mkdtemp", _refuse_writes)
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     measured = []
     monkeypatch.setattr(harness, "run_benchmark", lambda *a, **k: measured.append(1))
