@@ -44,7 +44,7 @@ class GenerationService:
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
-                                         lambda: len(self.batch.running) / config.max_slots)
+                                         config.max_slots)
         self._driver: asyncio.Task | None = None
         self.chat = load_chat_template(generator.directory)  # None: the chat route says the model has none
 

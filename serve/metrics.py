@@ -36,12 +36,15 @@ class Metrics:
         self.inter_token = Histogram("onnxformer_inter_token_latency_seconds", "between two tokens of a request",
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
         self.generated_tokens = Counter("onnxformer_generated_tokens", "tokens generated", registry=self.registry)
+        self._batches: list[tuple[Callable[[], float], Callable[[], float], int]] = []  # (running, waiting, slots)
 
-    def track_generation(self, running: Callable[[], float], waiting: Callable[[], float],
-                         occupancy: Callable[[], float]) -> None:
-        self.running.set_function(running)
-        self.waiting.set_function(waiting)
-        self.occupancy.set_function(occupancy)
+    def track_generation(self, running: Callable[[], float], waiting: Callable[[], float], slots: int) -> None:
+        """Add one decode batch to the generation gauges: a server of several generative models reports the
+        sum of their requests, and occupancy over all their slots."""
+        self._batches.append((running, waiting, slots))
+        self.running.set_function(lambda: sum(r() for r, _, _ in self._batches))
+        self.waiting.set_function(lambda: sum(w() for _, w, _ in self._batches))
+        self.occupancy.set_function(lambda: sum(r() for r, _, _ in self._batches) / sum(s for *_, s in self._batches))
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
