@@ -7,7 +7,6 @@ UNIMPLEMENTED, as grpc does for a method a servicer leaves out.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
@@ -22,9 +21,9 @@ from onnxformer.runtime.dtypes import from_v2
 from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
 from onnxformer.serve.routes_v2 import _infer, model_metadata_doc
 from onnxformer.serve.state import ServerState
+from onnxformer.serve.guard import record_internal
 from onnxformer.serve.httpio import within
 
-log = logging.getLogger("onnxformer.serve")
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
              BYTES: "bytes_contents"}  # the typed ``contents`` field of each datatype (FP16/BF16: raw only)
@@ -44,13 +43,24 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="onnxformer", version=__version__, extensions=["binary_tensor_data"])
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return await _guard(context, self._model_ready, request)
+        return await self._guard(context, self._model_ready, request)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        return await _guard(context, self._model_metadata, request)
+        return await self._guard(context, self._model_metadata, request)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await _guard(context, self._infer, request)
+        return await self._guard(context, self._infer, request)
+
+    async def _guard(self, context: Any, handler: Any, request: Any) -> Any:
+        """Run ``handler``; an error ends the call with the status code of its kind (``KINDS``). As over HTTP, a
+        server-side failure is logged and counted under an id, and the client gets the id, not the error."""
+        try:
+            return await handler(request)
+        except Exception as e:  # every escape is answered in the protocol's shape; CancelledError is not caught
+            kind = error_kind(e)
+            public = isinstance(e, ServingError) or (isinstance(e, OnnxformerError) and KINDS[kind].status < 500)
+            message = str(e) if public else record_internal(f"gRPC {handler.__name__}", e, self.state.metrics)
+        await context.abort(getattr(grpc.StatusCode, KINDS[kind].grpc), message)
 
     async def _model_ready(self, request: Any) -> Any:
         try:
@@ -123,18 +133,6 @@ def encode_response(model: str, req: InferRequest, outputs: dict[str, np.ndarray
         response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
         response.raw_output_contents.append(data)
     return response
-
-
-async def _guard(context: Any, handler: Any, request: Any) -> Any:
-    """Run ``handler``; an error ends the call with the status code of its kind (``KINDS``) and its message."""
-    try:
-        return await handler(request)
-    except OnnxformerError as e:
-        kind = error_kind(e)
-        message = str(e) if isinstance(e, ServingError) or KINDS[kind].status < 500 else "internal error; see the log"
-        if KINDS[kind].status >= 500 and not isinstance(e, ServingError):
-            log.error("gRPC %s failed: %s", handler.__name__, e)
-        await context.abort(getattr(grpc.StatusCode, KINDS[kind].grpc), message)
 
 
 async def start_grpc(state: ServerState, host: str, port: int) -> Any:

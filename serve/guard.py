@@ -22,11 +22,17 @@ log = logging.getLogger("onnxformer.serve")
 
 def internal_response(path: str, error: BaseException, kind: ErrorKind, metrics: Metrics) -> Response:
     """A server-side failure: logged with its traceback under an id the client also gets, and counted."""
+    return error_response(path, kind, record_internal(path, error, metrics))
+
+
+def record_internal(where: str, error: BaseException, metrics: Metrics) -> str:
+    """Log ``error`` with its traceback under a fresh id, count it, and return the message a client gets
+    (HTTP and gRPC alike): the id, never the error's own text, which may name server paths."""
     error_id = uuid.uuid4().hex[:12]
-    log.error("internal error %s on %s", error_id, path, exc_info=error)
+    log.error("internal error %s on %s", error_id, where, exc_info=error)
     metrics.internal_errors.inc()
-    return error_response(path, kind, f"internal error {error_id} ({type(error).__name__}); "
-                                      "quote this id to the operator: the server log has the details")
+    return (f"internal error {error_id} ({type(error).__name__}); "
+            "quote this id to the operator: the server log has the details")
 
 
 class GuardMiddleware:

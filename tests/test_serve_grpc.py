@@ -56,3 +56,32 @@ def test_grpc_errors_carry_the_kind_status(served):
     with pytest.raises(InferenceServerException) as refused:
         client.infer(model.manifest.name, [bad])
     assert "StatusCode.INVALID_ARGUMENT" in str(refused.value.status())
+
+
+def test_a_server_side_failure_is_internal_with_an_id_and_counted(served, monkeypatch):
+    """As over HTTP: the client gets INTERNAL with an id (never the error's text), the log and
+    onnxformer_internal_errors_total get the error."""
+    import httpx
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    model, url, address = served
+
+    def boom(feeds):
+        raise RuntimeError("secret /srv/path detail")
+
+    count = lambda: float(next(l.split()[1] for l in httpx.get(f"{url}/metrics").text.splitlines()
+                               if l.startswith("onnxformer_internal_errors_total")))
+    before = count()
+    monkeypatch.setattr(model, "run", boom)
+    feeds = model.tokenizer.encode(TEXTS).feeds
+    inputs = []
+    for key, array in feeds.items():
+        tensor = triton.InferInput(key, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    with pytest.raises(InferenceServerException) as failed:
+        triton.InferenceServerClient(address).infer(model.manifest.name, inputs)
+    assert "StatusCode.INTERNAL" in str(failed.value.status())
+    assert "internal error" in failed.value.message() and "secret" not in failed.value.message()
+    assert count() == before + 1
