@@ -39,6 +39,8 @@ from onnxformer.runtime.onnx_save import save_onnx
 
 # fp32-opt must reproduce fp32 to this fidelity on every task metric (fusions are exact up to fp32 rounding).
 FUSION_FLOOR = 0.999
+# Dynamic int8 skips smoothing when quantizing every node plainly already reaches this on the budget metric.
+PLAIN_ENOUGH = 0.999
 
 
 # --- encoders ------------------------------------------------------------------------------------------
@@ -120,11 +122,24 @@ class Int8Dynamic(EncoderRecipe):
         """(graph to quantize, what preparing it recorded, calibration reader, calibration cache)."""
         if not job.options.smooth:
             return job.source, {}, None, None
+        plain = self.plain_is_enough(job, settings)
+        if plain is not None:
+            return job.source, {"smoothing": plain}, None, None
         texts = job.calibration
         job.progress(f"{self.name}: smoothing activation outliers into the weights ({len(texts)} calibration texts)")
         path, smoothing = smooth_for_int8(job.directory, job.manifest, job.source, settings, texts,
                                           job.work / "smoothed" / MODEL_FILE)
         return path, {"smoothing": smoothing.record(len(texts))}, None, None
+
+    def plain_is_enough(self, job: Job, settings: int8.Int8Settings) -> dict[str, Any] | None:
+        """Why smoothing is skipped (plain int8 of every node already within ``PLAIN_ENOUGH`` of fp32: smoothing
+        costs most of a large model's build and cannot buy more than rounding), or None to smooth."""
+        score = job.evaluation.score(job.evaluation.measure(int8.quantize(job.source, settings, job.work / "plain")))
+        if score < max(float(job.floor or 0.0), PLAIN_ENOUGH):
+            return None
+        metric = budget_metric(job.manifest.task)
+        job.progress(f"{self.name}: plain int8 reaches {metric} {score:.4f}; smoothing skipped")
+        return {"method": "skipped", "reason": f"plain int8 reaches {metric} {score:.5f} >= {PLAIN_ENOUGH}"}
 
     def build(self, job: Job) -> Built:
         vnni = int8.has_vnni()

@@ -47,7 +47,8 @@ class Smoothing:
 
     alphas: dict[str, float | None] = field(default_factory=dict)
     scales: dict[str, np.ndarray] = field(default_factory=dict)
-    folded: list[str] = field(default_factory=list)  # divisions folded into an Attention's V
+    folded: list[str] = field(default_factory=list)  # divisions folded into an attention's V
+    mul_nodes: int = 0  # Mul nodes added (one per group of nodes sharing an activation)
     error_before: dict[str, float] = field(default_factory=dict)
     error_after: dict[str, float] = field(default_factory=dict)
 
@@ -57,7 +58,7 @@ class Smoothing:
         return {
             "method": "smoothquant, per-node alpha by simulated int8 error", "calibration_texts": texts,
             "smoothed_nodes": len(smoothed), "folded_into_attention": len(self.folded),
-            "mul_nodes": len(smoothed) - len(self.folded),
+            "mul_nodes": self.mul_nodes,
             "alphas": {n: self.alphas[n] for n in smoothed},
             "node_error": {n: [round(self.error_before[n], 6), round(self.error_after[n], 6)] for n in smoothed},
         }
@@ -80,14 +81,28 @@ def smooth(source: Path, nodes: Sequence[str], feeds: Sequence[Feeds], out: Path
     inputs = sorted({node.input[0] for node in targets})
     acts = _activations(model, inputs, feeds, out.parent)  # per text: input name → (real tokens, K)
     absmax = {name: np.max([np.abs(a[name]).max(axis=0) for a in acts], axis=0) for name in inputs}
-    chosen = _choose(graph, targets, absmax, acts, reduce_range, min_gain)
-    muls = {node.name: _apply(graph, node, chosen.scales[node.name], fold=node.name in chosen.folded)
-            for node in targets if node.name in chosen.scales}
+    groups = _groups(targets)
+    chosen = _choose(graph, groups, absmax, acts, reduce_range, min_gain)
+    muls = {}
+    for group in groups:
+        if group[0].name in chosen.scales:
+            mul = _apply(graph, group, chosen.scales[group[0].name], fold=group[0].name in chosen.folded)
+            muls[group[0].name] = mul
+    chosen.mul_nodes = sum(m is not None for m in muls.values())
     ordered = [m for n in model.graph.node for m in (muls.get(n.name), n) if m is not None]
     del model.graph.node[:]
-    model.graph.node.extend(ordered)  # each Mul right before the node it feeds: still topologically sorted
+    model.graph.node.extend(ordered)  # each Mul right before the first node it feeds: still topologically sorted
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model, out), chosen
+
+
+def _groups(targets: Sequence[onnx.NodeProto]) -> list[list[onnx.NodeProto]]:
+    """Nodes reading the same activation (Q, K and V projections), in graph order: smoothed with one scale vector,
+    chosen on their weights side by side, so one ``Mul`` (and one dynamic quantization of it) serves them all."""
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in targets:
+        groups.setdefault(node.input[0], []).append(node)
+    return list(groups.values())
 
 
 class _Graph:
@@ -184,25 +199,30 @@ def int8_error(x: np.ndarray, weight: np.ndarray, x_levels: int = 255, w_levels:
     return float(np.sum((xq @ wq - exact) ** 2) / max(float(np.sum(exact ** 2)), 1e-30))
 
 
-def _choose(graph: _Graph, targets: Sequence[onnx.NodeProto], absmax: dict[str, np.ndarray],
+def _choose(graph: _Graph, groups: Sequence[Sequence[onnx.NodeProto]], absmax: dict[str, np.ndarray],
             acts: list[dict[str, np.ndarray]], reduce_range: bool, min_gain: float) -> Smoothing:
     chosen = Smoothing()
-    for node in targets:
-        weight, xs = graph.weight(node), [a[node.input[0]] for a in acts]
-        sim = _Simulation(xs, weight, *_levels(node, reduce_range))
+    for group in groups:
+        first = group[0]
+        weight = np.concatenate([graph.weight(n) for n in group], axis=1)  # (K, ΣN): one scale for the group
+        xs = [a[first.input[0]] for a in acts]
+        sim = _Simulation(xs, weight, *_levels(first, reduce_range))
         base = sim.error(None)
         best_alpha, best = None, base
         for alpha in ALPHAS:
-            err = sim.error(scales_for(absmax[node.input[0]], weight, alpha))
+            err = sim.error(scales_for(absmax[first.input[0]], weight, alpha))
             if err < best:
                 best_alpha, best = alpha, err
-        fold = graph.foldable(node)
-        chosen.error_before[node.name], chosen.alphas[node.name] = base, None
+        fold = len(group) == 1 and graph.foldable(first)
+        for node in group:
+            chosen.error_before[node.name], chosen.alphas[node.name] = base, None
         if best_alpha is not None and (fold or best <= (1.0 - min_gain) * base):
-            chosen.alphas[node.name], chosen.error_after[node.name] = best_alpha, best
-            chosen.scales[node.name] = scales_for(absmax[node.input[0]], weight, best_alpha)
+            scales = scales_for(absmax[first.input[0]], weight, best_alpha)
+            for node in group:
+                chosen.alphas[node.name], chosen.error_after[node.name] = best_alpha, best
+                chosen.scales[node.name] = scales
             if fold:
-                chosen.folded.append(node.name)
+                chosen.folded.append(first.name)
     return chosen
 
 
@@ -251,11 +271,14 @@ def _levels(node: onnx.NodeProto, reduce_range: bool) -> tuple[int, int]:
     return (127 if reduce_range else 255), (63 if reduce_range or node.op_type == "Attention" else 127)
 
 
-def _apply(graph: _Graph, node: onnx.NodeProto, s: np.ndarray, fold: bool) -> onnx.NodeProto | None:
-    """Scale W's rows by s and divide X by s: in the Attention's V when folded, else with a Mul (returned)."""
-    _set(graph, node.input[1], graph.weight(node) * s[:, None])
+def _apply(graph: _Graph, group: Sequence[onnx.NodeProto], s: np.ndarray, fold: bool) -> onnx.NodeProto | None:
+    """Scale each W's rows by s and divide X by s: in the attention's V when folded, else with one Mul (returned)
+    that every node of the group reads."""
+    for node in group:
+        _set(graph, node.input[1], graph.weight(node) * s[:, None])
+    first = group[0]
     if fold:  # V's output channels (the last ``hidden`` of the weight and bias) divided by s
-        weight, bias = graph.value_weights(node)  # type: ignore[misc]  # fold is only set when foldable
+        weight, bias = graph.value_weights(first)  # type: ignore[misc]  # fold is only set when foldable
         w, b = numpy_helper.to_array(graph.inits[weight]).copy(), numpy_helper.to_array(graph.inits[bias]).copy()
         hidden = s.shape[0]
         w[:, -hidden:] /= s
@@ -263,11 +286,12 @@ def _apply(graph: _Graph, node: onnx.NodeProto, s: np.ndarray, fold: bool) -> on
         _set(graph, weight, w)
         _set(graph, bias, b)
         return None
-    inverse = f"{node.name}_smooth_inv"
+    inverse = f"{first.name}_smooth_inv"
     graph.model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inverse))
-    smoothed = f"{node.input[0]}_smoothed_for_{node.name}"
-    mul = helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_smooth")
-    node.input[0] = smoothed
+    smoothed = f"{first.input[0]}_smoothed_for_{first.name}"
+    mul = helper.make_node("Mul", [first.input[0], inverse], [smoothed], name=f"{first.name}_smooth")
+    for node in group:
+        node.input[0] = smoothed
     return mul
 
 
