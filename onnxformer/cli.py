@@ -141,6 +141,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers 5's "Loading weights" bars, per load
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("onnxformer.scratch").setLevel(logging.WARNING)  # "removed stale … freed" lines
