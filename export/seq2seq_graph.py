@@ -15,6 +15,7 @@ Imports torch at the top: reached only from the export path (export/generative.p
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ class DecoderGraph(torch.nn.Module):
                 *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.with_past:
             per_layer = [cache[4 * i: 4 * i + 4] for i in range(self.layers)]
-            past = EncoderDecoderCache(DynamicCache([t[:2] for t in per_layer]), DynamicCache([t[2:] for t in per_layer]))
+            past = EncoderDecoderCache(DynamicCache([t[:2] for t in per_layer]),
+                                       DynamicCache([t[2:] for t in per_layer]))
             shape = (*encoder_attention_mask.shape, self.model.config.d_model)
             hidden = encoder_attention_mask[..., None].expand(shape).to(self.model.dtype)
         else:
@@ -72,7 +74,11 @@ class DecoderGraph(torch.nn.Module):
 
 
 def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
-    """Write the encoder, first-step decoder and decoder-with-past graphs of ``model`` into ``out_dir``."""
+    """Write the encoder, first-step decoder and decoder-with-past graphs of ``model`` into ``out_dir``.
+
+    Each graph is saved atomically (runtime/onnx_save.py); the caller stages the directory as a whole.
+    Raises ExportError, naming the graph, when torch.export or the ONNX translation fails.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     first, step = DecoderGraph(model, with_past=False).eval(), DecoderGraph(model, with_past=True).eval()
     layers = first.layers
@@ -80,26 +86,36 @@ def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
         hidden = model.get_encoder()(input_ids=_ids(_SOURCE), attention_mask=_mask()).last_hidden_state
         cross = first(_ids(_TARGET), _mask(), hidden)[1:]  # a real cross cache, for its shapes
     # One tensor per input: torch.export merges inputs that are the same tensor object into one graph input.
-    self_past = [torch.randn(*cross[0].shape[:2], _PAST, cross[0].shape[3], dtype=cross[0].dtype) for _ in range(2 * layers)]
-    past = [t for i in range(layers) for t in (*self_past[2 * i: 2 * i + 2], cross[4 * i + 2], cross[4 * i + 3])]
-    cache_in = _cache_names("past_key_values", layers, ("decoder", "encoder"))
-    _export_graph(EncoderGraph(model).eval(), (_ids(_SOURCE), _mask()), ["input_ids", "attention_mask"],
-                  ["last_hidden_state"], out_dir / ENCODER, opset)
-    _export_graph(first, (_ids(_TARGET), _mask(), hidden), ["input_ids", "encoder_attention_mask",
-                                                            "encoder_hidden_states"],
-                  ["logits", *_cache_names("present", layers, ("decoder", "encoder"))], out_dir / DECODER, opset)
-    _export_graph(step, (_ids(_TARGET), _mask(), *past), ["input_ids", "encoder_attention_mask", *cache_in],
-                  ["logits", *_cache_names("present", layers, ("decoder",))], out_dir / DECODER_WITH_PAST, opset)
+    past = []
+    for i in range(layers):
+        key = cross[4 * i + 2]
+        past += [torch.randn(*key.shape[:2], _PAST, key.shape[3], dtype=key.dtype) for _ in range(2)]
+        past += [key, cross[4 * i + 3]]
+    graphs = [
+        (ENCODER, EncoderGraph(model).eval(), (_ids(_SOURCE), _mask()), ["input_ids", "attention_mask"],
+         ["last_hidden_state"]),
+        (DECODER, first, (_ids(_TARGET), _mask(), hidden),
+         ["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
+         ["logits", *_cache_names("present", layers, ("decoder", "encoder"))]),
+        (DECODER_WITH_PAST, step, (_ids(_TARGET), _mask(), *past),
+         ["input_ids", "encoder_attention_mask", *_cache_names("past_key_values", layers, ("decoder", "encoder"))],
+         ["logits", *_cache_names("present", layers, ("decoder",))]),
+    ]
+    for file, module, args, inputs, outputs in graphs:
+        _export_graph(module, args, inputs, outputs, out_dir / file, opset, type(model).__name__)
 
 
 def _export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
-                  path: Path, opset: int | None) -> None:
+                  path: Path, opset: int | None, model_name: str) -> None:
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Inputs sharing a dim (batch, source length) are named once; torch.onnx says so for each.
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
-                                        dynamic_shapes=_dynamic_shapes(inputs), opset_version=opset)
+                                        dynamic_shapes=_dynamic_shapes(inputs), opset_version=opset, verbose=False)
     except Exception as e:  # torch.export raises many types; all mean "this model does not export"
-        raise ExportError(f"torch.onnx.export (dynamo) could not export {path.name}: {_first_line(_root(e))}") from e
+        raise ExportError(f"torch.onnx.export (dynamo=True) could not export the {model_name} {path.name}: "
+                          f"{_first_line(_root(e))}") from e
     save_onnx(program.model_proto, path)
 
 
