@@ -88,9 +88,9 @@ def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
     # One tensor per input: torch.export merges inputs that are the same tensor object into one graph input.
     past = []
     for i in range(layers):
-        key = cross[4 * i + 2]
-        past += [torch.randn(*key.shape[:2], _PAST, key.shape[3], dtype=key.dtype) for _ in range(2)]
-        past += [key, cross[4 * i + 3]]
+        key, value = cross[4 * i + 2], cross[4 * i + 3]
+        shape = (*key.shape[:2], _PAST, key.shape[3])
+        past += [torch.randn(shape, dtype=key.dtype, generator=_rng()) for _ in range(2)] + [key, value]
     graphs = [
         (ENCODER, EncoderGraph(model).eval(), (_ids(_SOURCE), _mask()), ["input_ids", "attention_mask"],
          ["last_hidden_state"]),
@@ -138,8 +138,12 @@ def _cache_names(prefix: str, layers: int, kinds: tuple[str, ...]) -> list[str]:
     return [f"{prefix}.{i}.{kind}.{part}" for i in range(layers) for kind in kinds for part in ("key", "value")]
 
 
+def _rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)  # example values only; the caller's global RNG is left alone
+
+
 def _ids(length: int) -> torch.Tensor:
-    return torch.randint(4, 16, (_BATCH, length), dtype=torch.long)
+    return torch.randint(4, 16, (_BATCH, length), dtype=torch.long, generator=_rng())
 
 
 def _mask() -> torch.Tensor:
