@@ -15,6 +15,7 @@ Imports torch at the top: reached only from the export path (export/generative.p
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch.export import Dim
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from onnxformer.errors import ExportError
-from onnxformer.runtime.onnx_save import save_onnx
+from onnxformer.export.dynamo import DEFAULT_OPSET, save_program
 
 ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 # Example sizes for tracing: all >= 2 and distinct, so torch.export specializes none of the dynamic dims.
@@ -76,7 +77,7 @@ class DecoderGraph(torch.nn.Module):
 def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
     """Write the encoder, first-step decoder and decoder-with-past graphs of ``model`` into ``out_dir``.
 
-    Each graph is saved atomically (runtime/onnx_save.py); the caller stages the directory as a whole.
+    Each graph is saved atomically (export/dynamo.py); the caller stages the directory as a whole.
     Raises ExportError, naming the graph, when torch.export or the ONNX translation fails.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,16 +108,19 @@ def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
 
 def _export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
                   path: Path, opset: int | None, model_name: str) -> None:
+    """export/dynamo.py's ``to_onnx``, positionally: its keyword examples cannot carry the dotted cache names."""
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # as to_onnx does
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             # Inputs sharing a dim (batch, source length) are named once; torch.onnx says so for each.
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
-                                        dynamic_shapes=_dynamic_shapes(inputs), opset_version=opset, verbose=False)
+                                        dynamic_shapes=_dynamic_shapes(inputs), opset_version=opset or DEFAULT_OPSET,
+                                        optimize=True, verbose=False)
     except Exception as e:  # torch.export raises many types; all mean "this model does not export"
         raise ExportError(f"torch.onnx.export (dynamo=True) could not export the {model_name} {path.name}: "
                           f"{_first_line(_root(e))}") from e
-    save_onnx(program.model_proto, path)
+    save_program(program, path)
 
 
 def _dynamic_shapes(inputs: list[str]) -> tuple[Any, ...]:
