@@ -99,6 +99,10 @@ def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any
 
 
 def _export(model: Any, task: str, kind: str, out_dir: Path, opset: int | None) -> None:
+    if kind == "seq2seq":
+        from onnxformer.export.seq2seq_graph import export_seq2seq_graphs
+
+        return export_seq2seq_graphs(model, out_dir, opset)
     from optimum.exporters.onnx import onnx_export_from_model
 
     wanted = set(COMPONENTS[kind].values())
@@ -188,9 +192,11 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
     names = [i.name for i in inputs]
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)
-    fp32 = fp32_variant(stage, files["decoder"], validation,
-                        {"tool": "optimum.exporters.onnx", "task": f"{task}-with-past", "opset": actual_opset,
-                         "requested_opset": opset},
+    made_by = ({"tool": "torch.onnx.export", "dynamo": True, "opset": actual_opset, "requested_opset": opset}
+               if kind == "seq2seq" else
+               {"tool": "optimum.exporters.onnx", "task": f"{task}-with-past", "opset": actual_opset,
+                "requested_opset": opset})
+    fp32 = fp32_variant(stage, files["decoder"], validation, made_by,
                         providers=["cuda", "cpu"], components=files, cache_dtype="float32")
     generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,
                             max_positions=positions, position_ids="position_ids" in names,

@@ -78,6 +78,28 @@ def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str,
     return blocked
 
 
+def index_math_nodes(model: onnx.ModelProto) -> list[str]:
+    """Float arithmetic whose result is cast to an integer (T5's relative-position buckets: Cast → Div → Log →
+    Mul → Cast to int64). In fp16 its rounding moves positions into other buckets, so these nodes stay fp32."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    ints = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+    found: set[str] = set()
+
+    def back(tensor: str) -> None:  # up to (and including) the Cast that made the value float
+        node = producer.get(tensor)
+        if node is None or node.name in found:
+            return
+        found.add(node.name)
+        if node.op_type != "Cast" or onnx.helper.get_node_attr_value(node, "to") in ints:
+            for name in node.input:
+                back(name)
+
+    for node in model.graph.node:
+        if node.op_type == "Cast" and onnx.helper.get_node_attr_value(node, "to") in ints:
+            back(node.input[0])
+    return sorted(found)
+
+
 def _weight_ranges(model: onnx.ModelProto) -> dict[str, float]:
     """max |w| of every float32 initializer."""
     from onnx.numpy_helper import to_array

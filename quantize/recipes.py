@@ -234,9 +234,12 @@ class GenerativeFp16(GenerativeRecipe):
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False, disable_shape_infer=False)
-        save_onnx(model, out)
-        return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": False}
+        model = onnx.load(str(source))
+        kept = fp16.index_math_nodes(model)
+        save_onnx(convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=False,
+                                           node_block_list=kept), out)
+        return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": False,
+                "fp32": "integer index math"}
 
 
 class GenerativeInt8(GenerativeRecipe):

@@ -37,8 +37,10 @@ def externalize(art: Path, location: str = "model.onnx_data", rewrite: str | Non
 
     path = art / graph
     model = onnx.load(str(path))
+    # onnx's default threshold (1 KiB), as save_onnx writes large graphs: the dynamo exporter's small shape
+    # constants (Slice/Reshape inputs) stay inline, where ONNX Runtime's load-time shape inference can read them.
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+                    location=location, size_threshold=1024)
     if rewrite is not None:
         model = onnx.load(str(path), load_external_data=False)
         for tensor in model.graph.initializer:
