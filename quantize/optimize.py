@@ -29,6 +29,7 @@ from onnxformer.runtime.families import FAMILIES, find
 from onnxformer.runtime.manifest import Architecture
 from onnxformer.runtime.onnx_save import save_onnx
 
+ONNXSCRIPT, ORT_OPTIMIZER = "onnxscript.rewriter.ort_fusions", "onnxruntime.transformers.optimizer"
 # Contrib operators a fusion produces; their counts go into the manifest (``fused_ops``).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
              "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "EmbedLayerNormalization",
@@ -53,16 +54,34 @@ def fuse(source: Path, architecture: Architecture, out_dir: Path) -> tuple[Path,
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".fuse-") as scratch:
         rewritten = Path(scratch) / MODEL_FILE
         onnxscript_counts = onnxscript_fusions(source, rewritten)
-        model = ort_fusions(rewritten, settings)
-    counts = {op: n for op, n in sorted(collections.Counter(n.op_type for n in model.graph.node).items())
-              if op in FUSED_OPS and n}
-    if not counts.get("Attention") and not counts.get("MultiHeadAttention"):
+        model, tool = ort_fusions(rewritten, settings), f"{ONNXSCRIPT} + {ORT_OPTIMIZER}"
+        if not _attention(fused_ops(model)) and settings["model_type"] is not None:
+            # onnxscript knows the dynamo exporter's attention; ORT's optimizer the TorchScript exporter's (artifacts
+            # exported before the dynamo path), which onnxscript's rewrites would hide from it.
+            alone = ort_fusions(source, settings)
+            if _attention(fused_ops(alone)):
+                model, tool, onnxscript_counts = alone, ORT_OPTIMIZER, {}
+    counts = fused_ops(model)
+    leftover = sorted({n.op_type for n in model.graph.node if n.domain.startswith("ai.onnxruntime._fusion")})
+    if leftover:
+        raise QuantizationError(f"the fusions left {leftover} (onnxscript's intermediate ops) in the graph of "
+                                f"{architecture.model_type!r}; report this model — use the fp32 variant meanwhile")
+    if not _attention(counts):
         logging.warning("no attention fusion matched for %s; fp32-opt keeps unfused attention", architecture.model_type)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_onnx(model, out_dir / MODEL_FILE)
-    made_by = {"tool": "onnxscript.rewriter.ort_fusions + onnxruntime.transformers.optimizer", **settings,
-               "onnxscript_fusions": onnxscript_counts, "fused_ops": counts}
+    made_by = {"tool": tool, **settings, "onnxscript_fusions": onnxscript_counts, "fused_ops": counts}
     return path, made_by
+
+
+def fused_ops(model: Any) -> dict[str, int]:
+    """Count of each fused operator in an onnx ModelProto."""
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    return {op: n for op, n in sorted(ops.items()) if op in FUSED_OPS and n}
+
+
+def _attention(counts: dict[str, int]) -> int:
+    return counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0) + counts.get("GroupQueryAttention", 0)
 
 
 def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
@@ -81,6 +100,7 @@ def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
     from onnxscript.rewriter.ort_fusions.skip_normalization import (fuse_skip_layer_normalization,
                                                                      fuse_skip_rms_normalization)
     from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
@@ -100,6 +120,7 @@ def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
     counts.update({name: fusion(model) for name, fusion in (
         ("mha1", fuse_mha1), ("mha2", fuse_mha2), ("mha_scale", fuse_mha_scale), ("mha_bias", fuse_mha_bias),
         ("gelu", fuse_gelu), ("bias_gelu", fuse_bias_gelu))})
+    counts["sdpa_via_mha"] = replace_sdpa_by_mha(model)  # attention MHA's patterns missed (ModernBERT, Qwen3)
     optimize(model)
     rewrite(model, ORT_PATTERN_REWRITE_RULES)
     ir.passes.Sequential(common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
@@ -109,7 +130,8 @@ def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
 
 
 def ort_fusions(source: Path, settings: dict[str, Any]) -> Any:
-    """ONNX Runtime's optimizer over ``source`` (an onnx ModelProto back); ``model_type`` None skips it."""
+    """ONNX Runtime's optimizer over ``source`` (an onnx ModelProto back); ``model_type`` None skips it (ModernBERT:
+    ORT's BERT patterns crash on its bias-free LayerNorms)."""
     import onnx
     from onnxruntime.transformers import optimizer
 
