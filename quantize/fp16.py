@@ -29,6 +29,7 @@ from onnxformer.runtime.onnx_save import save_onnx
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.104e-05  # smallest normal fp16
+MASK_FILL = -1.0e4  # attention-mask fill finite in fp16 (see soften_mask_fills)
 HEADROOM = 2.0
 # Decomposed LayerNorm statistics (x² summed over the hidden size) overflow fp16 long before x does.
 FRAGILE_OPS = ("Pow", "ReduceMean", "ReduceSumSquare", "Sqrt", "Reciprocal")
@@ -100,6 +101,33 @@ def index_math_nodes(model: onnx.ModelProto) -> list[str]:
     return sorted(found)
 
 
+def soften_mask_fills(source: Path, out: Path) -> tuple[Path, int]:
+    """``source`` with every scalar float constant at float32's lowest (``torch.finfo(float32).min``, transformers'
+    attention-mask fill) set to ``MASK_FILL``; returns the graph to convert (``source`` itself when none) and how
+    many were set. In fp16 that fill is -inf, and a fully masked row (a padded position) turns softmax into NaN that
+    the next layer's zero attention weights multiply into real tokens (0 · NaN); guarded instead, the attention
+    would stay fp32. ``MASK_FILL`` is -inf to softmax in both precisions for scores far below 10⁴."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    lowest = float(np.finfo(np.float32).min)
+
+    def soften(tensor: onnx.TensorProto) -> bool:
+        if tensor.data_type != onnx.TensorProto.FLOAT or int(np.prod(tensor.dims)) != 1:
+            return False
+        if float(numpy_helper.to_array(tensor).reshape(-1)[0]) > lowest / 2:
+            return False
+        tensor.CopyFrom(numpy_helper.from_array(np.full(tuple(tensor.dims), MASK_FILL, np.float32), tensor.name))
+        return True
+
+    count = sum(soften(init) for init in model.graph.initializer)
+    count += sum(soften(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+    if not count:
+        return source, 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_onnx(model, out), count
+
+
 def _weight_ranges(model: onnx.ModelProto) -> dict[str, float]:
     """max |w| of every float32 initializer."""
     from onnx.numpy_helper import to_array
@@ -113,6 +141,7 @@ def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tupl
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    source, softened = soften_mask_fills(source, work / "softened" / MODEL_FILE)
     typed = annotate(source, work / "typed" / MODEL_FILE)  # the converter also needs types to place its Casts
     ranges = activation_ranges(typed, feeds, work)
     model = onnx.load(str(typed))
@@ -126,7 +155,7 @@ def convert(source: Path, feeds: list[Feeds], out_dir: Path, work: Path) -> tupl
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_onnx(half.model, out_dir / MODEL_FILE)
     prove_finite(path, feeds)
-    made_by = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True,
+    made_by = {"tool": "onnxruntime.transformers.float16", "keep_io_types": True, "mask_fills_softened": softened,
                "guard": {"inputs": len(feeds), "tensors_measured": len(ranges), "overflow_limit": FP16_MAX / HEADROOM,
                          "max_abs_activation": max(ranges.values(), default=0.0), "fp32_nodes": blocked,
                          "fp32_op_types": [op for op in FRAGILE_OPS if any(n.op_type == op for n in model.graph.node)],
