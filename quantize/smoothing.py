@@ -146,7 +146,9 @@ class _Graph:
             weight, bias = value.input[1], src.input[3]
         else:
             return None
-        ours = all(n in self.inits and self.uses.get(n) == 1 for n in (weight, bias))
+        # The bias may be shared (the exporter dedups equal constants: zero biases of a fresh model) — _apply
+        # copies it; the weight must be this V's alone.
+        ours = weight in self.inits and self.uses.get(weight) == 1 and bias in self.inits
         return (weight, bias) if ours else None
 
 
@@ -284,7 +286,15 @@ def _apply(graph: _Graph, group: Sequence[onnx.NodeProto], s: np.ndarray, fold: 
         w[:, -hidden:] /= s
         b[-hidden:] /= s
         _set(graph, weight, w)
-        _set(graph, bias, b)
+        if graph.uses.get(bias, 0) > 1:  # shared: this attention gets its own copy
+            attention = graph.producer[first.input[0]]
+            own = f"{bias}_for_{attention.name}"
+            graph.model.graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), own))
+            graph.inits[own], graph.uses[bias] = graph.model.graph.initializer[-1], graph.uses[bias] - 1
+            graph.uses[own] = 1
+            attention.input[list(attention.input).index(bias)] = own
+        else:
+            _set(graph, bias, b)
         return None
     inverse = f"{first.name}_smooth_inv"
     graph.model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inverse))

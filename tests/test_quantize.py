@@ -140,18 +140,18 @@ def test_fp16_on_ordinary_model_guards_nothing(tiny_artifact, copy_artifact):
 
 def test_int8_dynamic_on_fused_graph_budget_forces_exclusions(loud_artifact, copy_artifact):
     art = copy_artifact(loud_artifact)
-    full = quantize_artifact(art, "int8", budget=0.01).record
+    full = quantize_artifact(art, "int8", budget=0.01, smooth=False).record  # plain: smoothing would rescue it
     assert full.made_by["budget"]["excluded_nodes"] == []
-    assert full.fidelity["min_cosine"] < 0.99  # int8 really hurts the loud model
+    assert full.fidelity["min_cosine"] < 0.9995  # int8 really hurts the loud model (0.9991 fully quantized)
     graph = onnx.load(str(art / "int8" / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert {"MultiHeadAttention", "MatMulInteger"} <= ops and "SkipLayerNormalization" in ops  # fused + int8
     assert full.made_by["per_channel"] and full.made_by["reduce_range"] == (not int8.has_vnni())
 
-    record = quantize_artifact(art, "int8", budget=0.99).record  # default budget, replaces the variant
+    record = quantize_artifact(art, "int8", budget=0.9995, smooth=False).record  # replaces the variant
     budget = record.made_by["budget"]
     assert budget["excluded_nodes"] and budget["met"]
-    assert record.fidelity["min_cosine"] >= 0.99 > full.fidelity["min_cosine"]
+    assert record.fidelity["min_cosine"] >= 0.9995 > full.fidelity["min_cosine"]
     graph = onnx.load(str(art / "int8" / "model.onnx")).graph
     kept = {n.name for n in graph.node if n.op_type in ("MatMul", "Attention")}
     assert set(budget["excluded_nodes"]) <= kept  # excluded nodes really stayed fp32
@@ -382,12 +382,17 @@ def test_smoothing_is_exact_in_fp32_and_cuts_int8_error(loud_artifact, tmp_path)
     muls = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
     assert len(muls) == record["mul_nodes"]
     assert record["folded_into_attention"] > 0  # attention output projections fold into V: no Mul
-    # Q, K and V read one activation: one Mul serves the three (they share one scale vector)
-    readers = {m.output[0]: [n.name for n in graph.node if m.output[0] in n.input] for m in muls}
-    assert max(len(r) for r in readers.values()) == 3
-    shared = next(r for r in readers.values() if len(r) == 3)
-    assert len({tuple(plan.scales[n]) for n in shared}) == 1
-    assert record["mul_nodes"] < record["smoothed_nodes"] - record["folded_into_attention"]
+    # Nodes reading one activation (Q, K and V) are smoothed as one: same α, and one Mul that all of them read
+    original = onnx.load(str(source)).graph
+    by_input: dict[str, set[str]] = {}
+    for n in original.node:
+        if n.name in nodes:
+            by_input.setdefault(n.input[0], set()).add(n.name)
+    assert max(len(g) for g in by_input.values()) == 3
+    for group in by_input.values():
+        assert len({plan.alphas[n] for n in group}) == 1
+    for m in muls:
+        assert {n.name for n in graph.node if m.output[0] in n.input} == by_input[m.input[0]]
     texts = evaluation_feeds(loud_artifact, manifest, evaluation_texts()[:8])
     for a, b in zip(run_model(source, texts), run_model(path, texts)):  # same function in fp32
         for name in a:
