@@ -37,8 +37,10 @@ def externalize(art: Path, location: str = "model.onnx_data", rewrite: str | Non
 
     path = art / graph
     model = onnx.load(str(path))
+    # Small tensors stay inline (onnx's default threshold): ORT's load-time shape inference cannot read a
+    # Reshape's shape from external data, and dynamo graphs keep such shapes as initializers.
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+                    location=location, size_threshold=1024)
     if rewrite is not None:
         model = onnx.load(str(path), load_external_data=False)
         for tensor in model.graph.initializer:
