@@ -256,8 +256,8 @@ class GenerativeInt4(GenerativeRecipe):
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=options.block_size,
-                                         is_symmetric=True, accuracy_level=4)
+        quantizer = MatMulNBitsQuantizer(constant_matmul_weights(onnx.load(str(source))), bits=4,
+                                         block_size=options.block_size, is_symmetric=True, accuracy_level=4)
         quantizer.process()
         if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
             raise QuantizationError(f"{source.name}: no MatMul weight could be quantized to 4 bits "
@@ -265,6 +265,21 @@ class GenerativeInt4(GenerativeRecipe):
         save_onnx(quantizer.model.model, out)
         return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", "bits": 4,
                 "block_size": options.block_size, "symmetric": True, "accuracy_level": 4}
+
+
+def constant_matmul_weights(model: Any) -> Any:
+    """``model`` with every linear layer a MatMul of a constant weight, the form MatMulNBits takes: Gemm (the
+    dynamo graph of GPT-2's Conv1D) becomes MatMul + Add (ORT's own rewrite), and a tied head's Transpose of the
+    embedding is folded into a weight of its own (onnxscript's folder skips it: the embedding has two users)."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+    from onnxscript.optimizer import fold_constants
+
+    ONNXModel(model).replace_gemm_with_matmul()
+    feeds_matmul = {i for n in model.graph.node if n.op_type == "MatMul" for i in n.input[1:2]}
+    fold_constants(model, output_size_limit=2**62,
+                   should_fold=lambda node: True if node.op_type == "Transpose"
+                   and any(o.name in feeds_matmul for o in node.outputs) else None)
+    return model
 
 
 def cache_dtype(graphs: dict[str, Path]) -> str:
