@@ -12,13 +12,14 @@ from typing import Any
 INPUT = "logits_to_keep"
 
 
-def kept_positions(logits_to_keep: Any, length: Any) -> Any:
-    """The positions to keep (an index tensor, which transformers' causal LMs take as ``logits_to_keep``)
-    among ``length`` ones, traceable by torch.export: the count is data, so it is an unbacked size."""
+def kept_positions(logits_to_keep: Any, length: Any) -> slice:
+    """The positions to keep among ``length`` ones, as a slice with a traced start (an unbacked size: the count
+    is data). transformers' ``slice_logits_to_keep`` indexes ``hidden[:, kept, :]`` with it, which exports as one
+    Slice; an index tensor would export as GatherND between Transposes, on which ORT 1.32's CPU session crashes
+    once the graph is converted to fp16."""
     import torch
 
     keep = logits_to_keep[0].item()
     torch._check(keep >= 0)
     torch._check(keep <= length)
-    # (length - keep) % length is the first kept position; keep == 0 gives 0, every position
-    return torch.arange((length - keep) % length, length, device=logits_to_keep.device)
+    return slice((length - keep) % length, None)  # keep == 0 starts at 0: every position, as transformers does

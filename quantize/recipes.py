@@ -219,7 +219,8 @@ class GenerativeFp16(GenerativeRecipe):
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False, disable_shape_infer=False)
+        model = convert_float_to_float16(fold_weight_transposes(onnx.load(str(source))), keep_io_types=False,
+                                         disable_shape_infer=False)
         save_onnx(model, out)
         return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": False}
 
@@ -267,19 +268,26 @@ class GenerativeInt4(GenerativeRecipe):
                 "block_size": options.block_size, "symmetric": True, "accuracy_level": 4}
 
 
-def constant_matmul_weights(model: Any) -> Any:
-    """``model`` with every linear layer a MatMul of a constant weight, the form MatMulNBits takes: Gemm (the
-    dynamo graph of GPT-2's Conv1D) becomes MatMul + Add (ORT's own rewrite), and a tied head's Transpose of the
-    embedding is folded into a weight of its own (onnxscript's folder skips it: the embedding has two users)."""
-    from onnxruntime.quantization.onnx_model import ONNXModel
+def fold_weight_transposes(model: Any) -> Any:
+    """``model`` with a tied head's Transpose of the embedding folded into a MatMul weight of its own (onnxscript's
+    folder leaves it: the embedding has a second user, the Gather). MatMulNBits only takes constant weights, and
+    ORT 1.32's CPU session crashes (NchwcTransformer) on the fp16 graph that keeps the Transpose."""
     from onnxscript.optimizer import fold_constants
 
-    ONNXModel(model).replace_gemm_with_matmul()
-    feeds_matmul = {i for n in model.graph.node if n.op_type == "MatMul" for i in n.input[1:2]}
+    weights = {i for n in model.graph.node if n.op_type == "MatMul" for i in n.input[1:2]}
     fold_constants(model, output_size_limit=2**62,
                    should_fold=lambda node: True if node.op_type == "Transpose"
-                   and any(o.name in feeds_matmul for o in node.outputs) else None)
+                   and any(o.name in weights for o in node.outputs) else None)
     return model
+
+
+def constant_matmul_weights(model: Any) -> Any:
+    """``model`` with every linear layer a MatMul of a constant weight, the form MatMulNBits takes: Gemm (the
+    dynamo graph of GPT-2's Conv1D) becomes MatMul + Add (ORT's own rewrite) and tied heads get their own weight."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).replace_gemm_with_matmul()
+    return fold_weight_transposes(model)
 
 
 def cache_dtype(graphs: dict[str, Path]) -> str:
