@@ -7,8 +7,7 @@ expect. Sliding-window families (Mistral, Gemma 3) still attend within their win
 mask functions apply the window from the config, whatever the cache holds.
 
 ``logits_to_keep`` (int64 [1]) selects the last k positions before the vocabulary projection (0: all);
-the prompt step needs only the last one, and transformers' models take the positions to keep as an
-index tensor.
+the prompt step needs only the last one (export/generative_logits.py).
 """
 from __future__ import annotations
 

@@ -83,12 +83,13 @@ def _check_family(model_type: str, task: str | None) -> str:
 
 
 def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any:
+    import torch
     import transformers
 
     auto = getattr(transformers, TASKS[task].auto_class)
-    try:
+    try:  # float32: transformers 5 loads a checkpoint in its own dtype by default, and fp32 is the reference
         model = auto.from_pretrained(ckpt.path, use_safetensors=ckpt.weight_format == "safetensors",
-                                     trust_remote_code=trust_remote_code, local_files_only=True)
+                                     dtype=torch.float32, trust_remote_code=trust_remote_code, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"transformers could not load {ckpt.path} for {task}: {_first_line(e)}") from None
     return model.eval()

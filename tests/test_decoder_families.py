@@ -83,3 +83,21 @@ def test_sliding_window_is_exported_not_dropped(family, gen_checkpoint, gen_arti
                 for m in (windowed, full)]
     np.testing.assert_allclose(got, refs[0], atol=1e-4)
     assert np.abs(got[:, window:] - refs[1][:, window:]).max() > 1e-2  # beyond the window, full attention differs
+
+
+def test_a_bfloat16_checkpoint_exports_a_float32_reference(tmp_path):
+    """transformers 5 loads a checkpoint in its own dtype by default; the fp32 variant must still be fp32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import manifest_json
+    from onnxformer.export import export_checkpoint
+    from onnxformer.export.generative_random import make_generative_checkpoint
+
+    ckpt = make_generative_checkpoint(tmp_path / "ckpt", "qwen3")
+    AutoModelForCausalLM.from_pretrained(ckpt).to(torch.bfloat16).save_pretrained(ckpt)
+    assert AutoModelForCausalLM.from_pretrained(ckpt).dtype == torch.bfloat16  # the default would export bf16
+    export_checkpoint(str(ckpt), tmp_path / "art")
+    m = manifest_json(tmp_path / "art")
+    assert m["generation"]["cache"]["dtype"] == "float32" and m["variants"]["fp32"]["cache_dtype"] == "float32"
+    assert m["validation"]["passed"]
