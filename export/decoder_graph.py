@@ -72,6 +72,7 @@ def _example(model: Any) -> tuple[tuple[Any, ...], int]:
 
 def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:
     """Write ``model`` (a transformers causal LM) as one decoder graph with a KV cache to ``path``."""
+    import onnx_ir as ir
     import torch
 
     args, num_layers = _example(model)
@@ -90,6 +91,8 @@ def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:
     except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
         raise ExportError(f"torch.onnx.export (dynamo) could not export {type(model).__name__} with a KV cache: "
                           f"{_innermost(e)}") from e
+    logits = program.model.graph.outputs[0]  # torch.export's name for the kept length is a formula of u0
+    logits.shape = ir.Shape([logits.shape[0], "kept_sequence", logits.shape[2]])
     save_program(program, path)
 
 
