@@ -1,21 +1,19 @@
 """Generative checkpoints → validated ONNX with a KV cache: decoder-only (one graph, with and without
-past) and encoder-decoder (encoder, first decoder step, decoder with past), through optimum.
+past; export/decoder_graph.py) and encoder-decoder (encoder, first decoder step, decoder with past;
+export/seq2seq_graph.py), through ``torch.onnx.export(..., dynamo=True)``.
 
 The manifest gains a ``generation`` section: which graphs make up the model, the cache layout, the
 special token ids and the position limit — everything the torch-free runtime needs to generate.
 """
 from __future__ import annotations
 
-import copy
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.errors import CheckpointError, ExportError
 from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
-from onnxformer.export.generative_logits import add_logits_to_keep
+from onnxformer.export.decoder_graph import export_decoder_graph
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
 from onnxformer.export.hf import _first_line
 from onnxformer.export.staging import staging_dir
@@ -29,7 +27,7 @@ from onnxformer.runtime.session import create_session
 from onnxformer.runtime.tasks import TASKS
 
 Progress = Callable[[str], None]
-# Graph files per kind, as optimum names them (post-processing/merging disabled for seq2seq).
+# Graph files per kind (the names optimum gave them, kept for existing artifacts and the runtime).
 COMPONENTS = {
     "decoder": {"decoder": "model.onnx"},
     "seq2seq": {"encoder": "encoder_model.onnx", "decoder": "decoder_model.onnx",
@@ -62,11 +60,9 @@ def export_generative(
         progress("loading the PyTorch reference")
         reference = _load_reference(ckpt, task_name, trust_remote_code)
         tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
-        progress("exporting with optimum (with past)")
-        _export(reference, task_name, kind, stage / "fp32", opset)
+        progress("exporting with torch.onnx (dynamo, with past)")
+        _export(reference, kind, stage / "fp32", opset)
         paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
-        if kind == "decoder":
-            add_logits_to_keep(paths["decoder"])  # prompt steps need the last position's logits only
         progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
         validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
         manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset)
@@ -87,39 +83,30 @@ def _check_family(model_type: str, task: str | None) -> str:
 
 
 def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any:
+    import torch
     import transformers
 
     auto = getattr(transformers, TASKS[task].auto_class)
-    try:
+    try:  # float32: transformers 5 loads a checkpoint in its own dtype by default, and fp32 is the reference
         model = auto.from_pretrained(ckpt.path, use_safetensors=ckpt.weight_format == "safetensors",
-                                     trust_remote_code=trust_remote_code, local_files_only=True)
+                                     dtype=torch.float32, trust_remote_code=trust_remote_code, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"transformers could not load {ckpt.path} for {task}: {_first_line(e)}") from None
     return model.eval()
 
 
-def _export(model: Any, task: str, kind: str, out_dir: Path, opset: int | None) -> None:
-    if kind == "seq2seq":
+def _export(model: Any, kind: str, out_dir: Path, opset: int | None) -> None:
+    if kind == "decoder":
+        export_decoder_graph(model, out_dir / COMPONENTS["decoder"]["decoder"], opset)
+        return
+    try:  # its own module; imported here so decoder exports do not depend on it
         from onnxformer.export.seq2seq_graph import export_seq2seq_graphs
-
-        return export_seq2seq_graphs(model, out_dir, opset)
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    wanted = set(COMPONENTS[kind].values())
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".optimum-") as scratch:
-        try:  # no_post_process: keep optimum's separate seq2seq decoders instead of merging them with If.
-            # A copy: optimum flips use_cache on sub-configs (T5's encoder), which breaks the reference after.
-            onnx_export_from_model(copy.deepcopy(model), output=scratch, opset=opset, task=f"{task}-with-past",
-                                   do_validation=False, no_post_process=True)
-        except (ValueError, KeyError, NotImplementedError, RuntimeError) as e:
-            raise ExportError(f"optimum could not export {task} with past: {_first_line(e)}") from e
-        produced = sorted(p.name for p in Path(scratch).iterdir())
-        if not wanted <= set(produced):
-            raise ExportError(f"optimum produced {produced}, expected {sorted(wanted)}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for p in Path(scratch).iterdir():  # graphs plus their external data files
-            if any(p.name.startswith(w) for w in wanted):
-                shutil.move(str(p), out_dir / p.name)
+    except ImportError as e:
+        raise ExportError(f"encoder-decoder export is not available in this build ({_first_line(e)})") from e
+    export_seq2seq_graphs(model, out_dir, opset)
+    missing = [f for f in COMPONENTS[kind].values() if not (out_dir / f).is_file()]
+    if missing:
+        raise ExportError(f"the encoder-decoder export did not write {missing} in {out_dir}")
 
 
 def _validate(model: Any, kind: str, paths: dict[str, Path], atol: float) -> dict[str, Any]:
@@ -157,20 +144,24 @@ def cache_layout(session: Any, config: Any, kind: str) -> dict[str, Any]:
 
 
 def special_tokens(model: Any, tokenizer: Any) -> dict[str, Any]:
-    """Token ids the generation loop needs; eos may be several ids (generation_config allows a list)."""
-    gen = model.generation_config
-    cfg = model.config
-    eos = gen.eos_token_id if gen.eos_token_id is not None else cfg.eos_token_id
+    """Token ids the generation loop needs; eos may be several ids (generation_config allows a list). The
+    generation config wins; the model config is the fallback (transformers 5 configs define only their own ids)."""
+    gen, cfg = model.generation_config, model.config
+
+    def pick(key: str) -> Any:
+        value = getattr(gen, key, None)
+        return value if value is not None else getattr(cfg, key, None)
+
+    eos = pick("eos_token_id")
     eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-    pad = next(v for v in (gen.pad_token_id, cfg.pad_token_id, tokenizer.pad_token_id, *eos_ids, 0) if v is not None)
-    start = gen.decoder_start_token_id if gen.decoder_start_token_id is not None else cfg.decoder_start_token_id
+    pad = next(v for v in (pick("pad_token_id"), tokenizer.pad_token_id, *eos_ids, 0) if v is not None)
     return {
-        "bos_token_id": gen.bos_token_id if gen.bos_token_id is not None else cfg.bos_token_id,
+        "bos_token_id": pick("bos_token_id"),
         "eos_token_ids": eos_ids,
         "pad_token_id": int(pad),
-        "decoder_start_token_id": start,
-        "forced_bos_token_id": gen.forced_bos_token_id,
-        "forced_eos_token_id": gen.forced_eos_token_id,
+        "decoder_start_token_id": pick("decoder_start_token_id"),
+        "forced_bos_token_id": getattr(gen, "forced_bos_token_id", None),
+        "forced_eos_token_id": getattr(gen, "forced_eos_token_id", None),
     }
 
 
@@ -180,6 +171,13 @@ def max_positions(config: Any, tokenizer: Any) -> int:
     if limit is None:
         limit = tokenizer.model_max_length if 0 < tokenizer.model_max_length < 1_000_000 else 512
     return int(limit)
+
+
+def made_by(opset: int, requested: int | None) -> dict[str, Any]:
+    """How the fp32 graphs were made: the dynamo exporter, on these versions."""
+    versions = library_versions(("torch", "transformers"))
+    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset, "requested_opset": requested,
+            "torch": versions.get("torch"), "transformers": versions.get("transformers")}
 
 
 def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
@@ -192,11 +190,8 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
     names = [i.name for i in inputs]
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)
-    made_by = ({"tool": "torch.onnx.export", "dynamo": True, "opset": actual_opset, "requested_opset": opset}
-               if kind == "seq2seq" else
-               {"tool": "optimum.exporters.onnx", "task": f"{task}-with-past", "opset": actual_opset,
-                "requested_opset": opset})
-    fp32 = fp32_variant(stage, files["decoder"], validation, made_by,
+    fp32 = fp32_variant(stage, files["decoder"], validation,
+                        made_by(actual_opset, opset),
                         providers=["cuda", "cpu"], components=files, cache_dtype="float32")
     generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,
                             max_positions=positions, position_ids="position_ids" in names,

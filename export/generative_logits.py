@@ -1,44 +1,25 @@
-"""An optional ``logits_to_keep`` input for exported decoders: logits for the last k positions only.
+"""``logits_to_keep``: an int64 [1] input of exported decoders, logits for the last k positions only.
 
-optimum's decoder computes logits for every prompt position, but generation needs the last one:
-for a GPT-2-sized model a 128-token prompt spends about half its time to first token in that vocab
-projection (transformers' ``generate`` keeps only the last position too). The edit slices the
-hidden states just before the final MatMul. Feeding 0 keeps every position (validation and
-fidelity measurement do that); the runtime feeds 1 for the prompt.
+Generation needs the last position's logits after a prompt, not every position's: for a GPT-2-sized
+model a 128-token prompt spends about half its time to first token in the vocabulary projection
+(transformers' ``generate`` keeps only the last position too). Feeding 0 keeps every position
+(validation and fidelity measurement do that); the runtime feeds 1.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from onnxformer.errors import ExportError
-from onnxformer.runtime.onnx_save import save_onnx
+from typing import Any
 
 INPUT = "logits_to_keep"
-_INT64_MAX = np.iinfo(np.int64).max
 
 
-def add_logits_to_keep(path: Path) -> None:
-    """Rewrite the decoder graph at ``path`` in place (temp file + rename; external data kept)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def kept_positions(logits_to_keep: Any, length: Any) -> slice:
+    """The positions to keep among ``length`` ones, as a slice with a traced start (an unbacked size: the count
+    is data). transformers' ``slice_logits_to_keep`` indexes ``hidden[:, kept, :]`` with it, which exports as one
+    Slice; an index tensor would export as GatherND between Transposes, on which ORT 1.32's CPU session crashes
+    once the graph is converted to fp16."""
+    import torch
 
-    model = onnx.load(str(path))
-    producers = [n for n in model.graph.node if "logits" in n.output]
-    if len(producers) != 1 or producers[0].op_type != "MatMul":
-        raise ExportError(f"{path.name}: expected one MatMul producing logits, found "
-                          f"{[n.op_type for n in producers]}; cannot add {INPUT}")
-    head = producers[0]
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.array([_INT64_MAX], dtype=np.int64), f"{INPUT}/ends"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), f"{INPUT}/axes"),
-    ])
-    model.graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.INT64, [1]))
-    sliced = f"{INPUT}/hidden"
-    index = list(model.graph.node).index(head)
-    model.graph.node.insert(index, helper.make_node("Neg", [INPUT], [f"{INPUT}/starts"], name=f"{INPUT}/Neg"))
-    model.graph.node.insert(index + 1, helper.make_node(
-        "Slice", [head.input[0], f"{INPUT}/starts", f"{INPUT}/ends", f"{INPUT}/axes"], [sliced], name=f"{INPUT}/Slice"))
-    head.input[0] = sliced
-    save_onnx(model, path)
+    keep = logits_to_keep[0].item()
+    torch._check(keep >= 0)
+    torch._check(keep <= length)
+    return slice((length - keep) % length, None)  # keep == 0 starts at 0: every position, as transformers does

@@ -19,6 +19,14 @@ CORPUS = (
     "0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \" # $ % & @ ^ _ ~ |",
 )
 SEQ2SEQ_FAMILIES = ("t5", "bart", "marian")
+# Per-family settings of the Llama-shaped configs. Windows are shorter than the validation and test
+# sequences, so the exported sliding-window masks are exercised, not only declared.
+LLAMA_LIKE: dict[str, dict[str, Any]] = {
+    "llama": {}, "qwen2": {}, "qwen3": {}, "phi3": {"original_max_position_embeddings": 128},
+    "mistral": {"sliding_window": 6},
+    "gemma3_text": {"sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"],
+                    "query_pre_attn_scalar": 8, "tie_word_embeddings": True},
+}
 
 
 def train_tokenizer(vocab_size: int = 384, append_eos: bool = False) -> Any:
@@ -46,9 +54,11 @@ def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32,
     ids = dict(pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
     if family == "gpt2":
         kw = dict(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions)
-    elif family in ("llama", "qwen2", "mistral"):
+    elif family in LLAMA_LIKE:
         kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                  intermediate_size=2 * hidden, max_position_embeddings=positions, tie_word_embeddings=False)
+                  intermediate_size=2 * hidden, max_position_embeddings=positions, tie_word_embeddings=False,
+                  head_dim=hidden // heads)  # Qwen3 and Gemma 3 default to a fixed head_dim, not hidden / heads
+        kw.update(LLAMA_LIKE[family])
     elif family == "t5":
         kw = dict(d_model=hidden, d_kv=hidden // heads, d_ff=2 * hidden, num_layers=layers, num_heads=heads,
                   decoder_start_token_id=PAD, n_positions=positions)

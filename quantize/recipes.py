@@ -234,7 +234,7 @@ class GenerativeFp16(GenerativeRecipe):
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = onnx.load(str(source))
+        model = fold_weight_transposes(onnx.load(str(source)))
         kept = fp16.index_math_nodes(model)
         save_onnx(convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=False,
                                            node_block_list=kept), out)
@@ -274,8 +274,8 @@ class GenerativeInt4(GenerativeRecipe):
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=options.block_size,
-                                         is_symmetric=True, accuracy_level=4)
+        quantizer = MatMulNBitsQuantizer(constant_matmul_weights(onnx.load(str(source))), bits=4,
+                                         block_size=options.block_size, is_symmetric=True, accuracy_level=4)
         quantizer.process()
         if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
             raise QuantizationError(f"{source.name}: no MatMul weight could be quantized to 4 bits "
@@ -283,6 +283,28 @@ class GenerativeInt4(GenerativeRecipe):
         save_onnx(quantizer.model.model, out)
         return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", "bits": 4,
                 "block_size": options.block_size, "symmetric": True, "accuracy_level": 4}
+
+
+def fold_weight_transposes(model: Any) -> Any:
+    """``model`` with a tied head's Transpose of the embedding folded into a MatMul weight of its own (onnxscript's
+    folder leaves it: the embedding has a second user, the Gather). MatMulNBits only takes constant weights, and
+    ORT 1.32's CPU session crashes (NchwcTransformer) on the fp16 graph that keeps the Transpose."""
+    from onnxscript.optimizer import fold_constants
+
+    weights = {i for n in model.graph.node if n.op_type == "MatMul" for i in n.input[1:2]}
+    fold_constants(model, output_size_limit=2**62,
+                   should_fold=lambda node: True if node.op_type == "Transpose"
+                   and any(o.name in weights for o in node.outputs) else None)
+    return model
+
+
+def constant_matmul_weights(model: Any) -> Any:
+    """``model`` with every linear layer a MatMul of a constant weight, the form MatMulNBits takes: Gemm (the
+    dynamo graph of GPT-2's Conv1D) becomes MatMul + Add (ORT's own rewrite) and tied heads get their own weight."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).replace_gemm_with_matmul()
+    return fold_weight_transposes(model)
 
 
 def cache_dtype(graphs: dict[str, Path]) -> str:

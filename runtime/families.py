@@ -57,10 +57,13 @@ register(Family("mpnet", ENCODER, "bert"))
 register(Family("roberta", ENCODER, "bert", position_offset=2))
 register(Family("xlm-roberta", ENCODER, "bert", position_offset=2))
 # Decoder-only language models with a KV cache.
+register(Family("gemma3_text", DECODER))  # sliding-window and full-attention layers alternate
 register(Family("gpt2", DECODER))
 register(Family("llama", DECODER))
-register(Family("mistral", DECODER))
+register(Family("mistral", DECODER))  # sliding-window attention
+register(Family("phi3", DECODER))
 register(Family("qwen2", DECODER))
+register(Family("qwen3", DECODER))
 # Encoder-decoder models: encoder + decoder + decoder-with-past graphs.
 register(Family("bart", SEQ2SEQ))
 register(Family("marian", SEQ2SEQ))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from onnxformer.errors import ProviderError
 from onnxformer.runtime.cpu import CpuInfo, this_cpu

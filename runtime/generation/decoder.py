@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.runtime.generation.cache import KVCache, flat_names, run_bound
+from onnxformer.runtime.generation.cache import KVCache, run_bound
 from onnxformer.runtime.generation.text import Prompts
 
 

@@ -1,0 +1,104 @@
+"""Decoder-only checkpoints → one ONNX graph with a KV cache, through ``torch.onnx.export(..., dynamo=True)``.
+
+``DecoderWithCache`` is the graph's signature: flat tensors in and out, a transformers ``DynamicCache``
+inside. The cache is built from the past tensors without the config, so every layer is a full-length
+``DynamicLayer``: each present is past + new tokens, which is what the runtime's preallocated buffers
+expect. Sliding-window families (Mistral, Gemma 3) still attend within their window — transformers'
+mask functions apply the window from the config, whatever the cache holds.
+
+``logits_to_keep`` (int64 [1]) selects the last k positions before the vocabulary projection (0: all);
+the prompt step needs only the last one (export/generative_logits.py).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from onnxformer.errors import ExportError
+from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
+from onnxformer.export.dynamo import DEFAULT_OPSET, save_program
+
+# Example sizes for tracing: torch.export specialises dimensions of size 0 and 1, so each is >= 2.
+_BATCH, _SEQUENCE, _PAST = 2, 3, 4
+
+
+def _module() -> type:
+    import torch
+
+    class DecoderWithCache(torch.nn.Module):
+        """(input_ids, attention_mask, position_ids, past keys/values flat, logits_to_keep) →
+        (logits, present keys/values flat), layer by layer as key, value."""
+
+        def __init__(self, model: Any):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, past, logits_to_keep):
+            from transformers import DynamicCache
+
+            cache = DynamicCache(list(zip(past[0::2], past[1::2])))
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, use_cache=True,
+                             logits_to_keep=kept_positions(logits_to_keep, input_ids.shape[1]))
+            present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+            return (out.logits, *present)
+
+    return DecoderWithCache
+
+
+def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the graph, in the order of ``DecoderWithCache``'s signature."""
+    cache = [f"{{}}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    inputs = ["input_ids", "attention_mask", "position_ids", *(c.format("past_key_values") for c in cache),
+              LOGITS_TO_KEEP]
+    return inputs, ["logits", *(c.format("present") for c in cache)]
+
+
+def _example(model: Any) -> tuple[tuple[Any, ...], int]:
+    """Example inputs shaped like the model's own cache (kv heads and head size read from one real step)."""
+    import torch
+
+    ids = torch.full((_BATCH, 1), 4, dtype=torch.long)
+    with torch.no_grad():
+        layers = model(input_ids=ids, use_cache=True).cache.layers
+    past = [torch.zeros(_BATCH, t.shape[1], _PAST, t.shape[3], dtype=t.dtype)
+            for layer in layers for t in (layer.keys, layer.values)]
+    total = _PAST + _SEQUENCE
+    args = (torch.full((_BATCH, _SEQUENCE), 4, dtype=torch.long), torch.ones(_BATCH, total, dtype=torch.long),
+            torch.arange(_PAST, total).expand(_BATCH, _SEQUENCE), past, torch.tensor([1], dtype=torch.long))
+    return args, len(layers)
+
+
+def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:
+    """Write ``model`` (a transformers causal LM) as one decoder graph with a KV cache to ``path``."""
+    import onnx_ir as ir
+    import torch
+
+    args, num_layers = _example(model)
+    # Dimension names, not Dim objects: torch.onnx makes each a Dim.DYNAMIC and names the graph's axes after it.
+    tokens = {0: "batch", 1: "sequence"}
+    shapes = {"input_ids": tokens, "attention_mask": {0: "batch", 1: "total_sequence"}, "position_ids": tokens,
+              "past": [{0: "batch", 2: "past_sequence"}] * (2 * num_layers), "logits_to_keep": None}
+    inputs, outputs = io_names(num_layers)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # transformers' and torch.export's notices are not actionable here
+            # Not dynamo.to_onnx: the past is one list argument (any number of layers), which it does not take.
+            program = torch.onnx.export(_module()(model), args, dynamic_shapes=shapes, input_names=inputs,
+                                        output_names=outputs, opset_version=opset or DEFAULT_OPSET, dynamo=True,
+                                        optimize=True, report=False, verbose=False)
+    except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
+        raise ExportError(f"torch.onnx.export (dynamo) could not export {type(model).__name__} with a KV cache: "
+                          f"{_innermost(e)}") from e
+    logits = program.model.graph.outputs[0]  # torch.export's name for the kept length is a formula of u0
+    logits.shape = ir.Shape([logits.shape[0], "kept_sequence", logits.shape[2]])
+    save_program(program, path)
+
+
+def _innermost(error: BaseException) -> str:
+    """The first line of the innermost cause (torch.onnx wraps torch.export's error in a page of advice)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
