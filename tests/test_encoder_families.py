@@ -1,0 +1,179 @@
+"""Issue 13's encoder-side families on the dynamo export path, against transformers and sentence-transformers:
+ModernBERT (global + sliding-window attention, rotary), DeBERTa-v3-shaped DeBERTa-v2 (relative attention), and
+a Qwen3 decoder used as a sentence embedder with last-token pooling (Qwen3-Embedding)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxformer.errors import CheckpointError
+from onnxformer.runtime import Model
+from onnxformer.runtime.families import DECODER, ENCODER, Family, get_family, register
+from onnxformer.runtime.pooling import pool
+from conftest import TASK_CLASSES, manifest_json
+
+# Lengths from 3 to ~40 tokens in one batch: heavy padding, and past ModernBERT's tiny sliding window (5).
+TEXTS = [
+    "Hi.",
+    "A sentence of middling length, long enough to pass the local attention window.",
+    " ".join(["Padding must not leak into the real tokens of the short rows."] * 3),
+]
+PAIRS = [("modernbert", "feature-extraction"), ("modernbert", "text-classification"),
+         ("modernbert", "token-classification"), ("deberta-v2", "text-classification"),
+         ("deberta-v2", "token-classification")]
+OUTPUT = {"feature-extraction": "last_hidden_state", "text-classification": "logits", "token-classification": "logits"}
+
+
+def transformers_outputs(ckpt: Path, task: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The task's first output from transformers on right-padded ``texts``, and the attention mask."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    model = getattr(transformers, TASK_CLASSES[task]).from_pretrained(ckpt).eval()
+    batch = AutoTokenizer.from_pretrained(ckpt)(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out[0].numpy(), batch["attention_mask"].numpy()
+
+
+@pytest.mark.parametrize("family,task", PAIRS)
+def test_runtime_matches_transformers(family, task, tiny_checkpoint, tiny_artifact):
+    manifest = manifest_json(tiny_artifact(family, task))
+    assert manifest["validation"]["passed"] and manifest["variants"]["fp32"]["made_by"]["dynamo"] is True
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]  # neither has token types
+    model = Model.load(tiny_artifact(family, task))
+    feeds = model.tokenizer.encode(TEXTS).feeds
+    got = model.run(feeds)[OUTPUT[task]]
+    ref, mask = transformers_outputs(tiny_checkpoint(family, task), task, TEXTS)
+    assert feeds["input_ids"].shape[1] > 30 and mask.sum(1).min() < 10  # long and short rows share the batch
+    assert got.shape == ref.shape
+    real = mask.astype(bool) if got.ndim == 3 else slice(None)  # padded positions are undefined in both
+    np.testing.assert_allclose(got[real], ref[real], rtol=1e-4, atol=1e-5)
+    assert np.abs(ref[real]).max() > 1e-2  # the comparison is not between near-zero outputs
+
+
+def test_modernbert_uses_both_attention_kinds(tiny_checkpoint):
+    """The fixture really mixes a global layer with a sliding one narrower than the test's texts."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tiny_checkpoint("modernbert", "feature-extraction"))
+    assert cfg.layer_types == ["full_attention", "sliding_attention"] and cfg.sliding_window == 4
+
+
+def test_deberta_fixture_is_v3_shaped(tiny_checkpoint):
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tiny_checkpoint("deberta-v2", "text-classification"))
+    assert cfg.relative_attention and cfg.pos_att_type == ["p2c", "c2p"] and not cfg.position_biased_input
+
+
+# --- Qwen3-Embedding style: a decoder, AutoModel, sentence-transformers' lasttoken + Normalize -----------------
+QUERY_PROMPT = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+
+
+def write_st_embedder(ckpt: Path) -> Path:
+    """A sentence-transformers config as Qwen3-Embedding ships it: legacy Pooling keys, left-padding tokenizer."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(ckpt, padding_side="left",
+                                  model_input_names=["input_ids", "attention_mask"]).save_pretrained(ckpt)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+               "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+               "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}
+    (ckpt / "modules.json").write_text(json.dumps(modules))
+    (ckpt / "1_Pooling").mkdir()
+    (ckpt / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (ckpt / "2_Normalize").mkdir()
+    (ckpt / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 96, "do_lower_case": False}))
+    (ckpt / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
+         "similarity_fn_name": "cosine"}))
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, artifact) of a tiny Qwen3 embedder, exported with no task given."""
+    from conftest import make_tiny_checkpoint
+    from onnxformer.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("qwen3-embedder")
+    ckpt = write_st_embedder(make_tiny_checkpoint(root / "ckpt", "qwen3", "feature-extraction"))
+    result = export_checkpoint(str(ckpt), root / "artifact")
+    assert result.task_inferred and result.manifest.task == "feature-extraction"
+    return ckpt, root / "artifact"
+
+
+def test_embedder_manifest(embedder):
+    m = manifest_json(embedder[1])
+    assert m["architecture"]["model_type"] == "qwen3" and m["validation"]["passed"]
+    assert (m["postprocess"]["pooling"], m["postprocess"]["normalize"]) == ("last", True)
+    assert m["postprocess"]["prompts"] == {"query": QUERY_PROMPT}  # ST's empty "document" prompt is a placeholder
+    assert m["tokenizer"]["max_length"] == 96
+    assert [o["name"] for o in m["outputs"]] == ["last_hidden_state"]  # no KV cache in an embedding graph
+
+
+@pytest.mark.parametrize("prompt_name", [None, "query"])
+def test_embedder_matches_sentence_transformers(embedder, prompt_name):
+    """ST pads on the left (the checkpoint's tokenizer), the runtime on the right: the last real token is the
+    same, and rotary positions are relative, so the embeddings agree."""
+    from sentence_transformers import SentenceTransformer
+
+    ckpt, art = embedder
+    st = SentenceTransformer(str(ckpt), device="cpu")
+    assert st.tokenizer.padding_side == "left"
+    ref = st.encode(TEXTS, prompt_name=prompt_name, batch_size=len(TEXTS))
+    got = Model.load(art).embed(TEXTS, prompt_name=prompt_name)
+    assert got.shape == ref.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    one_by_one = np.stack([st.encode([t], prompt_name=prompt_name)[0] for t in TEXTS])
+    np.testing.assert_allclose(ref, one_by_one, atol=1e-5)  # padding did not change ST's own answer either
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("mode,st_mode", [("last", "lasttoken"), ("cls", "cls"), ("mean", "mean")])
+def test_pooling_matches_sentence_transformers_on_either_padding_side(side, mode, st_mode):
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    lengths = [6, 2, 4]
+    mask = np.zeros((3, 6), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    if side == "left":
+        mask = mask[:, ::-1].copy()
+    ref = Pooling(4, st_mode)({"token_embeddings": torch.from_numpy(states),
+                               "attention_mask": torch.from_numpy(mask)})["sentence_embedding"].numpy()
+    np.testing.assert_allclose(pool(states, mask, mode), ref, atol=1e-6)
+
+
+def test_qwen3_dispatch():
+    """qwen3 is one family: generation by default, feature-extraction for a sentence-transformers checkpoint or
+    when asked; no classification heads."""
+    from onnxformer.export.tasks import check_architecture, generative_task
+
+    family = get_family("qwen3")
+    assert family.kind == DECODER and family.tasks == ("text-generation", "feature-extraction")
+    assert generative_task("qwen3", None) == "text-generation"
+    assert generative_task("qwen3", None, is_sentence_transformer=True) is None
+    assert generative_task("qwen3", "feature-extraction") is None
+    assert check_architecture("qwen3", "feature-extraction") is family
+    with pytest.raises(CheckpointError, match=r"^'qwen3' checkpoints export text-generation, feature-extraction, "
+                                              r"not text-classification; families that export text-classification: "
+                                              r"albert, bert, "):
+        check_architecture("qwen3", "text-classification")
+    assert generative_task("llama", None, is_sentence_transformer=True) == "text-generation"  # not an embedder
+
+
+def test_only_decoders_embed():
+    with pytest.raises(ValueError, match="only a decoder family can be an embedder"):
+        register(Family("bert-embedder", ENCODER, embedder=True))
