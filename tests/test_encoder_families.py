@@ -53,7 +53,7 @@ def test_runtime_matches_transformers(family, task, tiny_checkpoint, tiny_artifa
     assert got.shape == ref.shape
     real = mask.astype(bool) if got.ndim == 3 else slice(None)  # padded positions are undefined in both
     np.testing.assert_allclose(got[real], ref[real], rtol=1e-4, atol=1e-5)
-    assert np.abs(ref[real]).max() > 1e-2  # the comparison is not between near-zero outputs
+    assert np.ptp(ref[real], axis=0).max() > 0.1  # outputs that vary with the input, not near-constant ones
 
 
 def test_modernbert_uses_both_attention_kinds(tiny_checkpoint):
