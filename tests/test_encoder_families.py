@@ -72,15 +72,23 @@ def test_deberta_fixture_is_v3_shaped(tiny_checkpoint):
 
 
 # --- Qwen3-Embedding style: a decoder, AutoModel, sentence-transformers' lasttoken + Normalize -----------------
-QUERY_PROMPT = "Instruct: Given a question, retrieve passages that answer it\nQuery: "
+QUERY_PROMPT = "Instruct: find passages that answer the question\nQuery: "
+EMBED_TEXTS = ["Hi.", "A sentence of middling length, for the middle row.",
+               "The longest row: padding must not leak into the real tokens of the short rows, on either side."]
 
 
-def write_st_embedder(ckpt: Path) -> Path:
-    """A sentence-transformers config as Qwen3-Embedding ships it: legacy Pooling keys, left-padding tokenizer."""
-    from transformers import AutoTokenizer
+def make_st_embedder(directory: Path) -> Path:
+    """A tiny Qwen3 embedder as Qwen3-Embedding ships: a byte-level BPE tokenizer that appends the end-of-text
+    token and pads on the left, and a sentence-transformers config in the legacy format (``pooling_mode_lasttoken``)."""
+    from transformers import PreTrainedTokenizerFast
 
-    AutoTokenizer.from_pretrained(ckpt, padding_side="left",
-                                  model_input_names=["input_ids", "attention_mask"]).save_pretrained(ckpt)
+    from conftest import make_tiny_checkpoint
+    from onnxformer.export.generative_random import train_tokenizer
+
+    ckpt = make_tiny_checkpoint(directory, "qwen3", "feature-extraction")
+    PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(append_eos=True), pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>", padding_side="left", model_max_length=128,
+                            model_input_names=["input_ids", "attention_mask"]).save_pretrained(ckpt)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
@@ -91,7 +99,7 @@ def write_st_embedder(ckpt: Path) -> Path:
     (ckpt / "1_Pooling").mkdir()
     (ckpt / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     (ckpt / "2_Normalize").mkdir()
-    (ckpt / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 96, "do_lower_case": False}))
+    (ckpt / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 120, "do_lower_case": False}))
     (ckpt / "config_sentence_transformers.json").write_text(json.dumps(
         {"prompts": {"query": QUERY_PROMPT, "document": ""}, "default_prompt_name": None,
          "similarity_fn_name": "cosine"}))
@@ -101,11 +109,10 @@ def write_st_embedder(ckpt: Path) -> Path:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint, artifact) of a tiny Qwen3 embedder, exported with no task given."""
-    from conftest import make_tiny_checkpoint
     from onnxformer.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("qwen3-embedder")
-    ckpt = write_st_embedder(make_tiny_checkpoint(root / "ckpt", "qwen3", "feature-extraction"))
+    ckpt = make_st_embedder(root / "ckpt")
     result = export_checkpoint(str(ckpt), root / "artifact")
     assert result.task_inferred and result.manifest.task == "feature-extraction"
     return ckpt, root / "artifact"
@@ -116,7 +123,7 @@ def test_embedder_manifest(embedder):
     assert m["architecture"]["model_type"] == "qwen3" and m["validation"]["passed"]
     assert (m["postprocess"]["pooling"], m["postprocess"]["normalize"]) == ("last", True)
     assert m["postprocess"]["prompts"] == {"query": QUERY_PROMPT}  # ST's empty "document" prompt is a placeholder
-    assert m["tokenizer"]["max_length"] == 96
+    assert m["tokenizer"]["max_length"] == 120  # sentence_bert_config.json, under the 128 positions
     assert [o["name"] for o in m["outputs"]] == ["last_hidden_state"]  # no KV cache in an embedding graph
 
 
@@ -129,11 +136,14 @@ def test_embedder_matches_sentence_transformers(embedder, prompt_name):
     ckpt, art = embedder
     st = SentenceTransformer(str(ckpt), device="cpu")
     assert st.tokenizer.padding_side == "left"
-    ref = st.encode(TEXTS, prompt_name=prompt_name, batch_size=len(TEXTS))
-    got = Model.load(art).embed(TEXTS, prompt_name=prompt_name)
-    assert got.shape == ref.shape == (len(TEXTS), 32)
+    ids = st.tokenizer(EMBED_TEXTS)["input_ids"]
+    assert min(map(len, ids)) < 8 and max(map(len, ids)) > 40  # one batch, very different lengths
+    assert all(row[-1] == st.tokenizer.eos_token_id for row in ids)  # the pooled token is the appended end-of-text
+    ref = st.encode(EMBED_TEXTS, prompt_name=prompt_name, batch_size=len(EMBED_TEXTS))
+    got = Model.load(art).embed(EMBED_TEXTS, prompt_name=prompt_name)
+    assert got.shape == ref.shape == (len(EMBED_TEXTS), 32)
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    one_by_one = np.stack([st.encode([t], prompt_name=prompt_name)[0] for t in TEXTS])
+    one_by_one = np.stack([st.encode([t], prompt_name=prompt_name)[0] for t in EMBED_TEXTS])
     np.testing.assert_allclose(ref, one_by_one, atol=1e-5)  # padding did not change ST's own answer either
 
 
