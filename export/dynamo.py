@@ -6,6 +6,7 @@ inputs/outputs, declares the dynamic axes as ``torch.export.Dim``s, and writes t
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ def to_onnx(module: Any, example: Mapping[str, Any], path: Path, *, output_names
     import torch
 
     opset = opset or DEFAULT_OPSET
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not
+    # installed": about torchvision's operators, which no transformer uses
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # transformers' and torch.export's notices are not actionable here
