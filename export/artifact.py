@@ -64,11 +64,12 @@ def export_checkpoint(
     ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)
     options = dict(opset=opset, atol=atol, trust_remote_code=trust_remote_code, overwrite=overwrite, name=name,
                    progress=progress)
-    if generative_task(ckpt.model_type, task) is not None:  # decoders / seq2seq with a KV cache
+    is_st = ckpt.sentence_transformers is not None
+    if generative_task(ckpt.model_type, task, is_st) is not None:  # decoders / seq2seq with a KV cache
         manifest = export_generative(ckpt, out, task=task, **options)
     else:
-        check_architecture(ckpt.model_type)
-        spec = get_task(task or infer_task(ckpt.config, ckpt.sentence_transformers is not None))
+        spec = get_task(task or infer_task(ckpt.config, is_st))
+        check_architecture(ckpt.model_type, spec.name)
         progress(f"task: {spec.name}" + (" (inferred from the checkpoint)" if task is None else ""))
         manifest = export_encoder(ckpt, spec, out, **options)
     return ExportResult(out, manifest, time.perf_counter() - start, task is None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxformer.errors import CheckpointError
 from onnxformer.runtime import families
-from onnxformer.runtime.families import ENCODER, Family
+from onnxformer.runtime.families import Family
 from onnxformer.runtime.tasks import TASKS, Task, canonical, exportable
 
 
@@ -21,8 +21,9 @@ def get_task(name: str) -> Task:
     return task
 
 
-def check_architecture(model_type: str) -> Family:
-    return families.get_family(model_type, ENCODER)
+def check_architecture(model_type: str, task: str) -> Family:
+    """The family of a one-graph export of ``task``: an encoder, or a decoder that embeds (``Family.embedder``)."""
+    return families.get_family(model_type, task=task)
 
 
 def infer_task(config: dict[str, Any], is_sentence_transformer: bool) -> str:
@@ -39,13 +40,16 @@ def infer_task(config: dict[str, Any], is_sentence_transformer: bool) -> str:
     return "feature-extraction"
 
 
-def generative_task(model_type: str, task: str | None) -> str | None:
+def generative_task(model_type: str, task: str | None, is_sentence_transformer: bool = False) -> str | None:
     """The generative task this export request means, or None when it is an encoder export.
 
-    Accepts optimum's ``-with-past`` spellings; a generative family with no task gets its natural one.
+    Accepts optimum's ``-with-past`` spellings; a generative family with no task gets its natural one, unless
+    the checkpoint is a sentence-transformers embedder of a family that embeds (Qwen3-Embedding).
     """
     if task is not None:  # optimum's -with-past spellings are aliases in the registry
         spec = TASKS.get(canonical(task))
         return spec.name if spec is not None and spec.generative else None
     family = families.find(model_type)
-    return family.tasks[0] if family is not None and family.generative else None
+    if family is None or not family.generative or (is_sentence_transformer and family.embedder):
+        return None
+    return family.tasks[0]

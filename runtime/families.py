@@ -26,10 +26,13 @@ class Family:
     kind: str  # ENCODER | DECODER | SEQ2SEQ
     optimizer_model_type: str | None = None  # onnxruntime.transformers.optimizer model_type (None: no fusions)
     position_offset: int = 0  # positions consumed before the first token (RoBERTa: padding_idx + 1)
+    # A decoder whose base model (AutoModel, no KV cache) also exports feature-extraction, as one encoder-style
+    # graph: decoder-based sentence embedders (Qwen3-Embedding) with last-token pooling.
+    embedder: bool = False
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return _KIND_TASKS[self.kind]
+        return _KIND_TASKS[self.kind] + (("feature-extraction",) if self.embedder else ())
 
     @property
     def generative(self) -> bool:
@@ -42,17 +45,22 @@ FAMILIES: dict[str, Family] = {}
 def register(family: Family) -> Family:
     if family.kind not in _KIND_TASKS:
         raise ValueError(f"family {family.model_type!r}: kind must be one of {sorted(_KIND_TASKS)}")
+    if family.embedder and family.kind != DECODER:
+        raise ValueError(f"family {family.model_type!r}: only a decoder family can be an embedder")
     FAMILIES[family.model_type] = family
     return family
 
 
-# Encoders: every one is BERT-shaped for ONNX Runtime's fusion patterns (BertOnnxModel).
+# Encoders: BERT-shaped for ONNX Runtime's fusion patterns (BertOnnxModel), except where noted.
 register(Family("albert", ENCODER, "bert"))
 register(Family("bert", ENCODER, "bert"))
 register(Family("camembert", ENCODER, "bert", position_offset=2))
-register(Family("deberta-v2", ENCODER, "bert"))
+register(Family("deberta-v2", ENCODER, "bert"))  # relative attention: no attention fusion matches, norms/GELU do
 register(Family("distilbert", ENCODER, "bert"))
 register(Family("electra", ENCODER, "bert"))
+# ModernBERT: ORT's "bert" optimizer crashes on its bias-free LayerNorm (fusion_skiplayernorm IndexError), so
+# onnxscript's fusions alone (attention → MultiHeadAttention, GELU).
+register(Family("modernbert", ENCODER))
 register(Family("mpnet", ENCODER, "bert"))
 register(Family("roberta", ENCODER, "bert", position_offset=2))
 register(Family("xlm-roberta", ENCODER, "bert", position_offset=2))
@@ -63,27 +71,31 @@ register(Family("llama", DECODER))
 register(Family("mistral", DECODER))  # sliding-window attention
 register(Family("phi3", DECODER))
 register(Family("qwen2", DECODER))
-register(Family("qwen3", DECODER))
+register(Family("qwen3", DECODER, embedder=True))  # also Qwen3-Embedding (feature-extraction, last-token pooling)
 # Encoder-decoder models: encoder + decoder + decoder-with-past graphs.
 register(Family("bart", SEQ2SEQ))
 register(Family("marian", SEQ2SEQ))
 register(Family("t5", SEQ2SEQ))
 
 
-def names(kind: str | None = None) -> tuple[str, ...]:
-    """Registered model types (of one ``kind``), sorted."""
-    return tuple(sorted(n for n, f in FAMILIES.items() if kind is None or f.kind == kind))
+def names(kind: str | None = None, task: str | None = None) -> tuple[str, ...]:
+    """Registered model types (of one ``kind``, exporting ``task``), sorted."""
+    return tuple(sorted(n for n, f in FAMILIES.items()
+                        if (kind is None or f.kind == kind) and (task is None or task in f.tasks)))
 
 
 def find(model_type: str) -> Family | None:
     return FAMILIES.get(model_type)
 
 
-def get_family(model_type: str, kind: str | None = None) -> Family:
-    """The registered family of ``model_type`` (of ``kind`` when given); a CheckpointError listing the
-    families that are supported otherwise."""
+def get_family(model_type: str, kind: str | None = None, task: str | None = None) -> Family:
+    """The registered family of ``model_type`` (of ``kind``, exporting ``task``, when given); a CheckpointError
+    listing the families that are supported otherwise."""
     family = FAMILIES.get(model_type)
+    if family is not None and task is not None and task not in family.tasks and (kind is None or family.kind == kind):
+        raise CheckpointError(f"{model_type!r} checkpoints export {', '.join(family.tasks)}, not {task}; families "
+                              f"that export {task}: {', '.join(names(kind, task))}")
     if family is None or (kind is not None and family.kind != kind):
         scope = f"{kind} families" if kind else "families"
-        raise CheckpointError(f"unsupported architecture {model_type!r}; supported {scope}: {', '.join(names(kind))}")
+        raise CheckpointError(f"unsupported architecture {model_type!r}; supported {scope}: {', '.join(names(kind, task))}")
     return family

@@ -9,13 +9,13 @@ POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 
 
 def pool(states: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
-    """states (B, T, C), mask (B, T) of 0/1 → (B, C)."""
+    """states (B, T, C), mask (B, T) of 0/1, padded on either side → (B, C)."""
     m = mask[..., None].astype(states.dtype)  # (B, T, 1)
-    if mode == "cls":
-        return states[:, 0]
-    if mode == "last":
-        last = mask.sum(axis=1).astype(np.int64) - 1  # (B,)
-        return states[np.arange(states.shape[0]), last]
+    rows = np.arange(states.shape[0])
+    if mode == "cls":  # the first real token: position 0 when right-padded, after the pads when left-padded
+        return states[rows, np.argmax(mask > 0, axis=1)]
+    if mode == "last":  # the last real token (decoder embedders: the one that has seen every other)
+        return states[rows, last_token(mask)]
     if mode == "max":
         return np.where(m > 0, states, -1e9).max(axis=1)
     summed = (states * m).sum(axis=1)  # (B, C)
@@ -25,6 +25,12 @@ def pool(states: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "mean_sqrt_len":
         return summed / np.sqrt(counts)
     raise ArtifactError(f"unknown pooling {mode!r} in the manifest; expected one of {POOLINGS}")
+
+
+def last_token(mask: np.ndarray) -> np.ndarray:
+    """(B,) index of each row's last non-pad position, left or right padding alike (sentence-transformers'
+    ``lasttoken``: the first 1 of the reversed mask). Every row has a real token: empty texts are refused."""
+    return mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

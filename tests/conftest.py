@@ -79,6 +79,17 @@ def tiny_config(family: str, task: str):
         kwargs.update(embedding_size=16)
     if family in ("roberta", "xlm-roberta", "camembert"):
         kwargs.update(max_position_embeddings=130, bos_token_id=101, eos_token_id=102)
+    if family == "deberta-v2":  # DeBERTa-v3's shape: relative attention (log buckets past 8), no token types;
+        # weights wide enough that its pooled classifier's logits depend on the input (at 0.02 they are ~1e-3)
+        kwargs.update(initializer_range=0.2, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                      max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
+                      position_biased_input=False, type_vocab_size=0)
+    if family == "modernbert":  # one global then one sliding layer; a window of 8 so validation's lengths use it;
+        # the classifier's masked mean pooling (its [CLS] row barely varies in a random 2-layer model)
+        kwargs.update(global_attn_every_n_layers=2, local_attention=8, bos_token_id=101, eos_token_id=102,
+                      cls_token_id=101, sep_token_id=102, classifier_pooling="mean")
+    if family == "qwen3":  # grouped-query attention, as Qwen3-Embedding
+        kwargs.update(num_key_value_heads=2, head_dim=8, bos_token_id=101, eos_token_id=102)
     return AutoConfig.for_model(family, **kwargs)
 
 
