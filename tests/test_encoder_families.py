@@ -189,11 +189,8 @@ def test_only_decoders_embed():
         register(Family("bert-embedder", ENCODER, embedder=True))
 
 
-# --- fp32-opt: what onnxscript's fusions (+ ORT's "bert" optimizer for DeBERTa) make of each family -------------
-NEEDS_SDPA_VIA_MHA = pytest.mark.xfail(
-    strict=True, reason="quantize/optimize.py leaves onnxscript's intermediate ai.onnxruntime._fusion:SDPA op when "
-    "no MHA pattern consumes it (rotary between the projections and SDPA); upstream's replace_sdpa_by_mha "
-    "(sdpa_via_mha) turns it into MultiHeadAttention")
+# --- fp32-opt: what onnxscript's fusions (+ ORT's "bert" optimizer for DeBERTa) make of each family
+# (ModernBERT/Qwen3: rotary sits between the projections and SDPA, so replace_sdpa_by_mha makes the MHA) -------------
 FUSED = {
     "deberta-v2": {"BiasGelu": 2, "FusedMatMul": 4, "Gelu": 1, "LayerNormalization": 1, "SkipLayerNormalization": 4},
     "modernbert": {"Gelu": 3, "LayerNormalization": 6, "MultiHeadAttention": 2},  # bias-free norms: no Skip fusion
@@ -201,8 +198,7 @@ FUSED = {
 }
 
 
-@pytest.mark.parametrize("family", ["deberta-v2", pytest.param("modernbert", marks=NEEDS_SDPA_VIA_MHA),
-                                    pytest.param("qwen3", marks=NEEDS_SDPA_VIA_MHA)])
+@pytest.mark.parametrize("family", ["deberta-v2", "modernbert", "qwen3"])
 def test_fused_graph(family, tiny_artifact, embedder, copy_artifact):
     from onnxformer.quantize.pipeline import optimize_artifact
 
