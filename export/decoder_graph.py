@@ -11,13 +11,11 @@ the prompt step needs only the last one (export/generative_logits.py).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-from onnxformer.errors import ExportError
 from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
-from onnxformer.export.dynamo import DEFAULT_OPSET, save_program
+from onnxformer.export.dynamo import export_program, save_program
 
 # Example sizes for tracing: torch.export specialises dimensions of size 0 and 1, so each is >= 2.
 _BATCH, _SEQUENCE, _PAST = 2, 3, 4
@@ -73,7 +71,6 @@ def _example(model: Any) -> tuple[tuple[Any, ...], int]:
 def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:
     """Write ``model`` (a transformers causal LM) as one decoder graph with a KV cache to ``path``."""
     import onnx_ir as ir
-    import torch
 
     args, num_layers = _example(model)
     # Dimension names, not Dim objects: torch.onnx makes each a Dim.DYNAMIC and names the graph's axes after it.
@@ -81,24 +78,8 @@ def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:
     shapes = {"input_ids": tokens, "attention_mask": {0: "batch", 1: "total_sequence"}, "position_ids": tokens,
               "past": [{0: "batch", 2: "past_sequence"}] * (2 * num_layers), "logits_to_keep": None}
     inputs, outputs = io_names(num_layers)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # transformers' and torch.export's notices are not actionable here
-            # Not dynamo.to_onnx: the past is one list argument (any number of layers), which it does not take.
-            program = torch.onnx.export(_module()(model), args, dynamic_shapes=shapes, input_names=inputs,
-                                        output_names=outputs, opset_version=opset or DEFAULT_OPSET, dynamo=True,
-                                        optimize=True, report=False, verbose=False)
-    except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
-        raise ExportError(f"torch.onnx.export (dynamo) could not export {type(model).__name__} with a KV cache: "
-                          f"{_innermost(e)}") from e
+    program = export_program(_module()(model), args, dynamic_shapes=shapes, input_names=inputs, output_names=outputs,
+                             opset=opset, what=f"{type(model).__name__} with a KV cache")
     logits = program.model.graph.outputs[0]  # torch.export's name for the kept length is a formula of u0
     logits.shape = ir.Shape([logits.shape[0], "kept_sequence", logits.shape[2]])
     save_program(program, path)
-
-
-def _innermost(error: BaseException) -> str:
-    """The first line of the innermost cause (torch.onnx wraps torch.export's error in a page of advice)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__

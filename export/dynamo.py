@@ -28,29 +28,48 @@ def dynamic_shapes(example: Mapping[str, Any], axes: Axes) -> dict[str, dict[int
     return {name: dict(axes[name]) if axes.get(name) else None for name in example}
 
 
+def export_program(module: Any, args: tuple[Any, ...] = (), *, kwargs: Mapping[str, Any] | None = None,
+                   input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes: Any,
+                   opset: int | None, what: str) -> Any:
+    """``torch.onnx.export(dynamo=True)`` of ``module`` as every exporter here calls it; the ``ONNXProgram``.
+
+    A failure is one ExportError line: "torch.onnx.export (dynamo=True) could not export ``what``: <the innermost
+    cause>" (torch.onnx wraps torch.export's error in a page of advice).
+    """
+    import torch
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not
+    # installed": about torchvision's operators, which no transformer uses
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # transformers' and torch.export's notices are not actionable here
+            return torch.onnx.export(module, tuple(args), kwargs=dict(kwargs or {}), dynamo=True,
+                                     opset_version=opset or DEFAULT_OPSET, input_names=list(input_names),
+                                     output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True,
+                                     report=False, verbose=False)
+    except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
+        raise ExportError(f"torch.onnx.export (dynamo=True) could not export {what}: {innermost(e)}") from e
+
+
 def to_onnx(module: Any, example: Mapping[str, Any], path: Path, *, output_names: Sequence[str], axes: Axes,
             opset: int | None = None) -> dict[str, Any]:
     """Export ``module(**example)`` to ``path``; returns the ``made_by`` record of the graph.
 
     ``axes`` names the dynamic axes of every input; the outputs' dynamic axes follow from the trace.
     """
+    program = export_program(module, kwargs=example, input_names=list(example), output_names=output_names,
+                             dynamic_shapes=dynamic_shapes(example, axes), opset=opset,
+                             what=_module_name(module))
+    save_program(program, path)
+    return made_by(opset)
+
+
+def made_by(opset: int | None) -> dict[str, Any]:
+    """How a graph was made: the dynamo exporter, on these versions."""
     import torch
 
-    opset = opset or DEFAULT_OPSET
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not
-    # installed": about torchvision's operators, which no transformer uses
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # transformers' and torch.export's notices are not actionable here
-            program = torch.onnx.export(module, (), kwargs=dict(example), dynamo=True, opset_version=opset,
-                                        input_names=list(example), output_names=list(output_names),
-                                        dynamic_shapes=dynamic_shapes(example, axes), optimize=True,
-                                        report=False, verbose=False)
-    except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
-        raise ExportError(f"torch.onnx.export (dynamo) failed for {type(module).__name__}: {_first_line(e)}") from e
-    save_program(program, path)
-    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset,
-            "torch": torch.__version__, "onnxscript": _version("onnxscript")}
+    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset or DEFAULT_OPSET, "torch": torch.__version__,
+            "onnxscript": _version("onnxscript"), "transformers": _version("transformers")}
 
 
 def save_program(program: Any, path: Path) -> Path:
@@ -80,6 +99,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _first_line(e: BaseException) -> str:
-    text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return text[0][:300] if text else type(e).__name__
+def innermost(error: BaseException) -> str:
+    """The first non-empty line of the innermost cause."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def _module_name(module: Any) -> str:
+    inner = getattr(module, "model", module)  # our task wrappers hold the transformers model as .model
+    return type(inner).__name__

@@ -18,6 +18,7 @@ from onnxformer.export.generative_validate import past_names, validate_decoder, 
 from onnxformer.export.hf import _first_line
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.tasks import generative_task
+from onnxformer.export.dynamo import made_by
 from onnxformer.export.versions import library_versions
 from onnxformer.runtime import families
 from onnxformer.runtime.dtypes import numpy_name
@@ -173,13 +174,6 @@ def max_positions(config: Any, tokenizer: Any) -> int:
     return int(limit)
 
 
-def made_by(opset: int, requested: int | None) -> dict[str, Any]:
-    """How the fp32 graphs were made: the dynamo exporter, on these versions."""
-    versions = library_versions(("torch", "transformers"))
-    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset, "requested_opset": requested,
-            "torch": versions.get("torch"), "transformers": versions.get("transformers")}
-
-
 def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
               validation: dict[str, Any], opset: int | None) -> Manifest:
     files = {role: f"fp32/{f}" for role, f in COMPONENTS[kind].items()}
@@ -191,7 +185,7 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)
     fp32 = fp32_variant(stage, files["decoder"], validation,
-                        made_by(actual_opset, opset),
+                        {**made_by(actual_opset), "requested_opset": opset},
                         providers=["cuda", "cpu"], components=files, cache_dtype="float32")
     generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,
                             max_positions=positions, position_ids="position_ids" in names,

@@ -73,15 +73,8 @@ def export_onnx(model: Any, task: Task, out_dir: Path, opset: int | None) -> dic
     example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     example = {k: example[k] for k in names}
     axes = {k: {0: "batch_size", 1: "sequence_length"} for k in names}  # optimum's names, as before
-    made_by = to_onnx(task_outputs(model, task.outputs), example, out_dir / "model.onnx", output_names=task.outputs,
-                      axes=axes, opset=opset)
-    return {**made_by, "transformers": _transformers_version()}
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
+    return to_onnx(task_outputs(model, task.outputs), example, out_dir / "model.onnx", output_names=task.outputs,
+                   axes=axes, opset=opset)
 
 
 def _first_line(e: BaseException) -> str:

@@ -15,8 +15,6 @@ Imports torch at the top: reached only from the export path (export/generative.p
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,7 @@ import torch
 from torch.export import Dim
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from onnxformer.errors import ExportError
-from onnxformer.export.dynamo import DEFAULT_OPSET, save_program
+from onnxformer.export.dynamo import export_program, save_program
 
 ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 # Example sizes for tracing: all >= 2 and distinct, so torch.export specializes none of the dynamic dims.
@@ -108,18 +105,9 @@ def export_seq2seq_graphs(model: Any, out_dir: Path, opset: int | None) -> None:
 
 def _export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
                   path: Path, opset: int | None, model_name: str) -> None:
-    """export/dynamo.py's ``to_onnx``, positionally: its keyword examples cannot carry the dotted cache names."""
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # as to_onnx does
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            # Inputs sharing a dim (batch, source length) are named once; torch.onnx says so for each.
-            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
-            program = torch.onnx.export(module, args, dynamo=True, input_names=inputs, output_names=outputs,
-                                        dynamic_shapes=_dynamic_shapes(inputs), opset_version=opset or DEFAULT_OPSET,
-                                        optimize=True, verbose=False)
-    except Exception as e:  # torch.export raises many types; all mean "this model does not export"
-        raise ExportError(f"torch.onnx.export (dynamo=True) could not export the {model_name} {path.name}: "
-                          f"{_first_line(_root(e))}") from e
+    """One graph through export/dynamo.py's ``export_program`` (positional: the dotted cache names are no kwargs)."""
+    program = export_program(module, args, input_names=inputs, output_names=outputs,
+                             dynamic_shapes=_dynamic_shapes(inputs), opset=opset, what=f"the {model_name} {path.name}")
     save_program(program, path)
 
 
@@ -154,15 +142,3 @@ def _mask() -> torch.Tensor:
     mask = torch.ones(_BATCH, _SOURCE, dtype=torch.long)
     mask[1, -2:] = 0  # one padded row: a mask that varies, as at run time
     return mask
-
-
-def _root(e: BaseException) -> BaseException:
-    """The innermost cause: torch.onnx wraps torch.export's error in a multi-paragraph banner."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -33,7 +33,8 @@ def test_export_validates_and_records_the_dynamo_exporter(family, gen_artifact):
     assert m["generation"]["logits_to_keep"] and m["generation"]["position_ids"]
     made_by = m["variants"]["fp32"]["made_by"]
     assert made_by == {"tool": "torch.onnx.export", "dynamo": True, "opset": m["opset"], "requested_opset": None,
-                       "torch": metadata.version("torch"), "transformers": metadata.version("transformers")}
+                       "torch": metadata.version("torch"), "transformers": metadata.version("transformers"),
+                       "onnxscript": metadata.version("onnxscript")}
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
