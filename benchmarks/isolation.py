@@ -96,7 +96,7 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         with open(scratch / "stderr.txt", "w+") as err:
             load_average = os.getloadavg()[0]
-            script = Path(__file__).with_name(peer.script)
+            script = Path(__file__).parent / peer.script  # a bare name: one of ours next to this file
             code, tail = _wait([str(python), str(script), str(scratch / "spec.json")], err, env)
         if not Path(spec["out"]).is_file():
             return _failed(name, f"{peer.script} exited with {code} in the {peer.environment.name} environment: {tail}",

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -81,12 +82,14 @@ def ensure(env: PeerEnv) -> Path:
         return env.python()
     if path in _FAILED:
         raise _FAILED[path]
+    start = time.monotonic()
     try:
         _build(env, path)
     except PeerEnvError as e:
         _FAILED[path] = e
         print(f"not measured: {env.name} — {e}", file=sys.stderr)
         raise
+    print(f"made the {env.name} peer environment in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return env.python()
 
 
