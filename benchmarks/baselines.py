@@ -46,18 +46,6 @@ def pytorch_missing(ctx: ArtifactContext) -> str | None:
     return torch_missing_reason() or source_path(ctx.manifest)[1]
 
 
-def optimum_missing(ctx: ArtifactContext) -> str | None:
-    """Why optimum's peer cannot run here: PyTorch's reasons first (its export needs them), then optimum."""
-    reason = pytorch_missing(ctx)
-    if reason:
-        return reason
-    try:
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError:
-        return f"optimum peer unavailable: optimum[onnxruntime] is not installed ({INSTALL_HINT})"
-    return None
-
-
 # --- PyTorch -------------------------------------------------------------------------------------------------
 def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | None, *, half: bool = False,
                  attn: str | None = None, compiled: bool = False) -> Runner:
