@@ -83,7 +83,7 @@ def table(report: dict[str, Any]) -> list[str]:
     lines = [f"# Peers on {report['artifact']['name']} (issue 15)", "",
              f"CPU: {cpu['model']} ({flags}); {report['settings']['threads']} threads; every configuration in its own "
              f"process, one after the other in one run; load average {report['load_average_1m_start']:.1f} at the "
-             "start (a shared machine: read ratios, not absolute times).", "",
+             "start (a shared machine: read ratios, not absolute times).", "", *([report["note"], ""] if report.get("note") else []),
              "| config | p50 ms 1×128 | p50 ms 8×128 | min cos held-out, batched | min cos held-out, solo | "
              "min cos vs PyTorch fp32 (bench inputs) |", "|---|---|---|---|---|---|"]
     for c in report["configs"]:
@@ -110,8 +110,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="JSON path; the markdown table goes next to it (.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=4.0, help="timing budget per configuration, shape and mode")
+    p.add_argument("--note", help="a line for the table's header (e.g. where the artifact came from)")
     args = p.parse_args()
     report = measure(args.artifact, args.threads, args.seconds)
+    if args.note:
+        report["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report)
     atomic_write_bytes(args.out.with_suffix(".md"), "\n".join(table(report)).encode())
