@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -83,10 +83,17 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
                 label = f"{name}@{provider}" + (f"-{build}" if provider == "tensorrt" else "")
                 out.append(Candidate(label, VARIANT, "gpu" if provider in GPU_PROVIDERS else "cpu",
                                      record.precision, load=_variant_loader(ctx, name, provider, build)))
-            if provider == "cuda" and record.fused:  # BERT-class attention, unpadded: ORT's own packing mode
+            if provider == "cuda" and packable(record):  # BERT-class attention, unpadded: ORT's own packing mode
                 out.append(Candidate(f"{name}@cuda-packed", VARIANT, "gpu", record.precision,
                                      load=_packed_loader(ctx, name)))
     return out
+
+
+def packable(record: Any) -> bool:
+    """ORT's packing mode takes its own fused ``Attention`` with a 2-D mask: graphs that ORT's optimizer fused
+    (artifacts exported before the dynamo path). onnxscript's MultiHeadAttention takes a float attention bias,
+    which ``PackedMultiHeadAttention`` cannot."""
+    return bool(record.fused and (record.made_by.get("fused_ops") or {}).get("Attention"))
 
 
 def packed_graph(source: Path, out: Path) -> Path:
@@ -104,7 +111,7 @@ def packed_graph(source: Path, out: Path) -> Path:
     PackingMode(model).convert(use_symbolic_shape_infer=True)
     if not model.get_nodes_by_op_type("RemovePadding"):
         raise ArtifactError(f"{source}: packing mode needs ONNX Runtime's fused Attention with a 2-D attention mask "
-                            "(an fp32-opt-derived graph); none was found")
+                            "(a graph fused by ORT's optimizer, as artifacts exported before the dynamo path are); none was found")
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model.model, out)
 

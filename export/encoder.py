@@ -26,8 +26,8 @@ def export_encoder(ckpt: Checkpoint, spec: Task, out: Path, *, opset: int | None
         progress("loading the PyTorch reference")
         reference = load_reference(ckpt, spec, trust_remote_code)
         tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
-        progress("exporting with optimum")
-        export_onnx(reference, spec, stage / "fp32", opset)
+        progress("exporting with torch.onnx (dynamo)")
+        made_by = export_onnx(reference, spec, stage / "fp32", opset)
         progress("validating against PyTorch on new shapes")
         inputs, outputs = io_specs(stage / GRAPH)
         vocab = int(ckpt.config.get("vocab_size", 100))
@@ -39,8 +39,7 @@ def export_encoder(ckpt: Checkpoint, spec: Task, out: Path, *, opset: int | None
             opset=actual, inputs=inputs, outputs=outputs, versions=library_versions(), validation=validation,
             tokenizer=tokenizer_spec(stage, _max_length(ckpt, tokenizer), _pad_id(tokenizer), tokenizer.pad_token),
             postprocess=_postprocess(ckpt, spec.name),
-            fp32=fp32_variant(stage, GRAPH, validation,
-                              {"tool": "optimum.exporters.onnx", "opset": actual, "requested_opset": opset}),
+            fp32=fp32_variant(stage, GRAPH, validation, {**made_by, "opset": actual, "requested_opset": opset}),
         )
         manifest.save(stage)
     return manifest

@@ -1,17 +1,17 @@
-"""Hugging Face checkpoint → ONNX, through optimum's exporter (architecture coverage is its job)."""
+"""Hugging Face encoder checkpoint → ONNX, through torch.onnx's dynamo exporter (export/dynamo.py)."""
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
+import inspect
 from pathlib import Path
 from typing import Any
 
-from onnxformer.errors import CheckpointError, ExportError
+from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint
+from onnxformer.export.dynamo import to_onnx
 from onnxformer.runtime.tasks import Task
 
-log = logging.getLogger(__name__)
+# Trace shapes; validation then runs others (export/validate.py).
+TRACE_BATCH, TRACE_LENGTH = 2, 16
 
 
 def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False) -> Any:
@@ -31,22 +31,57 @@ def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False
     return model.eval()
 
 
-def export_onnx(model: Any, task: Task, out_dir: Path, opset: int | None) -> list[Path]:
-    """Export ``model`` into ``out_dir``; returns the files written (model.onnx plus any external data)."""
-    from optimum.exporters.onnx import onnx_export_from_model
+def input_names(model: Any) -> list[str]:
+    """What the graph takes: ids and mask always; token types only where the model has more than one type
+    (RoBERTa's single type and DeBERTa-v2's none would be a dead input)."""
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in params and int(getattr(model.config, "type_vocab_size", 0) or 0) > 1:
+        names.append("token_type_ids")
+    return names
 
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".optimum-") as scratch:
-        try:
-            onnx_export_from_model(model, output=scratch, opset=opset, task=task.name, do_validation=False)
-        except (ValueError, KeyError, NotImplementedError, RuntimeError) as e:
-            raise ExportError(f"optimum could not export {task.name}: {_first_line(e)}") from e
-        # optimum writes model.onnx (and model.onnx_data when the graph is over 2 GB) plus preprocessor
-        # files; we keep the graph files only: tokenizer files are written by the artifact stage.
-        produced = [p for p in Path(scratch).iterdir() if p.name.startswith("model.onnx")]
-        if not any(p.name == "model.onnx" for p in produced):
-            raise ExportError(f"optimum produced no model.onnx (got {sorted(p.name for p in Path(scratch).iterdir())})")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return [Path(shutil.move(str(p), out_dir / p.name)) for p in produced]
+
+def task_outputs(model: Any, outputs: tuple[str, ...]) -> Any:
+    """``model(**feeds)`` returning the task's outputs as a tuple in the task's order (ONNX outputs are positional)."""
+    import torch
+
+    class TaskOutputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        # Named parameters: torch.export matches dynamic shapes to argument names (no **kwargs).
+        def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> tuple[Any, ...]:
+            feeds = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            out = self.model(input_ids=input_ids, **{k: v for k, v in feeds.items() if v is not None},
+                             return_dict=True)
+            return tuple(out[name] for name in outputs)
+
+    return TaskOutputs().eval()
+
+
+def export_onnx(model: Any, task: Task, out_dir: Path, opset: int | None) -> dict[str, Any]:
+    """Export ``model`` to ``out_dir/model.onnx``; returns how it was made (the variant's ``made_by``)."""
+    import torch
+
+    names = input_names(model)
+    vocab = int(getattr(model.config, "vocab_size", 100))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, max(vocab, 6), (TRACE_BATCH, TRACE_LENGTH), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, TRACE_LENGTH // 2:] = 0  # a padded row, so the mask is not constant-folded
+    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    example = {k: example[k] for k in names}
+    axes = {k: {0: "batch_size", 1: "sequence_length"} for k in names}  # optimum's names, as before
+    made_by = to_onnx(task_outputs(model, task.outputs), example, out_dir / "model.onnx", output_names=task.outputs,
+                      axes=axes, opset=opset)
+    return {**made_by, "transformers": _transformers_version()}
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _first_line(e: BaseException) -> str:

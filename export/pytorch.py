@@ -1,4 +1,4 @@
-"""Plain PyTorch modules → validated ONNX artifact, through torch.onnx.export.
+"""Plain PyTorch modules → validated ONNX artifact, through torch.onnx.export (dynamo, export/dynamo.py).
 
 For models that are not Hugging Face checkpoints: the caller supplies example inputs (traced) and
 validation inputs of *other* shapes; the artifact has task "raw" and no tokenizer, and the runtime
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from onnxformer.errors import ExportError, ValidationError
+from onnxformer.errors import ValidationError
 from onnxformer.export.artifact import ExportResult
 from onnxformer.export.describe import fp32_variant, io_specs
+from onnxformer.export.dynamo import to_onnx
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import Case, validate
 from onnxformer.export.versions import library_versions
@@ -49,15 +49,8 @@ def export_module(
     with staging_dir(out, overwrite) as stage:
         (stage / "fp32").mkdir()
         onnx_path = stage / "fp32" / "model.onnx"
-        args = tuple(torch.from_numpy(np.asarray(example_inputs[k])) for k in input_names)
-        try:
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-                torch.onnx.export(module, args, str(onnx_path), input_names=input_names,
-                                  output_names=list(output_names), opset_version=opset,
-                                  dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()}, dynamo=False)
-        except Exception as e:  # the exporter raises many types; all mean "this module does not trace"
-            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {str(e).splitlines()[0]}") from e
+        example = {k: torch.from_numpy(np.asarray(example_inputs[k])) for k in input_names}
+        made_by = to_onnx(module, example, onnx_path, output_names=output_names, axes=dynamic_axes, opset=opset)
         cases = [Case(f"validation-{i}", {k: np.asarray(v) for k, v in feeds.items()})
                  for i, feeds in enumerate(validation_inputs)]
         validation = validate(_module_reference(module, input_names, output_names), onnx_path, cases, atol)
@@ -68,7 +61,7 @@ def export_module(
             architecture=Architecture("pytorch-module", extra={"class": cls}),
             source={"path": None, "weight_format": "state_dict", "sha256": {"state_dict": _state_dict_sha256(module)}},
             opset=opset, inputs=inputs, outputs=outputs, versions=library_versions(), validation=validation,
-            fp32=fp32_variant(stage, "fp32/model.onnx", validation, {"tool": "torch.onnx.export", "opset": opset}),
+            fp32=fp32_variant(stage, "fp32/model.onnx", validation, made_by),
         )
         manifest.save(stage)
     return ExportResult(out, manifest, time.perf_counter() - start, task_inferred=False)

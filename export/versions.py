@@ -5,8 +5,8 @@ import platform
 from importlib import metadata
 from typing import Sequence
 
-LIBRARIES = ("onnxformer", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-             "onnxruntime-gpu", "tokenizers", "sentence-transformers", "numpy")
+LIBRARIES = ("onnxformer", "torch", "transformers", "onnxscript", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-gpu",
+             "tokenizers", "sentence-transformers", "numpy", "optimum", "optimum-onnx")
 
 
 def library_versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:

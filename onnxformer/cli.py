@@ -26,7 +26,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     aliases = ", ".join(f"{a} = {t}" for a, t in ALIASES.items())
     p.add_argument("--task", help=f"{' | '.join(exportable())} (aliases: {aliases}; default: inferred from the "
                                   "checkpoint)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the architecture)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: 18, torch.onnx's default)")
     p.add_argument("--atol", type=float, help="max |Δ| against PyTorch (default per task)")
     p.add_argument("--allow-pickle", action="store_true", help="load pickle weights (torch.load weights_only=True)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own Python code")

@@ -65,7 +65,7 @@ class FusedFp32(EncoderRecipe):
     providers, fuses = ("cuda", "cpu"), True
 
     def build(self, job: Job) -> Built:
-        job.progress("fusing (onnxruntime.transformers.optimizer)")
+        job.progress("fusing (onnxscript rewriter + onnxruntime.transformers.optimizer)")
         path, made_by = optimize.fuse(job.source, job.manifest.architecture, job.work / "fused")
         return self.built(job, {MODEL: path}, made_by)
 

@@ -11,8 +11,8 @@ evaluation texts but fell to min cosine 0.982 on long random-word texts; clamped
 - α is chosen per node, measured not guessed: on the calibration texts, each candidate α (and
   "no smoothing") is scored by the node's simulated int8 output error, exactly as ORT quantizes
   dynamically (uint8 asymmetric per tensor for X, int8 symmetric per output channel for W).
-- ``X / s`` costs nothing when X is an ``Attention`` output read only by this node: the division
-  folds into V's weights and bias (softmax(QKᵀ)·V is linear in V's channels). Elsewhere it is one
+- ``X / s`` costs nothing when X is an ``Attention`` / ``MultiHeadAttention`` output read only by this node:
+  the division folds into V's weights and bias (softmax(QKᵀ)·V is linear in V's channels). Elsewhere it is one
   ``Mul`` before the node, added only when it cuts the node's error by ``min_gain``, since each
   ``Mul`` is one more pass over the activation.
 """
@@ -113,11 +113,26 @@ class _Graph:
                 and self.inits[name].data_type == onnx.TensorProto.FLOAT)
 
     def foldable(self, node: onnx.NodeProto) -> bool:
-        """X comes straight from an Attention whose output only this node reads, and whose V weights are ours."""
+        return self.value_weights(node) is not None
+
+    def value_weights(self, node: onnx.NodeProto) -> tuple[str, str] | None:
+        """(weight, bias) initializers whose last ``K`` columns make the V projection that X comes from, when X is
+        an attention output only this node reads and those tensors are ours alone; None otherwise. Attention packs
+        Q|K|V in one weight; MultiHeadAttention takes V from its own MatMul and Q|K|V biases in one tensor."""
         src = self.producer.get(node.input[0])
-        return (src is not None and src.op_type == "Attention" and self.uses.get(node.input[0]) == 1
-                and not any(a.name == "qkv_hidden_sizes" for a in src.attribute)
-                and self.uses.get(src.input[1]) == 1 and len(src.input) > 2 and self.uses.get(src.input[2]) == 1)
+        if src is None or self.uses.get(node.input[0]) != 1 or len(src.input) < 3:
+            return None
+        if src.op_type == "Attention" and not any(a.name == "qkv_hidden_sizes" for a in src.attribute):
+            weight, bias = src.input[1], src.input[2]
+        elif src.op_type == "MultiHeadAttention" and len(src.input) > 3 and src.input[3]:
+            value = self.producer.get(src.input[2])
+            if value is None or value.op_type != "MatMul" or self.uses.get(src.input[2]) != 1:
+                return None
+            weight, bias = value.input[1], src.input[3]
+        else:
+            return None
+        ours = all(n in self.inits and self.uses.get(n) == 1 for n in (weight, bias))
+        return (weight, bias) if ours else None
 
 
 def _probe(model: onnx.ModelProto, inputs: Sequence[str], work: Path) -> Any:
@@ -239,15 +254,14 @@ def _levels(node: onnx.NodeProto, reduce_range: bool) -> tuple[int, int]:
 def _apply(graph: _Graph, node: onnx.NodeProto, s: np.ndarray, fold: bool) -> onnx.NodeProto | None:
     """Scale W's rows by s and divide X by s: in the Attention's V when folded, else with a Mul (returned)."""
     _set(graph, node.input[1], graph.weight(node) * s[:, None])
-    if fold:
-        attention = graph.producer[node.input[0]]
-        hidden = s.shape[0]  # V is the last third of the packed QKV weight and bias
-        w, b = numpy_helper.to_array(graph.inits[attention.input[1]]).copy(), numpy_helper.to_array(
-            graph.inits[attention.input[2]]).copy()
-        w[:, 2 * hidden:] /= s
-        b[2 * hidden:] /= s
-        _set(graph, attention.input[1], w)
-        _set(graph, attention.input[2], b)
+    if fold:  # V's output channels (the last ``hidden`` of the weight and bias) divided by s
+        weight, bias = graph.value_weights(node)  # type: ignore[misc]  # fold is only set when foldable
+        w, b = numpy_helper.to_array(graph.inits[weight]).copy(), numpy_helper.to_array(graph.inits[bias]).copy()
+        hidden = s.shape[0]
+        w[:, -hidden:] /= s
+        b[-hidden:] /= s
+        _set(graph, weight, w)
+        _set(graph, bias, b)
         return None
     inverse = f"{node.name}_smooth_inv"
     graph.model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inverse))

@@ -89,7 +89,11 @@ def make_tiny_checkpoint(directory: Path, family: str = "bert", task: str = "fea
     torch.manual_seed(seed)
     config = tiny_config(family, task)
     model = getattr(transformers, TASK_CLASSES[task]).from_config(config).eval()
-    model.save_pretrained(directory, safe_serialization=safetensors)
+    model.save_pretrained(directory)
+    if not safetensors:  # transformers 5 writes safetensors only: make the pickle checkpoint users still have
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+        for f in directory.glob("*.safetensors"):
+            f.unlink()
     tok = BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt"), model_max_length=128)
     tok.save_pretrained(directory)
     return directory

@@ -327,8 +327,9 @@ def test_pytorch_half_and_sdpa_match_fp32(tiny_artifact):
 
 # --- our GPU configurations -------------------------------------------------------------------------------------
 def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, tmp_path):
-    """The packed (unpadded) CUDA configuration: ORT's packing mode on the fused graph (its kernels are CUDA-only,
-    so the conversion and the candidate list are what runs here)."""
+    """The packed (unpadded) CUDA configuration: ORT's packing mode on a graph ORT's optimizer fused (an artifact
+    exported before the dynamo path; its kernels are CUDA-only, so the conversion and the candidate list are what
+    runs here). onnxscript's MultiHeadAttention graphs are not offered it."""
     import onnx
 
     from onnxformer.benchmarks.runners import ArtifactContext, packed_graph, variant_candidates
@@ -336,20 +337,27 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
     from onnxformer.quantize.pipeline import optimize_artifact
     from onnxformer.runtime.manifest import load_manifest
 
-    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
-    optimize_artifact(art)
-    manifest = load_manifest(art)
-    graph = packed_graph(art / manifest.variants["fp32-opt"].file, tmp_path / "packed.onnx")
+    legacy = Path(shutil.copytree(Path(__file__).parent / "data" / "legacy-tiny-bert-transformers4", tmp_path / "old"))
+    optimize_artifact(legacy)
+    manifest = load_manifest(legacy)
+    graph = packed_graph(legacy / manifest.variants["fp32-opt"].file, tmp_path / "packed.onnx")
     model = onnx.load(str(graph))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("RemovePadding") == 1 and ops.count("RestorePadding") == 1
     assert "PackedAttention" in ops and "Attention" not in ops
     assert [i.name for i in model.graph.input] == manifest.input_names  # callers feed the same (B, T) tensors
     with pytest.raises(ArtifactError, match="packing mode needs ONNX Runtime's fused Attention"):
-        packed_graph(art / manifest.variants["fp32"].file, tmp_path / "unfused.onnx")
-    ctx = ArtifactContext(art, manifest, 1, 8)
-    labels = [c.name for c in variant_candidates(ctx, None, ["cuda"])]
+        packed_graph(legacy / manifest.variants["fp32"].file, tmp_path / "unfused.onnx")
+    labels = [c.name for c in variant_candidates(ArtifactContext(legacy, manifest, 1, 8), None, ["cuda"])]
     assert "fp32-opt@cuda-packed" in labels and "fp32@cuda-packed" not in labels
+
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    optimize_artifact(art)
+    ctx = ArtifactContext(art, load_manifest(art), 1, 8)
+    labels = [c.name for c in variant_candidates(ctx, None, ["cuda"])]
+    assert "fp32-opt@cuda" in labels and not any(label.endswith("-packed") for label in labels)
+    with pytest.raises(ArtifactError, match="packing mode needs ONNX Runtime's fused Attention"):
+        packed_graph(art / ctx.manifest.variants["fp32-opt"].file, tmp_path / "mha.onnx")
     assert all(c.device == "cpu" for c in variant_candidates(ctx, None, ["cpu"]))
 
 

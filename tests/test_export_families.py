@@ -63,8 +63,11 @@ def test_manifest_records_everything(tiny_artifact):
     m = json.loads((out / "manifest.json").read_text())
     assert m["format"] == "onnxformer-artifact" and m["schema_version"] == 1
     assert set(m["source"]["sha256"]) == {"config.json", "model.safetensors"}
-    for lib in ("torch", "transformers", "onnx", "onnxruntime", "optimum"):
+    for lib in ("torch", "transformers", "onnxscript", "onnx", "onnxruntime"):
         assert lib in m["versions"]
+    made_by = m["variants"]["fp32"]["made_by"]
+    assert made_by["tool"] == "torch.onnx.export" and made_by["dynamo"] is True
+    assert made_by["transformers"] == m["versions"]["transformers"]
     assert "tokenizer.json" in m["tokenizer"]["files"]
     assert m["tokenizer"]["max_length"] == 128
     fp32 = m["variants"]["fp32"]

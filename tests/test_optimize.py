@@ -10,13 +10,13 @@ from onnxformer.cli import main
 from onnxformer.quantize.pipeline import optimize_artifact
 from onnxformer.runtime.manifest import load_manifest, verify_variant
 
-# 2 layers each: one Attention, one BiasGelu and two SkipLayerNormalization per layer. RoBERTa's
-# position ids (padding-aware CumSum) keep its embeddings out of EmbedLayerNormalization: ORT fuses
-# only the LayerNormalization there.
+# 2 layers each, exported through torch.onnx's dynamo path: one MultiHeadAttention (onnxscript's fusion; Q/K/V stay
+# MatMuls for int8), one BiasGelu and two SkipLayerNormalization per layer. BERT's token types keep its embeddings
+# out of ORT's EmbedLayerNormalization on this graph (a LayerNormalization instead); DistilBERT and RoBERTa fuse it.
 EXPECTED = {
-    "bert": {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
-    "distilbert": {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
-    "roberta": {"LayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
+    "bert": {"LayerNormalization": 1, "MultiHeadAttention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
+    "distilbert": {"EmbedLayerNormalization": 1, "MultiHeadAttention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
+    "roberta": {"EmbedLayerNormalization": 1, "MultiHeadAttention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4},
 }
 
 
@@ -43,5 +43,5 @@ def test_optimize_cli_and_bad_input(tiny_artifact, copy_artifact, tmp_path, caps
     assert "manifest.json" in capsys.readouterr().err
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     assert main(["optimize", str(art)]) == 0
-    assert "Attention×2" in capsys.readouterr().err  # rich console writes to stderr
+    assert "MultiHeadAttention×2" in capsys.readouterr().err  # rich console writes to stderr
     verify_variant(art, load_manifest(art), "fp32-opt")
