@@ -1,8 +1,9 @@
 """How the peers of peers.py run: PyTorch from the source checkpoint recorded in the manifest (eager, or
-under autocast), and optimum's ORTModel export of the same checkpoint (fp32, and its dynamic int8).
+under autocast), in this process; and what the script peers (peer_*.py: optimum, sentence-transformers' ONNX
+backend, OpenVINO), which run in their own environments, need to know about the artifact.
 
-Each peer reports why it cannot run here (torch or optimum not installed, checkpoint moved) instead of
-crashing; the report prints that reason.
+Each peer reports why it cannot run here (torch not installed, checkpoint moved) instead of crashing; the
+report prints that reason.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from onnxformer.benchmarks.postprocess import finish
+from onnxformer.benchmarks.postprocess import finish, pooled
 from onnxformer.benchmarks.runners import ArtifactContext, Feeds, Runner
 from onnxformer.runtime.manifest import Manifest
 from onnxformer.runtime.tasks import get_task
@@ -43,18 +44,6 @@ def torch_missing_reason() -> str | None:
 def pytorch_missing(ctx: ArtifactContext) -> str | None:
     """Why the PyTorch baselines cannot run here (None: they can)."""
     return torch_missing_reason() or source_path(ctx.manifest)[1]
-
-
-def optimum_missing(ctx: ArtifactContext) -> str | None:
-    """Why optimum's peer cannot run here: PyTorch's reasons first (its export needs them), then optimum."""
-    reason = pytorch_missing(ctx)
-    if reason:
-        return reason
-    try:
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError:
-        return f"optimum peer unavailable: optimum[onnxruntime] is not installed ({INSTALL_HINT})"
-    return None
 
 
 # --- PyTorch -------------------------------------------------------------------------------------------------
@@ -109,64 +98,51 @@ def pytorch(autocast: str | None, *, half: bool = False, attn: str | None = None
                                                      attn=attn, compiled=compiled)
 
 
-# --- optimum -------------------------------------------------------------------------------------------------
-# optimum's own export (ORTModel) and dynamic int8 (ORTQuantizer) of the same checkpoint, made once per run in
-# the peers' work directory (isolated workers reuse what the parent made there).
-_OPTIMUM_FILES = {"fp32": Path("fp32") / "model.onnx", "int8": Path("int8") / "model_quantized.onnx"}
+# --- script peers (peer_*.py, each in its own environment) -------------------------------------------------
+def optimum_missing(ctx: ArtifactContext) -> str | None:
+    """Why optimum's peer cannot run here: its export reads the source checkpoint; ORTModel covers the task."""
+    if get_task(ctx.task).optimum_class is None:
+        return f"optimum peer unavailable: optimum has no ORTModel class for {ctx.task!r} here"
+    return source_path(ctx.manifest)[1]
 
 
-def optimum_prepare(precision: str) -> Callable[[ArtifactContext, Path], None]:
-    """A peer's ``prepare``: optimum's fp32 export, then (int8) its dynamic quantization, unless already made."""
-    def prepare(ctx: ArtifactContext, workdir: Path) -> None:
-        import optimum.onnxruntime as ort_optimum
-
-        from onnxformer.benchmarks.environment import cpu_info
-
-        fp32 = workdir / _OPTIMUM_FILES["fp32"]
-        if not fp32.is_file():
-            source = source_path(ctx.manifest)[0]
-            model = getattr(ort_optimum, get_task(ctx.task).optimum_class).from_pretrained(source, export=True)
-            model.save_pretrained(fp32.parent)
-        if precision == "int8" and not (workdir / _OPTIMUM_FILES["int8"]).is_file():
-            from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-            # optimum's documented recipe for CPU dynamic quantization, matched to the CPU's instruction set.
-            vnni = cpu_info()["flags"]["avx512_vnni"]
-            factory = AutoQuantizationConfig.avx512_vnni if vnni else AutoQuantizationConfig.avx2
-            config = factory(is_static=False, per_channel=False)
-            ort_optimum.ORTQuantizer.from_pretrained(fp32.parent).quantize(
-                config, save_dir=workdir / _OPTIMUM_FILES["int8"].parent)
-
-    return prepare
+def st_missing(ctx: ArtifactContext) -> str | None:
+    """sentence-transformers' ONNX backend: embedding tasks of a sentence-transformers checkpoint only."""
+    path, reason = source_path(ctx.manifest)
+    if reason:
+        return reason
+    if not pooled(ctx.task) or not (path / "modules.json").is_file():
+        return "sentence-transformers peer unavailable: the source is not a sentence-transformers embedding model"
+    return None
 
 
-def optimum(precision: str) -> Callable[[ArtifactContext, Path, str], Runner]:
-    """A peer's ``load``: the ORTModel ``prepare`` made, on ONNX Runtime's CPU provider."""
-    def load(ctx: ArtifactContext, workdir: Path, device: str) -> Runner:
-        import optimum.onnxruntime as ort_optimum
-        from transformers import AutoTokenizer
-
-        from onnxformer.runtime.session import session_options
-
-        path = workdir / _OPTIMUM_FILES[precision]
-        model = getattr(ort_optimum, get_task(ctx.task).optimum_class).from_pretrained(
-            path.parent, file_name=path.name, session_options=session_options(ctx.threads),
-            provider="CPUExecutionProvider")
-        tokenizer = AutoTokenizer.from_pretrained(ctx.manifest.source_path, local_files_only=True)
-        return _optimum_runner(model, tokenizer, ctx, float(path.stat().st_size))
-
-    return load
+def openvino_missing(ctx: ArtifactContext) -> str | None:
+    """OpenVINO reads the artifact's own fp32 ONNX (no checkpoint needed)."""
+    if "fp32" not in ctx.manifest.variants:
+        return "OpenVINO peer unavailable: the artifact has no fp32 variant to convert"
+    return None
 
 
-def _optimum_runner(model: Any, tokenizer: Any, ctx: ArtifactContext, size: float) -> Runner:
-    input_names, output_names = ctx.manifest.input_names, ctx.manifest.output_names
+def script_spec(ctx: ArtifactContext, precision: str, workdir: Path, scratch: Path) -> dict[str, Any]:
+    """What a peer script (peer_common.py's protocol) needs besides the shapes: paths, names, post-processing,
+    and the artifact's own calibration feeds (the texts and tokenization our int8 calibrates on)."""
+    from onnxformer.benchmarks.environment import cpu_info
+    from onnxformer.quantize.fidelity import evaluation_feeds
+    from onnxformer.quantize.texts import calibration_texts
+    from onnxformer.runtime.files import confined
 
-    def forward(tensors: dict[str, Any]) -> dict[str, np.ndarray]:
-        out = model(**{k: tensors[k] for k in input_names})
-        return {k: np.asarray(out[k]) for k in output_names}
-
-    model_only, end_to_end = _entry_points(forward, tokenizer, ctx)
-    return Runner(model_only, end_to_end, size)
+    manifest, post = ctx.manifest, ctx.post
+    feeds = evaluation_feeds(ctx.directory, manifest, calibration_texts())
+    np.savez(scratch / "calibration.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
+    return {"precision": precision, "workdir": str(workdir), "source": manifest.source_path, "threads": ctx.threads,
+            "fp32_onnx": str(confined(ctx.directory, manifest.variants["fp32"].file)) if "fp32" in manifest.variants
+            else None, "tokenizer": str(confined(ctx.directory, "tokenizer.json")),
+            "pad_id": manifest.tokenizer.pad_id if manifest.tokenizer else 0, "max_length": manifest.max_length,
+            "input_names": manifest.input_names, "output_names": manifest.output_names,
+            "optimum_class": get_task(ctx.task).optimum_class, "avx512_vnni": cpu_info()["flags"]["avx512_vnni"],
+            "pooled": pooled(ctx.task), "pooling": post.pooling, "normalize": post.normalize,
+            "activation": post.activation, "calibration": str(scratch / "calibration.npz"),
+            "calibration_count": len(feeds)}
 
 
 # --- shared --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """How long int8 takes to build: onnxformer's int8 (SmoothQuant + budget loop) against optimum's dynamic int8
-(ORTQuantizer, its CPU preset) and ONNX Runtime's plain ``quantize_dynamic``, on the same checkpoint, one after
-the other in one run (issue 15's bar: ours ≤ 3× optimum's time). Exports are not timed; each command is timed as a
-whole process (interpreter and imports included, for all three alike).
+(ORTQuantizer, its CPU preset; in the optimum peer environment, peer_env.py) and ONNX Runtime's plain
+``quantize_dynamic``, on the same checkpoint, one after the other in one run (issue 15's bar: ours ≤ 3× optimum's
+time). Exports are not timed; each command is timed as a whole process (interpreter and imports included, for all
+three alike).
 
     python benchmarks/bench_quantize_time.py [--model bert-base|minilm] [--work DIR] [--out results/quantize-time.json]
 """
@@ -28,12 +29,18 @@ def _run(cmd: list[str]) -> None:
 
 
 def _optimum(precision: str, artifact: Path, workdir: Path) -> list[str]:
-    """A process running the benchmarks' own optimum recipe (``baselines.optimum_prepare``) for ``artifact``."""
-    code = ("import sys; from pathlib import Path; from onnxformer.benchmarks.baselines import optimum_prepare; "
-            "from onnxformer.benchmarks.runners import ArtifactContext; from onnxformer.runtime.manifest import Manifest; "
-            "art = Path(sys.argv[1]); optimum_prepare(sys.argv[3])(ArtifactContext(art, Manifest.load(art), 1, 1), "
-            "Path(sys.argv[2]))")
-    return [sys.executable, "-c", code, str(artifact), str(workdir), precision]
+    """A process running the optimum peer's own build (peer_optimum.py, prepare only) in its environment."""
+    from onnxformer.benchmarks.baselines import script_spec
+    from onnxformer.benchmarks.peer_env import ensure
+    from onnxformer.benchmarks.peers import OPTIMUM_ENV
+    from onnxformer.benchmarks.runners import ArtifactContext
+    from onnxformer.runtime.manifest import Manifest
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = script_spec(ArtifactContext(artifact, Manifest.load(artifact), 1, 1), precision, workdir, workdir)
+    path = workdir / f"spec-{precision}.json"
+    path.write_text(json.dumps({**spec, "prepare_only": True}))
+    return [str(ensure(OPTIMUM_ENV)), str(ROOT / "peer_optimum.py"), str(path)]
 
 
 def main() -> None:
@@ -52,7 +59,8 @@ def main() -> None:
     opt = work / "optimum"
     shutil.rmtree(opt, ignore_errors=True)
     _run(_optimum("fp32", art, opt))  # its export, untimed like ours
-    times["optimum dynamic int8 (ORTQuantizer)"] = timed(lambda: _run(_optimum("int8", art, opt)))[0]
+    int8 = _optimum("int8", art, opt)  # the command (and its spec) made before the clock starts
+    times["optimum dynamic int8 (ORTQuantizer)"] = timed(lambda: _run(int8))[0]
     plain = ("import sys; from onnxruntime.quantization import quantize_dynamic, QuantType; "
              "quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8)")
     times["onnxruntime quantize_dynamic (fp32 graph given)"] = timed(lambda: _run(

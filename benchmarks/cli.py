@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--iters", type=int, help="timed calls per configuration and mode")
     budget.add_argument("--seconds", type=float, help="time budget per configuration and mode (default 2)")
     p.add_argument("--no-baselines", action="store_true", help="skip the PyTorch baselines")
-    p.add_argument("--no-peers", action="store_true", help="skip optimum's ORTModel fp32/int8")
+    p.add_argument("--no-peers", action="store_true", help="skip the other stacks: optimum fp32/int8, sentence-transformers' ONNX int8, OpenVINO fp32/NNCF int8 "
+                   "(each runs in its own virtual environment, made on first use under ~/.cache/onnxformer/peer-envs)")
     p.add_argument("--in-process", action="store_true",
                    help="run every configuration in this process, interleaved (faster; default: one process each)")
     p.add_argument("--out", help="report JSON path (default DIR/bench.json; .md and .png files go next to it)")

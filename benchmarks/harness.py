@@ -45,7 +45,7 @@ class Settings:
     variants: list[str] | None = None  # None = every variant in the manifest
     baselines: bool = True  # the PYTORCH peers (peers.py): PyTorch eager fp32 + autocast
     baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
-    peers: bool = True  # the PEER peers (peers.py): optimum ORTModel fp32 + int8
+    peers: bool = True  # the PEER peers (peers.py): optimum, sentence-transformers ONNX, OpenVINO
     seed: int = 0
     isolate: bool = False  # each configuration in its own process (isolation.py); else all in this one, interleaved
 
@@ -65,7 +65,10 @@ def run_benchmark(directory: str | Path, settings: Settings, progress: Progress 
             if settings.isolate:
                 _measure_isolated(candidates, directory, settings, report, signatures, workdir, progress)
             else:
-                _measure_all(candidates, shapes, settings.budget, ctx, report, signatures, progress)
+                _measure_all([c for c in candidates if not c.own_process], shapes, settings.budget, ctx, report,
+                             signatures, progress)
+                _measure_isolated([c for c in candidates if c.own_process], directory, settings, report, signatures,
+                                  workdir, progress)
         except KeyboardInterrupt:
             report["interrupted"] = True  # keep what was measured; the caller writes it
     report["load_average_1m_end"] = os.getloadavg()[0]

@@ -2,10 +2,13 @@
 
 Kind ``pytorch``: the baselines speedups are measured against, PyTorch eager fp32 and the fast setting a
 user tries first (bf16 autocast on CPU, AMX/AVX-512-BF16 where present; fp16 autocast on CUDA) and, on CUDA,
-PyTorch's best (fp16 weights, SDPA attention, torch.compile); off with
-``--no-baselines``. Kind ``peer``: other ONNX Runtime stacks, today optimum's ORTModel export of the same
-checkpoint (fp32, and its dynamic int8); off with ``--no-peers``. Adding a peer is one ``Peer`` in ``PEERS``;
-how PyTorch and optimum run is in baselines.py.
+PyTorch's best (fp16 weights, SDPA attention, torch.compile); off with ``--no-baselines``. Kind ``peer``: the
+other stacks, off with ``--no-peers``: optimum's ORTModel export of the same checkpoint (fp32, and its dynamic
+int8), sentence-transformers' quantized ONNX backend, and OpenVINO on our fp32 ONNX (fp32, and NNCF int8).
+
+A peer runs either in this process (``load``: a Runner; the PyTorch baselines, baselines.py) or, when its stack
+cannot share the project's environment, as a ``script`` (benchmarks/peer_*.py) in its own ``environment``
+(peer_env.py), always in its own process (isolation.run_in_environment). Adding a peer is one ``Peer`` in ``PEERS``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from onnxformer.benchmarks.baselines import optimum, optimum_missing, optimum_prepare, pytorch, pytorch_missing
+from onnxformer.benchmarks.baselines import openvino_missing, optimum_missing, pytorch, pytorch_missing, st_missing
+from onnxformer.benchmarks.peer_env import PeerEnv, PeerEnvError, ensure
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner
 
 PYTORCH, PEER = "pytorch", "peer"  # Candidate.kind of the baselines and of the other stacks
@@ -32,9 +36,19 @@ class Peer:
     kind: str  # PYTORCH | PEER: which switch turns it off, and what the summary compares it as
     precision: str
     devices: tuple[str, ...]  # where it can run, as PyTorch names them: "cpu", "cuda"
-    load: Callable[[ArtifactContext, Path, str], Runner]  # (artifact, work directory, device) → a loaded runner
+    load: Callable[[ArtifactContext, Path, str], Runner] | None  # (artifact, work directory, device) → a runner
     missing: Callable[[ArtifactContext], str | None]  # why it cannot run here, with what to install; None: it can
-    prepare: Callable[[ArtifactContext, Path], None] = _nothing  # untimed, unmeasured setup (e.g. its own export)
+    prepare: Callable[[ArtifactContext, Path], None] = _nothing  # untimed, unmeasured setup (in-process peers)
+    script: str | None = None  # instead of ``load``: benchmarks/<script>, run by ``environment``'s Python
+    environment: PeerEnv | None = None  # the virtual environment the script needs (made on first use)
+
+
+# optimum-onnx and sentence-transformers 5 pin transformers<4.58 (the project runs 5.x); their export needs torch,
+# pinned like every PINNED distribution to this environment's build (peer_env.py).
+OPTIMUM_ENV = PeerEnv("optimum", ("optimum-onnx", "optimum[onnxruntime]", "transformers<4.58", "sentence-transformers<6",
+                                  "torch", "onnxruntime"))
+# OpenVINO's runtime and NNCF (its own pins: scipy, scikit-learn, networkx, ...); no torch, no onnxruntime.
+OPENVINO_ENV = PeerEnv("openvino", ("openvino==2026.4.*", "nncf", "tokenizers"))
 
 
 PEERS: tuple[Peer, ...] = (
@@ -47,9 +61,39 @@ PEERS: tuple[Peer, ...] = (
     Peer("pytorch-fp16-sdpa", PYTORCH, "fp16", ("cuda",), pytorch(None, half=True, attn="sdpa"), pytorch_missing),
     Peer("pytorch-fp16-compile", PYTORCH, "fp16", ("cuda",), pytorch(None, half=True, attn="sdpa", compiled=True),
          pytorch_missing),
-    Peer("optimum-fp32", PEER, "fp32", ("cpu",), optimum("fp32"), optimum_missing, optimum_prepare("fp32")),
-    Peer("optimum-int8", PEER, "int8", ("cpu",), optimum("int8"), optimum_missing, optimum_prepare("int8")),
+    Peer("optimum-fp32", PEER, "fp32", ("cpu",), None, optimum_missing, script="peer_optimum.py",
+         environment=OPTIMUM_ENV),
+    Peer("optimum-int8", PEER, "int8", ("cpu",), None, optimum_missing, script="peer_optimum.py",
+         environment=OPTIMUM_ENV),
+    Peer("st-onnx-int8", PEER, "int8", ("cpu",), None, st_missing, script="peer_sentence_transformers.py",
+         environment=OPTIMUM_ENV),
+    Peer("openvino-fp32", PEER, "fp32", ("cpu",), None, openvino_missing, script="peer_openvino.py",
+         environment=OPENVINO_ENV),
+    Peer("openvino-int8", PEER, "int8", ("cpu",), None, openvino_missing, script="peer_openvino.py",
+         environment=OPENVINO_ENV),
 )
+
+
+def find_peer(label: str) -> Peer | None:
+    """The registry entry of a candidate label such as "optimum-int8@cpu" (None: one of the artifact's variants)."""
+    name = label.rsplit("@", 1)[0]
+    return next((p for p in PEERS if p.name == name), None)
+
+
+def missing_here(peer: Peer, ctx: ArtifactContext) -> str | None:
+    """Why ``peer`` cannot run here; for a script peer, making its environment is the last check."""
+    reason = peer.missing(ctx)
+    if reason or peer.environment is None:
+        return reason
+    try:
+        ensure(peer.environment)
+    except PeerEnvError as e:
+        return f"not measured: {peer.environment.name} — {e}"
+    return None
+
+
+def _in_own_environment(ctx: ArtifactContext, workdir: Path, device: str) -> Runner:
+    raise RuntimeError("a script peer runs in its own environment and process (isolation.run_in_environment)")
 
 
 def peer_candidates(ctx: ArtifactContext, workdir: Path, devices: Mapping[str, Sequence[str]]) -> list[Candidate]:
@@ -59,19 +103,21 @@ def peer_candidates(ctx: ArtifactContext, workdir: Path, devices: Mapping[str, S
     for peer in PEERS:
         for device in (d for d in devices.get(peer.kind, ()) if d in peer.devices):
             label, where = f"{peer.name}@{device}", "gpu" if device == "cuda" else "cpu"
-            reason = peer.missing(ctx)
+            reason = missing_here(peer, ctx)
+            load = peer.load or _in_own_environment
             if reason:
                 out.append(Candidate(label, peer.kind, where, peer.precision, reason=reason))
             else:
                 out.append(Candidate(label, peer.kind, where, peer.precision,
-                                     load=lambda p=peer, d=device: p.load(ctx, workdir, d),
-                                     prepare=lambda p=peer: p.prepare(ctx, workdir)))
+                                     load=lambda d=device, f=load: f(ctx, workdir, d),
+                                     prepare=lambda p=peer: p.prepare(ctx, workdir),
+                                     own_process=peer.environment is not None))
     return out
 
 
 @contextlib.contextmanager
 def work_directory(reuse: str | Path | None = None) -> Iterator[Path]:
-    """Where peers keep what they build during one run (optimum's export); ``reuse``: a parent process's
+    """Where peers keep what they build during one run (optimum's export, OpenVINO's IR); ``reuse``: a parent process's
     directory (isolated workers), left in place. A directory of our own is removed afterwards."""
     if reuse is not None:
         yield Path(reuse)

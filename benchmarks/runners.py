@@ -46,6 +46,7 @@ class Candidate:
     load: Callable[[], Runner] | None = None
     reason: str | None = None
     prepare: Callable[[], None] = field(default=lambda: None)  # untimed, unmeasured setup (peer export)
+    own_process: bool = False  # a peer in its own environment (peers.py): its own process even with --in-process
 
 
 @dataclass(frozen=True)
