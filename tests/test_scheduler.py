@@ -149,6 +149,15 @@ def test_limits_are_checked_at_submit(gen, gen_artifact):
         SlotLimits(max_slots=0)
 
 
+def test_the_batch_cache_starts_zeroed_in_its_own_buffers(gen):
+    """Masked columns are multiplied by 0 in attention, so they must hold zeros, never garbage that could be NaN;
+    and every buffer is its own memory (a view shared between the past and present sets would corrupt a step)."""
+    cache = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=64)).cache
+    flats = [buf.numpy() for group in cache._sets for buf in group]
+    assert all(flat.size == 64 * cache.kv_heads * cache.head_size and not flat.any() for flat in flats)
+    assert len(set(cache.buffer_addresses())) == len(flats)
+
+
 def test_the_batch_cache_holds_each_row_right_aligned(gen):
     scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=128))
     a, b = scheduler.submit(PROMPTS[2], 10), scheduler.submit(PROMPTS[1], 10)

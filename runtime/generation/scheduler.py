@@ -105,12 +105,10 @@ class BatchCache:
         self.device = device_of(session)
         self.tokens = limits.max_cached_tokens
         size = self.tokens * self.kv_heads * self.head_size
-        # zeros, not uninitialised memory: masked columns are multiplied by 0, and 0 × NaN would be NaN
-        self._sets = [[ort.OrtValue.ortvalue_from_shape_and_type([size], self.dtype, self.device, 0)
+        # Zeros, not uninitialised memory: masked columns are multiplied by 0, and 0 × NaN would be NaN. On CPU the
+        # OrtValue wraps numpy's calloc'd array, whose pages become resident only once the batch reaches them.
+        self._sets = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(size, dtype=self.dtype), self.device, 0)
                        for _ in self.past] for _ in range(2)]
-        zeros = np.zeros(size, dtype=self.dtype)
-        for buf in (b for group in self._sets for b in group):
-            buf.update_inplace(zeros)
         self._current = 0  # which set holds the past; a step's presents, and a prefill's, go to the other
         self.rows, self.width = 0, 0
         self.lengths: list[int] = []  # live (right-aligned) columns per row
