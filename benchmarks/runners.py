@@ -90,9 +90,9 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
 
 
 def packable(record: Any) -> bool:
-    """ORT's packing mode takes its own fused ``Attention`` with a 2-D mask: graphs that ORT's optimizer fused
-    (artifacts exported before the dynamo path). onnxscript's MultiHeadAttention takes a float attention bias,
-    which ``PackedMultiHeadAttention`` cannot."""
+    """ORT's packing mode takes a fused ``Attention`` with a 2-D mask (BERT-like families, either export path);
+    the MultiHeadAttention of other families takes a float attention bias, which ``PackedMultiHeadAttention``
+    cannot."""
     return bool(record.fused and (record.made_by.get("fused_ops") or {}).get("Attention"))
 
 
@@ -111,7 +111,7 @@ def packed_graph(source: Path, out: Path) -> Path:
     PackingMode(model).convert(use_symbolic_shape_infer=True)
     if not model.get_nodes_by_op_type("RemovePadding"):
         raise ArtifactError(f"{source}: packing mode needs ONNX Runtime's fused Attention with a 2-D attention mask "
-                            "(a graph fused by ORT's optimizer, as artifacts exported before the dynamo path are); none was found")
+                            "(an fp32-opt-derived graph of a BERT-like family); none was found")
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model.model, out)
 

@@ -6,11 +6,12 @@ adding what onnxscript left (and doing every fusion on graphs exported before th
 attention it knows). The model type, head count and hidden size come from the manifest's ``architecture``;
 the optimizer model type from the family registry.
 
-Attention is fused up to ``MultiHeadAttention`` (Q, K, V projections stay MatMuls): onnxscript's last step
-packs them into one ``Attention`` with ``qkv_hidden_sizes`` and a float ``attention_bias``, which ONNX
-Runtime's int8 quantizer cannot turn into ``QAttention`` (it leaves the whole projection in fp32), while
-the three MatMuls quantize like every other. Measured on all-MiniLM-L6-v2 (one run, 2-core Xeon, loaded): int8
-of the MultiHeadAttention graph ran 1.38× (1×128) and 1.17× (8×128) faster than int8 of the packed one.
+Attention, for BERT-like families (ORT optimizer type "bert": bidirectional, padding-only masks), is onnxscript's
+packed ``Attention`` with the padding mask as ORT's 2-D ``mask_index`` (``padding_mask_index``): onnxscript gives the
+dynamo graph's mask as a float ``attention_bias``, which ORT's quantizer cannot carry into ``QAttention`` (it would
+leave Q/K/V in fp32) — with the 2-D mask, int8 gets ``QAttention`` as on artifacts exported before the dynamo path,
+and the rewrite is checked on a padded batch. Other families (rotary, sliding windows, causal embedders) stop at
+``MultiHeadAttention``: their bias is more than padding, and their Q, K, V MatMuls quantize like the rest.
 
 The fused graph runs on the CPU and CUDA providers only: TensorRT cannot run ORT's contrib operators, so
 TensorRT variants start from the unfused ``fp32`` graph.
@@ -53,7 +54,7 @@ def fuse(source: Path, architecture: Architecture, out_dir: Path) -> tuple[Path,
     settings = fusion_settings(architecture)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".fuse-") as scratch:
         rewritten = Path(scratch) / MODEL_FILE
-        onnxscript_counts = onnxscript_fusions(source, rewritten)
+        onnxscript_counts = onnxscript_fusions(source, rewritten, packed=settings["model_type"] == "bert")
         model, tool = ort_fusions(rewritten, settings), f"{ONNXSCRIPT} + {ORT_OPTIMIZER}"
         if not _attention(fused_ops(model)) and settings["model_type"] is not None:
             # onnxscript knows the dynamo exporter's attention; ORT's optimizer the TorchScript exporter's (artifacts
@@ -70,8 +71,35 @@ def fuse(source: Path, architecture: Architecture, out_dir: Path) -> tuple[Path,
         logging.warning("no attention fusion matched for %s; fp32-opt keeps unfused attention", architecture.model_type)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_onnx(model, out_dir / MODEL_FILE)
+    check_padded(source, path, int(architecture.vocab_size or 1000))
     made_by = {"tool": tool, **settings, "onnxscript_fusions": onnxscript_counts, "fused_ops": counts}
     return path, made_by
+
+
+def check_padded(source: Path, fused: Path, vocab: int = 1000) -> None:
+    """The fused graph must agree with ``source`` on a padded batch (real tokens), not just on the one-text-per-call
+    evaluation: a fusion that got the padding mask wrong is an error here, never a variant."""
+    import numpy as np
+
+    from onnxformer.runtime.session import create_session
+
+    reference, candidate = create_session(source), create_session(fused)
+    names = [i.name for i in reference.get_inputs()]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, max(vocab, 6), size=(3, 24), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 15:], mask[2, 4:] = 0, 0
+    feeds = {k: v for k, v in {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}.items()
+             if k in names}
+    if set(feeds) != set(names):
+        return  # not a text encoder's inputs: nothing to pad
+    for name, want, got in zip([o.name for o in reference.get_outputs()], reference.run(None, feeds),
+                               candidate.run(None, feeds)):
+        real = mask.astype(bool) if want.shape[:2] == mask.shape else slice(None)
+        delta = float(np.abs(got[real] - want[real]).max())
+        if delta > 1e-3 * max(1.0, float(np.abs(want[real]).max())):
+            raise QuantizationError(f"the fused graph's {name} differs from fp32 by {delta:.3g} on a padded batch; "
+                                    "report this model — use the fp32 variant meanwhile")
 
 
 def fused_ops(model: Any) -> dict[str, int]:
@@ -84,9 +112,54 @@ def _attention(counts: dict[str, int]) -> int:
     return counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0) + counts.get("GroupQueryAttention", 0)
 
 
-def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
-    """onnxscript's ``optimize_for_ort`` pipeline without its final QKV packing (see the module doc); returns the
-    count of every fusion that matched. Mirrors ``onnxscript.rewriter.ort_fusions._core.optimize_for_ort``."""
+def onnxscript_fusions(source: Path, out: Path, packed: bool) -> dict[str, int]:
+    """onnxscript's fusions on ``source``, written to ``out``; the count of every fusion that matched.
+
+    ``packed``: ``optimize_for_ort`` itself, then the padding mask as ``mask_index``. Otherwise its pipeline without
+    the final QKV packing (mirrors ``onnxscript.rewriter.ort_fusions._core.fuse_xformers``; see the module doc).
+    """
+    import onnx_ir as ir
+
+    model = ir.load(source)
+    if packed:
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        _, counts = optimize_for_ort(model)
+        counts["mask_index"] = padding_mask_index(model)
+    else:
+        counts = _fusions_to_mha(model)
+    ir.save(model, out)
+    return {k: int(v) for k, v in counts.items() if v}
+
+
+def padding_mask_index(model: Any) -> int:
+    """Feed each packed ``Attention`` the graph's ``attention_mask`` as its 2-D ``mask_index`` instead of the float
+    bias onnxscript derived from it (what BERT-like families' bias is: the padding, bidirectionally), dropping
+    ``qkv_hidden_sizes`` where Q, K and V are one size (ORT's default). Returns the nodes rewritten; the mask
+    subgraph left dead is removed, the packed QKV weights folded. ``check_padded`` proves the result."""
+    import onnx_ir as ir
+    from onnxscript.optimizer import optimize
+
+    mask = next((v for v in model.graph.inputs if v.name == "attention_mask"), None)
+    nodes = [n for n in model.graph if n.op_type == "Attention" and n.domain == "com.microsoft"
+             and len(n.inputs) > 5 and n.inputs[5] is not None and (len(n.inputs) < 4 or n.inputs[3] is None)]
+    if mask is None or not nodes:
+        return 0
+    cast = ir.node("Cast", [mask], attributes={"to": ir.DataType.INT32}, name="attention_mask_index")
+    cast.outputs[0].name = "attention_mask_index"
+    model.graph.insert_before(next(iter(model.graph)), cast)
+    for node in nodes:
+        sizes = node.attributes.get("qkv_hidden_sizes")
+        if sizes is not None and len(set(sizes.as_ints())) == 1:
+            node.attributes.pop("qkv_hidden_sizes")
+        node.replace_input_with(3, cast.outputs[0])
+        node.replace_input_with(5, None)
+    optimize(model, input_size_limit=1 << 62, output_size_limit=1 << 62)  # fold Concat(Wq, Wk, Wv); drop dead mask
+    return len(nodes)
+
+
+def _fusions_to_mha(model: Any) -> dict[str, int]:
+    """``optimize_for_ort``'s sequence up to MultiHeadAttention (no QKV packing), in place; the fusion counts."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common
     from onnxscript.optimizer import optimize
@@ -105,7 +178,6 @@ def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
                                                                      fuse_skip_rms_normalization)
     from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
-    model = ir.load(source)
     rewrite(model, [_gemm_to_matmul_add.gemm_to_matmul_add_rule])
     common.ShapeInferencePass()(model)
     optimize(model)
@@ -125,8 +197,7 @@ def onnxscript_fusions(source: Path, out: Path) -> dict[str, int]:
     rewrite(model, ORT_PATTERN_REWRITE_RULES)
     ir.passes.Sequential(common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
                          common.RemoveInitializersFromInputsPass(), common.ShapeInferencePass())(model)
-    ir.save(model, out)
-    return {k: int(v) for k, v in counts.items() if v}
+    return counts
 
 
 def ort_fusions(source: Path, settings: dict[str, Any]) -> Any:

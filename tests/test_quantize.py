@@ -145,7 +145,7 @@ def test_int8_dynamic_on_fused_graph_budget_forces_exclusions(loud_artifact, cop
     assert full.fidelity["min_cosine"] < 0.9995  # int8 really hurts the loud model (0.9991 fully quantized)
     graph = onnx.load(str(art / "int8" / "model.onnx")).graph
     ops = {n.op_type for n in graph.node}
-    assert {"MultiHeadAttention", "MatMulInteger"} <= ops and "SkipLayerNormalization" in ops  # fused + int8
+    assert {"QAttention", "MatMulInteger"} <= ops and "SkipLayerNormalization" in ops  # fused + int8
     assert full.made_by["per_channel"] and full.made_by["reduce_range"] == (not int8.has_vnni())
 
     record = quantize_artifact(art, "int8", budget=0.9995, smooth=False).record  # replaces the variant
@@ -196,7 +196,7 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
         assert weight_dq and all(onnx.helper.get_attribute_value(a) == 1  # per output channel of (K, N)
                                  for n in weight_dq for a in n.attribute if a.name == "axis")
     else:
-        assert made_by["from"] == "fp32-opt" and "MultiHeadAttention" in ops
+        assert made_by["from"] == "fp32-opt" and "Attention" in ops
     _verify_all(art)
 
 
@@ -292,7 +292,7 @@ def test_cli_quantize_then_manifest_verifies(tiny_artifact, copy_artifact, capsy
     assert "int8: min_cosine" in capsys.readouterr().err
     manifest = _verify_all(art)
     assert manifest.variants["int8"].made_by["from"] == "fp32-opt"
-    assert manifest.variants["int8"].made_by["fused_ops"]["MultiHeadAttention"] == 2
+    assert manifest.variants["int8"].made_by["fused_ops"]["Attention"] == 2
 
 
 def test_build_stage_rows(tiny_artifact, copy_artifact):
@@ -301,7 +301,7 @@ def test_build_stage_rows(tiny_artifact, copy_artifact):
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     rows = quantize_stage(art, lambda _: None)
     assert [r["variant"] for r in rows] == ["fp32-opt", "fp16", "int8"]
-    assert "MultiHeadAttention×2" in rows[0]["detail"] and all("min_cosine" in r["detail"] for r in rows)
+    assert "Attention×2" in rows[0]["detail"] and all("min_cosine" in r["detail"] for r in rows)
     assert set(_verify_all(art).variants) == {"fp32", "fp32-opt", "fp16", "int8"}
 
 
