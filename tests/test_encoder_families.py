@@ -207,3 +207,35 @@ def test_fused_graph(family, tiny_artifact, embedder, copy_artifact):
     assert record.made_by["fused_ops"] == FUSED[family]
     assert record.made_by["model_type"] == get_family(family).optimizer_model_type
     assert record.fidelity.get("min_cosine", 1.0) > 0.9999 and record.fidelity.get("argmax_agreement", 1.0) == 1.0
+
+
+def test_smoothing_shares_one_mul_between_q_k_and_v(embedder, copy_artifact, tmp_path):
+    """MultiHeadAttention graphs keep Q, K and V as three MatMuls of one activation: smoothing gives them one scale
+    and one Mul (so one dynamic quantization), not three."""
+    import onnx
+
+    from onnxformer.quantize import int8, smoothing
+    from onnxformer.quantize.fidelity import evaluation_feeds
+    from onnxformer.quantize.pipeline import optimize_artifact
+    from onnxformer.quantize.texts import calibration_texts
+    from onnxformer.runtime.manifest import load_manifest
+
+    art = copy_artifact(embedder[1])  # Qwen3: q_proj, k_proj, v_proj read one normalized activation
+    optimize_artifact(art)
+    source = art / "fp32-opt" / "model.onnx"
+    nodes = int8.candidate_nodes(source, int8.DYNAMIC_OPS)
+    feeds = evaluation_feeds(art, load_manifest(art), calibration_texts()[:8])
+    path, plan = smoothing.smooth(source, nodes, feeds, tmp_path / "s" / "model.onnx", min_gain=0.0)
+    original = onnx.load(str(source)).graph
+    readers: dict[str, set[str]] = {}
+    for n in original.node:
+        if n.name in nodes:
+            readers.setdefault(n.input[0], set()).add(n.name)
+    qkv = [g for g in readers.values() if len(g) == 3]
+    assert len(qkv) == 2  # one per layer
+    graph = onnx.load(str(path)).graph
+    muls = [n for n in graph.node if n.op_type == "Mul" and n.name.endswith("_smooth")]
+    for group in qkv:
+        assert len({plan.alphas[n] for n in group}) == 1 and all(n in plan.scales for n in group)
+        feeding = [m for m in muls if {n.name for n in graph.node if m.output[0] in n.input} == group]
+        assert len(feeding) == 1

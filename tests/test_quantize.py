@@ -388,7 +388,6 @@ def test_smoothing_is_exact_in_fp32_and_cuts_int8_error(loud_artifact, tmp_path)
     for n in original.node:
         if n.name in nodes:
             by_input.setdefault(n.input[0], set()).add(n.name)
-    assert max(len(g) for g in by_input.values()) == 3
     for group in by_input.values():
         assert len({plan.alphas[n] for n in group}) == 1
     for m in muls:
