@@ -122,6 +122,9 @@ def test_optimum_peer_runs_on_minilm(minilm_artifact):
     from onnxformer.benchmarks.harness import Settings, run_benchmark
     from onnxformer.benchmarks.stats import Budget
 
+    if not (OPTIMUM_ENV.path() / peer_env.COMPLETE).is_file() and not os.environ.get("ONNXFORMER_BUILD_PEER_ENVS"):
+        pytest.skip("the optimum peer environment is not built on this machine (tests need no network): run "
+                    "`onnxformer bench` once, or set ONNXFORMER_BUILD_PEER_ENVS=1 to let this test build it")
     try:
         peer_env.ensure(OPTIMUM_ENV)
     except PeerEnvError as e:
