@@ -122,8 +122,14 @@ def soften_mask_fills(source: Path, out: Path) -> tuple[Path, int]:
 
     count = sum(soften(init) for init in model.graph.initializer)
     count += sum(soften(a.t) for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
-    if not count:
+    # The dynamo exporter also types its initializers in value_info; the converter retypes those entries to fp16
+    # even where a guarded node keeps its weights fp32, leaving a graph whose declared types contradict it.
+    weights = {init.name for init in model.graph.initializer}
+    typed = [v for v in model.graph.value_info if v.name not in weights]
+    if not count and len(typed) == len(model.graph.value_info):
         return source, 0
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(typed)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model, out), count
 

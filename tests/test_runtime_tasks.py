@@ -1,4 +1,5 @@
-"""Task parity: onnxformer's classify/tag/answer equal transformers' pipelines on tiny random checkpoints."""
+"""Task parity: onnxformer's classify/tag equal transformers' pipelines on tiny random checkpoints; answer equals
+PyTorch window by window (transformers 5 has no question-answering pipeline)."""
 from __future__ import annotations
 
 import dataclasses
@@ -68,17 +69,33 @@ def test_tag_matches_pipeline(tiny_checkpoint, tiny_artifact, aggregation):
 
 
 @pytest.mark.parametrize("family", ["bert", "electra"])
-def test_answer_matches_pipeline_with_long_context(tiny_checkpoint, tiny_artifact, family):
-    pipe = pipeline_for(tiny_checkpoint(family, "question-answering"), "question-answering")
+def test_answer_over_long_context_matches_pytorch(tiny_checkpoint, tiny_artifact, family):
+    """transformers 5 removed its question-answering pipeline (the reference this test had): every window the
+    runtime cuts gives PyTorch's logits, and every answer is a consistent span of the context."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from onnxformer.runtime import qa
+
+    reference = AutoModelForQuestionAnswering.from_pretrained(tiny_checkpoint(family, "question-answering")).eval()
     model = Model.load(tiny_artifact(family, "question-answering"))
     question = "Who designed the tower?"
-    spans = model.tokenizer.spans(question, CONTEXT, 128, 64)
-    assert len(spans) >= 3  # the context really is split into overlapping windows
+    window, stride = qa.window_defaults(model.tokenizer.max_length, None, None)
+    spans = model.tokenizer.spans(question, CONTEXT, window, stride)
+    assert len(spans) >= 2  # the context really is split into overlapping windows
+    for span in spans:
+        feeds = {k: np.array([v], dtype=np.int64) for k, v in (("input_ids", span.ids), ("attention_mask",
+                 span.attention_mask), ("token_type_ids", span.type_ids)) if k in model.input_names}
+        ours = model.run(feeds)
+        with torch.inference_mode():
+            theirs = reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        for name in ("start_logits", "end_logits"):
+            np.testing.assert_allclose(ours[name], theirs[name].numpy(), atol=1e-5)
     for kwargs in ({}, {"top_k": 3}, {"doc_stride": 32, "max_answer_len": 5}, {"handle_impossible_answer": True},
                    {"align_to_words": False, "top_k": 2}):
         ours = model.answer(question, CONTEXT, **kwargs)
-        theirs = pipe(question=question, context=CONTEXT, **kwargs)
-        ours, theirs = (ours if isinstance(ours, list) else [ours]), (theirs if isinstance(theirs, list) else [theirs])
-        assert [(a["start"], a["end"], a["answer"]) for a in ours] == [(a["start"], a["end"], a["answer"]) for a in theirs]
-        np.testing.assert_allclose([a["score"] for a in ours], [a["score"] for a in theirs], rtol=1e-4, atol=1e-7)
+        ours = ours if isinstance(ours, list) else [ours]
+        assert len(ours) == kwargs.get("top_k", 1)
+        scores = [a["score"] for a in ours]
+        assert scores == sorted(scores, reverse=True) and all(0.0 <= v <= 1.0 for v in scores)
         assert all(CONTEXT[a["start"]:a["end"]] == a["answer"] for a in ours)
