@@ -7,16 +7,13 @@ inputs/outputs, declares the dynamic axes as ``torch.export.Dim``s, and writes t
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from onnxformer.errors import ExportError
-from onnxformer.runtime.onnx_save import EXTERNAL_DATA_THRESHOLD, external_data_name
+from onnxformer.export.versions import library_versions
+from onnxformer.runtime.onnx_save import EXTERNAL_DATA_THRESHOLD, write_atomically
 
 DEFAULT_OPSET = 18  # torch.onnx's own default; 14 is the floor (export/artifact.py MIN_OPSET)
 Axes = Mapping[str, Mapping[int, str]]  # input name → {axis: dimension name}
@@ -66,10 +63,9 @@ def to_onnx(module: Any, example: Mapping[str, Any], path: Path, *, output_names
 
 def made_by(opset: int | None) -> dict[str, Any]:
     """How a graph was made: the dynamo exporter, on these versions."""
-    import torch
-
-    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset or DEFAULT_OPSET, "torch": torch.__version__,
-            "onnxscript": _version("onnxscript"), "transformers": _version("transformers")}
+    versions = library_versions(("torch", "onnxscript", "transformers"))
+    return {"tool": "torch.onnx.export", "dynamo": True, "opset": opset or DEFAULT_OPSET, "torch": versions.get("torch"),
+            "onnxscript": versions.get("onnxscript"), "transformers": versions.get("transformers")}
 
 
 def save_program(program: Any, path: Path) -> Path:
@@ -80,23 +76,7 @@ def save_program(program: Any, path: Path) -> Path:
     model = program.model
     large = sum(v.const_value.nbytes for v in model.graph.initializers.values()
                 if v.const_value is not None) > EXTERNAL_DATA_THRESHOLD
-    data = external_data_name(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        ir.save(model, staging / path.name, external_data=data if large else None)
-        if large:
-            os.replace(staging / data, path.parent / data)
-        os.replace(staging / path.name, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+    return write_atomically(path, lambda target, data: ir.save(model, target, external_data=data), large)
 
 
 def innermost(error: BaseException) -> str:

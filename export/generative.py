@@ -15,7 +15,7 @@ from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
 from onnxformer.export.decoder_graph import export_decoder_graph
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
-from onnxformer.export.hf import _first_line
+from onnxformer.export.hf import _first_line, load_reference
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.tasks import generative_task
 from onnxformer.export.dynamo import made_by
@@ -59,7 +59,7 @@ def export_generative(
     progress(f"task: {task_name} ({kind}, KV cache)")
     with staging_dir(out, overwrite) as stage:
         progress("loading the PyTorch reference")
-        reference = _load_reference(ckpt, task_name, trust_remote_code)
+        reference = load_reference(ckpt, TASKS[task_name], trust_remote_code)
         tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
         progress("exporting with torch.onnx (dynamo, with past)")
         _export(reference, kind, stage / "fp32", opset)
@@ -81,19 +81,6 @@ def _check_family(model_type: str, task: str | None) -> str:
             f"({', '.join(families.names(DECODER))}), text2text-generation ({', '.join(families.names(SEQ2SEQ))})"
         )
     return task_name
-
-
-def _load_reference(ckpt: Checkpoint, task: str, trust_remote_code: bool) -> Any:
-    import torch
-    import transformers
-
-    auto = getattr(transformers, TASKS[task].auto_class)
-    try:  # float32: transformers 5 loads a checkpoint in its own dtype by default, and fp32 is the reference
-        model = auto.from_pretrained(ckpt.path, use_safetensors=ckpt.weight_format == "safetensors",
-                                     dtype=torch.float32, trust_remote_code=trust_remote_code, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"transformers could not load {ckpt.path} for {task}: {_first_line(e)}") from None
-    return model.eval()
 
 
 def _export(model: Any, kind: str, out_dir: Path, opset: int | None) -> None:

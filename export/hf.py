@@ -15,7 +15,9 @@ TRACE_BATCH, TRACE_LENGTH = 2, 16
 
 
 def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False) -> Any:
-    """The PyTorch model the export is validated against, loaded safely (safetensors unless told otherwise)."""
+    """The PyTorch model the export is validated against, loaded safely (safetensors unless told otherwise) and in
+    float32: transformers 5 loads a checkpoint in its own dtype by default, and fp32 is the reference."""
+    import torch
     import transformers
 
     auto = getattr(transformers, task.auto_class)
@@ -23,6 +25,7 @@ def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False
         model = auto.from_pretrained(
             ckpt.path,
             use_safetensors=ckpt.weight_format == "safetensors",
+            dtype=torch.float32,
             trust_remote_code=trust_remote_code,
             local_files_only=True,
         )

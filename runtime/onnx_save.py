@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # Protobuf refuses messages over 2 GiB; past this size the weights go to a side file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -31,13 +31,23 @@ def save_onnx(model: Any, path: str | os.PathLike, *,
     """
     import onnx
 
-    path = Path(path)
     large = model.ByteSize() > external_threshold_bytes
+
+    def write(target: Path, data: str | None) -> None:
+        onnx.save_model(model, str(target), save_as_external_data=data is not None, all_tensors_to_one_file=True,
+                        location=data)
+
+    return write_atomically(Path(path), write, large)
+
+
+def write_atomically(path: Path, write: Callable[[Path, str | None], None], large: bool) -> Path:
+    """``write(target, data)`` a graph into a temporary directory beside ``path`` (``data``: the side file's name when
+    ``large``, else None), then move it into place, the side file first and the graph that names it last; a small
+    graph removes a ``<name>_data`` left by an earlier large graph of that name. Every graph writer shares this."""
     data = external_data_name(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        onnx.save_model(model, str(staging / path.name), save_as_external_data=large,
-                        all_tensors_to_one_file=True, location=data if large else None)
+        write(staging / path.name, data if large else None)
         if large:
             os.replace(staging / data, path.parent / data)
         os.replace(staging / path.name, path)
