@@ -71,11 +71,13 @@ def sensitivity(build: Builder, candidates: Sequence[str], evaluation: Evaluatio
 
 def meet_budget(build: Builder, candidates: Sequence[str], evaluation: Evaluation, budget: float, work: Path,
                 variant: str, reference: Path, progress: Progress = lambda _: None,
-                max_excluded: int | None = None) -> BudgetResult:
-    """Return the least-excluded graph that meets ``budget``, or raise with the best one reached."""
+                max_excluded: int | None = None, first: tuple[Path, dict[str, Any]] | None = None) -> BudgetResult:
+    """Return the least-excluded graph that meets ``budget``, or raise with the best one reached. ``first``: the
+    graph with every candidate quantized and its fidelity, when the caller has built and measured it already."""
     metric = budget_metric(evaluation.task)
-    path = build([], None, work / "all")
-    fidelity = evaluation.measure(path)
+    path, fidelity = first if first is not None else (build([], None, work / "all"), None)
+    fidelity = fidelity if fidelity is not None else evaluation.measure(path)
+    everything = path
     if evaluation.score(fidelity) >= budget:
         return BudgetResult(path, fidelity, [], len(candidates))
     errors = sensitivity(build, candidates, evaluation, work, progress)
@@ -87,7 +89,7 @@ def meet_budget(build: Builder, candidates: Sequence[str], evaluation: Evaluatio
         path = build(order[:k], None, work / f"exclude-{k}")
         fidelity = evaluation.measure(path)
         if evaluation.score(fidelity) > evaluation.score(best.fidelity):
-            if best.path.parent != work / "all":
+            if best.path != everything:
                 shutil.rmtree(best.path.parent, ignore_errors=True)  # only the best trial is kept on disk
             best = BudgetResult(path, fidelity, order[:k], len(candidates), errors)
         elif evaluation.score(fidelity) < budget:

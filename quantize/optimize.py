@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.source import MODEL_FILE
 from onnxformer.runtime.families import FAMILIES, find
@@ -32,6 +34,9 @@ from onnxformer.runtime.onnx_save import save_onnx
 
 ONNXSCRIPT, ORT_OPTIMIZER = "onnxscript.rewriter.ort_fusions", "onnxruntime.transformers.optimizer"
 # Contrib operators a fusion produces; their counts go into the manifest (``fused_ops``).
+# ORT's Python fusions run on a copy whose initializers above this size hold no bytes (``set_aside``).
+SET_ASIDE_BYTES = 1 << 16
+_ASIDE = "onnxformer-set-aside-while-fusing"
 FUSED_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "SkipLayerNormalization",
              "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "EmbedLayerNormalization",
              "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "BiasSplitGelu", "RotaryEmbedding", "FusedMatMul")
@@ -52,10 +57,17 @@ def fusion_settings(architecture: Architecture) -> dict[str, Any]:
 def fuse(source: Path, architecture: Architecture, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Run the fusions on ``source``; return the fused graph's path and how it was made."""
     settings = fusion_settings(architecture)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".fuse-") as scratch:
-        rewritten = Path(scratch) / MODEL_FILE
-        onnxscript_counts = onnxscript_fusions(source, rewritten, packed=settings["model_type"] == "bert")
-        model, tool = ort_fusions(rewritten, settings), f"{ONNXSCRIPT} + {ORT_OPTIMIZER}"
+    rewritten, onnxscript_counts = onnxscript_fusions(source, packed=settings["model_type"] == "bert")
+    tool = f"{ONNXSCRIPT} + {ORT_OPTIMIZER}"
+    if _attention(fused_ops(rewritten)):
+        # onnxscript's optimizer has folded the graph already: ORT's session pass (opt level 1: a session built, the
+        # model written and read back) changed nothing on any encoder family but cost BERT-base ~6 s of a 20 s fusion.
+        model = ort_fusions(rewritten, settings, opt_level=0)
+    else:
+        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".fuse-") as scratch:
+            # from a file: ORT's session pass turns an in-memory graph's weights into external initializers, which
+            # its shape inference then cannot read (the Unsqueeze axes of MPNet's graph)
+            model = ort_fusions(save_onnx(rewritten, Path(scratch) / MODEL_FILE), settings)
         if not _attention(fused_ops(model)) and settings["model_type"] is not None:
             # onnxscript knows the dynamo exporter's attention; ORT's optimizer the TorchScript exporter's (artifacts
             # exported before the dynamo path), which onnxscript's rewrites would hide from it.
@@ -112,8 +124,9 @@ def _attention(counts: dict[str, int]) -> int:
     return counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0) + counts.get("GroupQueryAttention", 0)
 
 
-def onnxscript_fusions(source: Path, out: Path, packed: bool) -> dict[str, int]:
-    """onnxscript's fusions on ``source``, written to ``out``; the count of every fusion that matched.
+def onnxscript_fusions(source: Path, packed: bool) -> tuple[Any, dict[str, int]]:
+    """onnxscript's fusions on ``source``: the rewritten graph (an onnx ModelProto, handed on in memory: writing and
+    re-reading BERT-base cost ~5 s) and the count of every fusion that matched.
 
     ``packed``: ``optimize_for_ort`` itself, then the padding mask as ``mask_index``. Otherwise its pipeline without
     the final QKV packing (mirrors ``onnxscript.rewriter.ort_fusions._core.fuse_xformers``; see the module doc).
@@ -128,8 +141,7 @@ def onnxscript_fusions(source: Path, out: Path, packed: bool) -> dict[str, int]:
         counts["mask_index"] = padding_mask_index(model)
     else:
         counts = _fusions_to_mha(model)
-    ir.save(model, out)
-    return {k: int(v) for k, v in counts.items() if v}
+    return ir.to_proto(model), {k: int(v) for k, v in counts.items() if v}
 
 
 def padding_mask_index(model: Any) -> int:
@@ -200,13 +212,54 @@ def _fusions_to_mha(model: Any) -> dict[str, int]:
     return counts
 
 
-def ort_fusions(source: Path, settings: dict[str, Any]) -> Any:
-    """ONNX Runtime's optimizer over ``source`` (an onnx ModelProto back); ``model_type`` None skips it (ModernBERT:
-    ORT's BERT patterns crash on its bias-free LayerNorms)."""
-    import onnx
+def ort_fusions(source: Path | Any, settings: dict[str, Any], opt_level: int | None = None) -> Any:
+    """ONNX Runtime's optimizer over ``source`` (a path or an onnx ModelProto; an onnx ModelProto back). ``opt_level``:
+    its own default (None: an ORT session's basic optimizations first) or 0 (its Python fusions only).
+    ``model_type`` None skips it (ModernBERT: ORT's BERT patterns crash on its bias-free LayerNorms)."""
     from onnxruntime.transformers import optimizer
 
     if settings["model_type"] is None:
-        return onnx.load(str(source))
+        return source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # fusion chatter is not actionable
-    return optimizer.optimize_model(str(source), **settings, use_gpu=False).model
+    if opt_level != 0 or not isinstance(source, onnx.ModelProto):
+        return optimizer.optimize_model(str(source) if isinstance(source, Path) else source, **settings,
+                                        opt_level=opt_level, use_gpu=False).model  # a path: see ``fuse``
+    # Its shape inference deep-copies the model four times (BERT-base: 4.5 s of a 7.5 s pass): the large weights'
+    # bytes are set aside meanwhile and put back after, into the caller's graph and the fused one.
+    aside = set_aside(source)
+    try:
+        fused = optimizer.optimize_model(source, **settings, opt_level=0, use_gpu=False).model
+    finally:
+        put_back(source, aside)
+    put_back(fused, aside)
+    return fused
+
+
+def set_aside(model: onnx.ModelProto, threshold: int = SET_ASIDE_BYTES) -> dict[str, bytes]:
+    """Take the bytes of ``model``'s initializers over ``threshold`` out of it (name → bytes). A set-aside tensor keeps
+    its name, type and dims and reads as external data from a file that does not exist, so a fusion that needed its
+    values fails loudly and never sees zeros. Small constants (scales, shapes) stay in place, and so do the tables
+    that Gather nodes read: the embedding fusion compares their values."""
+    aside: dict[str, bytes] = {}
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    for tensor in model.graph.initializer:
+        if (tensor.data_location == onnx.TensorProto.DEFAULT and len(tensor.raw_data) > threshold
+                and tensor.name not in gathered):
+            aside[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value=_ASIDE)
+    return aside
+
+
+def put_back(model: onnx.ModelProto, aside: dict[str, bytes]) -> None:
+    """Restore what ``set_aside`` took; a set-aside tensor whose bytes are not in ``aside`` is a bug, said at once."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and any(
+                e.key == "location" and e.value == _ASIDE for e in tensor.external_data):
+            if tensor.name not in aside:
+                raise QuantizationError(f"ONNX Runtime's fusions renamed the set-aside weight {tensor.name!r}; "
+                                        "report this model — use the fp32 variant meanwhile")
+            tensor.raw_data = aside[tensor.name]
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT

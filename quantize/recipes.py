@@ -22,11 +22,12 @@ Adding a recipe: one class below (its attributes and ``build``) and its entry in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from onnxformer.errors import QuantizationError
-from onnxformer.quantize import fp16, int8, optimize, speed
+from onnxformer.quantize import fp16, int8, optimize
 from onnxformer.quantize.budget import meet_budget
 from onnxformer.quantize.calibration import calibration_method, text_reader
 from onnxformer.quantize.fidelity import budget_metric
@@ -118,50 +119,52 @@ class Int8Dynamic(EncoderRecipe):
         method = (options.method or "minmax") if self.mode == "static" else None
         return int8.Int8Settings(str(self.mode), str(self.target), reduce_range=not vnni, method=method)
 
-    def inputs(self, job: Job, settings: int8.Int8Settings) -> tuple[Path, dict[str, Any], Any, Path | None]:
-        """(graph to quantize, what preparing it recorded, calibration reader, calibration cache)."""
+    def inputs(self, job: Job, settings: int8.Int8Settings) -> Prepared:
+        """The graph to quantize, what preparing it recorded, and what it already built (the plain int8 graph)."""
         if not job.options.smooth:
-            return job.source, {}, None, None
-        plain = self.plain_is_enough(job, settings)
-        if plain is not None:
-            return job.source, {"smoothing": plain}, None, None
+            return Prepared(job.source)
+        plain = self.plain_int8(job, settings)
+        score = job.evaluation.score(plain[1])
+        if score >= max(float(job.floor or 0.0), PLAIN_ENOUGH):
+            # smoothing costs most of a large model's build and cannot buy more than rounding
+            metric = budget_metric(job.manifest.task)
+            job.progress(f"{self.name}: plain int8 reaches {metric} {score:.4f}; smoothing skipped")
+            skipped = {"method": "skipped", "reason": f"plain int8 reaches {metric} {score:.5f} >= {PLAIN_ENOUGH}"}
+            return Prepared(job.source, {"smoothing": skipped}, first=plain)
         texts = job.calibration
         job.progress(f"{self.name}: smoothing activation outliers into the weights ({len(texts)} calibration texts)")
         path, smoothing = smooth_for_int8(job.directory, job.manifest, job.source, settings, texts,
                                           job.work / "smoothed" / MODEL_FILE)
-        return path, {"smoothing": smoothing.record(len(texts))}, None, None
+        return Prepared(path, {"smoothing": smoothing.record(len(texts))})
 
-    def plain_is_enough(self, job: Job, settings: int8.Int8Settings) -> dict[str, Any] | None:
-        """Why smoothing is skipped (plain int8 of every node already within ``PLAIN_ENOUGH`` of fp32: smoothing
-        costs most of a large model's build and cannot buy more than rounding), or None to smooth."""
-        score = job.evaluation.score(job.evaluation.measure(int8.quantize(job.source, settings, job.work / "plain")))
-        if score < max(float(job.floor or 0.0), PLAIN_ENOUGH):
-            return None
-        metric = budget_metric(job.manifest.task)
-        job.progress(f"{self.name}: plain int8 reaches {metric} {score:.4f}; smoothing skipped")
-        return {"method": "skipped", "reason": f"plain int8 reaches {metric} {score:.5f} >= {PLAIN_ENOUGH}"}
+    def plain_int8(self, job: Job, settings: int8.Int8Settings) -> tuple[Path, dict[str, Any]]:
+        """Every candidate node of the unsmoothed source quantized, and its measured fidelity."""
+        job.progress(f"{self.name}: quantizing every node ({settings.mode})")
+        path = int8.quantize(job.source, settings, job.work / "all")
+        return path, job.evaluation.measure(path)
 
     def build(self, job: Job) -> Built:
         vnni = int8.has_vnni()
         settings = self.settings(job.options, vnni)
-        source, prepared, reader, cache = self.inputs(job, settings)
+        prepared = self.inputs(job, settings)
 
         def quantized(exclude: Sequence[str], only: Sequence[str] | None, out: Path) -> Path:
-            return int8.quantize(source, settings, out, exclude, only, reader, cache)
+            return int8.quantize(prepared.source, settings, out, exclude, only, prepared.reader, prepared.cache)
 
-        job.progress(f"{self.name}: quantizing ({settings.mode})")
-        candidates = int8.candidate_nodes(source, settings.op_types)
+        if prepared.first is None:
+            job.progress(f"{self.name}: quantizing ({settings.mode})")
+        candidates = int8.candidate_nodes(prepared.source, settings.op_types)
         floor = float(job.floor)  # type: ignore[arg-type]  # encoder jobs always carry their budget
         result = meet_budget(quantized, candidates, job.evaluation, floor, job.work, self.name, job.reference,
-                             job.progress)
+                             job.progress, first=prepared.first)
         made_by = {"tool": settings.tool, **settings.options(), "cpu_vnni": vnni,
                    "budget": result.record(floor, budget_metric(job.manifest.task))}
-        if reader is not None:
+        if prepared.reader is not None:
             made_by["calibration_texts"] = len(job.calibration)
-        speed_cpu = speed.ratio(result.path, job.reference, job.manifest) if self.target == "cpu" else None
+        # Its latency on this CPU is recorded once published (speed.record_latencies: every CPU variant side by side).
         scales = PER_CALL if self.mode == "dynamic" else STATIC_SCALES  # PER_CALL: run one sequence per call
-        return self.built(job, {MODEL: result.path}, {**made_by, **prepared}, fidelity=result.fidelity,
-                          speed_cpu=speed_cpu, activation_scales=scales)
+        return self.built(job, {MODEL: result.path}, {**made_by, **prepared.made_by}, fidelity=result.fidelity,
+                          activation_scales=scales)
 
     def measure(self, job: Job, built: Built) -> dict[str, Any]:
         return built.fidelity  # measured by the budget loop, on this very graph
@@ -178,9 +181,10 @@ class Int8Static(Int8Dynamic):
         if options.method is not None:
             calibration_method(options.method)
 
-    def inputs(self, job: Job, settings: int8.Int8Settings) -> tuple[Path, dict[str, Any], Any, Path | None]:
+    def inputs(self, job: Job, settings: int8.Int8Settings) -> Prepared:
         typed = annotate(job.source, job.work / "typed" / MODEL_FILE)  # contrib-op tensors need types to be calibrated
-        return typed, {}, text_reader(job.directory, job.manifest, job.calibration), job.work / "calibration.json"
+        return Prepared(typed, reader=text_reader(job.directory, job.manifest, job.calibration),
+                        cache=job.work / "calibration.json")
 
 
 class Int8TensorRT(Int8Static):
@@ -188,6 +192,19 @@ class Int8TensorRT(Int8Static):
 
     name, target = "int8-trt", "tensorrt"
     source, providers = "fp32", ("tensorrt",)
+
+
+@dataclass
+class Prepared:
+    """What an int8 recipe quantizes: the source graph (smoothed or typed), what preparing it recorded, the
+    calibration reader and its cache (static), and a graph already built with every node quantized (its path and
+    measured fidelity), which the budget loop takes as its first trial instead of building it again."""
+
+    source: Path
+    made_by: dict[str, Any] = field(default_factory=dict)
+    reader: Any = None
+    cache: Path | None = None
+    first: tuple[Path, dict[str, Any]] | None = None
 
 
 def _smoothing_is_dynamic_only(options: Options) -> None:

@@ -1,4 +1,4 @@
-"""Latency on this CPU: the probe behind build rows and budget failures, and the latencies recorded per variant.
+"""Latency on this CPU: the probe behind budget failures, and the latencies recorded per variant.
 
 ``record_latencies`` times every CPU variant of an artifact side by side (batch 1 × up to 128 tokens) and records
 each with the CPU it ran on (``Variant.latency``), so that ``variant="auto"`` chooses by measurement on a CPU
@@ -40,5 +40,7 @@ def record_latencies(directory: Path, threads: int | None = None, seconds: float
         entry = Latency(cpu, round(value, 3), 1, tokens, threads or physical_cores(),
                         round(fp32, 3) if fp32 is not None else None)
         record.latency = [m for m in record.latency if m.cpu.key != cpu.key] + [entry]
+        if fp32 is not None and name != REFERENCE:  # the ratio build summaries show (and ranking's fallback)
+            record.speed_cpu = {"ms": entry.ms, "fp32_ms": entry.fp32_ms, "ratio": round(value / fp32, 3)}
     manifest.save(directory)
     return manifest
