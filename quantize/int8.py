@@ -6,6 +6,7 @@
   ORT-fused graph fails with "Unable to find data type for weight_name" (what breaks optimum's
   quantizer on fused graphs with onnxruntime ≥ 1.32). ``reduce_range`` (7-bit weights) only on
   CPUs without VNNI, where 8-bit products can saturate the 16-bit intermediate sums.
+- CPU graphs (dynamic and ``int8-static``): SkipLayerNormalization expanded after quantizing (unfuse.py).
 - static QDQ (``int8-static`` on CPU, ``int8-trt`` for TensorRT): ranges from calibration texts
   (MinMax, Entropy or Percentile), computed once and cached so the budget loop re-quantizes
   without re-calibrating. The TensorRT flavour is symmetric int8 for activations and weights and
@@ -23,7 +24,9 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from onnxformer.quantize.source import MODEL_FILE
+from onnxformer.quantize.unfuse import expand_skip_layer_norms
 from onnxformer.runtime.cpu import read_cpuinfo, this_cpu
+from onnxformer.runtime.onnx_save import save_onnx
 
 DYNAMIC_OPS = ("MatMul", "Attention")
 STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul
@@ -65,6 +68,8 @@ class Int8Settings:
                         symmetric=self.symmetric)
         else:
             opts.update(activation_type="uint8 (dynamic, per tensor of each call: run one sequence per call)")
+        if self.target == "cpu":
+            opts["skip_layer_norm"] = "Add + LayerNormalization (unfuse.py: the faster CPU kernels)"
         return opts
 
 
@@ -88,6 +93,10 @@ def quantize(source: Path, settings: Int8Settings, out_dir: Path, exclude: Seque
                   nodes_to_quantize=list(only) if only is not None else None)
     with quiet_root_logger():  # ORT logs "consider pre-processing" on the root logger for every call
         _run(source, out, settings, common, reader, cache)
+    if settings.target == "cpu":
+        model = onnx.load(str(out))
+        if expand_skip_layer_norms(model):  # after quantizing: the int8 graph is the small one to rewrite
+            save_onnx(model, out)
     return out
 
 
