@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--target", help="cpu | cuda | tensorrt (default: cuda for fp16, cpu for int8)")
     q.add_argument("--calibration", help="text file, one text per line (default: the packaged calibration texts)")
     q.add_argument("--method", help="static int8 calibration: minmax (default) | entropy | percentile")
-    q.add_argument("--budget", help="fidelity floor in (0, 1] for the task's metric (default: 0.99 min cosine for embeddings)")
+    q.add_argument("--budget", help="fidelity floor in (0, 1] for the task's metric (default: 0.997 min cosine for embeddings)")
     q.add_argument("--no-smooth", dest="smooth", action="store_false",
                    help="dynamic int8: skip SmoothQuant (activation outliers moved into the weights before quantizing)")
     q.add_argument("--from", dest="source", help="variant to start from (default: fp32-opt, or fp32 for TensorRT)")

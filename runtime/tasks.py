@@ -54,7 +54,9 @@ class Task:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("feature-extraction", "embed", ("last_hidden_state",), "AutoModel", "ORTModelForFeatureExtraction",
-         "min_cosine", 0.99, endpoints=("/v1/embeddings",),
+         # 0.997 on the shipped evaluation texts is what held 0.995 on held-out ones (benchmarks/data/heldout.txt):
+         # all-MiniLM-L6-v2's int8 at 0.99 kept 2 nodes fp32 and reached 0.9943 held out; at 0.997, 4 and 0.9973
+         "min_cosine", 0.997, endpoints=("/v1/embeddings",),
          text_outputs=(TextOutput("embedding", "FP32", 2),)),
     Task("text-classification", "classify", ("logits",), "AutoModelForSequenceClassification",
          "ORTModelForSequenceClassification", "argmax_agreement", 0.95,

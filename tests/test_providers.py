@@ -136,7 +136,7 @@ def test_gpu_session_chain_keeps_cuda_and_cpu_behind():
 
 # --- variant choice ------------------------------------------------------------------------------------------
 
-def full_manifest(int8_cos: float = 0.995) -> dict:
+def full_manifest(int8_cos: float = 0.998) -> dict:
     return manifest(
         fp32_opt={**rec("fp32", ["cuda", "cpu"], min_cosine=0.999999), "graph": "fused"},
         fp16=rec("fp16", ["cuda"], min_cosine=0.9999),
@@ -151,7 +151,7 @@ def test_cpu_picks_int8_within_budget_else_fp32_opt():
     assert choose(full_manifest(), "cpu").variant == "int8"
     choice = choose(full_manifest(int8_cos=0.95), "cpu")
     assert choice.variant == "fp32-opt"
-    assert "int8 min_cosine 0.9500 < budget 0.99" in choice.reason
+    assert "int8 min_cosine 0.9500 < budget 0.997" in choice.reason
     assert choose(full_manifest(), "cpu", budget=0.96).variant == "int8-static"  # measured faster, now eligible
     assert choose(full_manifest(), "cpu", budget=0.9999999).variant == "fp32"  # even fp32-opt misses it
 
