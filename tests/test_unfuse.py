@@ -89,3 +89,24 @@ def test_weights_set_aside_are_put_back_and_a_renamed_one_is_an_error():
     next(t for t in model.graph.initializer if t.name == "big").name = "renamed"
     with pytest.raises(QuantizationError, match="renamed the set-aside weight 'renamed'"):
         optimize.put_back(model, again)
+
+
+def test_int8_build_does_each_expensive_step_once(tiny_artifact, copy_artifact, monkeypatch):
+    """Issue 15's build time: the plain int8 graph is quantized once (the budget loop starts from it), ORT's optimizer
+    skips its session pass on a graph onnxscript already fused, and the CPU latency is timed once, side by side."""
+    from onnxruntime.transformers import optimizer
+
+    from onnxformer.quantize import int8, speed
+
+    calls: dict[str, list] = {"quantize": [], "opt_level": [], "ratio": []}
+    real_quantize, real_optimize = int8.quantize, optimizer.optimize_model
+    monkeypatch.setattr(int8, "quantize", lambda *a, **k: calls["quantize"].append(a[2]) or real_quantize(*a, **k))
+    monkeypatch.setattr(optimizer, "optimize_model",
+                        lambda *a, **k: calls["opt_level"].append(k.get("opt_level")) or real_optimize(*a, **k))
+    monkeypatch.setattr(speed, "ratio", lambda *a, **k: calls["ratio"].append(a) or pytest.fail("timed twice"))
+    art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
+    record = quantize_artifact(art, "int8").record
+    assert record.made_by["smoothing"]["method"] == "skipped"  # plain int8 of the tiny model is within 0.999
+    assert [p.name for p in calls["quantize"]] == ["all"]
+    assert calls["opt_level"] == [0] and not calls["ratio"]
+    assert record.speed_cpu["ratio"] == pytest.approx(record.latency[-1].ms / record.latency[-1].fp32_ms, rel=1e-2)
