@@ -64,7 +64,7 @@ def _eager(query: Any, key: Any, value: Any, past_key: Any, past_value: Any, seq
         k_at = torch.arange(start + real)[None, :]
         hidden = k_at > q_at
         if window > 0:
-            hidden |= k_at < q_at - window  # GroupQueryAttention's local_window_size: window + 1 tokens seen
+            hidden |= k_at <= q_at - window  # a window of ``window`` tokens, the query's own included
         probs = scores.masked_fill(hidden, float("-inf")).softmax(-1)
         out[b, :real] = (probs @ values.float()).to(query.dtype).transpose(0, 1)
     return out, present_key, present_value
@@ -150,7 +150,9 @@ def attention_forward(module: Any, query: Any, key: Any, value: Any, attention_m
     step = _ACTIVE[-1]
     layer = int(module.layer_idx)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
-    window = int(sliding_window) - 1 if sliding_window else 0  # transformers' window counts the token itself
+    # transformers' window and ORT 1.32's local_window_size both count the query's own token (measured against
+    # PyTorch on Mistral and Gemma 3; ORT's older CPU kernel saw one token more)
+    window = int(sliding_window) if sliding_window else 0
     out, present_key, present_value = op()(query, key, value, step.past[2 * layer], step.past[2 * layer + 1],
                                            step.seqlens_k, step.total, scale, window)
     step.presents[layer] = (present_key, present_value)
