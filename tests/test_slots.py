@@ -101,8 +101,13 @@ def test_a_family_the_slot_graph_cannot_serve_keeps_the_shared_width_batch(tmp_p
 
 
 # --- the scheduler -----------------------------------------------------------------------------------------------
-def test_the_server_batches_on_the_slot_graph(gen):
+def test_the_slot_graph_starts_only_for_the_batch(gen_artifact):
+    """A solo generation never holds the slot graph's copy of the weights; the batch scheduler starts it."""
+    gen = Generator.load(gen_artifact("gpt2"))
+    gen.generate("Hi", max_new_tokens=3)
+    assert ROLE in gen.sessions and ROLE not in dict(gen.sessions)  # recorded and verified, not started
     assert type(batch_scheduler(gen)) is SlotScheduler
+    assert dict(gen.sessions)[ROLE] is gen.sessions[ROLE]  # started once, then kept
 
 
 @pytest.mark.parametrize("gap,chunk", [(0, 0), (1, 3), (3, 64), (2, 1)])

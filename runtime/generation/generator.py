@@ -1,6 +1,7 @@
 """`Generator`: load a generative artifact and produce text — batched, streamed, greedy or sampled."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,6 +18,8 @@ from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
 from onnxformer.runtime.manifest import REFERENCE, Generation, Manifest
+
+SLOTS = "decoder_slots"  # the decoder's slot graph (continuous batching; runtime/generation/slots.py)
 
 
 class Generator:
@@ -54,11 +57,13 @@ class Generator:
         directory = Path(directory)
         if variant == "auto":
             variant = REFERENCE  # generative variants trade fidelity for speed only when asked for by name
-        opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False),
-                               generative=True)
+        # The slot graph (continuous batching) starts only when a batch scheduler asks for it: a solo generation
+        # never holds a second copy of the weights.
+        opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False,
+                                                      deferred=(SLOTS,)), generative=True)
         if not opened.record.components:
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
-        sessions = {role: runner.session for role, runner in opened.runners.items()}
+        sessions = Sessions({role: runner.session for role, runner in opened.runners.items()}, opened.deferred)
         return cls(directory, opened.manifest, opened.variant, sessions, opened.provider, opened.reason)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
@@ -175,6 +180,27 @@ class Run:
             yield True
         for stream in self.streams:
             stream.pending += stream.flush()
+
+
+class Sessions(dict):
+    """role → ONNX Runtime session; a deferred role's session starts on first access (thread-safe)."""
+
+    def __init__(self, started: dict[str, ort.InferenceSession], deferred: dict[str, Any]):
+        super().__init__(started)
+        self._deferred, self._lock = dict(deferred), threading.Lock()
+
+    def __contains__(self, role: object) -> bool:
+        return super().__contains__(role) or role in self._deferred
+
+    def __missing__(self, role: str) -> ort.InferenceSession:
+        with self._lock:
+            if not super().__contains__(role):
+                start = self._deferred.get(role)
+                if start is None:
+                    raise KeyError(role)
+                self[role] = start().session
+                del self._deferred[role]
+        return dict.__getitem__(self, role)
 
 
 def generation_spec(directory: Path, manifest: Manifest) -> Generation:

@@ -26,9 +26,9 @@ import onnxruntime as ort
 
 from onnxformer.runtime.dtypes import from_name
 from onnxformer.runtime.generation.cache import device_of, flat_names
+from onnxformer.runtime.generation.generator import SLOTS as ROLE
 from onnxformer.runtime.generation.scheduler import Scheduler, Sequence, SlotLimits
 
-ROLE = "decoder_slots"  # the artifact component (export/decoder_slots.py ROLE)
 _ALIGN = 64  # slot widths are rounded up to this many columns, so a slightly longer joiner rarely re-lays the rows
 
 
