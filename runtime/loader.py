@@ -43,7 +43,7 @@ class LoadOptions:
     max_batch_size: int = 32  # also the TensorRT profile's max batch
     trt_cache: Path | None = None
     measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
-    deferred: tuple[str, ...] = ()  # graph roles verified now but started only when first asked for (Opened.start)
+    deferred: tuple[str, ...] = ()  # graph roles verified now but started only when first asked for (Opened.deferred)
 
 
 @dataclass

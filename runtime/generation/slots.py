@@ -234,8 +234,9 @@ class SlotScheduler(Scheduler):
 
 
 def batch_scheduler(generator: Any, limits: SlotLimits | None = None) -> Scheduler:
-    """The continuous batch for ``generator``: on its slot graph when the artifact has one, else the shared-width
-    batch (artifacts exported before the slot graph, or of families it cannot serve)."""
-    if ROLE in getattr(generator, "sessions", {}):
+    """The continuous batch for ``generator``: on its slot graph when the artifact has one and runs on the CPU, else
+    the shared-width batch (artifacts exported before the slot graph, families it cannot serve, and CUDA, whose
+    GroupQueryAttention kernel takes fp16/bf16 only and which has not been run here)."""
+    if ROLE in getattr(generator, "sessions", {}) and getattr(generator, "provider", "cpu") == "cpu":
         return SlotScheduler(generator, limits)
     return Scheduler(generator, limits)
