@@ -108,6 +108,14 @@ def test_the_slot_graph_starts_only_for_the_batch(gen_artifact):
     assert ROLE in gen.sessions and ROLE not in dict(gen.sessions)  # recorded and verified, not started
     assert type(batch_scheduler(gen)) is SlotScheduler
     assert dict(gen.sessions)[ROLE] is gen.sessions[ROLE]  # started once, then kept
+    server = Generator.load(gen_artifact("gpt2"), batching=True)  # what `onnxformer serve` loads
+    assert not dict(server.sessions)  # neither graph started yet; the batch starts the one it runs
+    batch = batch_scheduler(server)
+    assert set(dict(server.sessions)) == {ROLE}
+    seq = batch.submit("Hi", 3)
+    batch.run_until_done()
+    assert seq.ids == server.generate_ids(["Hi"], max_new_tokens=3)[0]  # the solo graph starts when asked for
+    assert set(dict(server.sessions)) == {ROLE, "decoder"}
 
 
 @pytest.mark.parametrize("gap,chunk", [(0, 0), (1, 3), (3, 64), (2, 1)])

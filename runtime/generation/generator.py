@@ -50,17 +50,19 @@ class Generator:
 
     @classmethod
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "fp32",
-             threads: int | None = None, strict: bool = False) -> "Generator":
+             threads: int | None = None, strict: bool = False, batching: bool = False) -> "Generator":
         """Verify and load ``variant`` (every graph sha256-checked, external data confined) on ``provider``
         ("auto": the best available that the variant targets, each fallback logged; ``strict``: a fallback is
-        an error). Same arguments, in the same order, as ``Model.load``."""
+        an error). Same arguments, in the same order, as ``Model.load``. ``batching``: the caller runs a decoder
+        through a continuous batch (the server), so its solo graph starts only if something asks for it."""
         directory = Path(directory)
         if variant == "auto":
             variant = REFERENCE  # generative variants trade fidelity for speed only when asked for by name
         # The slot graph (continuous batching) starts only when a batch scheduler asks for it: a solo generation
-        # never holds a second copy of the weights.
+        # never holds a second copy of the weights; nor does a batch on the slot graph hold the solo graph's.
+        deferred = (SLOTS, "decoder") if batching and _has_slots(directory) else (SLOTS,)
         opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False,
-                                                      deferred=(SLOTS,)), generative=True)
+                                                      deferred=deferred), generative=True)
         if not opened.record.components:
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
         sessions = Sessions({role: runner.session for role, runner in opened.runners.items()}, opened.deferred)
@@ -180,6 +182,11 @@ class Run:
             yield True
         for stream in self.streams:
             stream.pending += stream.flush()
+
+
+def _has_slots(directory: Path) -> bool:
+    generation = Manifest.load(directory).generation
+    return generation is not None and generation.kind == "decoder" and "role" in (generation.extra.get("slots") or {})
 
 
 class Sessions(dict):
