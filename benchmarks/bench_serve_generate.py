@@ -119,7 +119,7 @@ def serve(spec: dict[str, Any]) -> int:
     from onnxformer.runtime.generation import Generator
     from onnxformer.serve.testing import running_server
 
-    gen = Generator.load(spec["artifact"])
+    gen = Generator.load(spec["artifact"], batching=spec["options"].get("continuous_batching", True))
     probe = Probe(gen)
     with running_server(lambda: gen, max_queue=4096, timeout_s=3600, **spec["options"]) as url:
         print(f"READY {url}", flush=True)

@@ -27,11 +27,12 @@ def dynamic_shapes(example: Mapping[str, Any], axes: Axes) -> dict[str, dict[int
 
 def export_program(module: Any, args: tuple[Any, ...] = (), *, kwargs: Mapping[str, Any] | None = None,
                    input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes: Any,
-                   opset: int | None, what: str) -> Any:
+                   opset: int | None, what: str, translations: Mapping[Any, Any] | None = None) -> Any:
     """``torch.onnx.export(dynamo=True)`` of ``module`` as every exporter here calls it; the ``ONNXProgram``.
 
     A failure is one ExportError line: "torch.onnx.export (dynamo=True) could not export ``what``: <the innermost
-    cause>" (torch.onnx wraps torch.export's error in a page of advice).
+    cause>" (torch.onnx wraps torch.export's error in a page of advice). ``translations``: torch.onnx's
+    ``custom_translation_table`` (our own custom ops → ONNX functions).
     """
     import torch
 
@@ -43,7 +44,8 @@ def export_program(module: Any, args: tuple[Any, ...] = (), *, kwargs: Mapping[s
             return torch.onnx.export(module, tuple(args), kwargs=dict(kwargs or {}), dynamo=True,
                                      opset_version=opset or DEFAULT_OPSET, input_names=list(input_names),
                                      output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True,
-                                     report=False, verbose=False)
+                                     report=False, verbose=False,
+                                     custom_translation_table=dict(translations) if translations else None)
     except Exception as e:  # torch.export raises many types; all mean "this model does not trace"
         raise ExportError(f"torch.onnx.export (dynamo=True) could not export {what}: {innermost(e)}") from e
 

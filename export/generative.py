@@ -14,7 +14,8 @@ from onnxformer.errors import CheckpointError, ExportError
 from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
 from onnxformer.export.decoder_graph import export_decoder_graph
-from onnxformer.export.generative_validate import past_names, validate_decoder, validate_seq2seq
+from onnxformer.export import decoder_slots
+from onnxformer.export.generative_validate import past_names, validate_decoder, validate_decoder_slots, validate_seq2seq
 from onnxformer.export.hf import _first_line, load_reference
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.tasks import generative_task
@@ -66,7 +67,8 @@ def export_generative(
         paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
         progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
         validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
-        manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset)
+        slots = _slots(reference, kind, stage, paths, opset, atol or DEFAULT_ATOL, progress)
+        manifest = _manifest(ckpt, task_name, kind, stage, tokenizer, reference, validation, opset, slots)
         manifest.name = name or manifest.name
         manifest.save(stage)
     return manifest
@@ -95,6 +97,25 @@ def _export(model: Any, kind: str, out_dir: Path, opset: int | None) -> None:
     missing = [f for f in COMPONENTS[kind].values() if not (out_dir / f).is_file()]
     if missing:
         raise ExportError(f"the encoder-decoder export did not write {missing} in {out_dir}")
+
+
+def _slots(model: Any, kind: str, stage: Path, paths: dict[str, Path], opset: int | None, atol: float,
+           progress: Progress) -> dict[str, Any] | None:
+    """The decoder's slot graph (continuous batching on GroupQueryAttention), exported and validated; or why the
+    family cannot have one (its artifacts batch on the shared-width graph). None for seq2seq."""
+    if kind != "decoder":
+        return None
+    reason = decoder_slots.unsupported(model)
+    if reason is not None:
+        progress(f"no slot graph: {reason}")
+        return {"unsupported": reason}
+    progress("exporting the slot graph (GroupQueryAttention, cache in place)")
+    path = stage / "fp32" / decoder_slots.FILE
+    decoder_slots.export_decoder_slots(model, path, opset)
+    layout = cache_layout(create_session(paths["decoder"]), model.config, kind)
+    result = validate_decoder_slots(model, path, layout, model.config.vocab_size, atol)
+    return {"role": decoder_slots.ROLE, "file": f"fp32/{decoder_slots.FILE}",
+            "validation": {k: result[k] for k in ("atol", "max_abs_diff", "passed")}}
 
 
 def _validate(model: Any, kind: str, paths: dict[str, Path], atol: float) -> dict[str, Any]:
@@ -162,8 +183,10 @@ def max_positions(config: Any, tokenizer: Any) -> int:
 
 
 def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
-              validation: dict[str, Any], opset: int | None) -> Manifest:
+              validation: dict[str, Any], opset: int | None, slots: dict[str, Any] | None = None) -> Manifest:
     files = {role: f"fp32/{f}" for role, f in COMPONENTS[kind].items()}
+    if slots and "role" in slots:
+        files[slots["role"]] = slots["file"]
     main = "decoder_with_past" if kind == "seq2seq" else "decoder"
     actual_opset = graph_opset(stage / files["decoder"])
     session = create_session(stage / files[main])
@@ -176,7 +199,7 @@ def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: An
                         providers=["cuda", "cpu"], components=files, cache_dtype="float32")
     generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,
                             max_positions=positions, position_ids="position_ids" in names,
-                            logits_to_keep="logits_to_keep" in names)
+                            logits_to_keep="logits_to_keep" in names, extra={"slots": slots} if slots else {})
     return build_manifest(
         name=ckpt.path.name, task=task, architecture=architecture(ckpt), source=ckpt.fingerprint(), opset=actual_opset,
         inputs=inputs, outputs=outputs, versions=library_versions(), validation=validation, fp32=fp32,

@@ -128,3 +128,48 @@ def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np
         logits.append(out["logits"])
         cache.update({n: out[present_name(n)] for n in cache if ".decoder." in n})  # cross-attention cache is fixed
     return np.concatenate(logits, axis=1)
+
+
+def validate_decoder_slots(model: Any, path: Path, layout: dict[str, Any], vocab: int, atol: float,
+                           seed: int = 0) -> dict[str, Any]:
+    """The slot graph run the way runtime/generation/slots.py runs it (its cache, bound in place), against the model
+    on whole sequences: every row's prompt in one right-padded call, then each chunk — one token for every row in
+    one call, longer chunks row by row (GroupQueryAttention continues a prompt for one row at a time)."""
+    import torch
+
+    from onnxformer.runtime.generation.slots import SlotCache, run_slots
+
+    session = create_session(path)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for lengths, chunks in DECODER_CASES:
+        total = max(lengths) + sum(chunks)
+        ids = rng.integers(4, vocab, size=(len(lengths), total), dtype=np.int64)
+        with torch.inference_mode():
+            ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+        cache = SlotCache(session, layout, len(lengths) * total)
+        for n in lengths:
+            cache.add(n + sum(chunks))
+        width = max(lengths)
+        prompt = np.zeros((len(lengths), width), dtype=np.int64)
+        for r, n in enumerate(lengths):
+            prompt[r, :n] = ids[r, :n]
+        got = run_slots(session, cache, 0, prompt, np.tile(np.arange(width), (len(lengths), 1)), list(lengths), keep=0)
+        diffs = {"prompt logits": max(float(np.abs(got[r, :n] - ref[r, :n]).max()) for r, n in enumerate(lengths))}
+        done = list(lengths)
+        for chunk in chunks:
+            worst = 0.0
+            if chunk == 1:
+                cols = np.asarray(done)[:, None]
+                got = run_slots(session, cache, 0, np.take_along_axis(ids, cols, 1), cols, [n + 1 for n in done], 0)
+                worst = max(float(np.abs(got[r, 0] - ref[r, n]).max()) for r, n in enumerate(done))
+            else:
+                for r, n in enumerate(done):
+                    got = run_slots(session, cache, r, ids[r:r + 1, n:n + chunk], np.arange(n, n + chunk)[None],
+                                    [n + chunk], 0)
+                    worst = max(worst, float(np.abs(got[0] - ref[r, n:n + chunk]).max()))
+            done = [n + chunk for n in done]
+            name = "decode logits" if chunk == 1 else "prompt chunk logits"
+            diffs[name] = max(diffs.get(name, 0.0), worst)
+        cases.append({"case": f"prompts{list(lengths)}+chunks{list(chunks)}", "max_abs_diff": diffs})
+    return summarize(cases, atol, setting=" (slot graph, cache in place)")

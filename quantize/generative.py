@@ -27,6 +27,7 @@ from onnxformer.quantize.variants import generative_names, generative_recipes
 from onnxformer.runtime.dtypes import from_ort
 from onnxformer.runtime.files import confined
 from onnxformer.runtime.generation import Generator
+from onnxformer.runtime.generation.generator import SLOTS
 from onnxformer.runtime.manifest import REFERENCE, Manifest, load_manifest
 from onnxformer.runtime.session import create_session
 
@@ -60,7 +61,8 @@ class Reference:
 
     def measure(self, graphs: dict[str, Path]) -> dict[str, Any]:
         """Fidelity of the graphs of a variant (role → path) against fp32."""
-        sessions = {role: create_session(path) for role, path in graphs.items()}
+        # The slot graph (same weights, same recipe) is not measured: teacher forcing runs the solo graphs
+        sessions = {role: create_session(path) for role, path in graphs.items() if role != SLOTS}
         return fidelity(self.logits, teacher_forced_logits(self.generator, self.texts, sessions))
 
 

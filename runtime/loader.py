@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnxruntime as ort
 
@@ -43,6 +43,7 @@ class LoadOptions:
     max_batch_size: int = 32  # also the TensorRT profile's max batch
     trt_cache: Path | None = None
     measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
+    deferred: tuple[str, ...] = ()  # graph roles verified now but started only when first asked for (Opened.deferred)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Opened:
     provider: str
     reason: str  # why this variant (and provider)
     runners: dict[str, Runner] = field(default_factory=dict)  # role → runner (one per graph of the variant)
+    deferred: dict[str, Callable[[], Runner]] = field(default_factory=dict)  # role → starts its runner
 
     @property
     def runner(self) -> Runner:
@@ -134,8 +136,11 @@ def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, prov
     for path in paths.values():
         check_external_data(directory, record, path)
     opts = provider_opts if provider_opts is not None else provider_options(manifest, record, provider, options)
-    runners = {role: start_runner(path, provider, opts, options) for role, path in paths.items()}
-    return Opened(manifest, choice.variant, provider, choice.reason, runners)
+    runners = {role: start_runner(path, provider, opts, options) for role, path in paths.items()
+               if role not in options.deferred}
+    later = {role: (lambda path=path: start_runner(path, provider, opts, options))
+             for role, path in paths.items() if role in options.deferred}
+    return Opened(manifest, choice.variant, provider, choice.reason, runners, later)
 
 
 def provider_options(manifest: Manifest, record: Variant, provider: str, options: LoadOptions,

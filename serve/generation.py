@@ -18,6 +18,7 @@ from onnxformer.errors import ErrorKind, InputError, ServingError
 from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
+from onnxformer.runtime.generation.slots import batch_scheduler
 from onnxformer.serve.batching import Scheduler
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
@@ -40,7 +41,7 @@ class GenerationService:
         self.batch: BatchScheduler | None = None
         if config.continuous_batching and generator.kind == "decoder":
             limits = SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk)
-            self.batch = BatchScheduler(generator, limits)
+            self.batch = batch_scheduler(generator, limits)  # on the slot graph when the artifact has one
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),

@@ -74,6 +74,6 @@ def served_names(config: ServeConfig, count: int) -> list[str | None]:
 def load_model(directory: str | Path, config: ServeConfig, variant: str | None, threads: int | None) -> Model | Generator:
     kwargs = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
     if get_task(Manifest.load(directory).task).generative:  # decoders and seq2seq: /v1/completions
-        return Generator.load(directory, **kwargs)
+        return Generator.load(directory, batching=config.continuous_batching, **kwargs)
     return Model.load(directory, max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,
                       **kwargs)

@@ -59,8 +59,8 @@ class ServerState:
             models = loaded if isinstance(loaded, list) else [(None, loaded)]
             services = {}
             for name, model in models:
-                await self.scheduler.run_in_worker(lambda m=model: warm_up(m))
                 service = self._service(model, name)
+                await self.scheduler.run_in_worker(lambda m=model, s=service: warm_up(m, getattr(s, "batch", None)))
                 if service.name in services:
                     raise ServingError(f"two models are named {service.name!r}; give each its own "
                                        f"{ServeConfig.flag('served_model_name')}")
@@ -158,10 +158,18 @@ class NamedLanes:
         return getattr(self._scheduler, attr)
 
 
-def warm_up(model: Loaded) -> None:
+def warm_up(model: Loaded, batch: Any = None) -> None:
     """One tiny call so the first user request does not pay ONNX Runtime's lazy initialisation: a short text,
-    or (no tokenizer: a raw model) zeros of the declared inputs."""
-    if isinstance(model, Generator):
+    or (no tokenizer: a raw model) zeros of the declared inputs. A continuously batched decoder warms up through
+    its batch (the graph requests will run; the solo graph may not even be started), unseen by the metrics."""
+    if batch is not None:
+        hook, batch.on_step = batch.on_step, lambda *_: None
+        try:
+            batch.submit("warm up", 2)
+            batch.run_until_done()
+        finally:
+            batch.on_step = hook
+    elif isinstance(model, Generator):
         model.generate("warm up", max_new_tokens=2)
     elif model.tokenizer is not None:
         model.run(model.tokenizer.encode(["warm up"]).feeds)

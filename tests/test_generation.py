@@ -60,7 +60,9 @@ def test_export_records_cache_layout_and_validates(family, gen_artifact):
     assert m["validation"]["passed"] and len(m["validation"]["cases"]) >= 2
     assert max(m["validation"]["max_abs_diff"].values()) < 1e-4
     fp32 = m["variants"]["fp32"]
-    assert set(fp32["components"]) == ({"encoder", "decoder", "decoder_with_past"} if seq2seq else {"decoder"})
+    # decoders also carry the slot graph the continuous batch runs on (tests/test_slots.py)
+    assert set(fp32["components"]) == ({"encoder", "decoder", "decoder_with_past"} if seq2seq
+                                       else {"decoder", "decoder_slots"})
     assert all(f in fp32["files"] for f in fp32["components"].values())
 
 

@@ -1,6 +1,7 @@
 """`Generator`: load a generative artifact and produce text — batched, streamed, greedy or sampled."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -17,6 +18,8 @@ from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
 from onnxformer.runtime.manifest import REFERENCE, Generation, Manifest
+
+SLOTS = "decoder_slots"  # the decoder's slot graph (continuous batching; runtime/generation/slots.py)
 
 
 class Generator:
@@ -47,18 +50,22 @@ class Generator:
 
     @classmethod
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "fp32",
-             threads: int | None = None, strict: bool = False) -> "Generator":
+             threads: int | None = None, strict: bool = False, batching: bool = False) -> "Generator":
         """Verify and load ``variant`` (every graph sha256-checked, external data confined) on ``provider``
         ("auto": the best available that the variant targets, each fallback logged; ``strict``: a fallback is
-        an error). Same arguments, in the same order, as ``Model.load``."""
+        an error). Same arguments, in the same order, as ``Model.load``. ``batching``: the caller runs a decoder
+        through a continuous batch (the server), so its solo graph starts only if something asks for it."""
         directory = Path(directory)
         if variant == "auto":
             variant = REFERENCE  # generative variants trade fidelity for speed only when asked for by name
-        opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False),
-                               generative=True)
+        # The slot graph (continuous batching) starts only when a batch scheduler asks for it: a solo generation
+        # never holds a second copy of the weights; nor does a batch on the slot graph hold the solo graph's.
+        deferred = (SLOTS, "decoder") if batching and _has_slots(directory) else (SLOTS,)
+        opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False,
+                                                      deferred=deferred), generative=True)
         if not opened.record.components:
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
-        sessions = {role: runner.session for role, runner in opened.runners.items()}
+        sessions = Sessions({role: runner.session for role, runner in opened.runners.items()}, opened.deferred)
         return cls(directory, opened.manifest, opened.variant, sessions, opened.provider, opened.reason)
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
@@ -175,6 +182,32 @@ class Run:
             yield True
         for stream in self.streams:
             stream.pending += stream.flush()
+
+
+def _has_slots(directory: Path) -> bool:
+    generation = Manifest.load(directory).generation
+    return generation is not None and generation.kind == "decoder" and "role" in (generation.extra.get("slots") or {})
+
+
+class Sessions(dict):
+    """role → ONNX Runtime session; a deferred role's session starts on first access (thread-safe)."""
+
+    def __init__(self, started: dict[str, ort.InferenceSession], deferred: dict[str, Any]):
+        super().__init__(started)
+        self._deferred, self._lock = dict(deferred), threading.Lock()
+
+    def __contains__(self, role: object) -> bool:
+        return super().__contains__(role) or role in self._deferred
+
+    def __missing__(self, role: str) -> ort.InferenceSession:
+        with self._lock:
+            if not super().__contains__(role):
+                start = self._deferred.get(role)
+                if start is None:
+                    raise KeyError(role)
+                self[role] = start().session
+                del self._deferred[role]
+        return dict.__getitem__(self, role)
 
 
 def generation_spec(directory: Path, manifest: Manifest) -> Generation:

@@ -243,6 +243,8 @@ class Scheduler:
     """Continuous batching over one decoder session. ``submit`` may be called from any thread; ``step`` runs
     on one thread (the server's worker) and is one prefill or one decode call."""
 
+    ROLE = "decoder"  # the generator's session this mode runs
+
     def __init__(self, generator: Any, limits: SlotLimits | None = None):
         if generator.kind != "decoder":
             raise InputError(f"continuous batching runs decoder-only models; this artifact is {generator.kind} "
@@ -250,17 +252,23 @@ class Scheduler:
                              "different steps cannot share a batch): use Generator.start")
         self.generator, self.limits = generator, limits or SlotLimits()
         spec = generator.manifest.generation
-        self.session = generator.sessions["decoder"]
+        self.session = generator.sessions[self.ROLE]
         self.optional = {"position_ids": spec.position_ids, "logits_to_keep": spec.logits_to_keep}
         self.accepted = {i.name for i in self.session.get_inputs()}
         self.special: SpecialTokens = generator.special
-        self.cache = BatchCache(self.session, generator.cache_layout, self.limits)
+        self.cache = self._make_cache()
         self.running: list[Sequence] = []  # row i of the cache is running[i]
         self.waiting: deque[Sequence] = deque()
         self._lock = threading.Lock()
         self._prefilled_last = False
         self._prefill: Prefill | None = None  # the prompts being prefilled, chunk by chunk
         self.on_step: Callable[[str, int, float], None] = lambda *_: None  # (kind, rows, seconds): metrics hook
+
+    def _make_cache(self) -> Any:
+        return BatchCache(self.session, self.generator.cache_layout, self.limits)
+
+    def _start_prefill(self, joiners: list[Sequence]) -> Any:
+        return Prefill(self.session, self.generator.cache_layout, joiners, self.special.pad, self.limits.prefill_chunk)
 
     # --- requests ------------------------------------------------------------------------------------------
     def submit(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
@@ -298,8 +306,7 @@ class Scheduler:
         if self._prefill is None and not (self._prefilled_last and self.running):
             joiners = self._admit()
             if joiners:
-                self._prefill = Prefill(self.session, self.generator.cache_layout, joiners, self.special.pad,
-                                        self.limits.prefill_chunk)
+                self._prefill = self._start_prefill(joiners)
         if self._prefill is not None and not (self._prefilled_last and self.running):
             self._prefilled_last = True
             return changed + self._prefill_step(self._prefill)
