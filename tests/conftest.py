@@ -201,3 +201,28 @@ def gen_artifact(gen_checkpoint, tmp_path_factory) -> Callable[[str], Path]:
         return cache[family]
 
     return make
+
+
+# --- continuous batching (tests/test_scheduler.py, tests/test_slots.py) --------------------------------------------
+BATCH_PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; PyTorch is the reference", "A key",
+                 "Der schnelle braune Fuchs springt", "0123456789 + - *", "Translation, summarisation and text"]
+BATCH_MAX_NEW = [20, 7, 40, 12, 25, 33, 5]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def gen(request, gen_artifact):
+    """A tiny decoder's Generator (GPT-2: MHA, learned positions; Llama: GQA, rotary), per test module."""
+    from onnxformer.runtime.generation import Generator
+
+    return Generator.load(gen_artifact(request.param))
+
+
+def staggered(scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
+    """Submit one request every ``gap`` steps while the batch runs, then run to the end."""
+    seqs = []
+    for p, m in zip(prompts, max_new):
+        seqs.append(scheduler.submit(p, m, **options))
+        for _ in range(gap):
+            scheduler.step()
+    scheduler.run_until_done()
+    return seqs

@@ -9,28 +9,13 @@ import pytest
 from onnxformer.errors import InputError
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
+from onnxformer.runtime.generation.slots import SlotScheduler
+
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
-PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; PyTorch is the reference", "A key",
-           "Der schnelle braune Fuchs springt", "0123456789 + - *", "Translation, summarisation and text"]
-MAX_NEW = [20, 7, 40, 12, 25, 33, 5]
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def gen(request, gen_artifact) -> Generator:
-    return Generator.load(gen_artifact(request.param))
-
-
-def staggered(scheduler: Scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
-    """Submit one request every ``gap`` steps while the batch runs, then run to the end."""
-    seqs = []
-    for p, m in zip(prompts, max_new):
-        seqs.append(scheduler.submit(p, m, **options))
-        for _ in range(gap):
-            scheduler.step()
-    scheduler.run_until_done()
-    return seqs
+PROMPTS, MAX_NEW = BATCH_PROMPTS, BATCH_MAX_NEW
 
 
 @pytest.mark.parametrize("gap", [0, 1, 3])
@@ -83,12 +68,16 @@ def test_width_is_repacked_when_rows_leave(gen):
     assert any(b < a for a, b in zip(widths, widths[1:]))  # re-packed narrower at least once
 
 
-def test_seeded_sampling_is_reproducible_per_request(gen):
+BOTH = pytest.mark.parametrize("batch", [Scheduler, SlotScheduler], ids=["shared-width", "slots"])
+
+
+@BOTH
+def test_seeded_sampling_is_reproducible_per_request(gen, batch):
     opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7)
     solo = [gen.generate_ids([p], max_new_tokens=m, **opts)[0] for p, m in zip(PROMPTS[:4], MAX_NEW[:4])]
-    scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
+    scheduler = batch(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
     assert [s.ids for s in staggered(scheduler, PROMPTS[:4], MAX_NEW[:4], 1, **opts)] == solo
-    other = Scheduler(gen)
+    other = batch(gen)
     reseeded = other.submit(PROMPTS[0], MAX_NEW[0], **{**opts, "seed": 8})
     other.run_until_done()
     assert reseeded.ids != solo[0]  # the seed is the request's own
@@ -103,8 +92,9 @@ def test_stop_string_ends_a_row_early(gen):
     assert seqs[0].finish_reason == "stop" and stop not in seqs[0].stream.text
 
 
-def test_cancelled_and_expired_rows_leave_and_free_their_slot(gen):
-    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
+@BOTH
+def test_cancelled_and_expired_rows_leave_and_free_their_slot(gen, batch):
+    scheduler = batch(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
     a = scheduler.submit(PROMPTS[0], 40)
     b = scheduler.submit(PROMPTS[2], 40, deadline=time.monotonic() + 3600)
     waiting = scheduler.submit(PROMPTS[1], 10)
@@ -137,14 +127,15 @@ def test_a_failing_row_does_not_disturb_the_others(gen):
     assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
 
 
-def test_limits_are_checked_at_submit(gen, gen_artifact):
-    scheduler = Scheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=32))
+@BOTH
+def test_limits_are_checked_at_submit(gen, gen_artifact, batch):
+    scheduler = batch(gen, SlotLimits(max_slots=2, max_cached_tokens=32))
     with pytest.raises(InputError, match=r"need \d+ cached tokens; this batch holds 32"):
         scheduler.submit(PROMPTS[2], 30)
     with pytest.raises(InputError, match="max_new_tokens"):
         scheduler.submit("hi", 0)
     with pytest.raises(InputError, match="continuous batching runs decoder-only"):
-        Scheduler(Generator.load(gen_artifact("t5")))
+        batch(Generator.load(gen_artifact("t5")))
     with pytest.raises(InputError, match="max_slots"):
         SlotLimits(max_slots=0)
 

@@ -13,26 +13,11 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, batch_scheduler, run_slots
 
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+
 pytestmark = pytest.mark.timeout(300)
 
-PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; PyTorch is the reference", "A key",
-           "Der schnelle braune Fuchs springt", "0123456789 + - *", "Translation, summarisation and text"]
-MAX_NEW = [20, 7, 40, 12, 25, 33, 5]
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def gen(request, gen_artifact) -> Generator:
-    return Generator.load(gen_artifact(request.param))
-
-
-def staggered(scheduler: Scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
-    seqs = []
-    for p, m in zip(prompts, max_new):
-        seqs.append(scheduler.submit(p, m, **options))
-        for _ in range(gap):
-            scheduler.step()
-    scheduler.run_until_done()
-    return seqs
+PROMPTS, MAX_NEW = BATCH_PROMPTS, BATCH_MAX_NEW
 
 
 # --- the graph -------------------------------------------------------------------------------------------------
@@ -166,29 +151,6 @@ def test_a_leaving_row_is_replaced_by_the_last_and_a_wider_joiner_relays_the_slo
     assert len(set(widths)) > 1  # the slots were re-laid at least once
 
 
-def test_seeded_sampling_is_reproducible_per_request(gen):
-    opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7)
-    solo = [gen.generate_ids([p], max_new_tokens=m, **opts)[0] for p, m in zip(PROMPTS[:4], MAX_NEW[:4])]
-    scheduler = SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
-    assert [s.ids for s in staggered(scheduler, PROMPTS[:4], MAX_NEW[:4], 1, **opts)] == solo
-
-
-def test_cancelled_rows_leave_and_free_their_slot(gen):
-    scheduler = SlotScheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
-    a = scheduler.submit(PROMPTS[0], 40)
-    b = scheduler.submit(PROMPTS[2], 40, deadline=time.monotonic() + 3600)
-    waiting = scheduler.submit(PROMPTS[1], 10)
-    for _ in range(4):
-        scheduler.step()
-    assert len(scheduler.running) == 2 and list(scheduler.waiting) == [waiting]  # no third slot
-    a.cancel()
-    b.deadline = time.monotonic() - 1
-    scheduler.step()
-    assert (a.finish_reason, b.finish_reason) == ("cancelled", "timeout")
-    scheduler.run_until_done()
-    assert waiting.ids == gen.generate_ids([PROMPTS[1]], max_new_tokens=10)[0]
-
-
 def test_a_failing_row_or_prefill_does_not_disturb_the_others(gen):
     solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
     scheduler = SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
@@ -211,9 +173,3 @@ def test_a_failing_row_or_prefill_does_not_disturb_the_others(gen):
     assert bad.finish_reason == "error"
     assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
     assert scheduler.cache.slots == 0
-
-
-def test_limits_are_checked_at_submit(gen):
-    scheduler = SlotScheduler(gen, SlotLimits(max_slots=2, max_cached_tokens=32))
-    with pytest.raises(InputError, match=r"need \d+ cached tokens; this batch holds 32"):
-        scheduler.submit(PROMPTS[2], 30)
