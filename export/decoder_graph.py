@@ -45,27 +45,39 @@ def _module() -> type:
     return DecoderWithCache
 
 
+def cache_names(num_layers: int, prefix: str) -> list[str]:
+    """``prefix.{layer}.key`` / ``.value``, layer by layer (``past_key_values`` in, ``present`` out)."""
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
 def io_names(num_layers: int) -> tuple[list[str], list[str]]:
     """Input and output names of the graph, in the order of ``DecoderWithCache``'s signature."""
-    cache = [f"{{}}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
-    inputs = ["input_ids", "attention_mask", "position_ids", *(c.format("past_key_values") for c in cache),
+    inputs = ["input_ids", "attention_mask", "position_ids", *cache_names(num_layers, "past_key_values"),
               LOGITS_TO_KEEP]
-    return inputs, ["logits", *(c.format("present") for c in cache)]
+    return inputs, ["logits", *cache_names(num_layers, "present")]
+
+
+def zero_past(model: Any, rows: int, length: int) -> list[Any]:
+    """Zero past keys/values flat, ``rows`` × kv heads × ``length`` × head size, shaped like the model's own cache
+    (kv heads and head size read from one real step)."""
+    import torch
+
+    ids = torch.full((rows, 1), 4, dtype=torch.long)
+    with torch.no_grad():
+        layers = model(input_ids=ids, use_cache=True).cache.layers
+    return [torch.zeros(rows, t.shape[1], length, t.shape[3], dtype=t.dtype)
+            for layer in layers for t in (layer.keys, layer.values)]
 
 
 def _example(model: Any) -> tuple[tuple[Any, ...], int]:
-    """Example inputs shaped like the model's own cache (kv heads and head size read from one real step)."""
+    """Example inputs shaped like the model's own cache."""
     import torch
 
-    ids = torch.full((_BATCH, 1), 4, dtype=torch.long)
-    with torch.no_grad():
-        layers = model(input_ids=ids, use_cache=True).cache.layers
-    past = [torch.zeros(_BATCH, t.shape[1], _PAST, t.shape[3], dtype=t.dtype)
-            for layer in layers for t in (layer.keys, layer.values)]
+    past = zero_past(model, _BATCH, _PAST)
     total = _PAST + _SEQUENCE
     args = (torch.full((_BATCH, _SEQUENCE), 4, dtype=torch.long), torch.ones(_BATCH, total, dtype=torch.long),
             torch.arange(_PAST, total).expand(_BATCH, _SEQUENCE), past, torch.tensor([1], dtype=torch.long))
-    return args, len(layers)
+    return args, len(past) // 2
 
 
 def export_decoder_graph(model: Any, path: Path, opset: int | None) -> None:

@@ -15,6 +15,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from onnxformer.export.decoder_graph import cache_names, zero_past
 from onnxformer.export.dynamo import export_program, save_program
 from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
 from onnxformer.export import slot_attention
@@ -70,24 +71,19 @@ def slot_implementation(model: Any) -> Iterator[Any]:
 
 
 def io_names(num_layers: int) -> tuple[list[str], list[str]]:
-    cache = [f"{{}}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
     inputs = ["input_ids", "position_ids", "seqlens_k", "total_sequence_length",
-              *(c.format("past_key_values") for c in cache), LOGITS_TO_KEEP]
-    return inputs, ["logits", *(c.format("present") for c in cache)]
+              *cache_names(num_layers, "past_key_values"), LOGITS_TO_KEEP]
+    return inputs, ["logits", *cache_names(num_layers, "present")]
 
 
 def _example(model: Any) -> tuple[tuple[Any, ...], int]:
     import torch
 
-    ids = torch.full((_ROWS, 1), 4, dtype=torch.long)
-    with torch.no_grad():
-        layers = model(input_ids=ids, use_cache=True).cache.layers
-    past = [torch.zeros(_ROWS, t.shape[1], _MAX, t.shape[3], dtype=t.dtype)
-            for layer in layers for t in (layer.keys, layer.values)]
+    past = zero_past(model, _ROWS, _MAX)
     seqlens = torch.tensor([4, 5], dtype=torch.int32)
     args = (torch.full((_ROWS, _SEQUENCE), 4, dtype=torch.long), torch.arange(2, 5).expand(_ROWS, _SEQUENCE),
             seqlens, torch.tensor(6, dtype=torch.int32), past, torch.tensor([1], dtype=torch.long))
-    return args, len(layers)
+    return args, len(past) // 2
 
 
 def forward(model: Any, *args: Any) -> Any:
