@@ -1,9 +1,11 @@
 """Serving generation: continuous batching vs turn-taking, same run, over the real HTTP server.
 
     .venv/bin/python benchmarks/bench_serve_generate.py    # writes benchmarks/results/serve-generate.{json,md,png}
+    .venv/bin/python benchmarks/bench_serve_generate.py --model bart    # → serve-generate-bart.{json,md,png}
 
 A GPT-2-sized decoder (12 layers, 768 hidden, random weights, end-of-sequence disabled so every request makes
-exactly ``--new-tokens``; built by bench_generate.prepare) served by ``onnxformer serve``'s app in a server
+exactly ``--new-tokens``; built by bench_generate.prepare), or with ``--model bart`` a BART-base-sized
+encoder-decoder (6 + 6 layers, 768 hidden, 3072 feed-forward, 50265 words; its sources are the prompts), served by ``onnxformer serve``'s app in a server
 process of its own, one fresh process per engine and concurrency (so its peak RSS is the server's alone).
 ``C`` client threads in this process each stream completions back to back (``--rounds`` each, at most
 ``--max-requests`` per level; prompts of mixed length, 16–256 tokens, cycled per request) from /v1/completions.
@@ -35,10 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = (16, 64, 256, 32, 128, 48, 192, 24)
 ENGINES = ("continuous", "turn-taking")
+MODELS = {"gpt2": "GPT-2-sized decoder (12×768, random weights, fp32)",
+          "bart": "BART-base-sized encoder-decoder (6+6 layers × 768, random weights, fp32; the prompts are its sources)"}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="gpt2")
     p.add_argument("--work", default="build/bench-generate")
     p.add_argument("--concurrency", default="1,4,16,32")
     p.add_argument("--rounds", type=int, default=2, help="requests per client, back to back")
@@ -47,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--max-slots", type=int, default=16)
     p.add_argument("--prefill-chunk", type=int, default=64, help="continuous: prompt tokens per prefill call")
-    p.add_argument("--out", default=str(RESULTS / "serve-generate"))
+    p.add_argument("--out", help="results path without suffix (default: benchmarks/results/serve-generate[-MODEL])")
     p.add_argument("--server", help=argparse.SUPPRESS)  # internal: run one server process (JSON spec)
     return p.parse_args()
 
@@ -200,7 +205,7 @@ def markdown(report: dict[str, Any]) -> str:
     env, cfg = report["environment"], report["config"]
     flags = ", ".join(f for f, on in env["flags"].items() if on) or "none of " + ", ".join(env["flags"])
     lines = ["# Serving generation: continuous batching vs turn-taking", "",
-             f"GPT-2-sized decoder (12×768, random weights, fp32), /v1/completions streamed, {cfg['new_tokens']} new "
+             f"{MODELS[cfg.get('model', 'gpt2')]}, /v1/completions streamed, {cfg['new_tokens']} new "
              f"tokens per request, prompts of {', '.join(map(str, LENGTHS))} tokens cycled, {cfg['rounds']} requests "
              f"per client back to back (at most {cfg['max_requests']} per level), greedy; continuous: "
              f"{cfg['max_slots']} slots, prefill chunk {cfg['prefill_chunk'] or 'whole prompt'}. Server in a process of "
@@ -242,12 +247,33 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     axes[1].set_yscale("log")
     env = report["environment"]
-    fig.suptitle(f"continuous batching vs turn-taking — GPT-2-sized fp32, {env['cpu']}, "
+    fig.suptitle(f"continuous batching vs turn-taking — {report['config'].get('model', 'gpt2')}-sized fp32, {env['cpu']}, "
                  f"{env['usable_cores']} cores, load {env['loadavg_before'][0]}→{env['loadavg_after'][0]}")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    """The model's artifact (built once, cached in --work)."""
+    import bench_generate
+
+    if args.model == "gpt2":
+        prep = argparse.Namespace(work=args.work, layers=12, hidden=768, heads=12, vocab=50257)
+        return bench_generate.prepare(prep, ["fp32"])[1]
+    from onnxformer.export import export_checkpoint
+    from onnxformer.export.generative_random import make_generative_checkpoint
+    from onnxformer.runtime.manifest import is_artifact
+
+    ckpt, art = Path(args.work) / "ckpt-bart-base", Path(args.work) / "artifact-bart-base"
+    if not (ckpt / "config.json").is_file():  # end-of-sequence off: every request makes exactly --new-tokens
+        make_generative_checkpoint(ckpt, "bart", layers=6, hidden=768, heads=12, positions=1024, vocab_size=50265,
+                                   encoder_ffn_dim=3072, decoder_ffn_dim=3072, init_std=0.02, eos_token_id=None,
+                                   forced_eos_token_id=None)
+    if not is_artifact(art):
+        export_checkpoint(str(ckpt), art, overwrite=True)
+    return art
 
 
 def main() -> int:
@@ -261,8 +287,7 @@ def main() -> int:
     from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.runtime.session import physical_cores
 
-    prep = argparse.Namespace(work=args.work, layers=12, hidden=768, heads=12, vocab=50257)
-    _, art = bench_generate.prepare(prep, ["fp32"])
+    art = prepare(args)
     tok = Tokenizer.from_file(str(art / "tokenizer.json"))
     prompts = [bench_generate.exact_prompt(tok, n) for n in LENGTHS]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -285,15 +310,16 @@ def main() -> int:
             print(f"concurrency {c} {name}: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {1000 * r['ttft_p50_s']:.0f} ms, "
                   f"inter-token p50/p99 {1000 * r['itl_p50_s']:.0f}/{1000 * r['itl_p99_s']:.0f} ms, "
                   f"server peak RSS {r['peak_rss_mib']:.0f} MiB (load {os.getloadavg()[0]:.1f})", flush=True)
-    report = {"config": {"new_tokens": args.new_tokens, "rounds": args.rounds, "max_requests": args.max_requests,
+    report = {"config": {"model": args.model, "new_tokens": args.new_tokens, "rounds": args.rounds, "max_requests": args.max_requests,
                          "max_slots": args.max_slots, "prefill_chunk": args.prefill_chunk,
                          "prompt_tokens": list(LENGTHS), "concurrency": levels},
               "environment": {"cpu": cpu["model"], "flags": cpu["flags"], "usable_cores": cpu["usable_cores"],
                               "onnxruntime": ort.__version__, "intra_op_threads": physical_cores(),
                               "loadavg_before": before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "results": results}
-    print(write_json_and_markdown(report, args.out, markdown(report)))
-    plot(report, Path(args.out).with_suffix(".png"))
+    out = args.out or str(RESULTS / ("serve-generate" + ("" if args.model == "gpt2" else f"-{args.model}")))
+    print(write_json_and_markdown(report, out, markdown(report)))
+    plot(report, Path(out).with_suffix(".png"))
     return 0
 
 

@@ -89,6 +89,8 @@ def validate_decoder(model: Any, path: Path, vocab: int, pad: int, atol: float, 
 
 def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, start_id: int, atol: float,
                      seed: int = 0) -> dict[str, Any]:
+    """Each case's batch decoded step by step with the cache against the model on whole sequences; then rows at
+    different steps in one call, as the continuous batch runs them (``_staggered``), when the graph can."""
     import torch
 
     enc = create_session(paths["encoder"])
@@ -108,13 +110,60 @@ def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, s
         diffs: dict[str, float] = {}
         keep = np.broadcast_to(src_mask.astype(bool)[..., None], hidden.shape)
         _check(diffs, "encoder_last_hidden_state", hidden, ref.encoder_last_hidden_state.numpy(), keep)
-        logits = _run_seq2seq_decoder(first, step, hidden, src_mask, dec)
+        logits, _ = _run_seq2seq_decoder(first, step, hidden, src_mask, dec)
         _check(diffs, "logits", logits, ref.logits.float().numpy(), np.ones(logits.shape, dtype=bool))
         cases.append({"case": f"sources{list(lengths)}+steps{steps}", "max_abs_diff": diffs})
+    if "decoder_attention_mask" in {i.name for i in step.get_inputs()}:
+        cases.append(_staggered(model, enc, first, step, rng, vocab, start_id))
     return summarize(cases, atol, setting=" (with a KV cache)")
 
 
-def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np.ndarray, dec: np.ndarray):
+STAGGERED = ((5, 3), (9, 7), (2, 1))  # (source length, decoder tokens before the batched step) per row
+
+
+def _staggered(model: Any, enc: Any, first: Any, step: Any, rng: np.random.Generator, vocab: int,
+               start_id: int) -> dict[str, Any]:
+    """Rows decoded alone to different lengths, then one batched step: each row right-aligned in the self- and
+    cross-attention caches behind masked columns, with its own positions; its logits against the model on that row
+    alone, whole, without a cache."""
+    import torch
+
+    rows = []
+    for n, t in STAGGERED:
+        src = rng.integers(4, vocab, size=(1, n), dtype=np.int64)
+        dec = rng.integers(4, vocab, size=(1, t + 1), dtype=np.int64)
+        dec[0, 0] = start_id
+        ones = np.ones_like(src)
+        hidden = enc.run(None, {"input_ids": src, "attention_mask": ones})[0]
+        _, cache = _run_seq2seq_decoder(first, step, hidden, ones, dec[:, :t])
+        with torch.inference_mode():
+            ref = model(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(ones),
+                        decoder_input_ids=torch.from_numpy(dec), use_cache=False).logits[:, -1].float().numpy()
+        rows.append((n, t, dec[0, t], cache, ref))
+    width, source = max(t for _, t, *_ in rows), max(n for n, *_ in rows)
+    feeds: dict[str, np.ndarray] = {"input_ids": np.array([[tok] for _, _, tok, *_ in rows], dtype=np.int64),
+                                    "encoder_attention_mask": np.zeros((len(rows), source), dtype=np.int64),
+                                    "decoder_attention_mask": np.zeros((len(rows), width + 1), dtype=np.int64),
+                                    "decoder_position_ids": np.array([[t] for _, t, *_ in rows], dtype=np.int64)}
+    for r, (n, t, _, cache, _) in enumerate(rows):
+        feeds["encoder_attention_mask"][r, source - n:] = 1
+        feeds["decoder_attention_mask"][r, width - t:] = 1
+        for name, value in cache.items():
+            cols = source if ".encoder." in name else width
+            batch = feeds.setdefault(name, np.zeros((len(rows), value.shape[1], cols, value.shape[3]), value.dtype))
+            batch[r, :, cols - value.shape[2]:] = value[0]
+    names = [i.name for i in step.get_inputs()]
+    logits = step.run(["logits"], {k: feeds[k] for k in names})[0][:, -1]
+    diffs: dict[str, float] = {}
+    _check(diffs, "logits_staggered_rows", logits, np.concatenate([ref for *_, ref in rows]),
+           np.ones(logits.shape, dtype=bool))
+    return {"case": f"staggered rows (source, steps) {list(STAGGERED)}", "max_abs_diff": diffs}
+
+
+def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np.ndarray,
+                         dec: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Logits of every decoder position (first step, then one token per call with the cache) and the cache
+    after the last one (past names → arrays)."""
     names = [o.name for o in first.get_outputs()]
     out = dict(zip(names, first.run(None, {"input_ids": dec[:, :1], "encoder_hidden_states": hidden,
                                            "encoder_attention_mask": src_mask})))
@@ -122,12 +171,15 @@ def _run_seq2seq_decoder(first: Any, step: Any, hidden: np.ndarray, src_mask: np
     step_inputs = [i.name for i in step.get_inputs()]
     cache = {n: out[present_name(n)] for n in step_inputs if n.startswith("past_key_values.")}
     step_names = [o.name for o in step.get_outputs()]
+    batch = len(dec)
     for t in range(1, dec.shape[1]):
-        feeds = {"input_ids": dec[:, t : t + 1], "encoder_attention_mask": src_mask, **cache}
+        feeds = {"input_ids": dec[:, t : t + 1], "encoder_attention_mask": src_mask,
+                 "decoder_attention_mask": np.ones((batch, t + 1), dtype=np.int64),
+                 "decoder_position_ids": np.full((batch, 1), t, dtype=np.int64), **cache}
         out = dict(zip(step_names, step.run(None, {k: feeds[k] for k in step_inputs})))
         logits.append(out["logits"])
         cache.update({n: out[present_name(n)] for n in cache if ".decoder." in n})  # cross-attention cache is fixed
-    return np.concatenate(logits, axis=1)
+    return np.concatenate(logits, axis=1), cache
 
 
 def validate_decoder_slots(model: Any, path: Path, layout: dict[str, Any], vocab: int, atol: float,

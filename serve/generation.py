@@ -1,9 +1,10 @@
 """The generator behind /v1/completions and /v1/chat/completions: request checks and the driving of generations.
 
-Decoders share one continuously batched decode step: a driver task on the event loop runs the runtime
+Requests share one continuously batched decode step: a driver task on the event loop runs the runtime
 scheduler's ``step()`` on the worker thread while any request is running or waiting, and wakes each request
-whose rows changed. Seq2seq models (whose exported decoders cannot batch rows at different steps) and
-``--no-continuous-batching`` advance each run one token per worker call instead, taking turns. Either way a
+whose rows changed (decoders: runtime/generation/slots.py or scheduler.py; seq2seq: seq2seq_batch.py). Under
+``--no-continuous-batching``, and for a seq2seq artifact exported before its step graph could batch, each run
+advances one token per worker call instead, taking turns. Either way a
 timeout or a client that hangs up stops its request at the next step, and nothing runs on the event loop.
 A request holds one admission slot (``--max-queue``) from its start to its last token.
 """
@@ -14,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from onnxformer.errors import ErrorKind, InputError, ServingError
+from onnxformer.errors import ArtifactError, ErrorKind, InputError, ServingError
 from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
@@ -28,10 +29,19 @@ from onnxformer.serve.schemas import CompletionRequest  # noqa: F401  (re-export
 log = logging.getLogger("onnxformer.serve")
 
 
+def _batch(generator: Generator, limits: SlotLimits) -> BatchScheduler | None:
+    """The continuous batch for ``generator``, or None (logged) for a seq2seq artifact exported before it could batch."""
+    try:
+        return batch_scheduler(generator, limits)  # a decoder's on its slot graph when the artifact has one
+    except ArtifactError as e:
+        log.warning("continuous batching is off, requests take turns: %s", e)
+        return None
+
+
 class GenerationService:
-    """The generator, its limits, and the driving of generations on the worker thread: decoders share one
-    continuously batched decode step (``runtime/generation/scheduler.py``); seq2seq models (and every model
-    under ``--no-continuous-batching``) take turns token by token."""
+    """The generator, its limits, and the driving of generations on the worker thread: requests share one
+    continuously batched decode step (``batch_scheduler``); under ``--no-continuous-batching`` (or for a seq2seq
+    artifact too old to batch) they take turns token by token."""
 
     def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler,
                  metrics: Metrics | None = None):
@@ -39,9 +49,9 @@ class GenerationService:
         self.name: str = generator.manifest.name or generator.directory.name
         self.task: str = generator.manifest.task
         self.batch: BatchScheduler | None = None
-        if config.continuous_batching and generator.kind == "decoder":
-            limits = SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk)
-            self.batch = batch_scheduler(generator, limits)  # on the slot graph when the artifact has one
+        if config.continuous_batching:
+            self.batch = _batch(generator, SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk))
+        if self.batch is not None:
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
                 metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
@@ -122,12 +132,7 @@ class GenerationService:
                 changed = await self.scheduler.run_in_worker(batch.step)
             except Exception as e:  # a bug in the scheduler: fail what it holds, keep the server up
                 log.exception("generation step failed")
-                changed = [*batch.running, *batch.waiting]
-                for seq in changed:
-                    seq.finish_reason, seq.error = "error", e
-                batch.running.clear()
-                batch.waiting.clear()
-                batch.cache.rows, batch.cache.width, batch.cache.lengths = 0, 0, []
+                changed = batch.reset(e)
             for seq in changed:
                 self._observe(seq)
                 if seq.listener is not None:

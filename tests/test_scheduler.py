@@ -134,7 +134,7 @@ def test_limits_are_checked_at_submit(gen, gen_artifact, batch):
         scheduler.submit(PROMPTS[2], 30)
     with pytest.raises(InputError, match="max_new_tokens"):
         scheduler.submit("hi", 0)
-    with pytest.raises(InputError, match="continuous batching runs decoder-only"):
+    with pytest.raises(InputError, match="batches decoder models; this artifact is seq2seq"):
         batch(Generator.load(gen_artifact("t5")))
     with pytest.raises(InputError, match="max_slots"):
         SlotLimits(max_slots=0)

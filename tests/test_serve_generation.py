@@ -129,8 +129,50 @@ def test_seq2seq_completion_matches_generator(gen_artifact):
     t5 = Generator.load(gen_artifact("t5"))
     with running_server(lambda: t5) as url:
         r = complete(url, prompt=PROMPTS[:2], max_tokens=12)
+        meta = httpx.get(f"{url}/v2/models/{t5.manifest.name}", timeout=10).json()["parameters"]
     assert r.status_code == 200, r.text
     assert [c["text"] for c in r.json()["choices"]] == t5.generate(PROMPTS[:2], max_new_tokens=12)
+    assert meta["continuous_batching"] is True and meta["max_slots"] >= 1
+
+
+def _streams(url: str, prompts: list[str], max_new: list[int]) -> list[str]:
+    def stream(job: tuple[str, int]) -> str:
+        with httpx.stream("POST", f"{url}/v1/completions", timeout=60,
+                          json={"prompt": job[0], "max_tokens": job[1], "temperature": 0, "stream": True}) as r:
+            return "".join(e["choices"][0]["text"] for e in sse(r)[:-1])
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(stream, zip(prompts, max_new)))
+
+
+def test_seq2seq_streams_share_the_batch_and_match_solo(gen_artifact):
+    """Concurrent streamed requests of different lengths on a BART-style model share decode calls (rows at
+    different steps, sources of different lengths) and each equals its solo generation."""
+    bart = Generator.load(gen_artifact("bart"), batching=True)
+    prompts, max_new = PROMPTS * 3, [30, 8, 21, 14, 25, 5, 40, 11, 17]
+    expected = [bart.generate(p, max_new_tokens=m) for p, m in zip(prompts, max_new)]
+    with running_server(lambda: bart, max_slots=4) as url:
+        got = _streams(url, prompts, max_new)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert got == expected
+    decode = {line.split("{")[0]: float(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith("onnxformer_batch_size_") and 'lane="decode"' in line and "_bucket" not in line}
+    calls, rows = decode["onnxformer_batch_size_count"], decode["onnxformer_batch_size_sum"]
+    assert calls < sum(max_new) and rows / calls > 1.5  # rows decoded together, up to 4 per call
+
+
+def test_an_old_seq2seq_artifact_takes_turns(gen_artifact, monkeypatch, caplog):
+    """A step graph without the inputs batching needs (exported before it) is served turn by turn, logged."""
+    from onnxformer.runtime.generation import seq2seq_batch
+
+    monkeypatch.setattr(seq2seq_batch, "STEP_INPUTS", ("decoder_attention_mask", "an_input_it_lacks"))
+    t5 = Generator.load(gen_artifact("t5"))
+    with caplog.at_level("WARNING", logger="onnxformer.serve"), running_server(lambda: t5) as url:
+        got = _streams(url, PROMPTS, [12, 12, 12])
+        meta = httpx.get(f"{url}/v2/models/{t5.manifest.name}", timeout=10).json()["parameters"]
+    assert got == [t5.generate(p, max_new_tokens=12) for p in PROMPTS]
+    assert meta["continuous_batching"] is False
+    assert "continuous batching is off" in caplog.text and "an_input_it_lacks" in caplog.text
 
 
 # --- bad input ---------------------------------------------------------------------------------------

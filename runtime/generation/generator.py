@@ -107,22 +107,27 @@ class Generator:
                                    f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
                                    f"in this model's {self.max_positions} positions")
 
-    def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
+    def encode_inputs(self, batch: list[str], opts: GenerationOptions) -> Prompts:
+        """The texts as the model reads them, checked: a decoder's prompts (left-padded, room left for
+        ``max_new_tokens`` in the positions), a seq2seq model's sources (right-padded, the encoder's limit)."""
         if self.kind == "decoder":
-            prompts = self.encode_prompts(batch, opts)
-            history = np.where(prompts.mask == 1, prompts.ids, -1)
-            spec = self.manifest.generation
-            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, prompts, opts.max_new_tokens,
-                                              spec.position_ids, spec.logits_to_keep)
-            return stepper, history, prompts.lengths
+            return self.encode_prompts(batch, opts)
         if opts.max_new_tokens + 1 > self.max_positions:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
                              "decoder positions; lower it")
-        sources = self.prompts.encode(batch, self.max_positions, opts.truncate,
-                                      "token limit of this model's encoder")
+        return self.prompts.encode(batch, self.max_positions, opts.truncate, "token limit of this model's encoder")
+
+    def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
+        inputs = self.encode_inputs(batch, opts)
+        if self.kind == "decoder":
+            history = np.where(inputs.mask == 1, inputs.ids, -1)
+            spec = self.manifest.generation
+            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, inputs, opts.max_new_tokens,
+                                              spec.position_ids, spec.logits_to_keep)
+            return stepper, history, inputs.lengths
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
-        stepper = Seq2SeqStepper(self.sessions, self.cache_layout, sources, opts.max_new_tokens, self.start_id)
-        return stepper, history, sources.lengths
+        stepper = Seq2SeqStepper(self.sessions, self.cache_layout, inputs, opts.max_new_tokens, self.start_id)
+        return stepper, history, inputs.lengths
 
 
 @dataclass(frozen=True)

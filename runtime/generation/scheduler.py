@@ -99,6 +99,7 @@ class BatchCache:
     """The decode batch's KV cache: rows × shared width, right-aligned, in two preallocated buffer sets."""
 
     def __init__(self, session: ort.InferenceSession, layout: dict[str, Any], limits: SlotLimits):
+        """``layout``: the manifest's cache layout (past input / present output names per layer, heads, dtype)."""
         self.dtype = from_name(layout["dtype"]).numpy
         self.kv_heads, self.head_size = int(layout["num_kv_heads"]), int(layout["head_size"])
         self.past, self.present = flat_names(layout["past_inputs"]), flat_names(layout["present_outputs"])
@@ -123,6 +124,11 @@ class BatchCache:
         for name, buf in zip(self.present, dst):
             binding.bind_output(name, self.device, 0, self.dtype, self._shape(self.rows, self.width + new_tokens),
                                 buf.data_ptr())
+
+    def bind_past(self, binding: ort.IOBinding) -> None:
+        """The batch as inputs only: for a cache no call writes (the seq2seq cross-attention cache)."""
+        for name, buf in zip(self.past, self._sets[self._current]):
+            binding.bind_input(name, self.device, 0, self.dtype, self._shape(self.rows, self.width), buf.data_ptr())
 
     def advance(self, new_tokens: int) -> None:
         self.width += new_tokens
@@ -244,12 +250,13 @@ class Scheduler:
     on one thread (the server's worker) and is one prefill or one decode call."""
 
     ROLE = "decoder"  # the generator's session this mode runs
+    KIND = "decoder"  # the kind of model it batches
 
     def __init__(self, generator: Any, limits: SlotLimits | None = None):
-        if generator.kind != "decoder":
-            raise InputError(f"continuous batching runs decoder-only models; this artifact is {generator.kind} "
-                             "(its decoder graph takes no decoder attention mask or position ids, so rows at "
-                             "different steps cannot share a batch): use Generator.start")
+        if generator.kind != self.KIND:
+            raise InputError(f"{type(self).__name__} batches {self.KIND} models; this artifact is {generator.kind}: "
+                             "use onnxformer.runtime.generation.slots.batch_scheduler(generator), which picks the "
+                             "scheduler for its kind")
         self.generator, self.limits = generator, limits or SlotLimits()
         spec = generator.manifest.generation
         self.session = generator.sessions[self.ROLE]
@@ -285,8 +292,8 @@ class Scheduler:
                 **options: Any) -> Sequence:
         """A request checked and tokenized, not yet queued (bad input raises here)."""
         opts = make_options(max_new_tokens, **options)
-        prompts = self.generator.encode_prompts([prompt], opts)
-        seq = Sequence(prompts.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
+        inputs = self.generator.encode_inputs([prompt], opts)
+        seq = Sequence(inputs.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
                        deadline)
         if seq.need > self.limits.max_cached_tokens:
             raise InputError(f"the prompt's {len(seq.prompt)} tokens + max_new_tokens={opts.max_new_tokens} need "
@@ -297,6 +304,23 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         return bool(self.running or self.waiting or self._prefill)
+
+    def reset(self, error: BaseException) -> list[Sequence]:
+        """Drop every request (after ``error``, a failure the batch cannot attribute to a row) and start again from
+        empty caches. Returns the requests dropped, each ended with ``finish_reason`` "error" unless it had ended."""
+        with self._lock:
+            dropped = [*self.running, *(self._prefill.seqs if self._prefill else []), *self.waiting]
+            self.waiting.clear()
+        self.running, self._prefill = [], None
+        self.cache = self._make_cache()
+        for seq in dropped:
+            if not seq.done:
+                seq.finish_reason, seq.error = "error", error
+        return dropped
+
+    def history(self, seq: Sequence) -> list[int]:
+        """The ids a row's repetition penalty counts as seen before its first token: a decoder's prompt."""
+        return seq.prompt
 
     # --- the loop ---------------------------------------------------------------------------------------
     def step(self) -> list[Sequence]:
@@ -436,7 +460,7 @@ class Scheduler:
             if seq.rng is None:
                 seq.rng = np.random.default_rng(seq.opts.seed)
                 seq.seen = np.zeros((1, logits.shape[-1]), dtype=bool)
-                seq.seen[0, seq.prompt] = True
+                seq.seen[0, self.history(seq)] = True
             forced = force_tokens(logits[None, :], step, seq.opts.max_new_tokens, self.special)
             token = int(choose(forced, seq.seen, seq.opts, seq.rng)[0])
             seq.seen[0, token] = True

@@ -1,7 +1,9 @@
 """Encoder-decoder models (T5, BART, Marian): encode once, first decoder step, then decoder with past.
 
 The cross-attention cache (from the encoder output) is computed by the first decoder step and then
-fed unchanged, as device-resident OrtValues, to every later step.
+fed unchanged, as device-resident OrtValues, to every later step. A step graph exported with a decoder
+attention mask and positions (so rows at different steps can share a call: runtime/generation/seq2seq_batch.py)
+gets all-ones and the step number here, where every row is at the same step.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ class Seq2SeqStepper:
         return out["logits"].numpy()[:, -1, :]
 
     def next(self, tokens: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": tokens[:, None], "encoder_attention_mask": self.sources.mask}
+        rows, length = len(tokens), self.cache.length
+        feeds = {"input_ids": tokens[:, None], "encoder_attention_mask": self.sources.mask,
+                 "decoder_attention_mask": np.ones((rows, length + 1), dtype=np.int64),
+                 "decoder_position_ids": np.full((rows, 1), length, dtype=np.int64)}
         out = run_bound(self.sessions["decoder_with_past"], feeds, self.cross, self.cache, 1, ["logits"])
         return out["logits"].numpy()[:, -1, :]

@@ -28,6 +28,7 @@ from onnxformer.runtime.dtypes import from_name
 from onnxformer.runtime.generation.cache import device_of, flat_names
 from onnxformer.runtime.generation.generator import SLOTS as ROLE
 from onnxformer.runtime.generation.scheduler import Scheduler, Sequence, SlotLimits
+from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 
 _ALIGN = 64  # slot widths are rounded up to this many columns, so a slightly longer joiner rarely re-lays the rows
 
@@ -234,9 +235,13 @@ class SlotScheduler(Scheduler):
 
 
 def batch_scheduler(generator: Any, limits: SlotLimits | None = None) -> Scheduler:
-    """The continuous batch for ``generator``: on its slot graph when the artifact has one and runs on the CPU, else
-    the shared-width batch (artifacts exported before the slot graph, families it cannot serve, and CUDA, whose
-    GroupQueryAttention kernel takes fp16/bf16 only and which has not been run here)."""
+    """The continuous batch for ``generator``: an encoder-decoder's on its step graph (runtime/generation/
+    seq2seq_batch.py; ArtifactError for an artifact exported before it could batch); a decoder's on its slot graph
+    when the artifact has one and runs on the CPU, else the shared-width batch (artifacts exported before the slot
+    graph, families it cannot serve, and CUDA, whose GroupQueryAttention kernel takes fp16/bf16 only and which has
+    not been run here)."""
+    if generator.kind == "seq2seq":
+        return Seq2SeqScheduler(generator, limits)
     if ROLE in getattr(generator, "sessions", {}) and getattr(generator, "provider", "cpu") == "cpu":
         return SlotScheduler(generator, limits)
     return Scheduler(generator, limits)
