@@ -66,6 +66,21 @@ def test_each_variant_generates(quantized, variant):
     assert "".join(gen.stream("Hi", max_new_tokens=6)) == gen.generate("Hi", max_new_tokens=6)
 
 
+@pytest.mark.parametrize("variant", ["fp16", "int8", "int4"])
+def test_each_variant_batches_continuously_like_its_solo_runs(quantized, variant):
+    """The continuous batch on a variant's own graphs (fp16: a half-size cache in the batch's buffers too)."""
+    from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+    from onnxformer.runtime.generation import Generator
+    from onnxformer.runtime.generation.scheduler import SlotLimits
+    from onnxformer.runtime.generation.slots import batch_scheduler
+
+    gen = Generator.load(quantized, variant=variant, batching=True)
+    prompts, max_new = BATCH_PROMPTS[:4], BATCH_MAX_NEW[:4]
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(prompts, max_new)]
+    batch = batch_scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 96))
+    assert [s.ids for s in staggered(batch, prompts, max_new, 1)] == solo
+
+
 def test_bad_requests_are_refused(quantized, tiny_artifact):
     from onnxformer.quantize.generative import quantize_generative
 
