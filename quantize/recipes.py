@@ -228,6 +228,8 @@ class GenerativeRecipe(Recipe):
         """Write the converted ``source`` graph to ``out``; return how it was made."""
         raise NotImplementedError
 
+    activation_scales: str | None = None  # PER_CALL: a row's output depends on the rows batched with it
+
     def build(self, job: Job) -> Built:
         out = job.work / self.name
         out.mkdir()
@@ -235,7 +237,8 @@ class GenerativeRecipe(Recipe):
         made_by: dict[str, Any] = {}
         for role, source in job.sources.items():
             made_by = self.convert(source, graphs[role], job.options)
-        return self.built(job, graphs, made_by, main="decoder", cache_dtype=cache_dtype(graphs))
+        return self.built(job, graphs, made_by, main="decoder", cache_dtype=cache_dtype(graphs),
+                          activation_scales=self.activation_scales)
 
     def measure(self, job: Job, built: Built) -> dict[str, Any]:
         return job.evaluation.measure(built.graphs)
@@ -264,6 +267,9 @@ class GenerativeInt8(GenerativeRecipe):
 
     name, precision, mode, target = "int8", "int8", "dynamic", "cpu"
     providers = ("cpu",)
+    # DynamicQuantizeLinear takes one scale over the whole activation tensor, every row of a batch included (ORT's
+    # MatMulInteger takes no per-row zero point), so a continuously batched row's tokens depend on its batch-mates.
+    activation_scales = PER_CALL
 
     def convert(self, source: Path, out: Path, options: Options) -> dict[str, Any]:
         import onnx

@@ -278,6 +278,15 @@ class Variant:
             return self.activation_scales == PER_CALL
         return self.precision == "int8" and self.made_by.get("mode") == "dynamic" and not self.components
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a generation row's tokens are independent of the rows batched with it (dynamic int8's are not:
+        one activation scale per call). Manifests written before generative variants recorded
+        ``activation_scales``: the int8 ones were made by quantize_dynamic, read from ``made_by``."""
+        if self.activation_scales is not None:
+            return self.activation_scales != PER_CALL
+        return self.made_by.get("tool") != "onnxruntime.quantization.quantize_dynamic"
+
     def latency_on(self, cpu: CpuInfo) -> Latency | None:
         """The latency recorded on a CPU of ``cpu``'s kind (same model and kernel flags), if any."""
         return next((m for m in self.latency if m.cpu.key == cpu.key), None)

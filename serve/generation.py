@@ -32,10 +32,15 @@ log = logging.getLogger("onnxformer.serve")
 def _batch(generator: Generator, limits: SlotLimits) -> BatchScheduler | None:
     """The continuous batch for ``generator``, or None (logged) for a seq2seq artifact exported before it could batch."""
     try:
-        return batch_scheduler(generator, limits)  # a decoder's on its slot graph when the artifact has one
+        batch = batch_scheduler(generator, limits)  # a decoder's on its slot graph when the artifact has one
     except ArtifactError as e:
         log.warning("continuous batching is off, requests take turns: %s", e)
         return None
+    if not generator.batch_invariant:
+        log.warning("variant %s quantizes activations with one scale per call, so in the continuous batch a "
+                    "request's tokens depend on the requests batched with it; serve fp32, fp16 or int4, or pass "
+                    "--no-continuous-batching, for output identical to a solo run", generator.variant)
+    return batch
 
 
 class GenerationService:
@@ -63,7 +68,8 @@ class GenerationService:
         """What a client may ask for (model metadata)."""
         out: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens,
                                "max_positions": self.generator.max_positions,
-                               "continuous_batching": self.batch is not None}
+                               "continuous_batching": self.batch is not None,
+                               "batch_invariant": self.batch is None or self.generator.batch_invariant}
         if self.batch is not None:
             out.update(max_slots=self.config.max_slots, max_cached_tokens=self.config.max_cached_tokens,
                        prefill_chunk=self.config.prefill_chunk)

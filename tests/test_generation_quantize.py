@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import onnx
 import pytest
 
@@ -66,9 +67,10 @@ def test_each_variant_generates(quantized, variant):
     assert "".join(gen.stream("Hi", max_new_tokens=6)) == gen.generate("Hi", max_new_tokens=6)
 
 
-@pytest.mark.parametrize("variant", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("variant", ["fp16", "int4"])
 def test_each_variant_batches_continuously_like_its_solo_runs(quantized, variant):
-    """The continuous batch on a variant's own graphs (fp16: a half-size cache in the batch's buffers too)."""
+    """The continuous batch on a variant's own graphs (fp16: a half-size cache in the batch's buffers too); int4's
+    MatMulNBits quantizes activations per row and block, so rows stay independent. Dynamic int8 does not (below)."""
     from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
     from onnxformer.runtime.generation import Generator
     from onnxformer.runtime.generation.scheduler import SlotLimits
@@ -127,3 +129,20 @@ def test_cli_quantize_generative(quantized, copy_artifact, capsys):
     assert "int8: next-token agreement" in captured.out + captured.err  # rich console: stderr
     assert main(["quantize-generative", str(art), "--variants", "int3"]) == 1
     assert "unknown generative variant(s) ['int3']" in capsys.readouterr().err
+
+
+def test_dynamic_int8_says_its_rows_depend_on_their_batch_mates(quantized):
+    """One activation scale per call (DynamicQuantizeLinear): the manifest records it, the generator and the
+    server's metadata say so; fp32, fp16 and int4 are batch-invariant."""
+    from onnxformer.runtime.generation import Generator
+    from onnxformer.runtime.manifest import PER_CALL, load_manifest
+    from onnxformer.serve.testing import running_server
+
+    m = load_manifest(quantized)
+    assert m.variants["int8"].activation_scales == PER_CALL and not m.variants["int8"].batch_invariant
+    assert all(m.variants[v].batch_invariant for v in ("fp32", "fp16", "int4"))
+    gen = Generator.load(quantized, variant="int8", batching=True)
+    assert gen.batch_invariant is False
+    with running_server(lambda: gen) as url:
+        meta = httpx.get(f"{url}/v2/models/{m.name}", timeout=10).json()["parameters"]
+    assert meta["continuous_batching"] is True and meta["batch_invariant"] is False

@@ -35,6 +35,8 @@ class Generator:
         self.kind: str = spec.kind
         # The variant's cache dtype (fp16 variants keep an fp16 cache) over the fp32 graph's.
         self.cache_layout = {**spec.cache, "dtype": record.cache_dtype or spec.cache.get("dtype", "float32")}
+        # False for dynamic int8: in a continuous batch a row's tokens then depend on its batch-mates.
+        self.batch_invariant = record.batch_invariant
         self.max_positions = spec.max_positions
         tokens = spec.special_tokens
         self.start_id = tokens.get("decoder_start_token_id")
