@@ -269,8 +269,10 @@ def _fake_quant_w(weight: np.ndarray, levels: int) -> np.ndarray:
 
 
 def _levels(node: onnx.NodeProto, reduce_range: bool) -> tuple[int, int]:
-    """(activation, weight) levels ORT uses: 7-bit with reduce_range; QAttention weights are always 7-bit."""
-    return (127 if reduce_range else 255), (63 if reduce_range or node.op_type == "Attention" else 127)
+    """(activation, weight) levels ORT's quantize_dynamic uses (read from the graphs it writes, ORT 1.32):
+    activations always uint8 over 255 levels (DynamicQuantizeLinear, and QAttention's ReduceMin/Max over 255);
+    weights symmetric int8 over ±127, or ±64 with reduce_range — MatMul and Attention alike."""
+    return 255, (64 if reduce_range else 127)
 
 
 def _apply(graph: _Graph, group: Sequence[onnx.NodeProto], s: np.ndarray, fold: bool) -> onnx.NodeProto | None:

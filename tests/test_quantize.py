@@ -415,9 +415,17 @@ def outlier_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 def test_int8_records_smoothing_and_no_smooth_skips_it(outlier_artifact, copy_artifact):
+    """Smoothing is kept only when it measures better end to end (the budget metric, the worst text), else
+    rejected with both numbers; which one depends on the CPU (reduce_range's 7-bit weights on CPUs without VNNI)."""
     art = copy_artifact(outlier_artifact)
     smoothed = quantize_artifact(art, "int8", budget=0.01).record
     plain = quantize_artifact(art, "int8", budget=0.01, smooth=False).record
-    assert smoothed.made_by["smoothing"]["smoothed_nodes"] > 0 and "smoothing" not in plain.made_by
-    assert smoothed.fidelity["min_cosine"] > plain.fidelity["min_cosine"]  # measured, end to end
+    record = smoothed.made_by["smoothing"]
+    assert "smoothing" not in plain.made_by
+    assert smoothed.fidelity["min_cosine"] >= plain.fidelity["min_cosine"]  # measured, end to end: never worse
+    if record["method"] == "rejected":
+        assert record["tried"]["smoothed_nodes"] > 0 and "smoothed < " in record["reason"]
+        assert smoothed.fidelity["min_cosine"] == plain.fidelity["min_cosine"]  # the plain graph, published
+    else:
+        assert record["smoothed_nodes"] > 0 and smoothed.fidelity["min_cosine"] > plain.fidelity["min_cosine"]
     _verify_all(art)
