@@ -204,3 +204,26 @@ def _until_running(url: str, n: int) -> None:
     while f"onnxformer_generation_running {float(n)}" not in httpx.get(f"{url}/metrics").text:
         assert time.monotonic() < deadline, f"running never reached {n}"
         time.sleep(0.02)
+
+
+def test_openai_client_on_a_seq2seq_model_through_its_batch(tmp_path):
+    """A seq2seq checkpoint with a chat template: both routes through the openai client, three chats at once served
+    from the seq2seq continuous batch, each answer equal to its solo generation."""
+    from onnxformer.export import export_checkpoint
+    from onnxformer.export.generative_random import make_generative_checkpoint
+
+    ckpt = make_generative_checkpoint(tmp_path / "ckpt", "bart", chat_template=TEMPLATE)
+    export_checkpoint(str(ckpt), tmp_path / "artifact")
+    gen = Generator.load(tmp_path / "artifact", batching=True)
+    conversations = [[{"role": "user", "content": f"{w} jumps over the lazy dog"}] for w in ("A fox", "ONNX", "0123")]
+    expected = [gen.generate(rendered(ckpt, m), max_new_tokens=12 + 4 * i) for i, m in enumerate(conversations)]
+    with running_server(lambda: gen, max_new_tokens=64) as url:
+        c = client(url)
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda im: c.chat.completions.create(
+                model=gen.manifest.name, messages=im[1], max_tokens=12 + 4 * im[0], temperature=0), enumerate(conversations)))
+        streamed = c.completions.create(model=gen.manifest.name, prompt="The quick brown fox", max_tokens=10,
+                                        temperature=0, stream=True)
+        text = "".join(ch.choices[0].text for ch in streamed)
+    assert [r.choices[0].message.content for r in got] == expected
+    assert text == gen.generate("The quick brown fox", max_new_tokens=10)
