@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -215,6 +216,54 @@ def gen(request, gen_artifact):
     from onnxformer.runtime.generation import Generator
 
     return Generator.load(gen_artifact(request.param))
+
+
+def fail_at(seq, tokens: int = 3) -> None:
+    """Make ``seq``'s own token handling raise "injected" once it holds ``tokens`` tokens (a failure of one row)."""
+    add = seq.stream.add
+
+    def broken(token: int) -> str:
+        if len(seq.ids) == tokens:
+            raise RuntimeError("injected")
+        return add(token)
+
+    seq.stream.add = broken
+
+
+def check_seeded_sampling(gen, make, slot_tokens: int, **extra) -> None:
+    """Every continuous batch's contract: seeded sampling equals the solo seeded run, and the seed is the request's."""
+    from onnxformer.runtime.generation.scheduler import SlotLimits
+
+    opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7, **extra)
+    prompts, max_new = BATCH_PROMPTS[:4], BATCH_MAX_NEW[:4]
+    solo = [gen.generate_ids([p], max_new_tokens=m, **opts)[0] for p, m in zip(prompts, max_new)]
+    scheduler = make(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * slot_tokens))
+    assert [s.ids for s in staggered(scheduler, prompts, max_new, 1, **opts)] == solo
+    other = make(gen)
+    reseeded = other.submit(prompts[0], max_new[0], **{**opts, "seed": 8})
+    other.run_until_done()
+    assert reseeded.ids != solo[0]  # the seed is the request's own
+
+
+def check_cancel_and_deadline(gen, make) -> None:
+    """Every continuous batch's contract: a cancelled and an expired row leave at the next step, producing nothing
+    more, and free their slots for a waiting request, which then runs exactly as alone."""
+    from onnxformer.runtime.generation.scheduler import SlotLimits
+
+    scheduler = make(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
+    a = scheduler.submit(BATCH_PROMPTS[0], 40)
+    b = scheduler.submit(BATCH_PROMPTS[2], 40, deadline=time.monotonic() + 3600)
+    waiting = scheduler.submit(BATCH_PROMPTS[1], 10)
+    for _ in range(4):
+        scheduler.step()
+    assert len(scheduler.running) == 2 and list(scheduler.waiting) == [waiting]  # no third slot
+    a.cancel()
+    b.deadline = time.monotonic() - 1
+    produced = len(a.ids)
+    scheduler.step()
+    assert (a.finish_reason, b.finish_reason) == ("cancelled", "timeout") and len(a.ids) == produced
+    scheduler.run_until_done()
+    assert waiting.ids == gen.generate_ids([BATCH_PROMPTS[1]], max_new_tokens=10)[0]
 
 
 def staggered(scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:

@@ -1,7 +1,6 @@
 """Continuous batching: every request's output equals a solo Generator run whatever joins or leaves around it."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import SlotScheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_seeded_sampling, fail_at, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,14 +72,7 @@ BOTH = pytest.mark.parametrize("batch", [Scheduler, SlotScheduler], ids=["shared
 
 @BOTH
 def test_seeded_sampling_is_reproducible_per_request(gen, batch):
-    opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7)
-    solo = [gen.generate_ids([p], max_new_tokens=m, **opts)[0] for p, m in zip(PROMPTS[:4], MAX_NEW[:4])]
-    scheduler = batch(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
-    assert [s.ids for s in staggered(scheduler, PROMPTS[:4], MAX_NEW[:4], 1, **opts)] == solo
-    other = batch(gen)
-    reseeded = other.submit(PROMPTS[0], MAX_NEW[0], **{**opts, "seed": 8})
-    other.run_until_done()
-    assert reseeded.ids != solo[0]  # the seed is the request's own
+    check_seeded_sampling(gen, batch, 64)
 
 
 def test_stop_string_ends_a_row_early(gen):
@@ -94,34 +86,14 @@ def test_stop_string_ends_a_row_early(gen):
 
 @BOTH
 def test_cancelled_and_expired_rows_leave_and_free_their_slot(gen, batch):
-    scheduler = batch(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
-    a = scheduler.submit(PROMPTS[0], 40)
-    b = scheduler.submit(PROMPTS[2], 40, deadline=time.monotonic() + 3600)
-    waiting = scheduler.submit(PROMPTS[1], 10)
-    for _ in range(4):
-        scheduler.step()
-    assert len(scheduler.running) == 2 and list(scheduler.waiting) == [waiting]  # no third slot
-    a.cancel()
-    b.deadline = time.monotonic() - 1
-    produced = len(a.ids)
-    scheduler.step()
-    assert (a.finish_reason, b.finish_reason) == ("cancelled", "timeout") and len(a.ids) == produced
-    scheduler.run_until_done()
-    assert waiting.ids == gen.generate_ids([PROMPTS[1]], max_new_tokens=10)[0]
+    check_cancel_and_deadline(gen, batch)
 
 
 def test_a_failing_row_does_not_disturb_the_others(gen):
     solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
     scheduler = Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64))
     seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    add = seqs[1].stream.add
-
-    def broken(token: int) -> str:
-        if len(seqs[1].ids) == 3:
-            raise RuntimeError("injected")
-        return add(token)
-
-    seqs[1].stream.add = broken
+    fail_at(seqs[1])
     scheduler.run_until_done()
     assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
     assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]

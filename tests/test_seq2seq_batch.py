@@ -2,7 +2,6 @@
 joins or leaves around it — rows at different decoder steps and with sources of different lengths in one call."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -13,7 +12,7 @@ from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 from onnxformer.runtime.generation.slots import batch_scheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_seeded_sampling, fail_at, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,45 +74,18 @@ def test_the_cross_cache_is_repacked_when_a_long_source_leaves(s2s):
 
 
 def test_seeded_sampling_is_reproducible_per_request(s2s):
-    opts = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=7, repetition_penalty=1.3)
-    solo = _solo(s2s, PROMPTS[:4], MAX_NEW[:4], **opts)
-    scheduler = batch_scheduler(s2s, SlotLimits(max_slots=4, max_cached_tokens=4 * 80))
-    assert [s.ids for s in staggered(scheduler, PROMPTS[:4], MAX_NEW[:4], 1, **opts)] == solo
-    other = batch_scheduler(s2s)
-    reseeded = other.submit(PROMPTS[0], MAX_NEW[0], **{**opts, "seed": 8})
-    other.run_until_done()
-    assert reseeded.ids != solo[0]  # the seed is the request's own
+    check_seeded_sampling(s2s, batch_scheduler, 80, repetition_penalty=1.3)  # the penalty counts the decoder's own ids
 
 
 def test_cancelled_and_expired_rows_leave_and_free_their_slot(s2s):
-    scheduler = batch_scheduler(s2s, SlotLimits(max_slots=2, max_cached_tokens=400))
-    a = scheduler.submit(PROMPTS[0], 40)
-    b = scheduler.submit(PROMPTS[2], 40, deadline=time.monotonic() + 3600)
-    waiting = scheduler.submit(PROMPTS[1], 10)
-    for _ in range(4):
-        scheduler.step()
-    assert len(scheduler.running) == 2 and list(scheduler.waiting) == [waiting]
-    a.cancel()
-    b.deadline = time.monotonic() - 1
-    produced = len(a.ids)
-    scheduler.step()
-    assert (a.finish_reason, b.finish_reason) == ("cancelled", "timeout") and len(a.ids) == produced
-    scheduler.run_until_done()
-    assert waiting.ids == s2s.generate_ids([PROMPTS[1]], max_new_tokens=10)[0]
+    check_cancel_and_deadline(s2s, batch_scheduler)
 
 
 def test_a_failing_row_does_not_disturb_the_others(s2s):
     solo = _solo(s2s, PROMPTS[:3], MAX_NEW[:3])
     scheduler = batch_scheduler(s2s, SlotLimits(max_slots=3, max_cached_tokens=3 * 80))
     seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    add = seqs[1].stream.add
-
-    def broken(token: int) -> str:
-        if len(seqs[1].ids) == 3:
-            raise RuntimeError("injected")
-        return add(token)
-
-    seqs[1].stream.add = broken
+    fail_at(seqs[1])
     scheduler.run_until_done()
     assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
     assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]

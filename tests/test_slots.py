@@ -3,17 +3,15 @@ agrees with PyTorch and with the shared-width graph, and every request's output 
 whatever joins or leaves around it."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
-from onnxformer.errors import InputError
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, batch_scheduler, run_slots
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, fail_at, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -155,14 +153,7 @@ def test_a_failing_row_or_prefill_does_not_disturb_the_others(gen):
     solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
     scheduler = SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
     seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    add = seqs[1].stream.add
-
-    def broken(token: int) -> str:
-        if len(seqs[1].ids) == 3:
-            raise RuntimeError("injected")
-        return add(token)
-
-    seqs[1].stream.add = broken
+    fail_at(seqs[1])
     for _ in range(8):
         scheduler.step()
     bad = scheduler.prepare(PROMPTS[3], 5)
