@@ -266,6 +266,23 @@ def check_cancel_and_deadline(gen, make) -> None:
     assert waiting.ids == gen.generate_ids([BATCH_PROMPTS[1]], max_new_tokens=10)[0]
 
 
+def check_reset(gen, make) -> None:
+    """Every continuous batch's contract: ``reset`` (the server's answer to a failure no row can be blamed for)
+    ends what it holds — running, prefilling and waiting — with the error, and the batch then runs exactly."""
+    from onnxformer.runtime.generation.scheduler import SlotLimits
+
+    scheduler = make(gen, SlotLimits(max_slots=2, max_cached_tokens=400))
+    held = [scheduler.submit(p, 20) for p in BATCH_PROMPTS[:3]]
+    for _ in range(5):
+        scheduler.step()
+    error = RuntimeError("step failed")
+    assert set(map(id, scheduler.reset(error))) == set(map(id, held)) and not scheduler.busy
+    assert all(s.finish_reason == "error" and s.error is error for s in held)
+    after = staggered(scheduler, BATCH_PROMPTS[3:5], [9, 14], 1)
+    assert [s.ids for s in after] == [gen.generate_ids([p], max_new_tokens=m)[0]
+                                      for p, m in zip(BATCH_PROMPTS[3:5], [9, 14])]
+
+
 def staggered(scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
     """Submit one request every ``gap`` steps while the batch runs, then run to the end."""
     seqs = []

@@ -10,7 +10,7 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import SlotScheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_seeded_sampling, fail_at, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_reset, check_seeded_sampling, fail_at, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -87,6 +87,11 @@ def test_stop_string_ends_a_row_early(gen):
 @BOTH
 def test_cancelled_and_expired_rows_leave_and_free_their_slot(gen, batch):
     check_cancel_and_deadline(gen, batch)
+
+
+@BOTH
+def test_reset_ends_every_request_and_the_batch_runs_on(gen, batch):
+    check_reset(gen, batch)
 
 
 def test_a_failing_row_does_not_disturb_the_others(gen):

@@ -12,7 +12,7 @@ from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 from onnxformer.runtime.generation.slots import batch_scheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_seeded_sampling, fail_at, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_reset, check_seeded_sampling, fail_at, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -79,6 +79,10 @@ def test_seeded_sampling_is_reproducible_per_request(s2s):
 
 def test_cancelled_and_expired_rows_leave_and_free_their_slot(s2s):
     check_cancel_and_deadline(s2s, batch_scheduler)
+
+
+def test_reset_ends_every_request_and_the_batch_runs_on(s2s):
+    check_reset(s2s, batch_scheduler)  # both caches, the cross-attention one included, start again empty
 
 
 def test_a_failing_row_does_not_disturb_the_others(s2s):
