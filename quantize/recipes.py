@@ -123,7 +123,7 @@ class Int8Dynamic(EncoderRecipe):
         """The graph to quantize, what preparing it recorded, and what it already built (the plain int8 graph)."""
         if not job.options.smooth:
             return Prepared(job.source)
-        plain = self.plain_int8(job, settings)
+        plain = self.fully_quantized(job, settings)
         score = job.evaluation.score(plain[1])
         if score >= max(float(job.floor or 0.0), PLAIN_ENOUGH):
             # smoothing costs most of a large model's build and cannot buy more than rounding
@@ -136,7 +136,7 @@ class Int8Dynamic(EncoderRecipe):
         path, smoothing = smooth_for_int8(job.directory, job.manifest, job.source, settings, texts,
                                           job.work / "smoothed" / MODEL_FILE)
         record = smoothing.record(len(texts))
-        smoothed = self.plain_int8(job, settings, path, job.work / "all-smoothed")  # the budget loop's first trial
+        smoothed = self.fully_quantized(job, settings, path, job.work / "all-smoothed")  # the budget loop's first trial
         # Smoothing lowers each node's simulated error on average over texts; the budget is the worst text end to
         # end, which it can still lower (seen with reduce_range's 7-bit weights): keep whichever measures better.
         smoothed_score = job.evaluation.score(smoothed[1])
@@ -148,7 +148,7 @@ class Int8Dynamic(EncoderRecipe):
             return Prepared(job.source, {"smoothing": rejected}, first=plain)
         return Prepared(path, {"smoothing": record}, first=smoothed)
 
-    def plain_int8(self, job: Job, settings: int8.Int8Settings, source: Path | None = None,
+    def fully_quantized(self, job: Job, settings: int8.Int8Settings, source: Path | None = None,
                    out: Path | None = None) -> tuple[Path, dict[str, Any]]:
         """Every candidate node of ``source`` (default: the unsmoothed source) quantized, and its measured fidelity."""
         job.progress(f"{self.name}: quantizing every node ({settings.mode})")

@@ -424,26 +424,30 @@ class Scheduler:
         return joiners
 
     def _decode(self) -> list[Sequence]:
+        """One decode step of every running row (``_step``, the subclass's model call), then each row's token."""
         self._fit()
-        cache = self.cache
-        tokens = np.array([seq.ids[-1] for seq in self.running], dtype=np.int64)[:, None]
-        positions = np.asarray(cache.lengths, dtype=np.int64)[:, None]
-        feeds = {"input_ids": tokens, "attention_mask": cache.mask(1), "position_ids": positions,
-                 "logits_to_keep": np.array([1], dtype=np.int64)}
+        rows = list(self.running)
         start = time.perf_counter()
         try:
-            feeds = {k: v for k, v in feeds.items() if self.optional.get(k, True)}
-            out = run_bound(self.session, feeds, {}, cache, 1, ["logits"])
-            logits = out["logits"].numpy()[:, -1, :]
+            logits = self._step(rows)
         except Exception as e:  # the call itself failed: no row can be attributed, all of them end
-            for seq in self.running:
+            for seq in rows:
                 seq.finish_reason, seq.error = "error", e
-            return list(self.running)
-        self.on_step("decode", len(self.running), time.perf_counter() - start)
-        rows = list(self.running)
+            return rows
+        self.on_step("decode", len(rows), time.perf_counter() - start)
         for r, seq in enumerate(rows):
             self._emit(seq, logits[r], len(seq.ids))
         return rows
+
+    def _step(self, rows: list[Sequence]) -> np.ndarray:
+        """The model call of a decode step: each row's last token in, last-position logits (rows, vocab) out."""
+        cache = self.cache
+        tokens = np.array([seq.ids[-1] for seq in rows], dtype=np.int64)[:, None]
+        positions = np.asarray(cache.lengths, dtype=np.int64)[:, None]
+        feeds = {"input_ids": tokens, "attention_mask": cache.mask(1), "position_ids": positions,
+                 "logits_to_keep": np.array([1], dtype=np.int64)}
+        feeds = {k: v for k, v in feeds.items() if self.optional.get(k, True)}
+        return run_bound(self.session, feeds, {}, cache, 1, ["logits"])["logits"].numpy()[:, -1, :]
 
     def _fit(self) -> None:
         """Re-pack the rows at the width they need when the shared width would overflow the cached tokens

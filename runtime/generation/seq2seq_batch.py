@@ -100,27 +100,11 @@ class Seq2SeqScheduler(Scheduler):
         if cross.width - longest > max(16, cross.width // 4):
             cross.repack(longest)
 
-    def _decode(self) -> list[Sequence]:
-        self._fit()
-        rows = list(self.running)
-        tokens = np.array([[seq.ids[-1]] for seq in rows], dtype=np.int64)
-        feeds = {"input_ids": tokens, "encoder_attention_mask": self.cross.mask(0),
-                 "decoder_attention_mask": self.cache.mask(1),
-                 "decoder_position_ids": np.asarray(self.cache.lengths, dtype=np.int64)[:, None]}
-        start = time.perf_counter()
-        try:
-            logits = self._run(feeds)
-        except Exception as e:  # the call itself failed: no row can be attributed, all of them end
-            for seq in rows:
-                seq.finish_reason, seq.error = "error", e
-            return rows
-        self.on_step("decode", len(rows), time.perf_counter() - start)
-        for r, seq in enumerate(rows):
-            self._emit(seq, logits[r], len(seq.ids))
-        return rows
-
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _step(self, rows: list[Sequence]) -> np.ndarray:
         """One step of every row: host inputs, the cross cache as input, the self cache past → present."""
+        feeds = {"input_ids": np.array([[seq.ids[-1]] for seq in rows], dtype=np.int64),
+                 "encoder_attention_mask": self.cross.mask(0), "decoder_attention_mask": self.cache.mask(1),
+                 "decoder_position_ids": np.asarray(self.cache.lengths, dtype=np.int64)[:, None]}
         binding: ort.IOBinding = self.session.io_binding()
         for name, array in feeds.items():
             if name in self.accepted:  # decoder_position_ids: only families with absolute positions

@@ -215,23 +215,15 @@ class SlotScheduler(Scheduler):
         if row < len(self.running):
             self.running[row] = moved
 
-    def _decode(self) -> list[Sequence]:
-        rows = list(self.running)
+    def _fit(self) -> None:
+        """Nothing to re-pack before a step: the slot width changes only when a joiner needs it (``SlotCache.add``)."""
+
+    def _step(self, rows: list[Sequence]) -> np.ndarray:
         lengths = self.cache.lengths[: len(rows)]
         tokens = np.array([[seq.ids[-1]] for seq in rows], dtype=np.int64)
-        start = time.perf_counter()
-        try:
-            logits = run_slots(self.session, self.cache, 0, tokens, np.asarray(lengths)[:, None],
-                               [n + 1 for n in lengths])
-        except Exception as e:  # the call itself failed: no row can be attributed, all of them end
-            for seq in rows:
-                seq.finish_reason, seq.error = "error", e
-            return rows
+        logits = run_slots(self.session, self.cache, 0, tokens, np.asarray(lengths)[:, None], [n + 1 for n in lengths])
         self.cache.lengths[: len(rows)] = [n + 1 for n in lengths]
-        self.on_step("decode", len(rows), time.perf_counter() - start)
-        for r, seq in enumerate(rows):
-            self._emit(seq, logits[r, -1], len(seq.ids))
-        return rows
+        return logits[:, -1]
 
 
 def batch_scheduler(generator: Any, limits: SlotLimits | None = None) -> Scheduler:
