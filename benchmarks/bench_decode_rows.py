@@ -32,7 +32,6 @@ from onnxformer.benchmarks.report import write_json_and_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = (1, 2, 4, 8, 16, 32)
@@ -61,7 +60,7 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 def slot_calls(gen: Any) -> dict[str, Callable[[], Any]]:
     """One callable per measurement on the slot graph: a decode step of R rows, a prefill of S tokens."""
-    from onnxformer.runtime.generation.generator import SLOTS
+    from onnxformer.artifact.roles import SLOTS
     from onnxformer.runtime.generation.slots import SlotCache, run_slots
 
     session, calls = gen.sessions[SLOTS], {}

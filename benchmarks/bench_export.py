@@ -14,12 +14,10 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's tiny-checkpoint builder
-
-from conftest import make_tiny_checkpoint, minilm_path  # noqa: E402
+from devkit.checkpoints import make_tiny_checkpoint, minilm_path  # noqa: E402  (next to this script)
 
 from onnxformer.export import export_checkpoint  # noqa: E402
-from onnxformer.runtime.families import ENCODER, names  # noqa: E402
+from onnxformer.artifact.families import ENCODER, names  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -49,7 +49,7 @@ def prepare(args: argparse.Namespace, variants: list[str]) -> tuple[Path, Path]:
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
     from onnxformer.quantize.generative import quantize_generative
-    from onnxformer.runtime.manifest import is_artifact, load_manifest
+    from onnxformer.artifact.manifest import is_artifact, load_manifest
 
     work = Path(args.work)
     tag = f"gpt2-l{args.layers}-h{args.hidden}-v{args.vocab}"
@@ -105,7 +105,7 @@ def onnx_engine(art: Path, variant: str, prompt: str, threads: int) -> Callable[
 
 
 def measure(engines: dict[str, Callable[[int], list[int]]], new: int, runs: int) -> dict[str, dict[str, Any]]:
-    from onnxformer.runtime.timing import timed
+    from onnxformer.artifact.timing import timed
 
     samples: dict[str, dict[str, list[float]]] = {n: {"ttft": [], "total": []} for n in engines}
     tokens: dict[str, list[int]] = {}
@@ -172,7 +172,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> int:
     args = parse_args()
     from onnxformer.benchmarks.environment import cpu_info
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.runtime.session import physical_cores
 
     budgets = [physical_cores() if t.strip() == "physical" else int(t) for t in args.threads.split(",")]

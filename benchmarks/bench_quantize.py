@@ -62,7 +62,7 @@ def _args() -> argparse.Namespace:
 
 
 def _timed(label: str, fn: Callable[[], Any]) -> Any:
-    from onnxformer.runtime.timing import timed
+    from onnxformer.artifact.timing import timed
 
     seconds, result = timed(fn)
     print(f"{label}: {seconds:.1f}s", flush=True)
@@ -102,7 +102,7 @@ def build_variants(art: Path, work: Path, with_optimum: bool) -> tuple[dict[str,
 
 def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """The variants a previous run left in ``work`` (--reuse): measure again without rebuilding."""
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     names = [n for n in ("fp32", "fp32-opt", "fp16", "int8", "int8-static") if n in load_manifest(art).variants]
     models = {name: art / name / "model.onnx" for name in names}
@@ -117,7 +117,7 @@ def reuse_variants(art: Path, work: Path) -> tuple[dict[str, Path], dict[str, st
 
 
 def _exclusions(art: Path, name: str) -> str:
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     budget = load_manifest(art).variant(name).made_by["budget"]
     return f"{len(budget['excluded_nodes'])} of {budget['candidate_nodes']} nodes kept fp32: {budget['excluded_nodes']}"
@@ -135,7 +135,7 @@ def _smoothed_full_int8(art: Path, out: Path) -> Path:
     from onnxformer.quantize import int8
     from onnxformer.quantize.smoothing import smooth_for_int8
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     recipe = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
     smoothed, _ = smooth_for_int8(art, load_manifest(art), art / "fp32-opt" / "model.onnx", recipe,
@@ -160,7 +160,7 @@ def measure_fidelity(art: Path, models: dict[str, Path]) -> dict[str, dict[str, 
 
     from onnxformer.quantize.fidelity import evaluation_feeds, run_model
     from onnxformer.quantize.texts import evaluation_texts
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.runtime.pooling import l2_normalize, pool
 
     manifest, texts = load_manifest(art), evaluation_texts()
@@ -187,9 +187,9 @@ def measure_fidelity(art: Path, models: dict[str, Path]) -> dict[str, dict[str, 
 
 def measure_latency(art: Path, models: dict[str, Path], threads: int, runs: int, rounds: int) -> dict[str, dict]:
     from onnxformer.quantize.speed import probe_feeds
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.runtime.session import create_session
-    from onnxformer.runtime.timing import time_calls
+    from onnxformer.artifact.timing import time_calls
 
     feeds = probe_feeds(load_manifest(art), SEQUENCE)
     sessions = {name: create_session(path, threads=threads) for name, path in models.items()}

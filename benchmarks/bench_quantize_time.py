@@ -18,8 +18,8 @@ from pathlib import Path
 
 from onnxformer.benchmarks.environment import cpu_info
 from onnxformer.benchmarks.run_suite import checkpoint
-from onnxformer.runtime.files import atomic_write_json
-from onnxformer.runtime.timing import timed
+from onnxformer.artifact.files import atomic_write_json
+from onnxformer.artifact.timing import timed
 
 ROOT = Path(__file__).resolve().parent
 
@@ -30,11 +30,11 @@ def _run(cmd: list[str]) -> None:
 
 def _optimum(precision: str, artifact: Path, workdir: Path) -> list[str]:
     """A process running the optimum peer's own build (peer_optimum.py, prepare only) in its environment."""
-    from onnxformer.benchmarks.baselines import script_spec
+    from onnxformer.benchmarks.availability import script_spec
     from onnxformer.benchmarks.peer_env import ensure
     from onnxformer.benchmarks.peers import OPTIMUM_ENV
     from onnxformer.benchmarks.runners import ArtifactContext
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
 
     workdir.mkdir(parents=True, exist_ok=True)
     spec = script_spec(ArtifactContext(artifact, Manifest.load(artifact), 1, 1), precision, workdir, workdir)

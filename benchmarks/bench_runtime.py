@@ -38,7 +38,7 @@ def build_artifact(work: Path) -> Path:
     """MiniLM exported once, with the quantize stage's fp32-opt and dynamic int8 variants (each measured
     against fp32 and recorded with its fidelity, so ``variant="auto"`` can choose among them)."""
     from onnxformer.quantize import optimize_artifact, quantize_artifact
-    from onnxformer.runtime.manifest import is_artifact, load_manifest
+    from onnxformer.artifact.manifest import is_artifact, load_manifest
 
     out = work / "all-MiniLM-L6-v2"
     if not is_artifact(out):
@@ -94,7 +94,7 @@ def throughput(artifact: Path, texts: list[str], rounds: int, threads: int) -> d
     from sentence_transformers import SentenceTransformer
 
     from onnxformer.runtime import Model
-    from onnxformer.runtime.timing import timed
+    from onnxformer.artifact.timing import timed
 
     torch.set_num_threads(threads)  # matched budget: ORT's intra-op threads are set to the same number
     st = SentenceTransformer(str(minilm_path()), device="cpu")

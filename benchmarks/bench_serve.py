@@ -38,7 +38,7 @@ BAR_CONCURRENCY, BAR_RATIO = 32, 2.0
 
 def minilm_artifact(path: Path) -> Path:
     """Export the bundled all-MiniLM-L6-v2 once; later runs reuse it."""
-    from onnxformer.runtime.manifest import is_artifact
+    from onnxformer.artifact.manifest import is_artifact
 
     if not is_artifact(path):
         from onnxformer.build import default_model
@@ -58,7 +58,7 @@ class Server:
     """`onnxformer serve` in a subprocess on a free loopback port; SIGTERM on exit."""
 
     def __init__(self, artifact: Path, batching: bool, threads: int | None, extra: list[str] = ()):
-        from onnxformer.serve.testing import free_port
+        from devkit.servers import free_port
 
         self.url = f"http://127.0.0.1:{free_port()}"
         cmd = [sys.executable, "-m", "onnxformer", "serve", str(artifact), "--port", self.url.rsplit(":", 1)[1],
@@ -177,7 +177,7 @@ def model_ceiling(artifact: Path, merged: int, budget: int, threads: int | None,
     """In-process, no HTTP: texts/s of Model.embed one text at a time vs ``merged`` texts per call (the runtime
     sorts them by length under ``budget`` tokens). The most dynamic batching can gain on this machine."""
     from onnxformer.runtime import Model
-    from onnxformer.runtime.timing import time_calls
+    from onnxformer.artifact.timing import time_calls
 
     kwargs = {"threads": threads} if threads else {}
     model, pool = Model.load(artifact, max_batch_tokens=budget, **kwargs), texts()
@@ -248,7 +248,7 @@ def main() -> None:
                    "'--max-delay-ms 0 --max-batch-tokens 384'")
     p.add_argument("--out", type=Path, default=RESULTS / "serve")
     args = p.parse_args()
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
 
     artifact = minilm_artifact(args.artifact or DEFAULT_ARTIFACT)
     load_before = os.getloadavg()

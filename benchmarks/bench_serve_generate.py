@@ -33,7 +33,6 @@ from onnxformer.benchmarks.report import write_json_and_markdown
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = (16, 64, 256, 32, 128, 48, 192, 24)
 ENGINES = ("continuous", "turn-taking")
@@ -122,7 +121,7 @@ class Probe:
 def serve(spec: dict[str, Any]) -> int:
     """One server on a free port; answers the parent's commands on stdin, one line each (reset, report)."""
     from onnxformer.runtime.generation import Generator
-    from onnxformer.serve.testing import running_server
+    from devkit.servers import running_server
 
     gen = Generator.load(spec["artifact"], batching=spec["options"].get("continuous_batching", True))
     probe = Probe(gen)
@@ -231,7 +230,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    from onnxformer.runtime.files import atomic_write_bytes
+    from onnxformer.artifact.files import atomic_write_bytes
 
     levels = [int(c) for c in report["results"]]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -264,7 +263,7 @@ def prepare(args: argparse.Namespace) -> Path:
         return bench_generate.prepare(prep, ["fp32"])[1]
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
-    from onnxformer.runtime.manifest import is_artifact
+    from onnxformer.artifact.manifest import is_artifact
 
     ckpt, art = Path(args.work) / "ckpt-bart-base", Path(args.work) / "artifact-bart-base"
     if not (ckpt / "config.json").is_file():  # end-of-sequence off: every request makes exactly --new-tokens

@@ -24,7 +24,7 @@ import httpx
 
 from onnxformer.benchmarks.bench_serve import Server, minilm_artifact, texts
 from onnxformer.benchmarks.environment import cpu_info
-from onnxformer.serve.fuzz import Generator, Routes, problems, send
+from devkit.fuzz import Generator, Routes, problems, send
 
 ROOT = Path(__file__).resolve().parent
 

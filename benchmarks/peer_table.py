@@ -35,7 +35,7 @@ def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
     from onnxformer.benchmarks.peers import find_peer, work_directory
     from onnxformer.benchmarks.stats import Budget
     from onnxformer.benchmarks.summary import add_comparisons
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
 
     manifest = Manifest.load(art)
     variants = [v for v in ("fp32", "fp32-opt", "int8") if v in manifest.variants]
@@ -103,7 +103,7 @@ def table(report: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
+    from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("artifact", type=Path)

@@ -17,9 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, Python puts benchmarks/ itself on sys.path; its module names (cli, stats, report…) must
-# not shadow anything: the package is imported as onnxformer.benchmarks.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -185,8 +182,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from onnxformer.benchmarks.report import write_report
-    from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
-    from onnxformer.runtime.manifest import is_artifact, load_manifest
+    from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
+    from onnxformer.artifact.manifest import is_artifact, load_manifest
 
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)

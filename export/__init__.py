@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from onnxformer.export.artifact import ExportResult, export_checkpoint
 from onnxformer.export.pytorch import export_module
-from onnxformer.runtime.families import ENCODER, names
-from onnxformer.runtime.tasks import TASKS
+from onnxformer.artifact.families import ENCODER, names
+from onnxformer.artifact.tasks import TASKS
 
 ENCODER_FAMILIES: tuple[str, ...] = names(ENCODER)  # exported and validated by tests/test_export_families.py
 

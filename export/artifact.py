@@ -13,8 +13,8 @@ from onnxformer.export.generative import export_generative
 from onnxformer.export.staging import check_destination
 from onnxformer.export.tasks import check_architecture, generative_task, get_task, infer_task
 from onnxformer.errors import ExportError
-from onnxformer.runtime.manifest import Manifest
-from onnxformer.runtime.scratch import prepare_parent
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.scratch import prepare_parent
 
 Progress = Callable[[str], None]
 

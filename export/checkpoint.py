@@ -9,7 +9,7 @@ from typing import Any
 
 from onnxformer.errors import CheckpointError
 from onnxformer.export.st_config import read_sentence_transformers
-from onnxformer.runtime.files import sha256_file
+from onnxformer.artifact.files import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint
-from onnxformer.runtime.manifest import (UNFUSED, Architecture, TensorSpec, TokenizerSpec, Variant, file_record,
+from onnxformer.artifact.manifest import (UNFUSED, Architecture, TensorSpec, TokenizerSpec, Variant, file_record,
                                          tensor_spec, variant_record)
 from onnxformer.runtime.session import create_session
 

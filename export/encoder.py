@@ -11,9 +11,9 @@ from onnxformer.export.hf import export_onnx, load_reference
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import hf_reference, validate, validation_cases
 from onnxformer.export.versions import library_versions
-from onnxformer.runtime import families
-from onnxformer.runtime.manifest import Manifest, Postprocess, build_manifest
-from onnxformer.runtime.tasks import Task
+from onnxformer.artifact import families
+from onnxformer.artifact.manifest import Manifest, Postprocess, build_manifest
+from onnxformer.artifact.tasks import Task
 
 Progress = Callable[[str], None]
 GRAPH = "fp32/model.onnx"

@@ -21,20 +21,15 @@ from onnxformer.export.staging import staging_dir
 from onnxformer.export.tasks import generative_task
 from onnxformer.export.dynamo import made_by
 from onnxformer.export.versions import library_versions
-from onnxformer.runtime import families
-from onnxformer.runtime.dtypes import numpy_name
-from onnxformer.runtime.families import DECODER, SEQ2SEQ
-from onnxformer.runtime.manifest import Generation, Manifest, build_manifest
+from onnxformer.artifact import families
+from onnxformer.artifact.dtypes import numpy_name
+from onnxformer.artifact.families import DECODER as DECODER_KIND, SEQ2SEQ
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, GENERATIVE_FILES
+from onnxformer.artifact.manifest import Generation, Manifest, build_manifest
 from onnxformer.runtime.session import create_session
-from onnxformer.runtime.tasks import TASKS
+from onnxformer.artifact.tasks import TASKS
 
 Progress = Callable[[str], None]
-# Graph files per kind (the names optimum gave them, kept for existing artifacts and the runtime).
-COMPONENTS = {
-    "decoder": {"decoder": "model.onnx"},
-    "seq2seq": {"encoder": "encoder_model.onnx", "decoder": "decoder_model.onnx",
-                "decoder_with_past": "decoder_with_past_model.onnx"},
-}
 DEFAULT_ATOL = 1e-4
 
 
@@ -64,7 +59,7 @@ def export_generative(
         tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
         progress("exporting with torch.onnx (dynamo, with past)")
         _export(reference, kind, stage / "fp32", opset)
-        paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
+        paths = {role: stage / "fp32" / f for role, f in GENERATIVE_FILES[kind].items()}
         progress("validating against PyTorch (prompt lengths 1-11, non-empty past)")
         validation = _validate(reference, kind, paths, atol or DEFAULT_ATOL)
         slots = _slots(reference, kind, stage, paths, opset, atol or DEFAULT_ATOL, progress)
@@ -87,14 +82,14 @@ def _check_family(model_type: str, task: str | None) -> str:
 
 def _export(model: Any, kind: str, out_dir: Path, opset: int | None) -> None:
     if kind == "decoder":
-        export_decoder_graph(model, out_dir / COMPONENTS["decoder"]["decoder"], opset)
+        export_decoder_graph(model, out_dir / GENERATIVE_FILES[DECODER_KIND][DECODER], opset)
         return
     try:  # its own module; imported here so decoder exports do not depend on it
         from onnxformer.export.seq2seq_graph import export_seq2seq_graphs
     except ImportError as e:
         raise ExportError(f"encoder-decoder export is not available in this build ({_first_line(e)})") from e
     export_seq2seq_graphs(model, out_dir, opset)
-    missing = [f for f in COMPONENTS[kind].values() if not (out_dir / f).is_file()]
+    missing = [f for f in GENERATIVE_FILES[kind].values() if not (out_dir / f).is_file()]
     if missing:
         raise ExportError(f"the encoder-decoder export did not write {missing} in {out_dir}")
 
@@ -112,7 +107,7 @@ def _slots(model: Any, kind: str, stage: Path, paths: dict[str, Path], opset: in
     progress("exporting the slot graph (GroupQueryAttention, cache in place)")
     path = stage / "fp32" / decoder_slots.FILE
     decoder_slots.export_decoder_slots(model, path, opset)
-    layout = cache_layout(create_session(paths["decoder"]), model.config, kind)
+    layout = cache_layout(create_session(paths[DECODER]), model.config, kind)
     result = validate_decoder_slots(model, path, layout, model.config.vocab_size, atol)
     return {"role": decoder_slots.ROLE, "file": f"fp32/{decoder_slots.FILE}",
             "validation": {k: result[k] for k in ("atol", "max_abs_diff", "passed")}}
@@ -122,7 +117,7 @@ def _validate(model: Any, kind: str, paths: dict[str, Path], atol: float) -> dic
     cfg = model.config
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     if kind == "decoder":
-        return validate_decoder(model, paths["decoder"], cfg.vocab_size, pad, atol)
+        return validate_decoder(model, paths[DECODER], cfg.vocab_size, pad, atol)
     return validate_seq2seq(model, paths, cfg.vocab_size, pad, int(cfg.decoder_start_token_id), atol)
 
 
@@ -184,17 +179,17 @@ def max_positions(config: Any, tokenizer: Any) -> int:
 
 def _manifest(ckpt: Checkpoint, task: str, kind: str, stage: Path, tokenizer: Any, model: Any,
               validation: dict[str, Any], opset: int | None, slots: dict[str, Any] | None = None) -> Manifest:
-    files = {role: f"fp32/{f}" for role, f in COMPONENTS[kind].items()}
+    files = {role: f"fp32/{f}" for role, f in GENERATIVE_FILES[kind].items()}
     if slots and "role" in slots:
         files[slots["role"]] = slots["file"]
-    main = "decoder_with_past" if kind == "seq2seq" else "decoder"
-    actual_opset = graph_opset(stage / files["decoder"])
+    main = DECODER_WITH_PAST if kind == "seq2seq" else "decoder"
+    actual_opset = graph_opset(stage / files[DECODER])
     session = create_session(stage / files[main])
     inputs, outputs = io_specs(session)
     names = [i.name for i in inputs]
     positions = max_positions(model.config, tokenizer)
     specials = special_tokens(model, tokenizer)
-    fp32 = fp32_variant(stage, files["decoder"], validation,
+    fp32 = fp32_variant(stage, files[DECODER], validation,
                         {**made_by(actual_opset), "requested_opset": opset},
                         providers=["cuda", "cpu"], components=files, cache_dtype="float32")
     generation = Generation(kind=kind, cache=cache_layout(session, model.config, kind), special_tokens=specials,

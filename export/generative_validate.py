@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from onnxformer.errors import ValidationError
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, ENCODER
 from onnxformer.export.validate import summarize
 from onnxformer.runtime.session import create_session
 
@@ -93,9 +94,9 @@ def validate_seq2seq(model: Any, paths: dict[str, Path], vocab: int, pad: int, s
     different steps in one call, as the continuous batch runs them (``_staggered``), when the graph can."""
     import torch
 
-    enc = create_session(paths["encoder"])
-    first = create_session(paths["decoder"])
-    step = create_session(paths["decoder_with_past"])
+    enc = create_session(paths[ENCODER])
+    first = create_session(paths[DECODER])
+    step = create_session(paths[DECODER_WITH_PAST])
     rng = np.random.default_rng(seed)
     cases = []
     for lengths, steps in SEQ2SEQ_CASES:

@@ -8,7 +8,7 @@ from typing import Any
 from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.dynamo import to_onnx
-from onnxformer.runtime.tasks import Task
+from onnxformer.artifact.tasks import Task
 
 # Trace shapes; validation then runs others (export/validate.py).
 TRACE_BATCH, TRACE_LENGTH = 2, 16

@@ -20,7 +20,7 @@ from onnxformer.export.dynamo import to_onnx
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import Case, validate
 from onnxformer.export.versions import library_versions
-from onnxformer.runtime.manifest import Architecture, build_manifest
+from onnxformer.artifact.manifest import Architecture, build_manifest
 
 Feeds = Mapping[str, np.ndarray]
 

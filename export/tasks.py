@@ -1,6 +1,6 @@
 """Which export a checkpoint gets: its task and family, read from the task and family registries.
 
-The registries themselves are runtime/tasks.py and runtime/families.py (one home for every stage);
+The registries themselves are artifact/tasks.py and artifact/families.py (one home for every stage);
 this module only applies them to a checkpoint's config.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from onnxformer.errors import CheckpointError
-from onnxformer.runtime import families
-from onnxformer.runtime.families import Family
-from onnxformer.runtime.tasks import TASKS, Task, canonical, exportable
+from onnxformer.artifact import families
+from onnxformer.artifact.families import Family
+from onnxformer.artifact.tasks import TASKS, Task, canonical, exportable
 
 
 def get_task(name: str) -> Task:

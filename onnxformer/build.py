@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.errors import CheckpointError
-from onnxformer.runtime.files import atomic_write_bytes
-from onnxformer.runtime.manifest import load_manifest
+from onnxformer.artifact.files import atomic_write_bytes
+from onnxformer.artifact.manifest import load_manifest
 
 Row = dict[str, Any]  # {"stage", "variant", "detail", "seconds"}
 Stage = Callable[[argparse.Namespace, Path, Callable[[str], None]], list[Row]]

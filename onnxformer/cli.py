@@ -21,7 +21,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
-    from onnxformer.runtime.tasks import ALIASES, exportable
+    from onnxformer.artifact.tasks import ALIASES, exportable
 
     aliases = ", ".join(f"{a} = {t}" for a, t in ALIASES.items())
     p.add_argument("--task", help=f"{' | '.join(exportable())} (aliases: {aliases}; default: inferred from the "

@@ -1,6 +1,6 @@
 """The accuracy-budget loop: keep the most sensitive quantized nodes in fp32 until fidelity is met.
 
-1. Quantize everything; if the task's budget metric (runtime/tasks.py) meets the floor, done.
+1. Quantize everything; if the task's budget metric (artifact/tasks.py) meets the floor, done.
 2. Otherwise measure each candidate node's sensitivity: quantize *only* that node and take the
    mean output error (1 − cosine of the raw outputs against the fp32 reference, over the
    evaluation texts). One quantization per node, each measured, nothing guessed.
@@ -21,7 +21,7 @@ import numpy as np
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import speed
 from onnxformer.quantize.fidelity import Evaluation, budget_metric, run_model
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.manifest import Manifest
 
 # build(exclude, only, out_dir) → path of the quantized graph
 Builder = Callable[[Sequence[str], "Sequence[str] | None", Path], Path]

@@ -9,7 +9,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.fidelity import evaluation_feeds
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.manifest import Manifest
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

@@ -10,7 +10,7 @@ number reflects the model and not the batch). Metrics:
 - question-answering: span agreement (same argmax start and end).
 
 Which of them the accuracy budget applies to, and its default floor, is the task registry's
-(``runtime/tasks.py``: ``budget_metric``, ``default_floor``).
+(``artifact/tasks.py``: ``budget_metric``, ``default_floor``).
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from onnxformer.errors import QuantizationError
-from onnxformer.runtime.files import confined
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.session import create_session
-from onnxformer.runtime.tasks import TASKS, budgeted
+from onnxformer.artifact.tasks import TASKS, budgeted
 from onnxformer.runtime.tokenizer import TextTokenizer
 
 Feeds = dict[str, np.ndarray]

@@ -24,11 +24,11 @@ from onnxformer.quantize.recipe import Job, Options, Recipe, make
 from onnxformer.quantize.source import publish, scratch_dir
 from onnxformer.quantize.texts import evaluation_texts
 from onnxformer.quantize.variants import generative_names, generative_recipes
-from onnxformer.runtime.dtypes import from_ort
-from onnxformer.runtime.files import confined
+from onnxformer.artifact.dtypes import from_ort
+from onnxformer.artifact.files import confined
 from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.generation.generator import SLOTS
-from onnxformer.runtime.manifest import REFERENCE, Manifest, load_manifest
+from onnxformer.artifact.roles import DECODER, ENCODER, SLOTS
+from onnxformer.artifact.manifest import REFERENCE, Manifest, load_manifest
 from onnxformer.runtime.session import create_session
 
 Progress = Callable[[str], None]
@@ -114,7 +114,7 @@ def teacher_forced_logits(gen: Generator, texts: Sequence[str], sessions: dict[s
         prompts = gen.prompts.encode([text], gen.max_positions, True, "positions")
         ids = prompts.ids
         if gen.kind == "decoder":
-            logits = decoder_logits(sessions["decoder"], ids)[:-1]
+            logits = decoder_logits(sessions[DECODER], ids)[:-1]
             targets = ids[0, 1:]
         else:  # the source is also the target: the decoder sees start + text[:-1]
             start = np.full((1, 1), gen.start_id, dtype=np.int64)
@@ -139,9 +139,9 @@ def decoder_logits(session: Any, ids: np.ndarray) -> np.ndarray:
 
 def seq2seq_logits(sessions: dict[str, Any], src: np.ndarray, decoder_ids: np.ndarray) -> np.ndarray:
     mask = np.ones_like(src)
-    hidden = sessions["encoder"].run(["last_hidden_state"], {"input_ids": src, "attention_mask": mask})[0]
+    hidden = sessions[ENCODER].run(["last_hidden_state"], {"input_ids": src, "attention_mask": mask})[0]
     feeds = {"input_ids": decoder_ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask}
-    return sessions["decoder"].run(["logits"], feeds)[0][0]
+    return sessions[DECODER].run(["logits"], feeds)[0][0]
 
 
 def fidelity(reference: Logits, variant: Logits) -> dict[str, Any]:

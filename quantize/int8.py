@@ -25,8 +25,8 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from onnxformer.quantize.source import MODEL_FILE
 from onnxformer.quantize.unfuse import expand_skip_layer_norms
-from onnxformer.runtime.cpu import read_cpuinfo, this_cpu
-from onnxformer.runtime.onnx_save import save_onnx
+from onnxformer.artifact.cpu import read_cpuinfo, this_cpu
+from onnxformer.artifact.onnx_save import save_onnx
 
 DYNAMIC_OPS = ("MatMul", "Attention")
 STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul

@@ -28,9 +28,9 @@ import onnx
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.source import MODEL_FILE
-from onnxformer.runtime.families import FAMILIES, find
-from onnxformer.runtime.manifest import Architecture
-from onnxformer.runtime.onnx_save import save_onnx
+from onnxformer.artifact.families import FAMILIES, find
+from onnxformer.artifact.manifest import Architecture
+from onnxformer.artifact.onnx_save import save_onnx
 
 ONNXSCRIPT, ORT_OPTIMIZER = "onnxscript.rewriter.ort_fusions", "onnxruntime.transformers.optimizer"
 # Contrib operators a fusion produces; their counts go into the manifest (``fused_ops``).

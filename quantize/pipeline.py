@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
-from onnxformer.quantize.recipe import MODEL, Built, Job, Options, make
+from onnxformer.artifact.roles import MODEL
+from onnxformer.quantize.recipe import Built, Job, Options, make
 from onnxformer.quantize.recipes import FusedFp32
 from onnxformer.quantize.speed import record_latencies
 from onnxformer.quantize.source import load_source, publish, scratch_dir
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
 from onnxformer.quantize.variants import plan
-from onnxformer.runtime.cpu import this_cpu
-from onnxformer.runtime.manifest import REFERENCE, Manifest, Variant, load_manifest
+from onnxformer.artifact.cpu import this_cpu
+from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant, load_manifest
 
 Progress = Callable[[str], None]
 

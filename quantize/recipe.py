@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from onnxformer.runtime.manifest import FUSED, REFERENCE, UNFUSED, Manifest
+from onnxformer.artifact.manifest import FUSED, REFERENCE, UNFUSED, Manifest
+from onnxformer.artifact.roles import MODEL
 
 Progress = Callable[[str], None]
-MODEL = "model"  # the role of an encoder's one graph
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ from onnxformer.quantize import fp16, int8, optimize
 from onnxformer.quantize.budget import meet_budget
 from onnxformer.quantize.calibration import calibration_method, text_reader
 from onnxformer.quantize.fidelity import budget_metric
-from onnxformer.quantize.recipe import MODEL, Built, Job, Options, Recipe
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, MODEL
+from onnxformer.quantize.recipe import Built, Job, Options, Recipe
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.smoothing import smooth_for_int8
 from onnxformer.quantize.source import MODEL_FILE
-from onnxformer.runtime.manifest import PER_CALL, STATIC_SCALES
-from onnxformer.runtime.onnx_save import save_onnx
+from onnxformer.artifact.manifest import PER_CALL, STATIC_SCALES
+from onnxformer.artifact.onnx_save import save_onnx
 
 # fp32-opt must reproduce fp32 to this fidelity on every task metric (fusions are exact up to fp32 rounding).
 FUSION_FLOOR = 0.999
@@ -249,7 +250,7 @@ class GenerativeRecipe(Recipe):
         made_by: dict[str, Any] = {}
         for role, source in job.sources.items():
             made_by = self.convert(source, graphs[role], job.options)
-        return self.built(job, graphs, made_by, main="decoder", cache_dtype=cache_dtype(graphs),
+        return self.built(job, graphs, made_by, main=DECODER, cache_dtype=cache_dtype(graphs),
                           activation_scales=self.activation_scales)
 
     def measure(self, job: Job, built: Built) -> dict[str, Any]:
@@ -347,7 +348,7 @@ def cache_dtype(graphs: dict[str, Path]) -> str:
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    graph = graphs.get("decoder_with_past", graphs["decoder"])
+    graph = graphs.get(DECODER_WITH_PAST, graphs[DECODER])
     inputs = onnx.load(str(graph), load_external_data=False).graph.input
     past = next(i for i in inputs if i.name.startswith("past_key_values."))
     return str(tensor_dtype_to_np_dtype(past.type.tensor_type.elem_type))

@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from onnxformer.errors import QuantizationError
-from onnxformer.runtime.onnx_save import save_onnx
+from onnxformer.artifact.onnx_save import save_onnx
 
 
 def annotate(source: Path, out: Path) -> Path:

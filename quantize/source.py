@@ -20,9 +20,9 @@ import onnx
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.fidelity import check_task
-from onnxformer.runtime import scratch
-from onnxformer.runtime.files import atomic_write_json
-from onnxformer.runtime.manifest import MANIFEST_NAME, Manifest, Variant, load_manifest, variant_record, verify_variant
+from onnxformer.artifact import scratch
+from onnxformer.artifact.files import atomic_write_json
+from onnxformer.artifact.manifest import MANIFEST_NAME, Manifest, Variant, load_manifest, variant_record, verify_variant
 
 if TYPE_CHECKING:
     from onnxformer.quantize.recipe import Built
@@ -88,7 +88,7 @@ def sweep_artifact(directory: Path) -> None:
     """Finish what a killed command left: scratch directories nobody holds, and the folders of an
     interrupted publish that the manifest does not reference (new ones never swapped in, old ones swapped out)."""
     scratch.sweep(directory, SCRATCH)
-    for written in (MANIFEST_NAME, JOURNAL):  # a killed atomic write's temp file (runtime/files.py names them)
+    for written in (MANIFEST_NAME, JOURNAL):  # a killed atomic write's temp file (artifact/files.py names them)
         scratch.sweep(directory, f".{written}.")
     journal = directory / JOURNAL
     if not journal.is_file():

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from onnxformer.errors import QuantizationError
-from onnxformer.runtime.manifest import load_manifest
-from onnxformer.runtime.tasks import budgeted
+from onnxformer.artifact.manifest import load_manifest
+from onnxformer.artifact.tasks import budgeted
 
 Row = dict[str, Any]
 Progress = Callable[[str], None]

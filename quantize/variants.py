@@ -12,7 +12,7 @@ from typing import Sequence
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import recipes
 from onnxformer.quantize.recipe import Recipe
-from onnxformer.runtime.manifest import REFERENCE
+from onnxformer.artifact.manifest import REFERENCE
 
 
 def quantizers() -> list[Recipe]:

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from onnxformer.runtime.manifest import load_manifest
+from onnxformer.artifact.manifest import load_manifest
 from onnxformer.runtime.model import Model
 
 __all__ = ["Model", "load_manifest"]

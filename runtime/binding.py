@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxformer.errors import InputError
-from onnxformer.runtime.dtypes import DTYPES, from_ort, numpy_name
+from onnxformer.artifact.dtypes import DTYPES, from_ort, numpy_name
 
 _MIN_CAPACITY = 1024
 

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from onnxformer.errors import ArtifactError, InputError
-from onnxformer.runtime.manifest import Postprocess
+from onnxformer.artifact.manifest import Postprocess
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ import os
 from pathlib import Path, PurePosixPath
 
 from onnxformer.errors import IntegrityError
-from onnxformer.runtime.files import confined
-from onnxformer.runtime.manifest import Variant
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Variant
 from onnxformer.runtime.onnx_wire import external_locations
 
 

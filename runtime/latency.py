@@ -15,12 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onnxformer.runtime.cpu import CpuInfo
+from onnxformer.artifact.cpu import CpuInfo
 from onnxformer.runtime.external import check_external_data
-from onnxformer.runtime.files import atomic_write_json
-from onnxformer.runtime.manifest import Manifest, verify_variant
+from onnxformer.artifact.files import atomic_write_json
+from onnxformer.artifact.manifest import Manifest, verify_variant
 from onnxformer.runtime.session import create_session
-from onnxformer.runtime.timing import time_calls
+from onnxformer.artifact.timing import time_calls
 
 SEQUENCE = 128
 MAX_RUNS = 30

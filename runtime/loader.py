@@ -18,16 +18,16 @@ from onnxformer.errors import ArtifactError, ProviderError
 from onnxformer.runtime import latency
 from onnxformer.runtime import providers as registry
 from onnxformer.runtime.binding import Runner
-from onnxformer.runtime.cpu import this_cpu
+from onnxformer.artifact.cpu import this_cpu
 from onnxformer.runtime.external import check_external_data
-from onnxformer.runtime.files import confined
-from onnxformer.runtime.manifest import Manifest, Variant, verify_files, verify_variant
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Manifest, Variant, verify_files, verify_variant
+from onnxformer.artifact.roles import MODEL
 from onnxformer.runtime.session import session_options
-from onnxformer.runtime.tasks import TASKS, get_task
+from onnxformer.artifact.tasks import TASKS, get_task
 from onnxformer.runtime.variants import Choice, check_explicit, choose
 
 log = logging.getLogger("onnxformer.runtime")
-MAIN = "model"  # the role of an encoder variant's single graph
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Opened:
 
     @property
     def runner(self) -> Runner:
-        return self.runners[MAIN]
+        return self.runners[MODEL]
 
     @property
     def record(self) -> Variant:
@@ -131,7 +131,7 @@ def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, prov
     choice = choice if isinstance(choice, Choice) else Choice(choice, "requested by the caller")
     record = manifest.variant(choice.variant)
     verify_variant(directory, manifest, choice.variant)  # sha256 before ORT sees any file
-    graphs = record.components or {MAIN: record.file}
+    graphs = record.components or {MODEL: record.file}
     paths = {role: confined(directory, rel) for role, rel in graphs.items()}
     for path in paths.values():
         check_external_data(directory, record, path)

@@ -15,16 +15,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tokenizers import Encoding
 
-from onnxformer.errors import InputError
+from onnxformer.errors import InputError, InputKind
 from onnxformer.runtime import classification, pairs, qa, tagging
 from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from onnxformer.runtime.binding import Runner
-from onnxformer.runtime.files import confined
+from onnxformer.artifact.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_artifact
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.runtime.pairs import TextInput
 from onnxformer.runtime.pooling import l2_normalize, pool, truncate_dims
-from onnxformer.runtime.tasks import get_task
+from onnxformer.artifact.tasks import get_task
 from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
 
 # per batch: (feeds, encodings) → one result per encoding
@@ -215,7 +215,7 @@ class Model:
     def _require(self, task: str, method: str) -> None:
         if self.task != task:
             raise InputError(f"{method}() needs a {task} model; {self.directory} is {self.task} "
-                             f"(use {get_task(self.task).method}() or run())")
+                             f"(use {get_task(self.task).method}() or run())", InputKind.WRONG_TASK)
 
     def _logits_width(self) -> int:
         spec = self.manifest.output("logits")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from onnxformer.errors import ProviderError
-from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant
+from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant
 
 log = logging.getLogger("onnxformer.runtime")
 

@@ -11,7 +11,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from onnxformer.errors import ArtifactError, InputError
-from onnxformer.runtime.manifest import TokenizerSpec
+from onnxformer.artifact.manifest import TokenizerSpec
 
 
 @dataclass

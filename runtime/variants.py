@@ -5,7 +5,7 @@ latencies it measured with the CPU it measured them on); the chooser reads them 
 a fidelity number for the budget metric is never assumed good, except ``fp32`` itself, which is the reference.
 
 On the CPU, "fastest" is measured, not assumed: when every eligible variant has a latency recorded on a CPU of
-this kind (same model name and kernel flags, ``runtime/cpu.py``) or measured at load (``runtime/latency.py``),
+this kind (same model name and kernel flags, ``artifact/cpu.py``) or measured at load (``runtime/latency.py``),
 the one with the lowest wins. Without measurements (or off), a fixed precision order stands in.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from onnxformer.errors import ProviderError
-from onnxformer.runtime.cpu import CpuInfo, this_cpu
-from onnxformer.runtime.manifest import REFERENCE, Manifest, Variant
+from onnxformer.artifact.cpu import CpuInfo, this_cpu
+from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant
 from onnxformer.runtime.providers import REGISTRY
-from onnxformer.runtime.tasks import TASKS, get_task
+from onnxformer.artifact.tasks import TASKS, get_task
 
 log = logging.getLogger("onnxformer.runtime")
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from onnxformer.errors import ErrorKind, ServingError
+from onnxformer.serve.errors import ErrorKind, ServingError
 
 log = logging.getLogger("onnxformer.serve")
 

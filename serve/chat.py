@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxformer.errors import ErrorKind, ServingError
-from onnxformer.runtime.files import confined
+from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.artifact.files import confined
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 

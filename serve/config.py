@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.errors import ServingError
 
 
 def option(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:

@@ -15,7 +15,9 @@ import logging
 import time
 from typing import Any
 
-from onnxformer.errors import ArtifactError, ErrorKind, InputError, ServingError
+from onnxformer.errors import ArtifactError, InputError
+
+from onnxformer.serve.errors import ErrorKind, ServingError, error_kind
 from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
@@ -108,10 +110,8 @@ class GenerationService:
         for prompt in prompts:
             try:
                 seqs.append(self.batch.prepare(prompt, req.max_tokens, **req.options()))
-            except InputError as e:  # over the positions or the batch's cached tokens: the numbers, 422
-                over = "positions" in str(e) or "cached tokens" in str(e)
-                kind = ErrorKind.UNPROCESSABLE if over else ErrorKind.BAD_REQUEST
-                raise ServingError(str(e), kind) from None
+            except InputError as e:  # the kind decides the status (a prompt over what the batch holds: 422)
+                raise ServingError(str(e), error_kind(e)) from None
         return BatchJob(self, seqs)
 
     def admit(self) -> "Slot":

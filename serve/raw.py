@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxformer.errors import ErrorKind, ServingError
-from onnxformer.runtime.dtypes import from_name
-from onnxformer.runtime.manifest import TensorSpec, tensor_spec
+from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.artifact.dtypes import from_name
+from onnxformer.artifact.manifest import TensorSpec, tensor_spec
 from onnxformer.serve.kserve import InferRequest, Tensor, v2_datatype
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def raw_feeds(service: ModelService, req: InferRequest) -> dict[str, np.ndarray]
     specs = input_specs(service)
     expected = [s.name for s in specs]
     if sorted(req.inputs) != sorted(expected):
-        text = ' (or the "text" BYTES input)' if service.spec.text_outputs else ""
+        text = ' (or the "text" BYTES input)' if service.routes.text_outputs else ""
         raise ServingError(f"inputs {sorted(req.inputs)} do not match the model's: send {expected}{text}",
                            ErrorKind.BAD_REQUEST)
     for spec in specs:

@@ -7,8 +7,8 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from onnxformer import __version__
-from onnxformer.errors import ErrorKind, ServingError
-from onnxformer.runtime.tasks import TASKS
+from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.task_routes import text_tasks
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.httpio import read_body, within
 from onnxformer.serve.kserve import (BYTES, HEADER_LENGTH, InferRequest, encode_response, parse_infer, tensor_metadata,
@@ -17,7 +17,7 @@ from onnxformer.serve.raw import raw_feeds
 from onnxformer.serve.service import ModelService
 from onnxformer.serve.state import Service, server_state
 
-TEXT_INPUT = "text"  # the BYTES input; what it yields per task is the registry's ``Task.text_outputs``
+TEXT_INPUT = "text"  # the BYTES input; what it yields per task is the route table's ``text_outputs`` (task_routes.py)
 
 health = APIRouter()  # open: load balancers and kubelets probe without credentials
 router = APIRouter()
@@ -75,7 +75,7 @@ def model_metadata_doc(service: Service) -> dict[str, Any]:
                 "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
                                               "provider": service.generator.provider, "endpoint": "/v1/completions",
                                               **service.limits()}}
-    m, text_outputs = service.model.manifest, service.spec.text_outputs
+    m, text_outputs = service.model.manifest, service.routes.text_outputs
     text = [{"name": TEXT_INPUT, "datatype": BYTES, "shape": [-1]}] if text_outputs else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": text + tensor_metadata(m.inputs),
@@ -123,10 +123,10 @@ async def _infer_text(service: ModelService, req: InferRequest) -> dict[str, np.
     if len(req.inputs) != 1:
         raise ServingError(f'send either the "{TEXT_INPUT}" input alone or the raw tensors, not both',
                            ErrorKind.BAD_REQUEST)
-    handler = _TEXT_HANDLERS.get(service.spec.method) if service.spec.text_outputs else None
+    handler = _TEXT_HANDLERS.get(service.spec.method) if service.routes.text_outputs else None
     if handler is None:
-        served = sorted(n for n, t in TASKS.items() if t.text_outputs)
-        instead = " or ".join([*service.spec.endpoints, "raw tensors"])
+        served = sorted(text_tasks())
+        instead = " or ".join([*service.routes.endpoints, "raw tensors"])
         raise ServingError(f'the "{TEXT_INPUT}" input serves {served} models; {service.name!r} is '
                            f"{service.task}: use {instead}", ErrorKind.BAD_REQUEST)
     return await handler(service, text_input(req, TEXT_INPUT))
@@ -144,7 +144,7 @@ async def _classify_text(service: ModelService, texts: list[str]) -> dict[str, n
     return {"logits": logits, "label": np.array(labels, dtype=np.object_)}
 
 
-# what the text input runs, by the task's method (its outputs are the registry's ``text_outputs``)
+# what the text input runs, by the task's method (its outputs are the route table's ``text_outputs``)
 _TEXT_HANDLERS: dict[str, Callable[[ModelService, list[str]], Awaitable[dict[str, np.ndarray]]]] = {
     "embed": _embed_text, "classify": _classify_text,
 }

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import uvicorn
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.errors import ServingError
 from onnxformer.progress import console
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.manifest import Manifest
-from onnxformer.runtime.tasks import get_task
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import get_task
 from onnxformer.serve.app import create_app
 from onnxformer.serve.config import ServeConfig
 

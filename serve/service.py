@@ -9,9 +9,12 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 from tokenizers import Encoding
 
-from onnxformer.errors import ErrorKind, InputError, ServingError
+from onnxformer.errors import InputError
+
+from onnxformer.serve.errors import ErrorKind, ServingError
 from onnxformer.runtime import Model
-from onnxformer.runtime.tasks import TASKS, get_task
+from onnxformer.artifact.tasks import get_task
+from onnxformer.serve.task_routes import routes_for, serving
 from onnxformer.runtime.tokenizer import check_texts
 from onnxformer.serve.batching import Scheduler
 from onnxformer.serve.config import ServeConfig
@@ -26,7 +29,8 @@ class ModelService:
         self.scheduler = scheduler
         self.name: str = model.manifest.name or model.directory.name
         self.task = model.task
-        self.spec = get_task(model.task)  # the registry's entry: endpoints, text outputs, tokenizer
+        self.spec = get_task(model.task)  # the registry's entry: method, tokenizer
+        self.routes = routes_for(self.spec.name)  # what serves it: endpoints, the KServe text input
         limit = model.manifest.max_length  # None: no tokenizer (raw), only --max-tokens-per-text applies
         tokenizer = model.tokenizer
         self.vocab_size: int | None = tokenizer.vocab_size if tokenizer is not None else None
@@ -99,8 +103,8 @@ class ModelService:
     # --- guards ------------------------------------------------------------------------------------
     def require(self, endpoint: str) -> None:
         """``endpoint`` must be one the registry lists for this model's task."""
-        if endpoint not in self.spec.endpoints:
-            serves = " or ".join(n for n, t in TASKS.items() if endpoint in t.endpoints)
+        if endpoint not in self.routes.endpoints:
+            serves = " or ".join(serving(endpoint))
             raise ServingError(f"{endpoint} needs a {serves} model; {self.name!r} is {self.task}",
                                ErrorKind.BAD_REQUEST)
 

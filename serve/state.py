@@ -7,10 +7,10 @@ from typing import Any, Callable, Union
 
 from fastapi import Request
 
-from onnxformer.errors import ErrorKind, ServingError
+from onnxformer.serve.errors import ErrorKind, ServingError
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.tasks import tasks_where
+from onnxformer.artifact.tasks import tasks_where
 from onnxformer.serve.batching import BatchLimits, Scheduler
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.generation import GenerationService

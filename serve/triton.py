@@ -17,13 +17,15 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from onnxformer.errors import ArtifactError, ServingError
-from onnxformer.runtime.dtypes import DTYPES, from_ort
-from onnxformer.runtime.files import atomic_write_bytes, confined, default_mode
-from onnxformer.runtime.manifest import Manifest, TensorSpec, Variant, verify_variant
+from onnxformer.errors import ArtifactError
+
+from onnxformer.serve.errors import ServingError
+from onnxformer.artifact.dtypes import DTYPES, from_ort
+from onnxformer.artifact.files import atomic_write_bytes, confined, default_mode
+from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant, verify_variant
 from onnxformer.runtime.providers import profile_options, shape_profile
-from onnxformer.runtime.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
-from onnxformer.runtime.tasks import get_task
+from onnxformer.artifact.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
+from onnxformer.artifact.tasks import get_task
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}

@@ -11,8 +11,8 @@ import pytest
 
 from onnxformer.quantize.pipeline import quantize_artifact
 from onnxformer.runtime import Model
-from onnxformer.runtime.manifest import PER_CALL, load_manifest
-from onnxformer.serve.testing import running_server
+from onnxformer.artifact.manifest import PER_CALL, load_manifest
+from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ from onnxformer.benchmarks.runners import ArtifactContext, Runner, variant_candi
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import IntegrityError
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.manifest import Manifest
 
 FAST = Budget(warmup=1, iters=3, seconds=None)
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "iterations", "seq_per_s", "tokens_per_s")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxformer.benchmarks import stage
-from onnxformer.benchmarks.baselines import load_pytorch, source_path
+from onnxformer.benchmarks.availability import load_pytorch, source_path
 from onnxformer.benchmarks.cli import int_list
 from onnxformer.benchmarks.peers import PYTORCH, peer_candidates
 from onnxformer.benchmarks.providers import resolve, tensorrt_precisions
@@ -16,7 +16,7 @@ from onnxformer.benchmarks.runners import ArtifactContext
 from onnxformer.cli import main
 from onnxformer.errors import ProviderError
 from onnxformer.runtime.loader import LoadOptions, provider_options
-from onnxformer.runtime.manifest import load_manifest
+from onnxformer.artifact.manifest import load_manifest
 from onnxformer.runtime.providers import session_providers
 
 

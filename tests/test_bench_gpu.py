@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from onnxformer.benchmarks.gpu import driver, plan
-from onnxformer.benchmarks.gpu.install import install_commands
+from gpu import driver, plan
+from gpu.install import install_commands
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import write_report
 from onnxformer.benchmarks.stats import Budget
@@ -114,7 +114,7 @@ def test_driver_on_a_real_gpu(tmp_path):
 
 
 # --- offline install (no package index) ------------------------------------------------------------------------
-from onnxformer.benchmarks.gpu import install, summary, wheelhouse  # noqa: E402
+from gpu import install, summary, wheelhouse  # noqa: E402
 
 ORT_WHEEL = "onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
 GPU_MACHINE = {"torch": "2.11.0+cu130", "transformers": "5.17.0", "numpy": "2.5.2", "tokenizers": "0.23.2",
@@ -308,9 +308,9 @@ def test_pytorch_half_and_sdpa_match_fp32(tiny_artifact):
     """The fp16-weight and SDPA paths of load_pytorch, run on the CPU (the GPU check runs them on CUDA)."""
     import numpy as np
 
-    from onnxformer.benchmarks.baselines import load_pytorch, source_path
+    from onnxformer.benchmarks.availability import load_pytorch, source_path
     from onnxformer.benchmarks.runners import ArtifactContext
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     art = tiny_artifact("bert", "feature-extraction")
     ctx = ArtifactContext(art, load_manifest(art), 1, 1)
@@ -335,7 +335,7 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
     from onnxformer.benchmarks.runners import ArtifactContext, packed_graph, variant_candidates
     from onnxformer.errors import ArtifactError
     from onnxformer.quantize.pipeline import optimize_artifact
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     legacy = Path(shutil.copytree(Path(__file__).parent / "data" / "legacy-tiny-bert-transformers4", tmp_path / "old"))
     optimize_artifact(legacy)
@@ -364,9 +364,9 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
 
 def test_mixed_length_throughput_rows_on_cpu(tiny_artifact, tmp_path):
     """The mixed-length run's loop, on CPU configurations (the GPU check runs it on CUDA ones)."""
-    from onnxformer.benchmarks.gpu import throughput
+    from gpu import throughput
     from onnxformer.benchmarks.runners import ArtifactContext, Candidate, variant_candidates
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     texts = throughput.mixed_texts(64)
     lengths = [len(t.split()) for t in texts]

@@ -13,7 +13,7 @@ PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; P
 
 def test_every_registered_decoder_has_a_tiny_config():
     from onnxformer.export.generative_random import tiny_config
-    from onnxformer.runtime.families import DECODER, names
+    from onnxformer.artifact.families import DECODER, names
 
     assert set(NEW_FAMILIES) <= set(names(DECODER))
     for family in names(DECODER):

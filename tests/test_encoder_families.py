@@ -11,7 +11,7 @@ import pytest
 
 from onnxformer.errors import CheckpointError
 from onnxformer.runtime import Model
-from onnxformer.runtime.families import DECODER, ENCODER, Family, get_family, register
+from onnxformer.artifact.families import DECODER, ENCODER, Family, get_family, register
 from onnxformer.runtime.pooling import pool
 from conftest import TASK_CLASSES, manifest_json
 
@@ -218,7 +218,7 @@ def test_smoothing_shares_one_mul_between_q_k_and_v(embedder, copy_artifact, tmp
     from onnxformer.quantize.fidelity import evaluation_feeds
     from onnxformer.quantize.pipeline import optimize_artifact
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     art = copy_artifact(embedder[1])  # Qwen3: q_proj, k_proj, v_proj read one normalized activation
     optimize_artifact(art)

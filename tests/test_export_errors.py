@@ -13,7 +13,7 @@ import pytest
 from onnxformer.cli import main
 from onnxformer.errors import ArtifactError, CheckpointError, ValidationError
 from onnxformer.export import export_checkpoint
-from onnxformer.runtime.manifest import is_artifact
+from onnxformer.artifact.manifest import is_artifact
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

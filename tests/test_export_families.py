@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxformer.export import ENCODER_FAMILIES, export_checkpoint
-from onnxformer.runtime.manifest import load_manifest, verify_variant
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 from conftest import manifest_json
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")

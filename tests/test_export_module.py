@@ -7,7 +7,7 @@ import torch
 
 from onnxformer.errors import ValidationError
 from onnxformer.export.pytorch import export_module
-from onnxformer.runtime.manifest import load_manifest, verify_variant
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 from conftest import manifest_json
 
 

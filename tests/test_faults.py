@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from onnxformer.runtime import Model
-from onnxformer.runtime.manifest import Manifest
+from onnxformer.artifact.manifest import Manifest
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -29,7 +29,7 @@ def _ops(path: Path) -> set[str]:
 
 
 def test_every_variant_is_recorded_with_fidelity(quantized):
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     m = load_manifest(quantized)
     assert set(m.variants) == {"fp32", "fp16", "int8", "int4"}
@@ -47,7 +47,7 @@ def test_every_variant_is_recorded_with_fidelity(quantized):
 
 
 def test_variants_use_the_quantized_operators(quantized):
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     m = load_manifest(quantized)
     decoder = Path(m.variants["int4"].components["decoder"]).name
@@ -94,7 +94,7 @@ def test_bad_requests_are_refused(quantized, tiny_artifact):
 
 def test_build_stage_quantizes_generative_artifacts(quantized, copy_artifact):
     from onnxformer.quantize.stage import quantize_stage
-    from onnxformer.runtime.manifest import load_manifest, verify_variant
+    from onnxformer.artifact.manifest import load_manifest, verify_variant
 
     art = copy_artifact(quantized)
     rows = quantize_stage(art, lambda _: None)
@@ -135,8 +135,8 @@ def test_dynamic_int8_says_its_rows_depend_on_their_batch_mates(quantized):
     """One activation scale per call (DynamicQuantizeLinear): the manifest records it, the generator and the
     server's metadata say so; fp32, fp16 and int4 are batch-invariant."""
     from onnxformer.runtime.generation import Generator
-    from onnxformer.runtime.manifest import PER_CALL, load_manifest
-    from onnxformer.serve.testing import running_server
+    from onnxformer.artifact.manifest import PER_CALL, load_manifest
+    from devkit.servers import running_server
 
     m = load_manifest(quantized)
     assert m.variants["int8"].activation_scales == PER_CALL and not m.variants["int8"].batch_invariant

@@ -13,7 +13,7 @@ import pytest
 
 from onnxformer.errors import IntegrityError, OnnxformerError
 from onnxformer.runtime import Model
-from onnxformer.runtime.manifest import sha256_file
+from onnxformer.artifact.manifest import sha256_file
 
 
 def _manifest(art: Path) -> dict:

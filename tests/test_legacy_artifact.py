@@ -11,7 +11,7 @@ import pytest
 
 from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 from onnxformer.runtime import Model
-from onnxformer.runtime.manifest import load_manifest, verify_variant
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy-tiny-bert-transformers4"

@@ -20,7 +20,7 @@ from onnxformer.quantize import fp16, int8
 from onnxformer.quantize.fidelity import evaluation_feeds, run_model
 from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
-from onnxformer.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
+from onnxformer.artifact.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 
 
 def _scaled_checkpoint(src: Path, dst: Path, scale_fn) -> Path:
@@ -270,7 +270,7 @@ def test_bad_input_is_one_line_and_leaves_manifest_identical(loud_artifact, copy
 
 def test_already_quantized_fp32_file_is_refused(loud_artifact, copy_artifact, capsys):
     """An artifact whose fp32 graph is secretly quantized (and re-hashed): refused by inspecting the graph."""
-    from onnxformer.runtime.manifest import variant_record
+    from onnxformer.artifact.manifest import variant_record
 
     art = copy_artifact(loud_artifact)
     quantize_artifact(art, "int8", budget=0.01)
@@ -317,7 +317,7 @@ def test_every_recipe_is_chosen_through_the_registry():
 
 
 def test_variants_record_whether_their_graph_is_fused(tiny_artifact, copy_artifact):
-    from onnxformer.runtime.manifest import FUSED, UNFUSED
+    from onnxformer.artifact.manifest import FUSED, UNFUSED
 
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     quantize_artifact(art, "int8", budget=0.01)  # fuses fp32-opt on the way

@@ -82,7 +82,7 @@ def test_rerank_routes_match_the_runtime_and_tei_shapes(reranker, tiny_artifact)
     """/v1/rerank (Cohere/Jina shape) and text-embeddings-inference's /rerank, against Model.rerank."""
     import httpx
 
-    from onnxformer.serve.testing import running_server
+    from devkit.servers import running_server
 
     expected = reranker.rerank(QUERY, DOCS)
     with running_server(lambda: reranker) as url:

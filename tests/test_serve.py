@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from onnxformer.runtime import Model
-from onnxformer.serve.testing import Gate, running_server
+from devkit.servers import Gate, running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -323,7 +323,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_artifact):
     import subprocess
     import sys
 
-    from onnxformer.serve.testing import free_port
+    from devkit.servers import free_port
 
     directory = tiny_artifact("bert", "feature-extraction")
     port = free_port()

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.errors import ServingError
 from onnxformer.serve.batching import BatchLimits, Scheduler
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from onnxformer.runtime.generation import Generator
-from onnxformer.serve.testing import running_server
+from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,9 +11,9 @@ import pytest
 
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.serve.fuzz import Generator as Fuzz
-from onnxformer.serve.fuzz import Routes, lying_content_length, problems, send
-from onnxformer.serve.testing import running_server
+from devkit.fuzz import Generator as Fuzz
+from devkit.fuzz import Routes, lying_content_length, problems, send
+from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,7 +76,7 @@ def test_hostile_completions(gen_artifact):
 ])
 def test_completion_parameters_refused_by_name(gen_artifact, field, value, words):
     from onnxformer.serve.schemas import CompletionRequest, parse_body
-    from onnxformer.errors import ServingError
+    from onnxformer.serve.errors import ServingError
     import json
 
     with pytest.raises(ServingError) as e:

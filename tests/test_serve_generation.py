@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from onnxformer.runtime.generation import Generator, Run
-from onnxformer.serve.testing import running_server
+from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from onnxformer.runtime import Model
-from onnxformer.serve.testing import free_port, running_server
+from devkit.servers import free_port, running_server
 
 pytestmark = pytest.mark.timeout(120)
 TEXTS = ["The cat sat on the mat.", "ONNX Runtime on two cores", "hello"]

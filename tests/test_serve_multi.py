@@ -8,7 +8,7 @@ import pytest
 
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.serve.testing import free_port, running_server
+from devkit.servers import free_port, running_server
 
 pytestmark = pytest.mark.timeout(180)
 TEXTS = ["The cat sat on the mat.", "ONNX Runtime on two cores"]
@@ -65,7 +65,7 @@ def test_triton_http_and_grpc_clients_reach_each_model_by_name(two):
 
 
 def test_served_model_names_must_match_the_directories(tiny_artifact):
-    from onnxformer.errors import ServingError
+    from onnxformer.serve.errors import ServingError
     from onnxformer.serve.config import ServeConfig
     from onnxformer.serve.server import served_names
 

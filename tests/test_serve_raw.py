@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxformer.runtime import Model
-from onnxformer.serve.testing import running_server
+from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,7 +148,7 @@ def test_cli_serves_a_raw_artifact(head, raw_artifact):
     import sys
     import time
 
-    from onnxformer.serve.testing import free_port
+    from devkit.servers import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -71,7 +71,7 @@ def test_slot_graph_logits_equal_the_shared_width_graph(gen):
 def test_a_family_the_slot_graph_cannot_serve_keeps_the_shared_width_batch(tmp_path):
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
-    from onnxformer.runtime.manifest import load_manifest
+    from onnxformer.artifact.manifest import load_manifest
 
     ckpt = make_generative_checkpoint(tmp_path / "ckpt", "gpt2", scale_attn_by_inverse_layer_idx=True)
     export_checkpoint(str(ckpt), tmp_path / "art")

@@ -8,8 +8,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from onnxformer.cli import main
-from onnxformer.errors import ServingError
-from onnxformer.runtime.files import sha256_file
+from onnxformer.serve.errors import ServingError
+from onnxformer.artifact.files import sha256_file
 from onnxformer.serve.triton import TritonOptions, export_triton
 
 
@@ -82,7 +82,7 @@ def test_configs_are_checked_against_the_graph(tiny_artifact, copy_artifact, tmp
     """Triton's rules, not only the protobuf schema: names, types and dims must match the ONNX graph."""
     import dataclasses
 
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.serve.triton import check_config, model_config
 
     artifact = tiny_artifact("bert", "feature-extraction")

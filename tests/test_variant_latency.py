@@ -9,8 +9,8 @@ import pytest
 
 from onnxformer.errors import ArtifactError
 from onnxformer.runtime import Model, latency
-from onnxformer.runtime.cpu import CpuInfo, read_cpuinfo, this_cpu
-from onnxformer.runtime.manifest import Latency, Manifest, load_manifest
+from onnxformer.artifact.cpu import CpuInfo, read_cpuinfo, this_cpu
+from onnxformer.artifact.manifest import Latency, Manifest, load_manifest
 from onnxformer.runtime.variants import choose
 
 ZEN2 = CpuInfo("AMD EPYC 7B12", ("avx2",))

@@ -3,7 +3,7 @@ against PyTorch CUDA fp32, fp16 autocast, fp16 weights, fp16 + SDPA and torch.co
 within the time limit. Whatever cannot run (no GPU, no CUDA provider, no TensorRT) is written as
 "not measured: why" (summary.py).
 
-    python -m onnxformer.benchmarks.gpu.driver --out benchmarks/gpu/results [--models minilm,bert-base]
+    python -m gpu.driver --out benchmarks/gpu/results [--models minilm,bert-base]
 
 When the time limit is reached, the benchmark in progress stops as on Ctrl-C and its partial
 results are written (marked interrupted).
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onnxformer.benchmarks.gpu.plan import (TIME_LIMIT_SECONDS, check_gpu, gpu_settings, provider_problem,
+from gpu.plan import (TIME_LIMIT_SECONDS, check_gpu, gpu_settings, provider_problem,
                                             seconds_per_config, tensorrt_library)
-from onnxformer.benchmarks.gpu.summary import planned_configs, write_summary
+from gpu.summary import planned_configs, write_summary
 from onnxformer.errors import OnnxformerError, ProviderError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +48,7 @@ def arm_deadline(deadline: float) -> None:
 
 def summary_markdown(gpu: str, reports: dict[str, dict[str, Any]]) -> str:
     """The summary table of ``reports`` alone (summary.py), as gpu-summary.md holds it."""
-    from onnxformer.benchmarks.gpu.summary import markdown, summary_rows
+    from gpu.summary import markdown, summary_rows
 
     return markdown(gpu, summary_rows(list(reports), reports, {}), [], list(reports))
 
@@ -128,10 +128,10 @@ def usable_providers() -> tuple[list[str], list[str]]:
 def mixed_run(artifact: Path, work: Path, providers: list[str], deadline: float) -> list[dict[str, Any]]:
     """The mixed-length throughput rows (throughput.py) for ``artifact``: PyTorch fp16 + SDPA vs our CUDA fp16,
     padded and packed."""
-    from onnxformer.benchmarks.gpu.throughput import mixed_texts, run_mixed
+    from gpu.throughput import mixed_texts, run_mixed
     from onnxformer.benchmarks.peers import PYTORCH, peer_candidates
     from onnxformer.benchmarks.runners import ArtifactContext, variant_candidates
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
 
     ctx = ArtifactContext(artifact, Manifest.load(artifact), 1, 32)
     candidates = peer_candidates(ctx, work, {PYTORCH: ["cuda"]}) + variant_candidates(ctx, None, providers)

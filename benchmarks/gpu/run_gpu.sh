@@ -74,7 +74,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 LEFT=$(( DEADLINE - $(date +%s) ))
 [ "$LEFT" -gt 30 ] || { echo "gpu check: the install used the whole 8 minutes" >&2; exit 1; }
 set +e
-timeout --signal=INT --kill-after=15 "$LEFT" "$PYTHON" -m onnxformer.benchmarks.gpu.driver --out "$OUT" --deadline "$DEADLINE" \
+timeout --signal=INT --kill-after=15 "$LEFT" env PYTHONPATH="$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m gpu.driver --out "$OUT" --deadline "$DEADLINE" \
   --models "$MODELS"
 CODE=$?
 set -e

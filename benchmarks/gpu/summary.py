@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from onnxformer.benchmarks.peers import PEERS, PYTORCH
-from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
+from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
 
 SCHEMA = "onnxformer-gpu-summary/1"
 SHAPES: tuple[tuple[int, int], ...] = ((1, 128), (8, 128), (32, 128))

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.runtime.dtypes import from_name
+from onnxformer.artifact.dtypes import from_name
 
 
 

@@ -9,17 +9,16 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import ArtifactError, InputError
-from onnxformer.runtime.files import confined
+from onnxformer.errors import ArtifactError, InputError, InputKind
+from onnxformer.artifact.files import confined
 from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
-from onnxformer.runtime.manifest import REFERENCE, Generation, Manifest
-
-SLOTS = "decoder_slots"  # the decoder's slot graph (continuous batching; runtime/generation/slots.py)
+from onnxformer.artifact.manifest import REFERENCE, Generation, Manifest
+from onnxformer.artifact.roles import DECODER, SLOTS
 
 
 class Generator:
@@ -62,7 +61,7 @@ class Generator:
             variant = REFERENCE  # generative variants trade fidelity for speed only when asked for by name
         # The slot graph (continuous batching) starts only when a batch scheduler asks for it: a solo generation
         # never holds a second copy of the weights; nor does a batch on the slot graph hold the solo graph's.
-        deferred = (SLOTS, "decoder") if batching and _has_slots(directory) else (SLOTS,)
+        deferred = (SLOTS, DECODER) if batching and _has_slots(directory) else (SLOTS,)
         opened = open_artifact(directory, LoadOptions(provider, variant, None, threads, strict, io_binding=False,
                                                       deferred=deferred), generative=True)
         if not opened.record.components:
@@ -104,7 +103,7 @@ class Generator:
         room = self.max_positions - opts.max_new_tokens
         if room < 1:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} leaves no room for a prompt in this "
-                             f"model's {self.max_positions} positions; lower max_new_tokens")
+                             f"model's {self.max_positions} positions; lower max_new_tokens", InputKind.TOO_LONG)
         return self.prompts.encode(batch, room, opts.truncate,
                                    f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
                                    f"in this model's {self.max_positions} positions")
@@ -116,7 +115,7 @@ class Generator:
             return self.encode_prompts(batch, opts)
         if opts.max_new_tokens + 1 > self.max_positions:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
-                             "decoder positions; lower it")
+                             "decoder positions; lower it", InputKind.TOO_LONG)
         return self.prompts.encode(batch, self.max_positions, opts.truncate, "token limit of this model's encoder")
 
     def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
@@ -124,7 +123,7 @@ class Generator:
         if self.kind == "decoder":
             history = np.where(inputs.mask == 1, inputs.ids, -1)
             spec = self.manifest.generation
-            stepper: Stepper = DecoderStepper(self.sessions["decoder"], self.cache_layout, inputs, opts.max_new_tokens,
+            stepper: Stepper = DecoderStepper(self.sessions[DECODER], self.cache_layout, inputs, opts.max_new_tokens,
                                               spec.position_ids, spec.logits_to_keep)
             return stepper, history, inputs.lengths
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)

@@ -27,8 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import InputError
-from onnxformer.runtime.dtypes import from_name
+from onnxformer.errors import InputError, InputKind
+from onnxformer.artifact.dtypes import from_name
+from onnxformer.artifact.roles import DECODER
 from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
 from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
@@ -249,7 +250,7 @@ class Scheduler:
     """Continuous batching over one decoder session. ``submit`` may be called from any thread; ``step`` runs
     on one thread (the server's worker) and is one prefill or one decode call."""
 
-    ROLE = "decoder"  # the generator's session this mode runs
+    ROLE = DECODER  # the generator's session this mode runs
     KIND = "decoder"  # the kind of model it batches
 
     def __init__(self, generator: Any, limits: SlotLimits | None = None):
@@ -298,7 +299,7 @@ class Scheduler:
         if seq.need > self.limits.max_cached_tokens:
             raise InputError(f"the prompt's {len(seq.prompt)} tokens + max_new_tokens={opts.max_new_tokens} need "
                              f"{seq.need} cached tokens; this batch holds {self.limits.max_cached_tokens}: "
-                             "shorten the prompt or lower max_new_tokens")
+                             "shorten the prompt or lower max_new_tokens", InputKind.TOO_LONG)
         return seq
 
     @property

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxformer.errors import ArtifactError
+from onnxformer.artifact.roles import DECODER_WITH_PAST
 from onnxformer.runtime.generation.scheduler import BatchCache, Scheduler, Sequence, SlotLimits
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import Prompts
@@ -41,7 +42,7 @@ class SourcePrefill:
 class Seq2SeqScheduler(Scheduler):
     """``Scheduler``'s admission, options, stops and failures for an encoder-decoder artifact: see the docstring."""
 
-    ROLE = "decoder_with_past"
+    ROLE = DECODER_WITH_PAST
     KIND = "seq2seq"
 
     def __init__(self, generator: Any, limits: SlotLimits | None = None):

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.runtime.dtypes import from_name
+from onnxformer.artifact.dtypes import from_name
 from onnxformer.runtime.generation.cache import device_of, flat_names
-from onnxformer.runtime.generation.generator import SLOTS as ROLE
+from onnxformer.artifact.roles import SLOTS as ROLE
 from onnxformer.runtime.generation.scheduler import Scheduler, Sequence, SlotLimits
 from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from onnxformer.errors import InputError
+from onnxformer.errors import InputError, InputKind
 from onnxformer.runtime.tokenizer import check_texts
 
 
@@ -39,7 +39,7 @@ class PromptEncoder:
             if len(ids) > limit:
                 if not truncate:
                     raise InputError(f"prompt {i} has {len(ids)} tokens, over the {limit} {what}; "
-                                     "shorten it, lower max_new_tokens, or pass truncate=True")
+                                     "shorten it, lower max_new_tokens, or pass truncate=True", InputKind.TOO_LONG)
                 rows[i] = self._cut(prompts[i], limit)
         return self._pad(rows)
 

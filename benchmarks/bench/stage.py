@@ -16,7 +16,7 @@ def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], N
     from onnxformer.benchmarks.harness import BENCHED, Settings, run_benchmark
     from onnxformer.benchmarks.report import write_report
     from onnxformer.benchmarks.stats import Budget
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.runtime.session import physical_cores
 
     start = time.perf_counter()

@@ -93,7 +93,7 @@ def check_writable(out: Path) -> None:
     """Fail now, in one line, when the report cannot be written where it is meant to go (the probe every
     writer uses: runtime/scratch.prepare_parent)."""
     from onnxformer.errors import ArtifactError
-    from onnxformer.runtime.scratch import prepare_parent
+    from onnxformer.artifact.scratch import prepare_parent
 
     try:
         prepare_parent(out)

@@ -26,9 +26,9 @@ from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, ar
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import ArtifactError
-from onnxformer.runtime.manifest import Manifest
-from onnxformer.runtime.tasks import tasks_where
-from onnxformer.runtime.timing import timed
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import tasks_where
+from onnxformer.artifact.timing import timed
 
 SCHEMA = "onnxformer-bench/1"
 BENCHED = tasks_where(generative=False, tokenizer=True)  # encoder tasks that take text: what bench measures

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from onnxformer.errors import ArtifactError, InputError, IntegrityError
-from onnxformer.runtime.cpu import CpuInfo
-from onnxformer.runtime.files import atomic_write_json, confined, sha256_file
+from onnxformer.artifact.cpu import CpuInfo
+from onnxformer.artifact.files import atomic_write_json, confined, sha256_file
 
 FORMAT = "onnxformer-artifact"
 SCHEMA_VERSION = 1
@@ -509,7 +509,7 @@ def build_manifest(*, name: str, task: str, architecture: Architecture, source: 
 
 def tensor_spec(node: Any) -> TensorSpec:
     """A TensorSpec from an ONNX Runtime ``NodeArg`` (session.get_inputs() / get_outputs())."""
-    from onnxformer.runtime.dtypes import numpy_name
+    from onnxformer.artifact.dtypes import numpy_name
 
     shape = [d if isinstance(d, int) else str(d) for d in node.shape]
     return TensorSpec(node.name, numpy_name(node.type), shape,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from onnxformer.errors import ArtifactError
-from onnxformer.runtime.files import atomic_write_json
+from onnxformer.artifact.files import atomic_write_json
 
 
 def run_isolated(directory: Path, settings: Any, name: str, peer_workdir: Path | None) -> dict[str, Any]:
@@ -73,10 +73,10 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
     import os
 
     from onnxformer.benchmarks import harness
-    from onnxformer.benchmarks.baselines import script_spec
+    from onnxformer.benchmarks.availability import script_spec
     from onnxformer.benchmarks.environment import LIBRARIES
     from onnxformer.benchmarks.peer_env import ensure
-    from onnxformer.runtime.manifest import Manifest
+    from onnxformer.artifact.manifest import Manifest
 
     ctx = harness.ArtifactContext(directory, Manifest.load(directory), settings.threads, max(settings.batches))
     shapes, _ = harness._shapes(ctx, settings)

@@ -15,8 +15,8 @@ import numpy as np
 
 from onnxformer.benchmarks.postprocess import finish, pooled
 from onnxformer.benchmarks.runners import ArtifactContext, Feeds, Runner
-from onnxformer.runtime.manifest import Manifest
-from onnxformer.runtime.tasks import get_task
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import get_task
 
 INSTALL_HINT = "pip install 'onnxformer[export]'"
 
@@ -99,9 +99,17 @@ def pytorch(autocast: str | None, *, half: bool = False, attn: str | None = None
 
 
 # --- script peers (peer_*.py, each in its own environment) -------------------------------------------------
+OPTIMUM_CLASSES = {  # task → optimum.onnxruntime's ORTModel class (peer_optimum.py loads it)
+    "feature-extraction": "ORTModelForFeatureExtraction",
+    "text-classification": "ORTModelForSequenceClassification",
+    "token-classification": "ORTModelForTokenClassification",
+    "question-answering": "ORTModelForQuestionAnswering",
+}
+
+
 def optimum_missing(ctx: ArtifactContext) -> str | None:
     """Why optimum's peer cannot run here: its export reads the source checkpoint; ORTModel covers the task."""
-    if get_task(ctx.task).optimum_class is None:
+    if ctx.task not in OPTIMUM_CLASSES:
         return f"optimum peer unavailable: optimum has no ORTModel class for {ctx.task!r} here"
     return source_path(ctx.manifest)[1]
 
@@ -129,7 +137,7 @@ def script_spec(ctx: ArtifactContext, precision: str, workdir: Path, scratch: Pa
     from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.quantize.fidelity import evaluation_feeds
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.runtime.files import confined
+    from onnxformer.artifact.files import confined
 
     manifest, post = ctx.manifest, ctx.post
     feeds = evaluation_feeds(ctx.directory, manifest, calibration_texts())
@@ -139,7 +147,7 @@ def script_spec(ctx: ArtifactContext, precision: str, workdir: Path, scratch: Pa
             else None, "tokenizer": str(confined(ctx.directory, "tokenizer.json")),
             "pad_id": manifest.tokenizer.pad_id if manifest.tokenizer else 0, "max_length": manifest.max_length,
             "input_names": manifest.input_names, "output_names": manifest.output_names,
-            "optimum_class": get_task(ctx.task).optimum_class, "avx512_vnni": cpu_info()["flags"]["avx512_vnni"],
+            "optimum_class": OPTIMUM_CLASSES.get(ctx.task), "avx512_vnni": cpu_info()["flags"]["avx512_vnni"],
             "pooled": pooled(ctx.task), "pooling": post.pooling, "normalize": post.normalize,
             "activation": post.activation, "calibration": str(scratch / "calibration.npz"),
             "calibration_count": len(feeds)}

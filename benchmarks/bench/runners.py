@@ -14,9 +14,9 @@ import numpy as np
 from onnxformer.benchmarks.postprocess import finish
 from onnxformer.benchmarks.providers import GPU_PROVIDERS, tensorrt_precisions
 from onnxformer.runtime.binding import Runner as SessionRunner
-from onnxformer.runtime.files import confined
+from onnxformer.artifact.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_variant, provider_options
-from onnxformer.runtime.manifest import Manifest, Postprocess, verify_files
+from onnxformer.artifact.manifest import Manifest, Postprocess, verify_files
 from onnxformer.runtime.providers import tensorrt_major
 from onnxformer.runtime.tokenizer import TextTokenizer
 
@@ -105,7 +105,7 @@ def packed_graph(source: Path, out: Path) -> Path:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     from onnxformer.errors import ArtifactError
-    from onnxformer.runtime.onnx_save import save_onnx
+    from onnxformer.artifact.onnx_save import save_onnx
 
     model = OnnxModel(onnx.load(str(source)))
     PackingMode(model).convert(use_symbolic_shape_infer=True)
@@ -124,7 +124,7 @@ def _packed_loader(ctx: ArtifactContext, variant: str) -> Callable[[], Runner]:
 
         from onnxformer.runtime.external import check_external_data
         from onnxformer.runtime.loader import start_runner
-        from onnxformer.runtime.manifest import verify_variant
+        from onnxformer.artifact.manifest import verify_variant
 
         record = ctx.manifest.variant(variant)
         graph = verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before the converter reads it

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from onnxformer.benchmarks.baselines import openvino_missing, optimum_missing, pytorch, pytorch_missing, st_missing
+from onnxformer.benchmarks.availability import openvino_missing, optimum_missing, pytorch, pytorch_missing, st_missing
 from onnxformer.benchmarks.peer_env import PeerEnv, PeerEnvError, ensure
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from onnxformer.export.versions import library_versions  # the one version reader (imports no torch)
 
-from onnxformer.runtime.cpu import FLAGS as CPU_FLAGS  # the flags that decide ONNX Runtime's and PyTorch's kernels
-from onnxformer.runtime.cpu import this_cpu
+from onnxformer.artifact.cpu import FLAGS as CPU_FLAGS  # the flags that decide ONNX Runtime's and PyTorch's kernels
+from onnxformer.artifact.cpu import this_cpu
 LIBRARIES = (
     "onnxformer", "onnxruntime", "onnxruntime-gpu", "numpy", "tokenizers", "torch", "transformers", "optimum",
     "optimum-onnx", "onnx", "tensorrt", "tensorrt-cu12", "sentence-transformers", "safetensors", "matplotlib",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnxformer.runtime.classification import activate
-from onnxformer.runtime.manifest import Postprocess
+from onnxformer.artifact.manifest import Postprocess
 from onnxformer.runtime.pooling import l2_normalize, pool
-from onnxformer.runtime.tasks import get_task
+from onnxformer.artifact.tasks import get_task
 
 
 def pooled(task: str) -> bool:

@@ -1,13 +1,14 @@
 """The task registry: what each task is, once, for every stage.
 
 Export reads the auto class, outputs and tolerance; quantize the budget metric and its default floor;
-the runtime the method that serves it and whether it has a tokenizer; the server its endpoints and what
-the KServe text input yields; the benchmarks the auto class and optimum's ORTModel class of the peer.
+the runtime the method that serves it and whether it has a tokenizer; the benchmarks the auto class.
+What each task means to a protocol lives with its reader: the server's routes in ``serve/task_routes.py``,
+optimum's ORTModel classes with that peer in ``benchmarks/availability.py``.
 Plain data: importing it imports nothing beyond the standard library.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from onnxformer.errors import ArtifactError
 
@@ -20,30 +21,15 @@ ALIASES: dict[str, str] = {  # optimum's / transformers' spellings of our tasks
 
 
 @dataclass(frozen=True)
-class TextOutput:
-    """A tensor the KServe v2 ``text`` (BYTES) input yields for a task."""
-
-    name: str
-    datatype: str
-    rank: int
-
-    def metadata(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1] * self.rank}
-
-
-@dataclass(frozen=True)
 class Task:
     name: str
     method: str  # what serves it: a Model method ("embed", ...), Generator ("generate") or raw run()
     outputs: tuple[str, ...] = ()  # ONNX output names of the exported graph (empty: whatever the module returns)
     auto_class: str | None = None  # transformers class of the PyTorch reference
-    optimum_class: str | None = None  # optimum.onnxruntime ORTModel class of the benchmark peer
     budget_metric: str | None = None  # fidelity metric the accuracy budget applies to
     default_floor: float | None = None
     tokenizer: bool = True  # artifacts of this task ship a tokenizer
     generative: bool = False
-    endpoints: tuple[str, ...] = ()  # HTTP routes beyond KServe v2 raw tensors
-    text_outputs: tuple[TextOutput, ...] = field(default=())  # the KServe ``text`` input: empty = not accepted
     atol: float = 1e-4  # default max |Δ| between ONNX Runtime and PyTorch fp32 at export
 
     @property
@@ -53,24 +39,18 @@ class Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("feature-extraction", "embed", ("last_hidden_state",), "AutoModel", "ORTModelForFeatureExtraction",
+    Task("feature-extraction", "embed", ("last_hidden_state",), "AutoModel",
          # 0.997 on the shipped evaluation texts is what held 0.995 on held-out ones (benchmarks/data/heldout.txt):
          # all-MiniLM-L6-v2's int8 at 0.99 kept 2 nodes fp32 and reached 0.9943 held out; at 0.997, 4 and 0.9973
-         "min_cosine", 0.997, endpoints=("/v1/embeddings",),
-         text_outputs=(TextOutput("embedding", "FP32", 2),)),
+         "min_cosine", 0.997),
     Task("text-classification", "classify", ("logits",), "AutoModelForSequenceClassification",
-         "ORTModelForSequenceClassification", "argmax_agreement", 0.95,
-         endpoints=("/v1/classify", "/v1/rerank", "/rerank"),
-         text_outputs=(TextOutput("logits", "FP32", 2), TextOutput("label", "BYTES", 1))),
-    Task("token-classification", "tag", ("logits",), "AutoModelForTokenClassification",
-         "ORTModelForTokenClassification", "token_agreement", 0.95, endpoints=("/v1/tag",)),
+         "argmax_agreement", 0.95),
+    Task("token-classification", "tag", ("logits",), "AutoModelForTokenClassification", "token_agreement", 0.95),
     Task("question-answering", "answer", ("start_logits", "end_logits"), "AutoModelForQuestionAnswering",
-         "ORTModelForQuestionAnswering", "span_agreement", 0.9, endpoints=("/v1/answer",)),
+         "span_agreement", 0.9),
     Task("raw", "run", tokenizer=False),
-    Task("text-generation", "generate", ("logits",), "AutoModelForCausalLM", generative=True,
-         endpoints=("/v1/completions",)),
-    Task("text2text-generation", "generate", ("logits",), "AutoModelForSeq2SeqLM", generative=True,
-         endpoints=("/v1/completions",)),
+    Task("text-generation", "generate", ("logits",), "AutoModelForCausalLM", generative=True),
+    Task("text2text-generation", "generate", ("logits",), "AutoModelForSeq2SeqLM", generative=True),
 )}
 
 

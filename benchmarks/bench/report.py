@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxformer.benchmarks.stats import BLOCK
-from onnxformer.runtime.files import atomic_write_bytes, atomic_write_json
+from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
 
 
 def output_paths(json_path: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # before pyplot: headless servers and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from onnxformer.runtime.files import atomic_write_bytes  # noqa: E402
+from onnxformer.artifact.files import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from onnxformer.runtime.timing import time_calls
+from onnxformer.artifact.timing import time_calls
 
 MIN_ITERS = 5  # a --seconds budget still yields enough samples for a p90
 
