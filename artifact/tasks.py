@@ -3,7 +3,7 @@
 Export reads the auto class, outputs and tolerance; quantize the budget metric and its default floor;
 the runtime the method that serves it and whether it has a tokenizer; the benchmarks the auto class.
 What each task means to a protocol lives with its reader: the server's routes in ``serve/task_routes.py``,
-optimum's ORTModel classes with that peer in ``benchmarks/availability.py``.
+optimum's ORTModel classes with that peer in ``benchmarks/bench/availability.py``.
 Plain data: importing it imports nothing beyond the standard library.
 """
 from __future__ import annotations

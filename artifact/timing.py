@@ -1,7 +1,7 @@
 """The one timing loop: warm-up, then wall-clock samples of a call, kept as floats (seconds).
 
 The quantize stage's latency probe, the benchmarks and the generation benchmark all time through
-``time_calls``; percentiles and formatting are the caller's (benchmarks/stats.py).
+``time_calls``; percentiles and formatting are the caller's (benchmarks/bench/stats.py).
 """
 from __future__ import annotations
 

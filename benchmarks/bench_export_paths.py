@@ -2,7 +2,7 @@
 
 Made for the move from optimum's TorchScript export (transformers 4) to torch.onnx's dynamo export
 (transformers 5): the artifacts are given by label, and every (artifact, variant, shape) is timed in the
-same interleaved rounds (benchmarks/stats.py), so the ratios hold on a shared machine. Latency is
+same interleaved rounds (benchmarks/bench/stats.py), so the ratios hold on a shared machine. Latency is
 whole ``Model.embed`` calls on texts of exactly ``seq`` tokens (int8 runs one sequence per call, as users
 get it).
 

@@ -1,6 +1,6 @@
 """Held-out fidelity and batch invariance of an artifact's CPU variants, with latency side by side (issue 15).
 
-    python -m onnxformer.benchmarks.bench_heldout ARTIFACT --out benchmarks/results/heldout-minilm.json
+    python benchmarks/bench_heldout.py ARTIFACT --out benchmarks/results/heldout-minilm.json
 
 Fidelity: pooled, normalised embeddings of benchmarks/data/heldout.txt (languages, code, one-word, long; disjoint
 from the shipped evaluation and calibration texts) against sentence-transformers (PyTorch fp32), once through

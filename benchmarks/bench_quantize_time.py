@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from onnxformer.benchmarks.environment import cpu_info
-from onnxformer.benchmarks.run_suite import checkpoint
+from run_suite import checkpoint
 from onnxformer.artifact.files import atomic_write_json
 from onnxformer.artifact.timing import timed
 

@@ -2,7 +2,7 @@
 
     python benchmarks/fuzz_serve.py [--requests 10000] [--out benchmarks/results/fuzz_serve.json]
 
-Measures: hostile requests per route × family × status (the seeded generator of serve/fuzz.py; target: no
+Measures: hostile requests per route × family × status (the seeded generator of benchmarks/devkit/fuzz.py; target: no
 5xx), max latency, RSS growth of the server over 2,000 varied /v1/embeddings requests (≤ 50 MiB), 64 clients ×
 100 requests (errors: 0), and time to 429 on a full queue (--max-queue 8; target < 100 ms): with 128 client threads
 (the load measures itself too: they share the server's cores), and as one probe client sees it while 8 others keep
@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from onnxformer.benchmarks.bench_serve import Server, minilm_artifact, texts
+from bench_serve import Server, minilm_artifact, texts
 from onnxformer.benchmarks.environment import cpu_info
 from devkit.fuzz import Generator, Routes, problems, send
 

@@ -1,7 +1,7 @@
 """Issue 15's peer table: every configuration in its own process, one after the other in one run, with p50
 latency at 1×128 and 8×128 and the worst held-out cosine against sentence-transformers (PyTorch fp32).
 
-    python -m onnxformer.benchmarks.peer_table ARTIFACT --out benchmarks/results/peers-minilm.json [--threads 2]
+    python benchmarks/peer_table.py ARTIFACT --out benchmarks/results/peers-minilm.json [--threads 2]
 
 Configurations: the artifact's CPU variants (fp32, fp32-opt, int8 where present), the PyTorch baselines and
 every peer of peers.py (optimum, sentence-transformers' ONNX int8, OpenVINO fp32 / NNCF int8, each in its own
@@ -30,7 +30,7 @@ def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
     from onnxformer.benchmarks import harness
-    from onnxformer.benchmarks.bench_heldout import fidelity, heldout_texts
+    from bench_heldout import fidelity, heldout_texts
     from onnxformer.benchmarks.isolation import fragment_signatures, run_in_environment, run_isolated
     from onnxformer.benchmarks.peers import find_peer, work_directory
     from onnxformer.benchmarks.stats import Budget

@@ -18,7 +18,7 @@ from onnxformer.export import decoder_slots
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_decoder_slots, validate_seq2seq
 from onnxformer.export.hf import _first_line, load_reference
 from onnxformer.export.staging import staging_dir
-from onnxformer.export.tasks import generative_task
+from onnxformer.export.detect import generative_task
 from onnxformer.export.dynamo import made_by
 from onnxformer.export.versions import library_versions
 from onnxformer.artifact import families

@@ -1,6 +1,6 @@
 """Exception types. Every message says what went wrong and what to do about it; what went wrong is carried
 as a type (and, for bad input, an ``InputKind``), never left for a caller to read out of the message. These
-know nothing of HTTP: the server maps them to statuses in one table (``onnxformer.serve.errors``)."""
+know nothing of HTTP: the server maps them to statuses in one table (``onnxformer.serve.statuses``)."""
 from __future__ import annotations
 
 from enum import Enum

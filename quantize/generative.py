@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from onnxformer.errors import QuantizationError
-from onnxformer.quantize.recipe import Job, Options, Recipe, make
+from onnxformer.quantize.recipe import RecipeJob, Options, Recipe, make
 from onnxformer.quantize.source import publish, scratch_dir
 from onnxformer.quantize.texts import evaluation_texts
-from onnxformer.quantize.variants import generative_names, generative_recipes
+from onnxformer.quantize.plan import generative_names, generative_recipes
 from onnxformer.artifact.dtypes import from_ort
 from onnxformer.artifact.files import confined
 from onnxformer.runtime.generation import Generator
@@ -98,7 +98,7 @@ class GenerativeQuantizer:
         with scratch_dir(self.directory) as work:
             self.progress(f"{recipe.name}: converting")
             sources = {role: confined(self.directory, rel) for role, rel in fp32.components.items()}
-            job = Job(self.directory, self.manifest, REFERENCE, sources, work, self.options, self.reference,
+            job = RecipeJob(self.directory, self.manifest, REFERENCE, sources, work, self.options, self.reference,
                       self.progress, origin_fused=fp32.fused, origin_made_by=fp32.made_by)
             built = make(recipe, job)
             built.made_by["seconds"] = round(time.perf_counter() - start, 2)

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
 from onnxformer.artifact.roles import MODEL
-from onnxformer.quantize.recipe import Built, Job, Options, make
+from onnxformer.quantize.recipe import Built, RecipeJob, Options, make
 from onnxformer.quantize.recipes import FusedFp32
 from onnxformer.quantize.speed import record_latencies
 from onnxformer.quantize.source import load_source, publish, scratch_dir
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
-from onnxformer.quantize.variants import plan
+from onnxformer.quantize.plan import plan
 from onnxformer.artifact.cpu import this_cpu
 from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant, load_manifest
 
@@ -56,7 +56,7 @@ def optimize_artifact(directory: str | Path, progress: Progress = lambda _: None
 
 def _fuse(directory: Path, manifest: Manifest, fp32: Path, evaluation: Evaluation, work: Path,
           progress: Progress) -> Built:
-    job = Job(directory, manifest, REFERENCE, {MODEL: fp32}, work, Options(), evaluation, progress, reference=fp32,
+    job = RecipeJob(directory, manifest, REFERENCE, {MODEL: fp32}, work, Options(), evaluation, progress, reference=fp32,
               origin_made_by=manifest.variant(REFERENCE).made_by)
     return make(FusedFp32(), job)
 
@@ -86,7 +86,7 @@ def quantize_artifact(
         evaluation = prepare(directory, manifest, fp32, evaluation_texts())
         fused = _fuse(directory, manifest, fp32, evaluation, work, progress) if fuse_first else None
         origin_fused, origin_made_by = _origin(manifest, origin, fused)
-        job = Job(directory, manifest, origin, {MODEL: fused.path if fused else origin_path}, work, options,
+        job = RecipeJob(directory, manifest, origin, {MODEL: fused.path if fused else origin_path}, work, options,
                   evaluation, progress, floor, texts, fp32, origin_fused, origin_made_by)
         built = make(recipe, job)
         publish(directory, *([fused] if fused else []), built)  # a fused-on-the-way fp32-opt never alone

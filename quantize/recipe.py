@@ -34,7 +34,7 @@ class Options:
 
 
 @dataclass
-class Job:
+class RecipeJob:
     """Everything a recipe builds from: verified source graphs, a scratch directory, the fp32 reference."""
 
     directory: Path
@@ -95,17 +95,17 @@ class Recipe:
     def check(self, options: Options) -> None:
         """Refuse options that do not apply to this recipe (before anything is read or built)."""
 
-    def build(self, job: Job) -> Built:
+    def build(self, job: RecipeJob) -> Built:
         raise NotImplementedError
 
-    def measure(self, job: Job, built: Built) -> dict[str, Any]:
+    def measure(self, job: RecipeJob, built: Built) -> dict[str, Any]:
         """Fidelity of the built graphs against the fp32 reference."""
         return job.evaluation.measure(built.path)
 
-    def accept(self, job: Job, built: Built) -> None:
+    def accept(self, job: RecipeJob, built: Built) -> None:
         """Refuse a variant whose measured fidelity falls short (a QuantizationError saying what to do)."""
 
-    def built(self, job: Job, graphs: dict[str, Path], made_by: dict[str, Any], **fields: Any) -> Built:
+    def built(self, job: RecipeJob, graphs: dict[str, Path], made_by: dict[str, Any], **fields: Any) -> Built:
         """A ``Built`` of this recipe: made ``from`` the source variant (with the fusions it carries), and
         fused when the recipe fuses or its source graph was fused (quantizers keep the fused operators)."""
         made_by = {"from": job.origin, **made_by}
@@ -116,7 +116,7 @@ class Recipe:
                      generative=self.generative, **fields)
 
 
-def make(recipe: Recipe, job: Job) -> Built:
+def make(recipe: Recipe, job: RecipeJob) -> Built:
     """Build, measure, accept: a variant ready for ``source.publish`` (or a QuantizationError)."""
     built = recipe.build(job)
     job.progress(f"{recipe.name}: measuring against {REFERENCE}")

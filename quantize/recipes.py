@@ -32,7 +32,7 @@ from onnxformer.quantize.budget import meet_budget
 from onnxformer.quantize.calibration import calibration_method, text_reader
 from onnxformer.quantize.fidelity import budget_metric
 from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, MODEL
-from onnxformer.quantize.recipe import Built, Job, Options, Recipe
+from onnxformer.quantize.recipe import Built, RecipeJob, Options, Recipe
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.smoothing import smooth_for_int8
 from onnxformer.quantize.source import MODEL_FILE
@@ -53,7 +53,7 @@ class EncoderRecipe(Recipe):
         _smoothing_is_dynamic_only(options)
         _method_is_static_only(options)
 
-    def accept(self, job: Job, built: Built) -> None:
+    def accept(self, job: RecipeJob, built: Built) -> None:
         score = job.evaluation.score(built.fidelity)
         if job.floor is not None and score < job.floor:
             raise QuantizationError(
@@ -68,12 +68,12 @@ class FusedFp32(EncoderRecipe):
     name, precision = "fp32-opt", "fp32"
     providers, fuses = ("cuda", "cpu"), True
 
-    def build(self, job: Job) -> Built:
+    def build(self, job: RecipeJob) -> Built:
         job.progress("fusing (onnxscript rewriter + onnxruntime.transformers.optimizer)")
         path, made_by = optimize.fuse(job.source, job.manifest.architecture, job.work / "fused")
         return self.built(job, {MODEL: path}, made_by)
 
-    def accept(self, job: Job, built: Built) -> None:
+    def accept(self, job: RecipeJob, built: Built) -> None:
         score = job.evaluation.score(built.fidelity)
         if score < FUSION_FLOOR:
             raise QuantizationError(
@@ -88,7 +88,7 @@ class Fp16(EncoderRecipe):
     name, precision, target = "fp16", "fp16", "cuda"
     source, providers, default = "fp32-opt", ("cuda",), True
 
-    def build(self, job: Job) -> Built:
+    def build(self, job: RecipeJob) -> Built:
         job.progress(f"{self.name}: measuring activation ranges on guard inputs")
         feeds = fp16.guard_feeds(job.directory, job.manifest, job.calibration)
         path, made_by = fp16.convert(job.source, feeds, job.work / "fp16", job.work)
@@ -120,7 +120,7 @@ class Int8Dynamic(EncoderRecipe):
         method = (options.method or "minmax") if self.mode == "static" else None
         return int8.Int8Settings(str(self.mode), str(self.target), reduce_range=not vnni, method=method)
 
-    def inputs(self, job: Job, settings: int8.Int8Settings) -> Prepared:
+    def inputs(self, job: RecipeJob, settings: int8.Int8Settings) -> Prepared:
         """The graph to quantize, what preparing it recorded, and what it already built (the plain int8 graph)."""
         if not job.options.smooth:
             return Prepared(job.source)
@@ -149,14 +149,14 @@ class Int8Dynamic(EncoderRecipe):
             return Prepared(job.source, {"smoothing": rejected}, first=plain)
         return Prepared(path, {"smoothing": record}, first=smoothed)
 
-    def fully_quantized(self, job: Job, settings: int8.Int8Settings, source: Path | None = None,
+    def fully_quantized(self, job: RecipeJob, settings: int8.Int8Settings, source: Path | None = None,
                    out: Path | None = None) -> tuple[Path, dict[str, Any]]:
         """Every candidate node of ``source`` (default: the unsmoothed source) quantized, and its measured fidelity."""
         job.progress(f"{self.name}: quantizing every node ({settings.mode})")
         path = int8.quantize(source or job.source, settings, out or job.work / "all")
         return path, job.evaluation.measure(path)
 
-    def build(self, job: Job) -> Built:
+    def build(self, job: RecipeJob) -> Built:
         vnni = int8.has_vnni()
         settings = self.settings(job.options, vnni)
         prepared = self.inputs(job, settings)
@@ -179,7 +179,7 @@ class Int8Dynamic(EncoderRecipe):
         return self.built(job, {MODEL: result.path}, {**made_by, **prepared.made_by}, fidelity=result.fidelity,
                           activation_scales=scales)
 
-    def measure(self, job: Job, built: Built) -> dict[str, Any]:
+    def measure(self, job: RecipeJob, built: Built) -> dict[str, Any]:
         return built.fidelity  # measured by the budget loop, on this very graph
 
 
@@ -194,7 +194,7 @@ class Int8Static(Int8Dynamic):
         if options.method is not None:
             calibration_method(options.method)
 
-    def inputs(self, job: Job, settings: int8.Int8Settings) -> Prepared:
+    def inputs(self, job: RecipeJob, settings: int8.Int8Settings) -> Prepared:
         typed = annotate(job.source, job.work / "typed" / MODEL_FILE)  # contrib-op tensors need types to be calibrated
         return Prepared(typed, reader=text_reader(job.directory, job.manifest, job.calibration),
                         cache=job.work / "calibration.json")
@@ -243,7 +243,7 @@ class GenerativeRecipe(Recipe):
 
     activation_scales: str | None = None  # PER_CALL: a row's output depends on the rows batched with it
 
-    def build(self, job: Job) -> Built:
+    def build(self, job: RecipeJob) -> Built:
         out = job.work / self.name
         out.mkdir()
         graphs = {role: out / source.name for role, source in job.sources.items()}
@@ -253,7 +253,7 @@ class GenerativeRecipe(Recipe):
         return self.built(job, graphs, made_by, main=DECODER, cache_dtype=cache_dtype(graphs),
                           activation_scales=self.activation_scales)
 
-    def measure(self, job: Job, built: Built) -> dict[str, Any]:
+    def measure(self, job: RecipeJob, built: Built) -> dict[str, Any]:
         return job.evaluation.measure(built.graphs)
 
 

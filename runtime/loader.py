@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnxformer.errors import ArtifactError, ProviderError
 from onnxformer.runtime import latency
 from onnxformer.runtime import providers as registry
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
 from onnxformer.runtime.binding import Runner
 from onnxformer.artifact.cpu import this_cpu
 from onnxformer.runtime.external import check_external_data
@@ -25,7 +26,7 @@ from onnxformer.artifact.manifest import Manifest, Variant, verify_files, verify
 from onnxformer.artifact.roles import MODEL
 from onnxformer.runtime.session import session_options
 from onnxformer.artifact.tasks import TASKS, get_task
-from onnxformer.runtime.variants import Choice, check_explicit, choose
+from onnxformer.runtime.choice import Choice, check_explicit, choose
 
 log = logging.getLogger("onnxformer.runtime")
 
@@ -40,7 +41,7 @@ class LoadOptions:
     threads: int | None = None
     strict: bool = False
     io_binding: bool | None = None  # None: on for GPU providers, off on CPU (plain run is as fast there)
-    max_batch_size: int = 32  # also the TensorRT profile's max batch
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # also the TensorRT profile's max batch
     trt_cache: Path | None = None
     measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
     deferred: tuple[str, ...] = ()  # graph roles verified now but started only when first asked for (Opened.deferred)

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from onnxformer import __version__
 from onnxformer.errors import OnnxformerError
-from onnxformer.serve.errors import KINDS, ErrorKind, ServingError, error_kind, kind_for_status
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind, kind_for_status
 from onnxformer.serve import routes_chat, routes_generate, routes_rerank, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.guard import GuardMiddleware, internal_response
@@ -71,7 +71,7 @@ async def metrics(request: Request) -> Response:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error becomes a kind (``onnxformer.serve.errors.KINDS`` gives its status, headers and bodies)."""
+    """Every error becomes a kind (``onnxformer.serve.statuses.KINDS`` gives its status, headers and bodies)."""
 
     @app.exception_handler(OnnxformerError)
     async def library_error(request: Request, e: OnnxformerError) -> Response:

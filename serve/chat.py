@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.files import confined
 
 ROLES = ("system", "user", "assistant", "developer", "tool")

@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from onnxformer.serve.errors import ServingError
+from onnxformer.errors import InputError
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
+from onnxformer.runtime.generation.scheduler import SlotLimits
+from onnxformer.serve.statuses import ServingError
 
 
 def option(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:
@@ -28,7 +31,7 @@ class ServeConfig:
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' "
                                        "(default: $ONNXFORMER_API_KEY; none = open)", env="ONNXFORMER_API_KEY")
     batching: bool = option(True, "run each request alone (no dynamic batching)", flag="--no-batching")
-    max_batch_size: int = option(32, "texts merged into one model call")
+    max_batch_size: int = option(DEFAULT_MAX_BATCH_SIZE, "texts merged into one model call")
     # the runtime sorts merged texts by length and cuts batches under it; small batches of similar length beat
     # one big padded batch on CPU (cache-sized activations)
     max_batch_tokens: int = option(
@@ -40,11 +43,11 @@ class ServeConfig:
     max_new_tokens: int = option(512, "generation: max_tokens per completion before 422")
     continuous_batching: bool = option(True, "generation: runs take turns token by token instead of sharing "
                                              "one decode batch", flag="--no-continuous-batching")
-    max_slots: int = option(16, "generation: rows in the decode batch (more requests wait their turn)")
+    max_slots: int = option(SlotLimits.max_slots, "generation: rows in the decode batch (more requests wait their turn)")
     max_cached_tokens: int = option(
-        8192, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
+        SlotLimits.max_cached_tokens, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
               "max_tokens over it is refused with 422)")
-    prefill_chunk: int = option(64, "generation: prompt tokens per prefill call, between decode steps "
+    prefill_chunk: int = option(SlotLimits.prefill_chunk, "generation: prompt tokens per prefill call, between decode steps "
                                     "(0: a whole prompt at once)")
     max_body_bytes: int = option(4 << 20, "request body size before 413")
     timeout_s: float = option(30.0, "seconds per request (queue wait included) before 504", flag="--timeout")
@@ -65,10 +68,18 @@ class ServeConfig:
             return f.metadata["flag"]
         return "--" + name.replace("_", "-")
 
+    def slot_limits(self) -> SlotLimits:
+        """The decode batch's limits (the runtime's ``SlotLimits`` checks them; its refusal names our flags)."""
+        try:
+            return SlotLimits(self.max_slots, self.max_cached_tokens, self.prefill_chunk)
+        except InputError as e:
+            flags = ", ".join(self.flag(n) for n in ("max_slots", "max_cached_tokens", "prefill_chunk"))
+            raise ServingError(f"{flags}: {e}") from None
+
     def check(self) -> "ServeConfig":
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
                     "timeout_s", "max_new_tokens", "body_timeout_s", "keep_alive_s", "max_connections",
-                    "max_connections_per_client", "max_chars_per_token", "max_slots", "max_cached_tokens")
+                    "max_connections_per_client", "max_chars_per_token")
         for name in positive:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):  # nan and inf too: "nan" would turn a timeout off
@@ -77,8 +88,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ServingError(f"{self.flag(name)} must be a finite number >= 0 (got {value})")
-        if self.prefill_chunk < 0:
-            raise ServingError(f"{self.flag('prefill_chunk')} must be >= 0 (got {self.prefill_chunk})")
+        self.slot_limits()
         if self.max_tokens_per_text is not None and self.max_tokens_per_text <= 0:
             raise ServingError(f"{self.flag('max_tokens_per_text')} must be > 0 (got {self.max_tokens_per_text})")
         if self.port > 65535:

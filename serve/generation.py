@@ -17,12 +17,12 @@ from typing import Any
 
 from onnxformer.errors import ArtifactError, InputError
 
-from onnxformer.serve.errors import ErrorKind, ServingError, error_kind
+from onnxformer.serve.statuses import ErrorKind, ServingError, error_kind
 from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
 from onnxformer.runtime.generation.slots import batch_scheduler
-from onnxformer.serve.batching import Scheduler
+from onnxformer.serve.batcher import Batcher
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.metrics import Metrics
@@ -50,14 +50,14 @@ class GenerationService:
     continuously batched decode step (``batch_scheduler``); under ``--no-continuous-batching`` (or for a seq2seq
     artifact too old to batch) they take turns token by token."""
 
-    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Scheduler,
+    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Batcher,
                  metrics: Metrics | None = None):
         self.generator, self.config, self.scheduler, self.metrics = generator, config, scheduler, metrics
         self.name: str = generator.manifest.name or generator.directory.name
         self.task: str = generator.manifest.task
         self.batch: BatchScheduler | None = None
         if config.continuous_batching:
-            self.batch = _batch(generator, SlotLimits(config.max_slots, config.max_cached_tokens, config.prefill_chunk))
+            self.batch = _batch(generator, config.slot_limits())
         if self.batch is not None:
             if metrics is not None:
                 self.batch.on_step = metrics.observe_batch
@@ -244,7 +244,7 @@ class BatchJob(Job):
 class Slot:
     """A run's place in the admission count; ``release`` may be called from several exits, counts once."""
 
-    def __init__(self, scheduler: Scheduler):
+    def __init__(self, scheduler: Batcher):
         scheduler.admit(1)
         self.scheduler, self.held = scheduler, True
 

@@ -17,7 +17,7 @@ from tritonclient.utils import serialize_byte_tensor
 
 from onnxformer import __version__
 from onnxformer.errors import OnnxformerError
-from onnxformer.serve.errors import KINDS, ErrorKind, ServingError, error_kind
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind
 from onnxformer.artifact.dtypes import from_v2
 from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
 from onnxformer.serve.routes_v2 import _infer, model_metadata_doc

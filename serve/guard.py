@@ -12,7 +12,7 @@ from typing import Any, Callable
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from onnxformer.serve.errors import ErrorKind
+from onnxformer.serve.statuses import ErrorKind
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.httpio import error_response
 from onnxformer.serve.metrics import Metrics

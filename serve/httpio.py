@@ -9,7 +9,7 @@ from typing import Any, Awaitable, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from onnxformer.serve.errors import KINDS, ErrorKind, ServingError
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError
 from onnxformer.serve.config import ServeConfig
 
 T = TypeVar("T")

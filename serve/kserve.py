@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.dtypes import DTYPES, from_v2
 from onnxformer.artifact.manifest import TensorSpec
 from onnxformer.serve.schemas import InferBody, TensorInput, parse_body

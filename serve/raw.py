@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.dtypes import from_name
 from onnxformer.artifact.manifest import TensorSpec, tensor_spec
 from onnxformer.serve.kserve import InferRequest, Tensor, v2_datatype

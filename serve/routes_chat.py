@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.chat import check_messages
 from onnxformer.serve.httpio import read_body
 from onnxformer.serve.routes_generate import _events, event_stream, run_whole

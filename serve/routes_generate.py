@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from onnxformer.serve.errors import ErrorKind
+from onnxformer.serve.statuses import ErrorKind
 from onnxformer.runtime.generation import Completion
 from onnxformer.serve.generation import GenerationService, Job, Slot
 from onnxformer.serve.httpio import openai_error, read_body, within

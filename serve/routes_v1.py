@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonable_encoder walks every float
 from pydantic import BaseModel
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime.pooling import truncate_dims
 from onnxformer.serve.httpio import read_body, within
 from onnxformer.serve.schemas import AnswerRequest, ClassifyRequest, EmbeddingsRequest, TagRequest, Texts, parse_body

@@ -7,7 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from onnxformer import __version__
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.task_routes import text_tasks
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.httpio import read_body, within

@@ -15,7 +15,7 @@ import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 MAX_DEPTH = 32  # JSON nesting: the deepest legal body (KServe [N, T] data) needs 4
 MAX_ITEMS = 4096  # list items anywhere in a body (the per-request text limit, --max-texts, is far lower)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
-from onnxformer.serve.errors import ServingError
+from onnxformer.serve.statuses import ServingError
 from onnxformer.progress import console
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator

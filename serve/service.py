@@ -11,19 +11,19 @@ from tokenizers import Encoding
 
 from onnxformer.errors import InputError
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime import Model
 from onnxformer.artifact.tasks import get_task
 from onnxformer.serve.task_routes import routes_for, serving
 from onnxformer.runtime.tokenizer import check_texts
-from onnxformer.serve.batching import Scheduler
+from onnxformer.serve.batcher import Batcher
 from onnxformer.serve.config import ServeConfig
 
 
 class ModelService:
     """Validates inputs *before* they join a batch, so one bad request never fails its neighbours."""
 
-    def __init__(self, model: Model, config: ServeConfig, scheduler: Scheduler):
+    def __init__(self, model: Model, config: ServeConfig, scheduler: Batcher):
         self.model = model
         self.config = config
         self.scheduler = scheduler

@@ -7,11 +7,11 @@ from typing import Any, Callable, Union
 
 from fastapi import Request
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
 from onnxformer.artifact.tasks import tasks_where
-from onnxformer.serve.batching import BatchLimits, Scheduler
+from onnxformer.serve.batcher import BatchLimits, Batcher
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.metrics import Metrics
@@ -32,7 +32,7 @@ class ServerState:
         self.load, self.config = load, config
         self.metrics = Metrics()
         self.services: dict[str, Service] = {}
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Batcher | None = None
         self.draining = False
         self.load_error: str | None = None
 
@@ -49,7 +49,7 @@ class ServerState:
         """Create the scheduler on the server's loop, then load and warm the models in the background."""
         c = self.config
         limits = BatchLimits(c.batching, c.max_batch_size, c.max_delay_ms / 1000, c.max_queue)
-        self.scheduler = Scheduler(limits, self.metrics.observe_batch)
+        self.scheduler = Batcher(limits, self.metrics.observe_batch)
         self.metrics.track_queue(lambda: self.scheduler.pending if self.scheduler else 0)
         self._loading = asyncio.get_running_loop().create_task(self._load())
 
@@ -148,7 +148,7 @@ class NamedLanes:
     """The shared scheduler as one model sees it: its lanes carry the model's name; everything else (admission,
     the worker thread) is the one scheduler's."""
 
-    def __init__(self, scheduler: Scheduler, model: str):
+    def __init__(self, scheduler: Batcher, model: str):
         self._scheduler, self._model = scheduler, model
 
     def lane(self, name: str, run: Any, mergeable: bool = True) -> Any:

@@ -19,7 +19,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from onnxformer.errors import ArtifactError
 
-from onnxformer.serve.errors import ServingError
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
+from onnxformer.serve.statuses import ServingError
 from onnxformer.artifact.dtypes import DTYPES, from_ort
 from onnxformer.artifact.files import atomic_write_bytes, confined, default_mode
 from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant, verify_variant
@@ -37,7 +38,7 @@ class TritonOptions:
     backend: str = "onnxruntime"
     variant: str = "fp32"
     instances: int = 1
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_delay_us: int = 2000
     precision: str | None = None  # TensorRT only; default: the variant's precision
     engine_cache: str | None = None  # TensorRT only; default: /tmp/onnxformer-trt/<name>-<sha>

@@ -167,6 +167,33 @@ def fail_at(seq, tokens: int = 3) -> None:
     seq.stream.add = broken
 
 
+def check_greedy_rows_equal_solo(gen, scheduler, gap: int) -> list:
+    """Every continuous batch's contract: greedy rows submitted every ``gap`` steps equal their solo runs — ids,
+    finish reasons, text — whatever joins or leaves around them, and the batch ends empty. Returns the rows."""
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(BATCH_PROMPTS, BATCH_MAX_NEW)]
+    seqs = staggered(scheduler, BATCH_PROMPTS, BATCH_MAX_NEW, gap)
+    assert [s.ids for s in seqs] == solo
+    eos = set(gen.special.eos)
+    assert [s.finish_reason for s in seqs] == ["stop" if ids[-1] in eos else "length" for ids in solo]
+    assert [s.stream.text for s in seqs] == [gen.generate(p, max_new_tokens=m)
+                                             for p, m in zip(BATCH_PROMPTS, BATCH_MAX_NEW)]
+    assert not scheduler.busy
+    return seqs
+
+
+def check_a_failing_row(gen, scheduler, meanwhile: Callable[[object], None] | None = None) -> None:
+    """Every continuous batch's contract: a row that fails mid-run ends alone with its error, and the rows beside
+    it stay exactly their solo runs. ``meanwhile(scheduler)`` runs after the failure is armed (more trouble)."""
+    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(BATCH_PROMPTS[:3], BATCH_MAX_NEW[:3])]
+    seqs = [scheduler.submit(p, m) for p, m in zip(BATCH_PROMPTS[:3], BATCH_MAX_NEW[:3])]
+    fail_at(seqs[1])
+    if meanwhile is not None:
+        meanwhile(scheduler)
+    scheduler.run_until_done()
+    assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
+    assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
+
+
 def check_seeded_sampling(gen, make, slot_tokens: int, **extra) -> None:
     """Every continuous batch's contract: seeded sampling equals the solo seeded run, and the seed is the request's."""
     from onnxformer.runtime.generation.scheduler import SlotLimits

@@ -169,7 +169,7 @@ def test_pooling_matches_sentence_transformers_on_either_padding_side(side, mode
 def test_qwen3_dispatch():
     """qwen3 is one family: generation by default, feature-extraction for a sentence-transformers checkpoint or
     when asked; no classification heads."""
-    from onnxformer.export.tasks import check_architecture, generative_task
+    from onnxformer.export.detect import check_architecture, generative_task
 
     family = get_family("qwen3")
     assert family.kind == DECODER and family.tasks == ("text-generation", "feature-extraction")

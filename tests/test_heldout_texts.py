@@ -1,7 +1,7 @@
 """The held-out benchmark texts are a third set: disjoint from the evaluation and calibration texts, and diverse."""
 from __future__ import annotations
 
-from onnxformer.benchmarks.bench_heldout import heldout_texts
+from bench_heldout import heldout_texts
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
 
 

@@ -1,4 +1,4 @@
-"""Peers in their own virtual environments (benchmarks/peer_env.py): the registry entries, the pins, the
+"""Peers in their own virtual environments (benchmarks/bench/peer_env.py): the registry entries, the pins, the
 "not measured" line when an environment cannot be made, and (slow) the optimum peer for real on MiniLM."""
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from onnxformer.errors import ProviderError
 from onnxformer.runtime import providers
 from onnxformer.errors import ArtifactError
 from onnxformer.artifact.manifest import FORMAT, SCHEMA_VERSION, Manifest, TensorSpec
-from onnxformer.runtime.variants import choose
+from onnxformer.runtime.choice import choose
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU_ONLY = ["CPUExecutionProvider"]
@@ -86,7 +86,7 @@ def test_variant_unsupported_is_a_logged_fallback(caplog):
     m = manifest(fp16=rec("fp16", ["cuda"], min_cosine=0.9999))
 
     def attempt(name):
-        from onnxformer.runtime.variants import check_explicit
+        from onnxformer.runtime.choice import check_explicit
         return name, check_explicit(m, name, "fp16").variant
 
     with caplog.at_level(logging.INFO, logger="onnxformer.runtime"):

@@ -10,7 +10,8 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import SlotScheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_reset, check_seeded_sampling, fail_at, staggered
+from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
+                      check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,14 +20,9 @@ PROMPTS, MAX_NEW = BATCH_PROMPTS, BATCH_MAX_NEW
 
 @pytest.mark.parametrize("gap", [0, 1, 3])
 def test_greedy_rows_equal_solo_generation_whatever_joins_or_leaves(gen, gap):
-    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS, MAX_NEW)]
     scheduler = Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
-    seqs = staggered(scheduler, PROMPTS, MAX_NEW, gap)
-    assert [s.ids for s in seqs] == solo
-    eos = set(gen.special.eos)
-    assert [s.finish_reason for s in seqs] == ["stop" if ids[-1] in eos else "length" for ids in solo]
-    assert [s.stream.text for s in seqs] == [gen.generate(p, max_new_tokens=m) for p, m in zip(PROMPTS, MAX_NEW)]
-    assert not scheduler.busy and scheduler.cache.rows == 0
+    check_greedy_rows_equal_solo(gen, scheduler, gap)
+    assert scheduler.cache.rows == 0
 
 
 @pytest.mark.parametrize("chunk", [0, 3])
@@ -95,13 +91,7 @@ def test_reset_ends_every_request_and_the_batch_runs_on(gen, batch):
 
 
 def test_a_failing_row_does_not_disturb_the_others(gen):
-    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    scheduler = Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64))
-    seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    fail_at(seqs[1])
-    scheduler.run_until_done()
-    assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
-    assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
+    check_a_failing_row(gen, Scheduler(gen, SlotLimits(max_slots=3, max_cached_tokens=3 * 64)))
 
 
 @BOTH

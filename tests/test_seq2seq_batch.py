@@ -12,7 +12,8 @@ from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 from onnxformer.runtime.generation.slots import batch_scheduler
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_cancel_and_deadline, check_reset, check_seeded_sampling, fail_at, staggered
+from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
+                      check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,18 +32,13 @@ def _solo(gen: Generator, prompts: list[str], max_new: list[int], **opts) -> lis
 
 @pytest.mark.parametrize("gap", [0, 2])
 def test_greedy_rows_equal_solo_generation_whatever_joins_or_leaves(s2s, gap):
-    solo = _solo(s2s, PROMPTS, MAX_NEW)
     scheduler = batch_scheduler(s2s, SlotLimits(max_slots=4, max_cached_tokens=4 * 80))
     assert isinstance(scheduler, Seq2SeqScheduler)
     rows: list[int] = []
     scheduler.on_step = lambda kind, n, _: rows.append(n) if kind == "decode" else None
-    seqs = staggered(scheduler, PROMPTS, MAX_NEW, gap)
-    assert [s.ids for s in seqs] == solo
+    check_greedy_rows_equal_solo(s2s, scheduler, gap)
     assert max(rows) == 4 and sum(rows) > 2 * len(rows)  # rows at different steps really shared calls
-    eos = set(s2s.special.eos)
-    assert [s.finish_reason for s in seqs] == ["stop" if ids[-1] in eos else "length" for ids in solo]
-    assert [s.stream.text for s in seqs] == [s2s.generate(p, max_new_tokens=m) for p, m in zip(PROMPTS, MAX_NEW)]
-    assert not scheduler.busy and scheduler.cache.rows == scheduler.cross.rows == 0
+    assert scheduler.cache.rows == scheduler.cross.rows == 0
 
 
 def test_each_row_sits_right_aligned_in_both_caches(s2s):
@@ -86,13 +82,7 @@ def test_reset_ends_every_request_and_the_batch_runs_on(s2s):
 
 
 def test_a_failing_row_does_not_disturb_the_others(s2s):
-    solo = _solo(s2s, PROMPTS[:3], MAX_NEW[:3])
-    scheduler = batch_scheduler(s2s, SlotLimits(max_slots=3, max_cached_tokens=3 * 80))
-    seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    fail_at(seqs[1])
-    scheduler.run_until_done()
-    assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
-    assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
+    check_a_failing_row(s2s, batch_scheduler(s2s, SlotLimits(max_slots=3, max_cached_tokens=3 * 80)))
 
 
 def test_a_failing_prefill_fails_only_its_request(s2s, monkeypatch):

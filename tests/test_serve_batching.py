@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from onnxformer.serve.errors import ServingError
-from onnxformer.serve.batching import BatchLimits, Scheduler
+from onnxformer.serve.statuses import ServingError
+from onnxformer.serve.batcher import BatchLimits, Batcher
 
 
 def _run(limits: BatchLimits, jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
@@ -14,7 +14,7 @@ def _run(limits: BatchLimits, jobs: list[list[str]]) -> tuple[list[list[str]], l
     calls: list[list[str]] = []
 
     async def main() -> list[list[str]]:
-        scheduler = Scheduler(limits)
+        scheduler = Batcher(limits)
         lane = scheduler.lane("echo", lambda chunk: (calls.append(list(chunk)), [s.upper() for s in chunk])[1])
         results = await asyncio.gather(*(lane.submit(items) for items in jobs))
         await scheduler.close()
@@ -43,7 +43,7 @@ def test_a_request_larger_than_the_cap_runs_in_chunks():
 
 def test_queue_full_is_429():
     async def main() -> None:
-        scheduler = Scheduler(BatchLimits(max_queue=3))
+        scheduler = Batcher(BatchLimits(max_queue=3))
         scheduler.admit(3)
         with pytest.raises(ServingError) as e:
             scheduler.admit(1)
@@ -54,7 +54,7 @@ def test_queue_full_is_429():
 
 def test_model_error_reaches_every_request_in_the_batch():
     async def main() -> list:
-        scheduler = Scheduler(BatchLimits(max_delay_s=0.05))
+        scheduler = Batcher(BatchLimits(max_delay_s=0.05))
         lane = scheduler.lane("boom", lambda chunk: 1 / 0)
         out = await asyncio.gather(lane.submit(["a"]), lane.submit(["b"]), return_exceptions=True)
         await scheduler.close()
@@ -65,7 +65,7 @@ def test_model_error_reaches_every_request_in_the_batch():
 
 def test_a_lone_request_does_not_wait_for_company():
     async def main() -> float:
-        scheduler = Scheduler(BatchLimits(max_delay_s=5.0))
+        scheduler = Batcher(BatchLimits(max_delay_s=5.0))
         lane = scheduler.lane("echo", lambda chunk: chunk)
         start = asyncio.get_running_loop().time()
         assert await lane.submit(["alone"]) == ["alone"]
@@ -83,7 +83,7 @@ def test_while_the_worker_is_busy_late_arrivals_join_the_batch():
     release = threading.Event()
 
     async def main() -> None:
-        scheduler = Scheduler(BatchLimits(max_delay_s=0.5))
+        scheduler = Batcher(BatchLimits(max_delay_s=0.5))
         lane = scheduler.lane("echo", lambda chunk: (calls.append(list(chunk)), chunk)[1])
         other = asyncio.ensure_future(scheduler.run_in_worker(lambda: release.wait(10)))  # another lane's call
         await asyncio.sleep(0.05)

@@ -76,7 +76,7 @@ def test_hostile_completions(gen_artifact):
 ])
 def test_completion_parameters_refused_by_name(gen_artifact, field, value, words):
     from onnxformer.serve.schemas import CompletionRequest, parse_body
-    from onnxformer.serve.errors import ServingError
+    from onnxformer.serve.statuses import ServingError
     import json
 
     with pytest.raises(ServingError) as e:

@@ -65,7 +65,7 @@ def test_triton_http_and_grpc_clients_reach_each_model_by_name(two):
 
 
 def test_served_model_names_must_match_the_directories(tiny_artifact):
-    from onnxformer.serve.errors import ServingError
+    from onnxformer.serve.statuses import ServingError
     from onnxformer.serve.config import ServeConfig
     from onnxformer.serve.server import served_names
 

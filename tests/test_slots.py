@@ -11,7 +11,7 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, batch_scheduler, run_slots
 
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, fail_at, staggered
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_greedy_rows_equal_solo, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -103,17 +103,12 @@ def test_the_slot_graph_starts_only_for_the_batch(gen_artifact):
 
 @pytest.mark.parametrize("gap,chunk", [(0, 0), (1, 3), (3, 64), (2, 1)])
 def test_greedy_rows_equal_solo_generation_whatever_joins_or_leaves(gen, gap, chunk):
-    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS, MAX_NEW)]
     calls: list[tuple[str, int, int]] = []  # (kind, rows in the call, rows running after it)
     scheduler = SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64, prefill_chunk=chunk))
     scheduler.on_step = lambda kind, rows, _: calls.append((kind, rows, len(scheduler.running)))
     addresses = scheduler.cache.buffer_addresses()
-    seqs = staggered(scheduler, PROMPTS, MAX_NEW, gap)
-    assert [s.ids for s in seqs] == solo
-    eos = set(gen.special.eos)
-    assert [s.finish_reason for s in seqs] == ["stop" if ids[-1] in eos else "length" for ids in solo]
-    assert [s.stream.text for s in seqs] == [gen.generate(p, max_new_tokens=m) for p, m in zip(PROMPTS, MAX_NEW)]
-    assert not scheduler.busy and scheduler.cache.slots == 0
+    check_greedy_rows_equal_solo(gen, scheduler, gap)
+    assert scheduler.cache.slots == 0
     decodes = [rows for kind, rows, _ in calls if kind == "decode"]
     assert max(decodes) >= 3 and sum(decodes) < sum(MAX_NEW)  # rows decoded together (as many as the tokens allow)
     # a prefill never follows a prefill while rows are running (they would stall)
@@ -150,17 +145,15 @@ def test_a_leaving_row_is_replaced_by_the_last_and_a_wider_joiner_relays_the_slo
 
 
 def test_a_failing_row_or_prefill_does_not_disturb_the_others(gen):
-    solo = [gen.generate_ids([p], max_new_tokens=m)[0] for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
     scheduler = SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64))
-    seqs = [scheduler.submit(p, m) for p, m in zip(PROMPTS[:3], MAX_NEW[:3])]
-    fail_at(seqs[1])
-    for _ in range(8):
-        scheduler.step()
     bad = scheduler.prepare(PROMPTS[3], 5)
     bad.prompt = [10 ** 6]  # an id outside the vocabulary: its prefill call fails
-    scheduler.enqueue(bad)
-    scheduler.run_until_done()
-    assert seqs[1].finish_reason == "error" and str(seqs[1].error) == "injected"
+
+    def a_failing_prefill(scheduler) -> None:
+        for _ in range(8):
+            scheduler.step()
+        scheduler.enqueue(bad)
+
+    check_a_failing_row(gen, scheduler, a_failing_prefill)
     assert bad.finish_reason == "error"
-    assert [seqs[0].ids, seqs[2].ids] == [solo[0], solo[2]]
     assert scheduler.cache.slots == 0

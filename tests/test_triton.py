@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from onnxformer.cli import main
-from onnxformer.serve.errors import ServingError
+from onnxformer.serve.statuses import ServingError
 from onnxformer.artifact.files import sha256_file
 from onnxformer.serve.triton import TritonOptions, export_triton
 

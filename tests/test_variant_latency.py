@@ -11,7 +11,7 @@ from onnxformer.errors import ArtifactError
 from onnxformer.runtime import Model, latency
 from onnxformer.artifact.cpu import CpuInfo, read_cpuinfo, this_cpu
 from onnxformer.artifact.manifest import Latency, Manifest, load_manifest
-from onnxformer.runtime.variants import choose
+from onnxformer.runtime.choice import choose
 
 ZEN2 = CpuInfo("AMD EPYC 7B12", ("avx2",))
 SAPPHIRE = CpuInfo("Intel(R) Xeon(R) Platinum 8481C", ("amx_int8", "amx_tile", "avx2", "avx512_vnni", "avx512f"))

@@ -6,7 +6,7 @@ The script builds its model if the peers' work directory lacks it (untimed), loa
 and for every shape makes one probe call (outputs saved for the fidelity comparison, peak memory), then times
 model-only calls (the shape's feeds) and end-to-end calls (its texts: tokenize, run, post-process) under the
 budget. It writes RESULT.json (per-call seconds, raw) atomically; the parent summarises it like any other
-configuration. Memory is read like benchmarks/memory.py reads it (Linux VmHWM, reset through clear_refs).
+configuration. Memory is read like benchmarks/bench/memory.py reads it (Linux VmHWM, reset through clear_refs).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 Feeds = dict[str, np.ndarray]
-MIN_ITERS = 5  # as benchmarks/stats.py: a seconds budget still yields enough samples for a p90
+MIN_ITERS = 5  # as benchmarks/bench/stats.py: a seconds budget still yields enough samples for a p90
 
 
 @dataclass

@@ -14,7 +14,7 @@ SCHEMA = "onnxformer-gpu-summary/1"
 SHAPES: tuple[tuple[int, int], ...] = ((1, 128), (8, 128), (32, 128))
 # The strongest PyTorch peer the targets are set against (issue 18): fp16 + SDPA.
 REFERENCE = "pytorch-fp16-sdpa@cuda"
-# Our configurations on the GPU (labels as benchmarks/runners.py makes them), in table order.
+# Our configurations on the GPU (labels as benchmarks/bench/runners.py makes them), in table order.
 VARIANTS: tuple[str, ...] = ("fp32-opt@cuda", "fp16@cuda", "fp16@cuda-graph", "fp16@cuda-packed",
                              "fp16-trt@tensorrt-fp16", "int8-trt@tensorrt-int8")
 # Planned rows the runner does not produce yet: they are reported, never silently dropped.

@@ -39,7 +39,8 @@ from onnxformer.runtime.generation.text import TextStream
 
 @dataclass(frozen=True)
 class SlotLimits:
-    """How big the decode batch may get: rows (slots) and cached tokens (rows × shared width)."""
+    """How big the decode batch may get: rows (slots) and cached tokens (rows × shared width). These defaults are
+    the server's too (``serve/config.py`` reads them)."""
 
     max_slots: int = 16
     max_cached_tokens: int = 8192

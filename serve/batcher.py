@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from onnxformer.serve.errors import ErrorKind, ServingError
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 log = logging.getLogger("onnxformer.serve")
 
@@ -27,18 +28,18 @@ RunFn = Callable[[list[Any]], Sequence[Any]]  # items → one result per item, i
 @dataclass(frozen=True)
 class BatchLimits:
     batching: bool = True
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_delay_s: float = 0.002
     max_queue: int = 1024
 
 
 @dataclass
-class Job:
+class LaneJob:
     items: list[Any]
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class Scheduler:
+class Batcher:
     """Owns the worker thread, the admission count behind 429, and one lane per kind of work."""
 
     def __init__(self, limits: BatchLimits, on_batch: Callable[[str, int, float], None] = lambda *_: None):
@@ -83,9 +84,9 @@ class Scheduler:
 
 
 class Lane:
-    def __init__(self, scheduler: Scheduler, name: str, run: RunFn, mergeable: bool):
+    def __init__(self, scheduler: Batcher, name: str, run: RunFn, mergeable: bool):
         self.scheduler, self.name, self.run, self.mergeable = scheduler, name, run, mergeable
-        self._jobs: collections.deque[Job] = collections.deque()
+        self._jobs: collections.deque[LaneJob] = collections.deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -94,7 +95,7 @@ class Lane:
     async def submit(self, items: list[Any]) -> list[Any]:
         """Queue ``items`` (already validated) and wait for their results. Raises 429 when the queue is full."""
         self.scheduler.admit(len(items))
-        job = Job(list(items))
+        job = LaneJob(list(items))
         self._jobs.append(job)
         self._idle.clear()
         self._wakeup.set()
@@ -120,12 +121,12 @@ class Lane:
             if live:
                 await self._execute(live)
 
-    def _take(self) -> Job:
+    def _take(self) -> LaneJob:
         job = self._jobs.popleft()
         self.scheduler.release(len(job.items))
         return job
 
-    async def _fill(self, batch: list[Job]) -> None:
+    async def _fill(self, batch: list[LaneJob]) -> None:
         """Add queued jobs while they fit the cap. Late arrivals are waited for (up to max_delay) only while
         the worker is busy: an idle model runs what is queued at once, and the requests that arrive during
         that call form the next batch, so a lone request never pays the delay."""
@@ -151,7 +152,7 @@ class Lane:
             return False
         return bool(self._jobs)
 
-    async def _execute(self, batch: list[Job]) -> None:
+    async def _execute(self, batch: list[LaneJob]) -> None:
         items = [item for job in batch for item in job.items]
         try:
             results = await self.scheduler.run_in_worker(lambda: self._run_chunks(items))
