@@ -15,7 +15,7 @@ DEMO_OUT ?= build/all-MiniLM-L6-v2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 demo: install
 	$(BIN)/onnxformer build --out $(DEMO_OUT) --overwrite
 
-test: install
+# ruff (pyproject's [tool.ruff]) over the repository, mypy (pyproject's [tool.mypy]) over the installed package's
+# tree (onnxformer/ with its stage symlinks), then the suite.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest -q
 
 bench: install

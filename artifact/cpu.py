@@ -46,7 +46,7 @@ class CpuInfo:
 
 def read_cpuinfo(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuInfo:
     """The CPU described by ``cpuinfo`` (unreadable: the platform's name and no flags, i.e. the worst case)."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     try:
         text = Path(cpuinfo).read_text()
     except OSError:

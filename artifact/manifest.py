@@ -10,6 +10,8 @@ module still load; keys this version does not know are kept and written back unc
 """
 from __future__ import annotations
 
+import builtins
+
 import datetime as _dt
 import json
 import math
@@ -58,23 +60,23 @@ class _Reader:
             raise self.fail(key, expected)
         return value
 
-    def str(self, key: str, default: Any = ...) -> Any:
+    def str(self, key: builtins.str, default: Any = ...) -> Any:
         return self.get(key, lambda v: isinstance(v, str), "a string", default)
 
-    def int(self, key: str, default: Any = ..., minimum: int = 0) -> Any:
+    def int(self, key: builtins.str, default: Any = ..., minimum: int = 0) -> Any:
         return self.get(key, lambda v: _is_int(v) and v >= minimum and v < 2 ** 63,
                         f"an integer >= {minimum}", default)
 
-    def dict(self, key: str, default: Any = ...) -> Any:
+    def dict(self, key: builtins.str, default: Any = ...) -> Any:
         return self.get(key, lambda v: isinstance(v, dict), "an object", default)
 
-    def list(self, key: str, default: Any = ...) -> Any:
+    def list(self, key: builtins.str, default: Any = ...) -> Any:
         return self.get(key, lambda v: isinstance(v, list), "a list", default)
 
-    def sub(self, key: str) -> "_Reader":
+    def sub(self, key: builtins.str) -> "_Reader":
         return _Reader(self.dict(key), self._path(key), self.origin)
 
-    def rest(self, known: set[str]) -> dict[str, Any]:
+    def rest(self, known: set[builtins.str]) -> builtins.dict[builtins.str, Any]:
         return {k: v for k, v in self.data.items() if k not in known}
 
 
@@ -242,6 +244,7 @@ class Latency:
         cpu = CpuInfo.from_json(r.get("cpu", lambda v: CpuInfo.from_json(v) is not None,
                                       "an object {model: string, flags: [string]}"))
         number = lambda v: _is_number(v) and v > 0
+        assert cpu is not None  # the check above
         return cls(cpu, float(r.get("ms", number, "a positive number")), r.int("batch", 1, minimum=1),
                    r.int("tokens", 128, minimum=1), r.int("threads", None, minimum=1),
                    r.get("fp32_ms", number, "a positive number", None))
@@ -305,7 +308,7 @@ class Variant:
 
     def metric(self, name: str) -> float | None:
         value = self.fidelity.get(name)
-        return float(value) if _is_number(value) else None
+        return float(value) if value is not None and _is_number(value) else None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "sha256": self.sha256, "files": dict(self.files),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from onnxformer.export.checkpoint import inspect_checkpoint, resolve_model_path
 from onnxformer.export.encoder import export_encoder
@@ -62,7 +62,7 @@ def export_checkpoint(
     if task is not None and generative_task("", task) is None:
         get_task(task)  # unknown task: fail before any loading
     ckpt = inspect_checkpoint(resolve_model_path(model), allow_pickle=allow_pickle)
-    options = dict(opset=opset, atol=atol, trust_remote_code=trust_remote_code, overwrite=overwrite, name=name,
+    options: dict[str, Any] = dict(opset=opset, atol=atol, trust_remote_code=trust_remote_code, overwrite=overwrite, name=name,
                    progress=progress)
     is_st = ckpt.sentence_transformers is not None
     if generative_task(ckpt.model_type, task, is_st) is not None:  # decoders / seq2seq with a KV cache

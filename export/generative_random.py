@@ -72,7 +72,7 @@ def tiny_config(family: str, vocab_size: int, layers: int = 2, hidden: int = 32,
     # Wider random weights than the default init: sharper logits, so greedy text varies instead of
     # repeating one token, and argmax ties (which would make parity depend on rounding) are unlikely.
     init = {"t5": {"initializer_factor": 2.0}, "bart": {"init_std": 0.3}, "marian": {"init_std": 0.3}}
-    kw.update(init.get(family, {"initializer_range": 0.3}))
+    kw.update(init.get(family, {"initializer_range": 0.3}))  # type: ignore[arg-type]
     return AutoConfig.for_model(family, **{"vocab_size": vocab_size, **ids, **kw, **overrides})
 
 

@@ -71,7 +71,7 @@ def validate_decoder(model: Any, path: Path, vocab: int, pad: int, atol: float, 
                         position_ids=torch.from_numpy(positions), use_cache=False).logits.float().numpy()
         empty = np.zeros((len(lengths), shape[1], 0, shape[3]), dtype=np.float32)
         past = {n: empty for pair in layers for n in pair}
-        logits, start, diffs = [], 0, {}
+        logits, start, diffs = [], 0, dict[str, float]()
         for end in np.cumsum((width, *chunks)):
             feeds = {"input_ids": ids[:, start:end], "attention_mask": mask[:, :end],
                      "position_ids": positions[:, start:end], "logits_to_keep": np.array([0]), **past}

@@ -20,6 +20,7 @@ def load_reference(ckpt: Checkpoint, task: Task, trust_remote_code: bool = False
     import torch
     import transformers
 
+    assert task.auto_class is not None, task.name  # export takes only tasks with a transformers class
     auto = getattr(transformers, task.auto_class)
     try:
         model = auto.from_pretrained(

@@ -127,13 +127,16 @@ def translation_table(num_heads: int, kv_heads: int) -> dict[Any, Any]:
 
     gqa = _gqa_op()
 
+    def ints(*values: int) -> Any:  # an INT64 constant (onnxscript types Constant's output as any tensor type)
+        return ox.Constant(value_ints=list(values))
+
     def slot_attention(query, key, value, past_key, past_value, seqlens_k, total, scale: float, window: int):
         # (B, heads, S, head) → (B, S, heads × head): GroupQueryAttention takes BSNH-packed query/key/value
-        flat = lambda t: ox.Reshape(ox.Transpose(t, perm=[0, 2, 1, 3]), ox.Constant(value_ints=[0, 0, -1]))
+        flat = lambda t: ox.Reshape(ox.Transpose(t, perm=[0, 2, 1, 3]), ints(0, 0, -1))
         out, present_key, present_value = gqa(
-            flat(query), flat(key), flat(value), past_key, past_value, seqlens_k, ox.Reshape(total, ox.Constant(value_ints=[1])),
+            flat(query), flat(key), flat(value), past_key, past_value, seqlens_k, ox.Reshape(total, ints(1)),
             num_heads=num_heads, kv_num_heads=kv_heads, scale=scale, local_window_size=window if window > 0 else -1)
-        out = ox.Reshape(out, ox.Constant(value_ints=[0, 0, num_heads, -1]))
+        out = ox.Reshape(out, ints(0, 0, num_heads, -1))
         return out, present_key, present_value
 
     import torch

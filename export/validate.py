@@ -83,7 +83,7 @@ def summarize(cases: list[dict[str, Any]], atol: float, setting: str = "") -> di
             worst[name] = max(worst.get(name, 0.0), value)
     result = {"atol": atol, "max_abs_diff": worst, "cases": cases, "passed": max(worst.values()) <= atol}
     if not result["passed"]:
-        name = max(worst, key=worst.get)
+        name = max(worst, key=lambda n: worst[n])
         raise ValidationError(
             f"ONNX output {name} differs from PyTorch by {worst[name]:.3g} > atol {atol:g}{setting}; "
             "the export is wrong for this architecture (try another --opset) or raise --atol if the gap is expected"

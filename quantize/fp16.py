@@ -43,7 +43,7 @@ def guard_feeds(directory: Path, manifest: Manifest, calibration: Sequence[str])
     """Inputs chosen to push activations to their extremes, plus ordinary text."""
     tok = tokenizer(directory, manifest)
     limit = tok.max_length
-    long_text = " ".join(calibration * (1 + limit // max(1, len(" ".join(calibration).split()))))
+    long_text = " ".join(list(calibration) * (1 + limit // max(1, len(" ".join(calibration).split()))))
     extremes = [[long_text], [" ".join(["the"] * limit)], [long_text, "ok"]]  # last: row 2 is nearly all padding
     feeds = [evaluation_feeds(directory, manifest, batch, tok)[0] if len(batch) == 1
              else tok.encode(batch, truncate=True).feeds for batch in extremes]
@@ -68,7 +68,8 @@ def guarded_nodes(model: onnx.ModelProto, ranges: dict[str, float]) -> dict[str,
     weights = _weight_ranges(model)  # a weight beyond fp16's range would be clamped by the converter
     blocked = {}
     for node in model.graph.node:
-        values = [ranges.get(t, weights.get(t)) for t in (*node.input, *node.output) if t in ranges or t in weights]
+        values = [ranges[t] if t in ranges else weights[t] for t in (*node.input, *node.output)
+                  if t in ranges or t in weights]
         inputs = [ranges[t] for t in node.input if t in ranges]
         if any(v > limit for v in values):
             blocked[node.name] = f"|x| up to {max(values):.4g} > {limit:.0f}"

@@ -16,7 +16,7 @@ _DATA = "data"
 
 
 def _packaged(name: str) -> list[str]:
-    text = resources.files("onnxformer.quantize").joinpath(_DATA, name).read_text(encoding="utf-8")
+    text = resources.files("onnxformer.quantize").joinpath(_DATA).joinpath(name).read_text(encoding="utf-8")
     return _lines(text)
 
 

@@ -163,7 +163,7 @@ def test_budget_by_iterations_and_seconds():
 
 
 def test_suite_verdict_and_summary(tiny_report):
-    from onnxformer.benchmarks import run_suite
+    import run_suite
 
     verdict = run_suite.verdict("minilm", tiny_report)
     assert verdict["shape_matches_bar"] is False and verdict["passed"] is False  # 1×128 was not measured

@@ -65,7 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run what can run; gpu-summary.* is written in every case (rows that did not run say why). ProviderError
     (after writing it) when the GPU or the CUDA provider is missing and so nothing was measured."""
-    from onnxformer.benchmarks import run_suite
+    import run_suite
 
     args = parse(argv)
     deadline = args.deadline or time.time() + TIME_LIMIT_SECONDS
@@ -145,7 +145,7 @@ def mixed_run(artifact: Path, work: Path, providers: list[str], deadline: float)
 def bench_model(model: str, name: str, work: Path, providers: list[str], deadline: float, models_left: int,
                 out: Path) -> dict[str, Any]:
     """Export, quantize for the GPU, benchmark; writes gpu-<name>.json/.md/.png and returns the report."""
-    from onnxformer.benchmarks import run_suite
+    import run_suite
     from onnxformer.benchmarks.harness import run_benchmark
     from onnxformer.benchmarks.report import write_report
 
