@@ -12,14 +12,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from onnxformer.benchmarks import memory
 from onnxformer.benchmarks.environment import environment
 from onnxformer.benchmarks.inputs import Inputs, make_inputs
-from onnxformer.benchmarks.peers import PEER, PYTORCH, peer_candidates, work_directory
+from onnxformer.benchmarks.peers import PEER, PYTORCH, peer_candidates, select_peers, work_directory
 from onnxformer.benchmarks.postprocess import min_cosine, signature
 from onnxformer.benchmarks.providers import GPU_PROVIDERS, resolve
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, artifact_tokenizer, variant_candidates
@@ -45,7 +45,9 @@ class Settings:
     variants: list[str] | None = None  # None = every variant in the manifest
     baselines: bool = True  # the PYTORCH peers (peers.py): PyTorch eager fp32 + autocast
     baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
-    peers: bool = True  # the PEER peers (peers.py): optimum, sentence-transformers ONNX, OpenVINO
+    # The PEER peers to run (peers.select_peers: "all", an environment such as "optimum", or a peer's name):
+    # optimum, sentence-transformers ONNX, OpenVINO. None by default: each builds an environment on first use.
+    peers: Sequence[str] = ()
     seed: int = 0
     isolate: bool = False  # each configuration in its own process (isolation.py); else all in this one, interleaved
 
@@ -127,7 +129,7 @@ def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], lis
 
 def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], workdir: Path) -> list[Candidate]:
     """The peers (baselines first), then the artifact's variants."""
-    return (peer_candidates(ctx, workdir, _peer_devices(settings, providers))
+    return (peer_candidates(ctx, workdir, _peer_devices(settings, providers), select_peers(settings.peers or ()))
             + variant_candidates(ctx, settings.variants, providers))
 
 

@@ -17,14 +17,32 @@ def output_paths(json_path: Path) -> dict[str, Path]:
 
 
 def write_report(report: dict[str, Any], json_path: str | Path) -> dict[str, Path]:
-    from onnxformer.benchmarks.plots import plot_latency, plot_speedup
-
+    """The numbers first (JSON, then Markdown); the plots last and optional: without matplotlib they are skipped
+    and ``report["plots_skipped"]`` says why (the Markdown too; the caller tells the user)."""
     paths = output_paths(Path(json_path))
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    report["plots_skipped"] = plots_missing()
     atomic_write_json(paths["json"], report)
-    images = {"latency": plot_latency(report, paths["latency_png"]), "speedup": plot_speedup(report, paths["speedup_png"])}
-    atomic_write_bytes(paths["markdown"], markdown(report, {k: p.name for k, p in images.items() if p}).encode())
+    atomic_write_bytes(paths["markdown"], markdown(report).encode())
+    if report["plots_skipped"] is None:
+        from onnxformer.benchmarks.plots import plot_latency, plot_speedup
+
+        images = {"latency": plot_latency(report, paths["latency_png"]),
+                  "speedup": plot_speedup(report, paths["speedup_png"])}
+        atomic_write_bytes(paths["markdown"], markdown(report, {k: p.name for k, p in images.items() if p}).encode())
     return paths
+
+
+def plots_missing() -> str | None:
+    """Why the PNG plots cannot be drawn here (matplotlib comes with an extra), or None when they can."""
+    from onnxformer.extras import install_hint
+
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError as e:
+        name = (e.name or "matplotlib").split(".")[0]
+        return f"plots skipped: {name} is not installed ({install_hint(name) or f'pip install {name}'})"
+    return None
 
 
 def write_json_and_markdown(report: dict[str, Any], out: str | Path, text: str) -> str:
@@ -66,6 +84,8 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
     lines += _unavailable(report)
     for title, name in (images or {}).items():
         lines += [f"![{title}]({name})", ""]
+    if report.get("plots_skipped"):
+        lines += [f"No plots: {report['plots_skipped'].removeprefix('plots skipped: ')}.", ""]
     lines += _environment(report)
     return "\n".join(lines) + "\n"
 
