@@ -114,8 +114,10 @@ def check_writable(out: Path) -> None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
+    from onnxformer.benchmarks.summary import unreliable_note
     from onnxformer.progress import console
 
     table = Table(title=f"bench: {report['artifact']['name']}")
@@ -123,10 +125,13 @@ def print_summary(report: dict[str, Any]) -> None:
         table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
     for r in report["results"]:
         cos = "n/a" if r["fidelity_cosine"] is None else f"{r['fidelity_cosine']:.5f}"
-        speed = "n/a" if r["speedup_model_only"] is None else f"{r['speedup_model_only']:.2f}×"
+        speed = ("n/a" if r["speedup_model_only"] is None else
+                 f"{r['speedup_model_only']:.2f}×" if r.get("speedup_reliable", True) else "unreliable")
         table.add_row(r["config"], f"{r['batch']}×{r['seq']}", f"{r['model_only']['p50_ms']:.2f}",
                       f"{r['end_to_end']['p50_ms']:.2f}", cos, speed)
     console.print(table)
     for c in report["configs"]:
         if c["status"] != "ok":
-            console.print(f"[yellow]{c['name']}: {c['status']}: {c['reason']}[/]")
+            console.print(f"[yellow]{escape(c['name'])}: {c['status']}: {escape(str(c['reason']))}[/]")
+    if note := unreliable_note(report):
+        console.print(f"[yellow]{escape(note)}[/]")

@@ -28,7 +28,7 @@ from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import ArtifactError
 from onnxformer.runtime.manifest import Manifest
 from onnxformer.runtime.tasks import tasks_where
-from onnxformer.runtime.timing import timed
+from onnxformer.runtime.timing import time_calls, timed
 
 SCHEMA = "onnxformer-bench/1"
 BENCHED = tasks_where(generative=False, tokenizer=True)  # encoder tasks that take text: what bench measures
@@ -176,10 +176,30 @@ def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budg
         syncs = [r.synchronize for _, r, _ in active]
         model = time_interleaved([lambda r=r: r.model_only(inputs.feeds) for _, r, _ in active], budget, syncs)
         e2e = time_interleaved([lambda r=r: r.end_to_end(inputs.texts) for _, r, _ in active], budget, syncs)
-        for (config, _, row), m, e in zip(active, model, e2e):
+        for (config, runner, row), m, e in zip(active, model, e2e):
             row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
+            row["one_thread_p50_ms"] = _one_thread_p50(runner, inputs, ctx.threads)
             report["results"].append(row)
     progress(total, total, "done")
+
+
+ONE_THREAD_CALLS = 5
+
+
+def _one_thread_p50(runner: Runner, inputs: Inputs, threads: int) -> float | None:
+    """Model-only p50 (ms) of a few calls with one thread, for a stack with a process-wide pool (PyTorch's
+    OpenMP) measured with more: when one thread beats ``threads``, other load descheduled the pool's workers
+    (OpenMP's barriers wait for the slowest) and ratios against that baseline are not to be trusted
+    (summary.oversubscribed). None when not checked."""
+    if runner.set_threads is None or threads <= 1:
+        return None
+    runner.set_threads(1)
+    try:
+        seconds = time_calls(lambda: (runner.model_only(inputs.feeds), runner.synchronize()), runs=ONE_THREAD_CALLS,
+                             warmup=1)
+    finally:
+        runner.set_threads(threads)
+    return float(np.median(seconds) * 1e3)
 
 
 def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Settings, report: dict[str, Any],
@@ -187,6 +207,8 @@ def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Se
     """One child process per configuration, one after the other (see isolation.py)."""
     from onnxformer.benchmarks.isolation import fragment_signatures, run_isolated
 
+    if not candidates:  # nothing of its own to report (not a "0/0 done" after the in-process part's "9/9 done")
+        return
     for i, cand in enumerate(candidates):
         if cand.load is None:
             report["configs"].append({"name": cand.name, "kind": cand.kind, "device": cand.device,

@@ -93,12 +93,17 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
 def _headline(h: dict[str, Any] | None) -> list[str]:
     if not h:
         return []
+    if h.get("baseline_unreliable"):
+        vs_torch = (f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup **unreliable**: the "
+                    f"multi-threaded baseline was oversubscribed ({h['baseline_unreliable']})")
+    else:
+        vs_torch = (f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup "
+                    f"**{_f(h['speedup_vs_pytorch_fp32'])}×** (end-to-end {_f(h['speedup_end_to_end_vs_pytorch_fp32'])}×)")
     return [
         f"## Headline ({h['device'].upper()}, batch {h['batch']} × {h['seq']} tokens, model-only p50)", "",
         f"- best variant within its fidelity budget: **{h['best_variant'] or 'none'}** "
         f"({_f(h['best_p50_ms'])} ms, cosine {_f(h['best_fidelity_cosine'], 5)})",
-        f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup **{_f(h['speedup_vs_pytorch_fp32'])}×** "
-        f"(end-to-end {_f(h['speedup_end_to_end_vs_pytorch_fp32'])}×)",
+        vs_torch,
         f"- vs PyTorch {'bf16' if h['device'] == 'cpu' else 'fp16'} autocast: "
         f"{_f(h['speedup_vs_pytorch_bf16' if h['device'] == 'cpu' else 'speedup_vs_pytorch_fp16'])}×; vs optimum int8: "
         f"{_f(h['speedup_vs_optimum_int8'])}×; vs optimum fp32: {_f(h['speedup_vs_optimum_fp32'])}×",
@@ -119,7 +124,7 @@ def _table(report: dict[str, Any]) -> list[str]:
         cells = (r["config"], str(r["batch"]), str(r["seq"]), _f(m["p50_ms"]), _f(m["p90_ms"]), _f(m["p99_ms"]),
                  _f(m["mean_ms"]), _f(e["p50_ms"]), _f(e["p99_ms"]), _f(m["seq_per_s"], 1), _f(m["tokens_per_s"], 0),
                  _f(r["peak_rss_over_base_mb"], 0), _f(r["run_peak_over_steady_mb"], 0), _f(r["size_mb"], 1), cos,
-                 _f(r["speedup_model_only"]), _f(r["speedup_end_to_end"])) + ((_f(r["gpu_memory_mb"], 0),) if gpu else ())
+                 *_speedups(r)) + ((_f(r["gpu_memory_mb"], 0),) if gpu else ())
         lines.append("| " + " | ".join(cells) + " |")
     if gpu:
         lines += ["", "GPU memory: PyTorch's CUDA allocator peak for PyTorch configurations; for ONNX Runtime, the "
@@ -131,6 +136,12 @@ def _table(report: dict[str, Any]) -> list[str]:
                  else "Timing: all configurations in one process, timed in interleaved rounds (each round: one untimed "
                  f"call, then {BLOCK} timed calls per configuration), so background load hits all alike."), ""]
     return lines
+
+
+def _speedups(row: dict[str, Any]) -> tuple[str, str]:
+    if not row.get("speedup_reliable", True):
+        return "unreliable", "unreliable"
+    return _f(row["speedup_model_only"]), _f(row["speedup_end_to_end"])
 
 
 def _unavailable(report: dict[str, Any]) -> list[str]:
