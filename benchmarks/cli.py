@@ -122,7 +122,8 @@ def print_summary(report: dict[str, Any]) -> None:
 
     table = Table(title=f"bench: {report['artifact']['name']}")
     for col in ("config", "batch×seq", "model p50 ms", "e2e p50 ms", "cosine", "speedup"):
-        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
+        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config",
+                         min_width=10 if col == "speedup" else None)  # room for "unreliable"
     for r in report["results"]:
         cos = "n/a" if r["fidelity_cosine"] is None else f"{r['fidelity_cosine']:.5f}"
         speed = ("n/a" if r["speedup_model_only"] is None else

@@ -69,8 +69,8 @@ def unreliable_note(report: dict[str, Any]) -> str | None:
     reason = report.get("baseline_unreliable")
     if not reason:
         return None
-    return (f"speedups over PyTorch not shown: its {report['settings']['threads']}-thread baseline was oversubscribed "
-            f"({reason}); rerun on an idle machine, or with --threads 1")
+    return (f"speedups over PyTorch unreliable, not shown: its {report['settings']['threads']}-thread baseline was "
+            f"oversubscribed ({reason}); rerun on an idle machine, or with --threads 1")
 
 
 def headline(report: dict[str, Any], device: str = "cpu", shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
