@@ -46,11 +46,11 @@ def oversubscribed(report: dict[str, Any]) -> str | None:
     measured at 228 ms against 1.1 ms with one), far more than ONNX Runtime does, so the ratio balloons. Either
     sign counts: the machine was already busier than its cores before the run, or a baseline ran faster on one
     thread (harness._one_thread_p50) than on the threads it was given."""
-    threads = report["settings"]["threads"]
+    threads = report.get("settings", {}).get("threads", 1)
     if threads <= 1:
         return None
     reasons = []
-    cores = report["environment"]["cpu"].get("usable_cores") or 1
+    cores = report.get("environment", {}).get("cpu", {}).get("usable_cores") or 1
     load = report.get("load_average_1m_start")
     if load is not None and load > cores:
         reasons.append(f"1-minute load average {load:.1f} on {cores} cores before the run")

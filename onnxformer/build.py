@@ -129,7 +129,8 @@ def _print_next_steps(out: Path) -> None:
         lines.append(f"  python -c \"from onnxformer import Model; print(Model.load('{out}').{call})\"")
     lines += [f"  onnxformer serve {out}   # HTTP: OpenAI, KServe v2, task routes"]
     if m.generation is None:
-        lines.append(f"  onnxformer bench {out} --peers all   # full comparison (builds the peers' environments first)")
+        lines.append(f"  onnxformer bench {out}   # the full benchmark; --peers all adds optimum and OpenVINO "
+                     "(about 2 GB of environments, built once)")
     console.print(escape("\n".join(lines)))
 
 

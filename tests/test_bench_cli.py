@@ -92,6 +92,8 @@ def test_bench_option_parsing(tiny_artifact):
 
 def test_build_stage_rows(tiny_artifact, copy_artifact, monkeypatch):
     monkeypatch.setattr(stage, "BUILD_SECONDS", 0.02)
+    # one thread: no oversubscription check, whose note (on a busy machine) replaces the ratio (test_cli_console)
+    monkeypatch.setattr("onnxformer.runtime.session.physical_cores", lambda: 1)
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))
     rows = stage.bench_stage(None, art, lambda msg: None)
     assert [r["variant"] for r in rows] == ["pytorch-fp32@cpu", "pytorch-bf16@cpu", "fp32@cpu"]
