@@ -90,8 +90,7 @@ def mark_unrunnable(rows: list[Row], out: Path) -> None:
             continue
         reasons = [unavailable_reason(p, available, gpu) for p in record.providers]
         if all(reasons):
-            row["detail"] += (f"; for {', '.join(record.providers)}: cannot run on this machine "
-                              f"({reasons[-1]})")
+            row["detail"] += f"; for {', '.join(record.providers)}, cannot run on this machine: {reasons[-1]}"
 
 
 def _time(row: Row) -> str:
@@ -131,7 +130,7 @@ def _print_next_steps(out: Path) -> None:
     if m.generation is None:
         lines.append(f"  onnxformer bench {out}   # the full benchmark; --peers all adds optimum and OpenVINO "
                      "(about 2 GB of environments, built once)")
-    console.print(escape("\n".join(lines)))
+    console.print(escape("\n".join(lines)), soft_wrap=True)  # commands stay whole, to copy
 
 
 def write_report(out: Path, rows: list[Row]) -> None:

@@ -184,7 +184,7 @@ def test_build_says_where_the_artifact_is_and_which_variants_cannot_run_here(tin
     monkeypatch.setattr(build, "STAGES", [("quantize", lambda *a: rows)])
     monkeypatch.setattr("onnxformer.runtime.providers.gpu_present", lambda: False)
     build.build(build.argparse.Namespace(model="x", out=str(art), name="tiny"))
-    assert "for cuda, tensorrt: cannot run on this machine" in rows[0]["detail"]
+    assert "for cuda, tensorrt, cannot run on this machine: " in rows[0]["detail"]
     assert "cannot run" not in rows[1]["detail"]
     err = " ".join(capsys.readouterr().err.split())
     assert f"artifact: {art.resolve()} (summary: report.md" in err
