@@ -84,6 +84,18 @@ def names(kind: str | None = None, task: str | None = None) -> tuple[str, ...]:
                         if (kind is None or f.kind == kind) and (task is None or task in f.tasks)))
 
 
+def catalog() -> str:
+    """Every registered family by kind, with the ``--task`` values that reach it (an encoder's is inferred from
+    the checkpoint's head when not given), and the families that also export a task beyond their kind's."""
+    parts = [f"{kind} (--task {' | '.join(tasks)}): {', '.join(names(kind))}"
+             for kind, tasks in _KIND_TASKS.items() if names(kind)]
+    for name, family in sorted(FAMILIES.items()):
+        extra = [t for t in family.tasks if t not in _KIND_TASKS[family.kind]]
+        if extra:
+            parts.append(f"{name} also (--task {' | '.join(extra)})")
+    return "; ".join(parts)
+
+
 def find(model_type: str) -> Family | None:
     return FAMILIES.get(model_type)
 
@@ -95,7 +107,9 @@ def get_family(model_type: str, kind: str | None = None, task: str | None = None
     if family is not None and task is not None and task not in family.tasks and (kind is None or family.kind == kind):
         raise CheckpointError(f"{model_type!r} checkpoints export {', '.join(family.tasks)}, not {task}; families "
                               f"that export {task}: {', '.join(names(kind, task))}")
-    if family is None or (kind is not None and family.kind != kind):
-        scope = f"{kind} families" if kind else "families"
-        raise CheckpointError(f"unsupported architecture {model_type!r}; supported {scope}: {', '.join(names(kind, task))}")
+    if family is None:  # every family, whatever task was inferred: the checkpoint may be a decoder or seq2seq
+        raise CheckpointError(f"unsupported architecture {model_type!r}; supported families by kind: {catalog()}")
+    if kind is not None and family.kind != kind:
+        raise CheckpointError(f"unsupported architecture {model_type!r}; supported {kind} families: "
+                              f"{', '.join(names(kind, task))}")
     return family

@@ -41,7 +41,7 @@ def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
     variants = [v for v in ("fp32", "fp32-opt", "int8") if v in manifest.variants]
     settings = harness.Settings(batches=[b for b, _ in SHAPES], seqs=[128], threads=threads,
                                 budget=Budget(warmup=3, seconds=seconds), providers=["cpu"], variants=variants,
-                                isolate=True)
+                                isolate=True, peers=["all"])
     texts = heldout_texts()
     reference = SentenceTransformer(manifest.source_path, device="cpu").encode(
         texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)

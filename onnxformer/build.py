@@ -13,7 +13,7 @@ from onnxformer.errors import CheckpointError
 from onnxformer.artifact.files import atomic_write_bytes
 from onnxformer.artifact.manifest import load_manifest
 
-Row = dict[str, Any]  # {"stage", "variant", "detail", "seconds"}
+Row = dict[str, Any]  # {"stage", "variant", "detail", "seconds"}; seconds None: no time of its own
 Stage = Callable[[argparse.Namespace, Path, Callable[[str], None]], list[Row]]
 
 
@@ -69,22 +69,68 @@ def build(args: argparse.Namespace) -> list[Row]:
             log.start(name)
             rows += stage(args, out, lambda msg, n=name: log.update(n, msg))
             log.done(name)
+    mark_unrunnable(rows, out)
     _print_summary(rows)
     write_report(out, rows)
+    _print_next_steps(out)
     return rows
+
+
+def mark_unrunnable(rows: list[Row], out: Path) -> None:
+    """Say so on the row of a variant that no provider of this machine can run (fp16 targets CUDA/TensorRT:
+    built on a CPU-only machine, it is for another one)."""
+    import onnxruntime as ort
+
+    from onnxformer.runtime.providers import gpu_present, unavailable_reason
+
+    variants, available, gpu = load_manifest(out).variants, ort.get_available_providers(), gpu_present()
+    for row in rows:
+        record = variants.get(row["variant"]) if row["stage"] != "bench" else None
+        if record is None or not record.providers:
+            continue
+        reasons = [unavailable_reason(p, available, gpu) for p in record.providers]
+        if all(reasons):
+            row["detail"] += f"; for {', '.join(record.providers)}, cannot run on this machine: {reasons[-1]}"
+
+
+def _time(row: Row) -> str:
+    return "" if row["seconds"] is None else f"{row['seconds']:.1f}s"
 
 
 def _print_summary(rows: list[Row]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from onnxformer.progress import console
 
     table = Table(title="onnxformer build")
     for col in ("stage", "variant", "result", "time"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["stage"], r["variant"], r["detail"], f"{r['seconds']:.1f}s")
+    for r in rows:  # Text: a detail such as 'pip install "onnxformer[export]"' is not rich markup
+        table.add_row(r["stage"], Text(r["variant"]), Text(r["detail"]), _time(r))
     console.print(table)
+
+
+def _print_next_steps(out: Path) -> None:
+    """Where the artifact is and what to run with it."""
+    from rich.markup import escape
+
+    from onnxformer.progress import console
+
+    m = load_manifest(out)
+    files = ", ".join(f for f in ("report.md", "bench.md") if (out / f).is_file())
+    lines = [f"artifact: {out.resolve()}" + (f" (summary: {files})" if files else ""), "next:"]
+    call = {"feature-extraction": "embed(['hello world']).shape", "text-classification": "classify('hello world')",
+            "token-classification": "tag(['hello world'])"}.get(m.task)
+    if m.generation is not None:
+        lines.append(f'  onnxformer generate {out} "Once upon a time"   # text, torch-free')
+    elif call:
+        lines.append(f"  python -c \"from onnxformer import Model; print(Model.load('{out}').{call})\"")
+    lines += [f"  onnxformer serve {out}   # HTTP: OpenAI, KServe v2, task routes"]
+    if m.generation is None:
+        lines.append(f"  onnxformer bench {out}   # the full benchmark; --peers all adds optimum and OpenVINO "
+                     "(about 2 GB of environments, built once)")
+    console.print(escape("\n".join(lines)), soft_wrap=True)  # commands stay whole, to copy
 
 
 def write_report(out: Path, rows: list[Row]) -> None:
@@ -92,7 +138,7 @@ def write_report(out: Path, rows: list[Row]) -> None:
     m = load_manifest(out)
     lines = [f"# {m.name}", "", f"- task: {m.task}", f"- architecture: {m.architecture.model_type}",
              f"- opset: {m.opset}", "", "| stage | variant | result | time |", "|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['variant']} | {r['detail']} | {r['seconds']:.1f}s |" for r in rows]
+    lines += [f"| {r['stage']} | {r['variant']} | {r['detail']} | {_time(r)} |" for r in rows]
     lines += ["", "## Variants", "", "| variant | precision | size (MB) | providers | fidelity |", "|---|---|---|---|---|"]
     for name, v in m.variants.items():
         fid = ", ".join(f"{k}={_fmt(val)}" for k, val in v.fidelity.items() if k != "reference")

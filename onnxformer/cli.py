@@ -102,17 +102,22 @@ def parser() -> argparse.ArgumentParser:
         register(sub)
     for command in sub.choices.values():
         command.formatter_class = DefaultsHelpFormatter
+        # also after the sub-command (`onnxformer bench DIR -v`); SUPPRESS: absent here keeps the top level's value
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show library logs and full tracebacks")
     return p
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Every option's default in its help, unless the help already states it or there is none to state."""
+    """Every option's default in its help, unless the help already states it or there is none to state. A switch
+    (store_true / store_false) states none: its help says what passing it does, and "(default: True)" on
+    `--no-batching` would read as "off by default"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if ("default" in text or default in (None, False, argparse.SUPPRESS, [])
-                or not action.option_strings or isinstance(action, argparse._HelpAction)):
+                or not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._StoreConstAction))):
             return text
         return f"{text} (default: {', '.join(map(str, default)) if isinstance(default, list) else default})"
 
@@ -126,6 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"onnxformer: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:  # a stack this install lacks (runtime-only: no torch, no FastAPI, ...)
+        from onnxformer.extras import missing_module_message
+
+        message = missing_module_message(e, args.command)
+        if message is None or args.verbose:
+            raise
+        print(f"onnxformer: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("onnxformer: interrupted", file=sys.stderr)

@@ -16,12 +16,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artifact", help="artifact directory written by `onnxformer export` (text-generation models)")
     p.add_argument("prompts", nargs="+", help="one or more prompts (source texts for seq2seq models)")
     p.add_argument("--variant", default="fp32", help="fp32 | fp16 | int8 | int4 (default fp32)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="most tokens to generate per prompt (fewer when a stop sequence or end-of-text comes first)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="--sample: divides the logits (lower: surer)")
+    p.add_argument("--top-k", type=int, default=0, help="--sample: keep the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="--sample: keep the likeliest tokens up to this probability mass (1.0: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise tokens already in the text (CTRL-style; 1.0: off)")
     p.add_argument("--stop", action="append", default=[],
                    help="stop sequence (repeatable); the text ends before it. Taken literally: for a newline use "
                         "bash's $'\\n'")

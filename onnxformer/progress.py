@@ -6,7 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)  # no "progress.py:43" column on every line
 
 
 class StageLog:

@@ -56,7 +56,7 @@ def add_triton(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime (CPU instances) or tensorrt (GPU instances, TensorRT accelerator)")
     p.add_argument("--variant", default="fp32", help="variant to ship (default fp32)")
     p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=32, help="largest batch Triton's dynamic batcher forms")
     p.add_argument("--max-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT precision (default: variant's)")
     p.add_argument("--engine-cache", help="TensorRT engine cache directory inside the Triton container")

@@ -261,7 +261,8 @@ def test_a_peer_is_one_registry_entry(tiny_artifact, monkeypatch):
         return Runner(model_only, lambda texts: np.zeros(len(texts)), 0.0)
 
     monkeypatch.setattr(peers, "PEERS", (peers.Peer("openvino-int8", peers.PEER, "int8", ("cpu",), load, lambda ctx: None),))
-    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], baselines=False)
+    settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], baselines=False,
+                        peers=["all"])
     report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
     assert [(c["name"], c["kind"], c["status"]) for c in report["configs"]] == [
         ("openvino-int8@cpu", "peer", "ok"), ("fp32@cpu", "variant", "ok")]
@@ -294,7 +295,8 @@ main(lambda spec: None, load)
     monkeypatch.setattr(peers, "ensure", lambda e: Path(sys.executable))
     monkeypatch.setattr(peers, "PEERS", (peers.Peer("demo-fp32", peers.PEER, "fp32", ("cpu",), None, lambda ctx: None,
                                                     script=str(script), environment=env),))
-    settings = Settings(batches=[2], seqs=[8], threads=1, budget=FAST, providers=["cpu"], baselines=False)
+    settings = Settings(batches=[2], seqs=[8], threads=1, budget=FAST, providers=["cpu"], baselines=False,
+                        peers=["demo-fp32"])
     report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
     configs = {c["name"]: c for c in report["configs"]}
     assert configs["demo-fp32@cpu"]["status"] == "ok", configs

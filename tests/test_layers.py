@@ -154,7 +154,7 @@ def test_bench_runs_from_the_wheel(wheel, tiny_artifact, tmp_path):
             "from onnxformer.cli import main; sys.exit(main(sys.argv[2:]))")
     proc = subprocess.run([sys.executable, "-c", code, str(site), "bench", str(tiny_artifact("bert", "feature-extraction")),
                            "--variants", "fp32", "--batch", "1", "--seq", "8", "--iters", "2", "--warmup", "1",
-                           "--no-baselines", "--no-peers", "--in-process", "--providers", "cpu", "--out", str(out)],
+                           "--no-baselines", "--in-process", "--providers", "cpu", "--out", str(out)],
                           capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin",
                                                                              "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

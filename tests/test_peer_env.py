@@ -131,7 +131,7 @@ def test_optimum_peer_runs_on_minilm(minilm_artifact):
         pytest.skip(f"the optimum environment cannot be made here: {e}")
     only = tuple(p for p in PEERS if p.name in ("pytorch-fp32", "optimum-int8"))
     settings = Settings(batches=[2], seqs=[16], threads=1, budget=Budget(warmup=1, iters=3, seconds=None),
-                        providers=["cpu"], variants=["fp32"], isolate=False)
+                        providers=["cpu"], variants=["fp32"], isolate=False, peers=["optimum-int8"])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(peers, "PEERS", only)
         report = run_benchmark(minilm_artifact, settings)

@@ -87,7 +87,8 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
         torch.cuda.reset_peak_memory_stats()
         return value
 
-    return Runner(model_only, end_to_end, size, synchronize=sync, gpu_memory_mb=peak)
+    return Runner(model_only, end_to_end, size, synchronize=sync, gpu_memory_mb=peak,
+                  set_threads=torch.set_num_threads if device == "cpu" else None)
 
 
 def pytorch(autocast: str | None, *, half: bool = False, attn: str | None = None,

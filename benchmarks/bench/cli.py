@@ -33,8 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--iters", type=int, help="timed calls per configuration and mode")
     budget.add_argument("--seconds", type=float, help="time budget per configuration and mode (default 2)")
     p.add_argument("--no-baselines", action="store_true", help="skip the PyTorch baselines")
-    p.add_argument("--no-peers", action="store_true", help="skip the other stacks: optimum fp32/int8, sentence-transformers' ONNX int8, OpenVINO fp32/NNCF int8 "
-                   "(each runs in its own virtual environment, made on first use under ~/.cache/onnxformer/peer-envs)")
+    p.add_argument("--peers", type=name_list, default=[],
+                   help="other stacks to compare, comma list: optimum (optimum fp32/int8, sentence-transformers' ONNX "
+                        "int8), openvino (OpenVINO fp32/NNCF int8), a single peer such as optimum-int8, or all. Each "
+                        "stack runs in its own virtual environment, built on first use under "
+                        "~/.cache/onnxformer/peer-envs (optimum about 1.5 GB, openvino about 0.5 GB; minutes) "
+                        "(default: none)")
     p.add_argument("--in-process", action="store_true",
                    help="run every configuration in this process, interleaved (faster; default: one process each)")
     p.add_argument("--out", help="report JSON path (default DIR/bench.json; .md and .png files go next to it)")
@@ -43,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     from onnxformer.benchmarks.harness import Settings
+    from onnxformer.benchmarks.peers import select_peers
     from onnxformer.benchmarks.stats import Budget
     from onnxformer.runtime.session import physical_cores
 
@@ -60,14 +65,16 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     seconds = args.seconds if args.seconds is not None else (None if args.iters else 2.0)
     return Settings(batches=args.batch, seqs=args.seq, threads=args.threads or physical_cores(),
                     budget=Budget(warmup=args.warmup, iters=args.iters, seconds=seconds), providers=args.providers,
-                    variants=args.variants, baselines=not args.no_baselines, peers=not args.no_peers,
+                    variants=args.variants, baselines=not args.no_baselines, peers=select_peers(args.peers),
                     isolate=not args.in_process)
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from onnxformer.benchmarks.harness import preflight, run_benchmark
+    from onnxformer.benchmarks.peers import peer_costs
     from onnxformer.benchmarks.report import write_report
     from onnxformer.progress import console
 
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     preflight(args.directory, settings)  # user errors surface as one line, before the progress display starts
     out = Path(args.out) if args.out else Path(args.directory) / "bench.json"
     check_writable(out)  # before minutes of measuring, not after
+    for line in peer_costs(settings.peers):  # what the chosen peers cost, before anything is built
+        console.print(escape(line))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("bench", total=None)
@@ -83,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(report, out)
     print_summary(report)
     console.print(f"wrote {', '.join(str(p) for p in paths.values() if p.exists())}")
+    if report["plots_skipped"]:
+        console.print(f"[yellow]{escape(report['plots_skipped'])}[/]")
     if report["interrupted"]:
         console.print("[yellow]interrupted: the files hold what was measured so far[/]")
         return 130
@@ -103,19 +114,25 @@ def check_writable(out: Path) -> None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
+    from onnxformer.benchmarks.summary import unreliable_note
     from onnxformer.progress import console
 
     table = Table(title=f"bench: {report['artifact']['name']}")
     for col in ("config", "batch×seq", "model p50 ms", "e2e p50 ms", "cosine", "speedup"):
-        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config")
+        table.add_column(col, justify="left" if col == "config" else "right", no_wrap=col == "config",
+                         min_width=10 if col == "speedup" else None)  # room for "unreliable"
     for r in report["results"]:
         cos = "n/a" if r["fidelity_cosine"] is None else f"{r['fidelity_cosine']:.5f}"
-        speed = "n/a" if r["speedup_model_only"] is None else f"{r['speedup_model_only']:.2f}×"
+        speed = ("n/a" if r["speedup_model_only"] is None else
+                 f"{r['speedup_model_only']:.2f}×" if r.get("speedup_reliable", True) else "unreliable")
         table.add_row(r["config"], f"{r['batch']}×{r['seq']}", f"{r['model_only']['p50_ms']:.2f}",
                       f"{r['end_to_end']['p50_ms']:.2f}", cos, speed)
     console.print(table)
     for c in report["configs"]:
         if c["status"] != "ok":
-            console.print(f"[yellow]{c['name']}: {c['status']}: {c['reason']}[/]")
+            console.print(f"[yellow]{escape(c['name'])}: {c['status']}: {escape(str(c['reason']))}[/]")
+    if note := unreliable_note(report):
+        console.print(f"[yellow]{escape(note)}[/]")

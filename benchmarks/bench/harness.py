@@ -12,14 +12,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from onnxformer.benchmarks import memory
 from onnxformer.benchmarks.environment import environment
 from onnxformer.benchmarks.inputs import Inputs, make_inputs
-from onnxformer.benchmarks.peers import PEER, PYTORCH, peer_candidates, work_directory
+from onnxformer.benchmarks.peers import PEER, PYTORCH, peer_candidates, select_peers, work_directory
 from onnxformer.benchmarks.postprocess import min_cosine, signature
 from onnxformer.benchmarks.providers import GPU_PROVIDERS, resolve
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner, artifact_tokenizer, variant_candidates
@@ -28,7 +28,7 @@ from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import ArtifactError
 from onnxformer.artifact.manifest import Manifest
 from onnxformer.artifact.tasks import tasks_where
-from onnxformer.artifact.timing import timed
+from onnxformer.artifact.timing import time_calls, timed
 
 SCHEMA = "onnxformer-bench/1"
 BENCHED = tasks_where(generative=False, tokenizer=True)  # encoder tasks that take text: what bench measures
@@ -45,7 +45,9 @@ class Settings:
     variants: list[str] | None = None  # None = every variant in the manifest
     baselines: bool = True  # the PYTORCH peers (peers.py): PyTorch eager fp32 + autocast
     baseline_devices: list[str] | None = None  # "cpu", "cuda"; None = CPU, plus CUDA when a GPU provider runs
-    peers: bool = True  # the PEER peers (peers.py): optimum, sentence-transformers ONNX, OpenVINO
+    # The PEER peers to run (peers.select_peers: "all", an environment such as "optimum", or a peer's name):
+    # optimum, sentence-transformers ONNX, OpenVINO. None by default: each builds an environment on first use.
+    peers: Sequence[str] = ()
     seed: int = 0
     isolate: bool = False  # each configuration in its own process (isolation.py); else all in this one, interleaved
 
@@ -127,7 +129,7 @@ def _shapes(ctx: ArtifactContext, settings: Settings) -> tuple[list[Inputs], lis
 
 def _candidates(ctx: ArtifactContext, settings: Settings, providers: list[str], workdir: Path) -> list[Candidate]:
     """The peers (baselines first), then the artifact's variants."""
-    return (peer_candidates(ctx, workdir, _peer_devices(settings, providers))
+    return (peer_candidates(ctx, workdir, _peer_devices(settings, providers), select_peers(settings.peers or ()))
             + variant_candidates(ctx, settings.variants, providers))
 
 
@@ -174,10 +176,30 @@ def _measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budg
         syncs = [r.synchronize for _, r, _ in active]
         model = time_interleaved([lambda r=r: r.model_only(inputs.feeds) for _, r, _ in active], budget, syncs)
         e2e = time_interleaved([lambda r=r: r.end_to_end(inputs.texts) for _, r, _ in active], budget, syncs)
-        for (config, _, row), m, e in zip(active, model, e2e):
+        for (config, runner, row), m, e in zip(active, model, e2e):
             row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
+            row["one_thread_p50_ms"] = _one_thread_p50(runner, inputs, ctx.threads)
             report["results"].append(row)
     progress(total, total, "done")
+
+
+ONE_THREAD_CALLS = 5
+
+
+def _one_thread_p50(runner: Runner, inputs: Inputs, threads: int) -> float | None:
+    """Model-only p50 (ms) of a few calls with one thread, for a stack with a process-wide pool (PyTorch's
+    OpenMP) measured with more: when one thread beats ``threads``, other load descheduled the pool's workers
+    (OpenMP's barriers wait for the slowest) and ratios against that baseline are not to be trusted
+    (summary.oversubscribed). None when not checked."""
+    if runner.set_threads is None or threads <= 1:
+        return None
+    runner.set_threads(1)
+    try:
+        seconds = time_calls(lambda: (runner.model_only(inputs.feeds), runner.synchronize()), runs=ONE_THREAD_CALLS,
+                             warmup=1)
+    finally:
+        runner.set_threads(threads)
+    return float(np.median(seconds) * 1e3)
 
 
 def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Settings, report: dict[str, Any],
@@ -185,6 +207,8 @@ def _measure_isolated(candidates: list[Candidate], directory: Path, settings: Se
     """One child process per configuration, one after the other (see isolation.py)."""
     from onnxformer.benchmarks.isolation import fragment_signatures, run_isolated
 
+    if not candidates:  # nothing of its own to report (not a "0/0 done" after the in-process part's "9/9 done")
+        return
     for i, cand in enumerate(candidates):
         if cand.load is None:
             report["configs"].append({"name": cand.name, "kind": cand.kind, "device": cand.device,

@@ -151,7 +151,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     peer = find_peer(spec["candidate"])
     raw = dict(spec["settings"], budget=Budget(**spec["settings"]["budget"]), isolate=False)
     # Only this configuration's kind is listed: the others' checks (a peer environment, PyTorch) are not repeated.
-    raw.update(peers=raw["peers"] and peer is not None and peer.kind != PYTORCH,
+    raw.update(peers=raw["peers"] if peer is not None and peer.kind != PYTORCH else (),
                baselines=raw["baselines"] and peer is not None and peer.kind == PYTORCH)
     settings = harness.Settings(**raw)
     directory = Path(spec["directory"])

@@ -43,6 +43,15 @@ class PeerEnvError(OnnxformerError):
 class PeerEnv:
     name: str  # "optimum", "openvino": the folder's prefix and the "not measured: NAME — ..." label
     requirements: tuple[str, ...]  # pip requirement specifiers
+    size_gb: float | None = None  # about what the built environment takes on disk (said before building it)
+
+    def cost(self) -> str:
+        """What using this environment costs now: nothing more when built, else the build (said before it starts)."""
+        path = self.path()
+        if (path / COMPLETE).is_file():
+            return f"reuses {path}"
+        size = f"about {self.size_gb:g} GB, " if self.size_gb else ""
+        return f"first builds {path} ({size}minutes of pip; once per machine)"
 
     def constraints(self) -> list[str]:
         """``PINNED`` distributions at the versions installed here; one the requirements name must be installed."""
@@ -96,7 +105,8 @@ def ensure(env: PeerEnv) -> Path:
 def _build(env: PeerEnv, path: Path) -> None:
     constraints = env.constraints()
     path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"creating the {env.name} peer environment in {path} (once per machine; takes minutes)", file=sys.stderr)
+    size = f"about {env.size_gb:g} GB, " if env.size_gb else ""
+    print(f"creating the {env.name} peer environment in {path} ({size}minutes; once per machine)", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         # No pip inside: this environment's pip installs into it (--python), so building starts in a second.

@@ -3,8 +3,9 @@
 Kind ``pytorch``: the baselines speedups are measured against, PyTorch eager fp32 and the fast setting a
 user tries first (bf16 autocast on CPU, AMX/AVX-512-BF16 where present; fp16 autocast on CUDA) and, on CUDA,
 PyTorch's best (fp16 weights, SDPA attention, torch.compile); off with ``--no-baselines``. Kind ``peer``: the
-other stacks, off with ``--no-peers``: optimum's ORTModel export of the same checkpoint (fp32, and its dynamic
-int8), sentence-transformers' quantized ONNX backend, and OpenVINO on our fp32 ONNX (fp32, and NNCF int8).
+other stacks, opt-in with ``--peers`` (select_peers: each builds a virtual environment on first use): optimum's
+ORTModel export of the same checkpoint (fp32, and its dynamic int8), sentence-transformers' quantized ONNX
+backend, and OpenVINO on our fp32 ONNX (fp32, and NNCF int8).
 
 A peer runs either in this process (``load``: a Runner; the PyTorch baselines, baselines.py) or, when its stack
 cannot share the project's environment, as a ``script`` (benchmarks/peer_*.py) in its own ``environment``
@@ -17,11 +18,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from onnxformer.benchmarks.availability import openvino_missing, optimum_missing, pytorch, pytorch_missing, st_missing
 from onnxformer.benchmarks.peer_env import PeerEnv, PeerEnvError, ensure
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate, Runner
+from onnxformer.errors import OnnxformerError
 
 PYTORCH, PEER = "pytorch", "peer"  # Candidate.kind of the baselines and of the other stacks
 
@@ -46,9 +48,9 @@ class Peer:
 # optimum-onnx and sentence-transformers 5 pin transformers<4.58 (the project runs 5.x); their export needs torch,
 # pinned like every PINNED distribution to this environment's build (peer_env.py).
 OPTIMUM_ENV = PeerEnv("optimum", ("optimum-onnx", "optimum[onnxruntime]", "transformers<4.58", "sentence-transformers<6",
-                                  "torch", "onnxruntime"))
+                                  "torch", "onnxruntime"), size_gb=1.5)  # 1.5 GB measured (CPU torch)
 # OpenVINO's runtime and NNCF (its own pins: scipy, scikit-learn, networkx, ...); no torch, no onnxruntime.
-OPENVINO_ENV = PeerEnv("openvino", ("openvino==2026.4.*", "nncf", "tokenizers"))
+OPENVINO_ENV = PeerEnv("openvino", ("openvino==2026.4.*", "nncf", "tokenizers"), size_gb=0.5)
 
 
 PEERS: tuple[Peer, ...] = (
@@ -74,6 +76,37 @@ PEERS: tuple[Peer, ...] = (
 )
 
 
+ALL = "all"
+
+
+def select_peers(selectors: Iterable[str]) -> tuple[str, ...]:
+    """The names of the other-stack peers (kind PEER) that ``selectors`` pick, in registry order: ``all``, an
+    environment's name (``optimum``: its every peer) or a peer's own name (``optimum-int8``). None by default:
+    each stack costs a virtual environment of its own (peer_env.py), built on first use."""
+    others = [p for p in PEERS if p.kind == PEER]
+    choices = [ALL, *dict.fromkeys(p.environment.name for p in others if p.environment), *(p.name for p in others)]
+    unknown = [s for s in selectors if s not in choices]
+    if unknown:
+        raise OnnxformerError(f"--peers {', '.join(unknown)}: unknown; choose from {', '.join(choices)}")
+    chosen = set(selectors)
+    return tuple(p.name for p in others if {ALL, p.name, p.environment and p.environment.name} & chosen)
+
+
+def peer_costs(names: Iterable[str]) -> list[str]:
+    """One line per environment the peers ``names`` need: which peers, and what it costs (built, or to build)."""
+    by_env: dict[PeerEnv, list[str]] = {}
+    for peer in (p for p in PEERS if p.name in set(names) and p.environment is not None):
+        by_env.setdefault(peer.environment, []).append(peer.name)
+    lines = []
+    for env, members in by_env.items():
+        try:
+            cost = env.cost()
+        except PeerEnvError as e:
+            cost = f"cannot be made here: {e}"
+        lines.append(f"peers {', '.join(members)}: the {env.name} environment {cost}")
+    return lines
+
+
 def find_peer(label: str) -> Peer | None:
     """The registry entry of a candidate label such as "optimum-int8@cpu" (None: one of the artifact's variants)."""
     name = label.rsplit("@", 1)[0]
@@ -96,11 +129,16 @@ def _in_own_environment(ctx: ArtifactContext, workdir: Path, device: str) -> Run
     raise RuntimeError("a script peer runs in its own environment and process (isolation.run_in_environment)")
 
 
-def peer_candidates(ctx: ArtifactContext, workdir: Path, devices: Mapping[str, Sequence[str]]) -> list[Candidate]:
-    """Every registered peer on each of ``devices[peer.kind]`` it can run on, in registry order; one that
-    cannot run here is a Candidate with the reason instead of a loader."""
+def peer_candidates(ctx: ArtifactContext, workdir: Path, devices: Mapping[str, Sequence[str]],
+                    others: Iterable[str] | None = None) -> list[Candidate]:
+    """Every registered peer on each of ``devices[peer.kind]`` it can run on, in registry order (of the other
+    stacks, only those named in ``others`` when given); one that cannot run here is a Candidate with the reason
+    instead of a loader."""
     out = []
+    wanted = None if others is None else set(others)
     for peer in PEERS:
+        if peer.kind == PEER and wanted is not None and peer.name not in wanted:
+            continue
         for device in (d for d in devices.get(peer.kind, ()) if d in peer.devices):
             label, where = f"{peer.name}@{device}", "gpu" if device == "cuda" else "cpu"
             reason = missing_here(peer, ctx)

@@ -45,7 +45,7 @@ def plot_latency(report: dict[str, Any], path: Path) -> Path | None:
 def plot_speedup(report: dict[str, Any], path: Path) -> Path | None:
     """Speedup vs PyTorch eager fp32 at the headline shape, model-only and end-to-end."""
     h = report.get("headline")
-    if not h:
+    if not h or h.get("baseline_unreliable"):  # an oversubscribed baseline: no ratios to draw (summary.py)
         return None
     rows = [r for r in report["results"] if (r["batch"], r["seq"]) == (h["batch"], h["seq"])
             and r["speedup_model_only"] is not None]

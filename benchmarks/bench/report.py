@@ -17,14 +17,32 @@ def output_paths(json_path: Path) -> dict[str, Path]:
 
 
 def write_report(report: dict[str, Any], json_path: str | Path) -> dict[str, Path]:
-    from onnxformer.benchmarks.plots import plot_latency, plot_speedup
-
+    """The numbers first (JSON, then Markdown); the plots last and optional: without matplotlib they are skipped
+    and ``report["plots_skipped"]`` says why (the Markdown too; the caller tells the user)."""
     paths = output_paths(Path(json_path))
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    report["plots_skipped"] = plots_missing()
     atomic_write_json(paths["json"], report)
-    images = {"latency": plot_latency(report, paths["latency_png"]), "speedup": plot_speedup(report, paths["speedup_png"])}
-    atomic_write_bytes(paths["markdown"], markdown(report, {k: p.name for k, p in images.items() if p}).encode())
+    atomic_write_bytes(paths["markdown"], markdown(report).encode())
+    if report["plots_skipped"] is None:
+        from onnxformer.benchmarks.plots import plot_latency, plot_speedup
+
+        images = {"latency": plot_latency(report, paths["latency_png"]),
+                  "speedup": plot_speedup(report, paths["speedup_png"])}
+        atomic_write_bytes(paths["markdown"], markdown(report, {k: p.name for k, p in images.items() if p}).encode())
     return paths
+
+
+def plots_missing() -> str | None:
+    """Why the PNG plots cannot be drawn here (matplotlib comes with an extra), or None when they can."""
+    from onnxformer.extras import install_hint
+
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError as e:
+        name = (e.name or "matplotlib").split(".")[0]
+        return f"plots skipped: {name} is not installed ({install_hint(name) or f'pip install {name}'})"
+    return None
 
 
 def write_json_and_markdown(report: dict[str, Any], out: str | Path, text: str) -> str:
@@ -66,6 +84,8 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
     lines += _unavailable(report)
     for title, name in (images or {}).items():
         lines += [f"![{title}]({name})", ""]
+    if report.get("plots_skipped"):
+        lines += [f"No plots: {report['plots_skipped'].removeprefix('plots skipped: ')}.", ""]
     lines += _environment(report)
     return "\n".join(lines) + "\n"
 
@@ -73,12 +93,17 @@ def markdown(report: dict[str, Any], images: dict[str, str] | None = None) -> st
 def _headline(h: dict[str, Any] | None) -> list[str]:
     if not h:
         return []
+    if h.get("baseline_unreliable"):
+        vs_torch = (f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup **unreliable**: the "
+                    f"multi-threaded baseline was oversubscribed ({h['baseline_unreliable']})")
+    else:
+        vs_torch = (f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup "
+                    f"**{_f(h['speedup_vs_pytorch_fp32'])}×** (end-to-end {_f(h['speedup_end_to_end_vs_pytorch_fp32'])}×)")
     return [
         f"## Headline ({h['device'].upper()}, batch {h['batch']} × {h['seq']} tokens, model-only p50)", "",
         f"- best variant within its fidelity budget: **{h['best_variant'] or 'none'}** "
         f"({_f(h['best_p50_ms'])} ms, cosine {_f(h['best_fidelity_cosine'], 5)})",
-        f"- PyTorch eager fp32: {_f(h['pytorch_fp32_p50_ms'])} ms → speedup **{_f(h['speedup_vs_pytorch_fp32'])}×** "
-        f"(end-to-end {_f(h['speedup_end_to_end_vs_pytorch_fp32'])}×)",
+        vs_torch,
         f"- vs PyTorch {'bf16' if h['device'] == 'cpu' else 'fp16'} autocast: "
         f"{_f(h['speedup_vs_pytorch_bf16' if h['device'] == 'cpu' else 'speedup_vs_pytorch_fp16'])}×; vs optimum int8: "
         f"{_f(h['speedup_vs_optimum_int8'])}×; vs optimum fp32: {_f(h['speedup_vs_optimum_fp32'])}×",
@@ -99,7 +124,7 @@ def _table(report: dict[str, Any]) -> list[str]:
         cells = (r["config"], str(r["batch"]), str(r["seq"]), _f(m["p50_ms"]), _f(m["p90_ms"]), _f(m["p99_ms"]),
                  _f(m["mean_ms"]), _f(e["p50_ms"]), _f(e["p99_ms"]), _f(m["seq_per_s"], 1), _f(m["tokens_per_s"], 0),
                  _f(r["peak_rss_over_base_mb"], 0), _f(r["run_peak_over_steady_mb"], 0), _f(r["size_mb"], 1), cos,
-                 _f(r["speedup_model_only"]), _f(r["speedup_end_to_end"])) + ((_f(r["gpu_memory_mb"], 0),) if gpu else ())
+                 *_speedups(r)) + ((_f(r["gpu_memory_mb"], 0),) if gpu else ())
         lines.append("| " + " | ".join(cells) + " |")
     if gpu:
         lines += ["", "GPU memory: PyTorch's CUDA allocator peak for PyTorch configurations; for ONNX Runtime, the "
@@ -111,6 +136,12 @@ def _table(report: dict[str, Any]) -> list[str]:
                  else "Timing: all configurations in one process, timed in interleaved rounds (each round: one untimed "
                  f"call, then {BLOCK} timed calls per configuration), so background load hits all alike."), ""]
     return lines
+
+
+def _speedups(row: dict[str, Any]) -> tuple[str, str]:
+    if not row.get("speedup_reliable", True):
+        return "unreliable", "unreliable"
+    return _f(row["speedup_model_only"]), _f(row["speedup_end_to_end"])
 
 
 def _unavailable(report: dict[str, Any]) -> list[str]:

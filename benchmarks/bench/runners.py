@@ -33,6 +33,9 @@ class Runner:
     size_bytes: float
     synchronize: Callable[[], None] = lambda: None
     gpu_memory_mb: Callable[[], float | None] = lambda: None
+    # Sets the intra-op thread count of a stack whose pool is process-wide (PyTorch's OpenMP): the harness's
+    # one-thread check of an oversubscribed baseline (harness._one_thread_p50). None: not checked.
+    set_threads: Callable[[int], None] | None = None
 
 
 @dataclass

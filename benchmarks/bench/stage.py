@@ -33,19 +33,26 @@ def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], N
 
 
 def rows(report: dict[str, Any], seconds: float) -> list[dict[str, Any]]:
-    """One summary row per configuration at the longest benchmarked sequence (batch 1)."""
+    """One summary row per configuration at the longest benchmarked sequence (batch 1); the stage's wall time
+    on its last row only (the others have no time of their own: ``seconds`` None)."""
+    from onnxformer.benchmarks.summary import unreliable_note
+
     seq = max(r["seq"] for r in report["results"]) if report["results"] else None
     out = []
     for r in report["results"]:
         if r["seq"] != seq or r["batch"] != 1:
             continue
-        speed = "" if r["speedup_model_only"] is None else f", {r['speedup_model_only']:.2f}× PyTorch fp32"
+        speed = ("" if r["speedup_model_only"] is None or not r.get("speedup_reliable", True)
+                 else f", {r['speedup_model_only']:.2f}× PyTorch fp32")
         cos = "" if r["fidelity_cosine"] is None else f", cosine {r['fidelity_cosine']:.4f}"
         out.append({"stage": "bench", "variant": r["config"],
-                    "detail": f"1×{seq}: p50 {r['model_only']['p50_ms']:.2f} ms{speed}{cos}", "seconds": 0.0})
+                    "detail": f"1×{seq}: p50 {r['model_only']['p50_ms']:.2f} ms{speed}{cos}", "seconds": None})
     for c in report["configs"]:
         if c["status"] != "ok":
-            out.append({"stage": "bench", "variant": c["name"], "detail": f"{c['status']}: {c['reason']}", "seconds": 0.0})
+            out.append({"stage": "bench", "variant": c["name"], "detail": f"{c['status']}: {c['reason']}", "seconds": None})
+    for note in (unreliable_note(report), report.get("plots_skipped")):
+        if note:
+            out.append({"stage": "bench", "variant": "-", "detail": note, "seconds": None})
     if out:
         out[-1]["seconds"] = seconds  # the stage's wall time, once (bench.md holds the details)
     return out

@@ -23,16 +23,54 @@ def budget_for(precision: str) -> float:
 def add_comparisons(report: dict[str, Any]) -> None:
     configs = {c["name"]: c for c in report["configs"]}
     index = {(r["config"], r["batch"], r["seq"]): r for r in report["results"]}
+    report["baseline_unreliable"] = oversubscribed(report)
     for row in report["results"]:
         config = configs[row["config"]]
         base = index.get((f"pytorch-fp32@{'cpu' if config['device'] == 'cpu' else 'cuda'}", row["batch"], row["seq"]))
         for mode in ("model_only", "end_to_end"):
             row[f"speedup_{mode}"] = base[mode]["p50_ms"] / row[mode]["p50_ms"] if base else None
+        # the raw ratio stays in the JSON; what prints it says "unreliable" instead
+        row["speedup_reliable"] = config["device"] != "cpu" or report["baseline_unreliable"] is None
         budget = budget_for(config["precision"])
         row["fidelity_budget"] = budget
         row["within_budget"] = row["fidelity_cosine"] is not None and row["fidelity_cosine"] >= budget
     report["headline"] = headline(report, "cpu")
     report["headline_gpu"] = headline(report, "gpu")
+    if report["headline"] is not None:
+        report["headline"]["baseline_unreliable"] = report["baseline_unreliable"]
+
+
+def oversubscribed(report: dict[str, Any]) -> str | None:
+    """Why speedups over the CPU PyTorch baselines cannot be trusted, or None. Multi-threaded PyTorch (OpenMP)
+    collapses when other load takes its cores (each step waits for its slowest, descheduled worker; 2 threads
+    measured at 228 ms against 1.1 ms with one), far more than ONNX Runtime does, so the ratio balloons. Either
+    sign counts: the machine was already busier than its cores before the run, or a baseline ran faster on one
+    thread (harness._one_thread_p50) than on the threads it was given."""
+    threads = report.get("settings", {}).get("threads", 1)
+    if threads <= 1:
+        return None
+    reasons = []
+    cores = report.get("environment", {}).get("cpu", {}).get("usable_cores") or 1
+    load = report.get("load_average_1m_start")
+    if load is not None and load > cores:
+        reasons.append(f"1-minute load average {load:.1f} on {cores} cores before the run")
+    for r in report["results"]:
+        one = r.get("one_thread_p50_ms")
+        if one is not None and one < r["model_only"]["p50_ms"]:
+            reasons.append(f"{r['config']} at {r['batch']}×{r['seq']}: {one:.2f} ms on 1 thread, "
+                           f"{r['model_only']['p50_ms']:.2f} ms on {threads}")
+    if len(reasons) > 3:
+        reasons[2:] = [f"{len(reasons) - 2} more"]
+    return "; ".join(reasons) or None
+
+
+def unreliable_note(report: dict[str, Any]) -> str | None:
+    """The one line every summary prints instead of speedups over an oversubscribed PyTorch baseline."""
+    reason = report.get("baseline_unreliable")
+    if not reason:
+        return None
+    return (f"speedups over PyTorch unreliable, not shown: its {report['settings']['threads']}-thread baseline was "
+            f"oversubscribed ({reason}); rerun on an idle machine, or with --threads 1")
 
 
 def headline(report: dict[str, Any], device: str = "cpu", shape: tuple[int, int] = HEADLINE_SHAPE) -> dict[str, Any] | None:
