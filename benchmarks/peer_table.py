@@ -29,7 +29,9 @@ def _cosines(got: dict[str, np.ndarray], reference: np.ndarray) -> dict[str, flo
 def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
     from sentence_transformers import SentenceTransformer
 
-    from onnxformer.benchmarks import harness
+    from onnxformer.benchmarks import harness, measure
+    from onnxformer.benchmarks.environment import environment
+    from onnxformer.benchmarks.runners import ArtifactContext
     from bench_heldout import fidelity, heldout_texts
     from onnxformer.benchmarks.isolation import fragment_signatures, run_in_environment, run_isolated
     from onnxformer.benchmarks.peers import find_peer, work_directory
@@ -39,18 +41,18 @@ def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
 
     manifest = Manifest.load(art)
     variants = [v for v in ("fp32", "fp32-opt", "int8") if v in manifest.variants]
-    settings = harness.Settings(batches=[b for b, _ in SHAPES], seqs=[128], threads=threads,
+    settings = measure.Settings(batches=[b for b, _ in SHAPES], seqs=[128], threads=threads,
                                 budget=Budget(warmup=3, seconds=seconds), providers=["cpu"], variants=variants,
                                 isolate=True, peers=["all"])
     texts = heldout_texts()
     reference = SentenceTransformer(manifest.source_path, device="cpu").encode(
         texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
-    ctx = harness.ArtifactContext(art, manifest, threads, max(settings.batches))
-    report = harness._skeleton(art, manifest, settings, ["cpu"], harness.environment())
+    ctx = ArtifactContext(art, manifest, threads, max(settings.batches))
+    report = harness._skeleton(art, manifest, settings, ["cpu"], environment())
     signatures: dict = {}
     heldout: dict[str, dict[str, float]] = {}
     with work_directory() as workdir:
-        for cand in harness._candidates(ctx, settings, ["cpu"], workdir):
+        for cand in measure.candidates(ctx, settings, ["cpu"], workdir):
             base = {"kind": cand.kind, "device": cand.device, "precision": cand.precision}
             if cand.load is None:
                 report["configs"].append({"name": cand.name, **base, "status": "unavailable", "reason": cand.reason})
@@ -69,7 +71,7 @@ def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
             report["configs"] += [{**base, **c} for c in fragment["configs"]]
             report["results"] += fragment["results"]
             signatures.update(fragment_signatures(fragment))
-    harness._add_fidelity(report, signatures)
+    measure.add_fidelity(report, signatures)
     add_comparisons(report)
     report["heldout"] = {"texts": len(texts), "file": "benchmarks/data/heldout.txt",
                          "reference": "sentence-transformers (PyTorch fp32), one text per call", "cosine": heldout}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxformer.benchmarks import harness, peers
+from onnxformer.benchmarks import harness, measure, peers
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import load_report, output_paths, write_report
 from onnxformer.benchmarks.runners import ArtifactContext, Runner, variant_candidates
@@ -133,7 +133,7 @@ def test_failed_configuration_is_recorded(tiny_artifact, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel for op X")
 
-    monkeypatch.setattr(harness, "signature", broken)
+    monkeypatch.setattr(measure, "signature", broken)
     settings = Settings(batches=[1], seqs=[8], threads=1, budget=FAST, providers=["cpu"], peers=False, baselines=False)
     report = run_benchmark(tiny_artifact("bert", "feature-extraction"), settings)
     assert report["configs"][0]["status"] == "failed"

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from onnxformer.benchmarks.harness import preflight, run_benchmark
+    from onnxformer.benchmarks.harness import run_benchmark
+    from onnxformer.benchmarks.measure import preflight
     from onnxformer.benchmarks.peers import peer_costs
     from onnxformer.benchmarks.report import write_report
     from onnxformer.progress import console

@@ -72,14 +72,15 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
     ``heldout``: texts whose end-to-end outputs come back too (fragment["heldout"]: "batched", "solo")."""
     import os
 
-    from onnxformer.benchmarks import harness
+    from onnxformer.benchmarks import measure
+    from onnxformer.benchmarks.runners import ArtifactContext
     from onnxformer.benchmarks.availability import script_spec
     from onnxformer.benchmarks.environment import LIBRARIES
     from onnxformer.benchmarks.peer_env import ensure
     from onnxformer.artifact.manifest import Manifest
 
-    ctx = harness.ArtifactContext(directory, Manifest.load(directory), settings.threads, max(settings.batches))
-    shapes, _ = harness._shapes(ctx, settings)
+    ctx = ArtifactContext(directory, Manifest.load(directory), settings.threads, max(settings.batches))
+    shapes, _ = measure.shapes(ctx, settings)
     python = ensure(peer.environment)  # made (or found) when the candidates were listed
     with tempfile.TemporaryDirectory(prefix="onnxformer-bench-peer-") as tmp:
         scratch = Path(tmp)
@@ -110,7 +111,7 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
 
 def _fragment(name: str, result: dict[str, Any], shapes: list[Any], spec: dict[str, Any], ctx: Any,
               load_average: float) -> dict[str, Any]:
-    """A script peer's raw result as the fragment the in-process harness would have made (harness._load/_probe)."""
+    """A script peer's raw result as the fragment the in-process harness would have made (measure.load/probe)."""
     from onnxformer.benchmarks.postprocess import signature
     from onnxformer.benchmarks.stats import summarize
 
@@ -142,7 +143,8 @@ def fragment_signatures(fragment: dict[str, Any]) -> dict[tuple[str, int, int], 
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from onnxformer.benchmarks import harness
+    from onnxformer.benchmarks import measure
+    from onnxformer.benchmarks.runners import ArtifactContext
     from onnxformer.benchmarks.peers import work_directory
     from onnxformer.benchmarks.stats import Budget
 
@@ -153,19 +155,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     # Only this configuration's kind is listed: the others' checks (a peer environment, PyTorch) are not repeated.
     raw.update(peers=raw["peers"] if peer is not None and peer.kind != PYTORCH else (),
                baselines=raw["baselines"] and peer is not None and peer.kind == PYTORCH)
-    settings = harness.Settings(**raw)
+    settings = measure.Settings(**raw)
     directory = Path(spec["directory"])
-    manifest, providers = harness.preflight(directory, settings)
-    ctx = harness.ArtifactContext(directory, manifest, settings.threads, max(settings.batches))
-    shapes, _ = harness._shapes(ctx, settings)
+    manifest, providers = measure.preflight(directory, settings)
+    ctx = ArtifactContext(directory, manifest, settings.threads, max(settings.batches))
+    shapes, _ = measure.shapes(ctx, settings)
     report: dict[str, Any] = {"configs": [], "results": [], "interrupted": False}
     signatures: dict[tuple[str, int, int], np.ndarray] = {}
     with work_directory(spec["peer_workdir"]) as workdir:  # the parent's: what its peers prepared is reused
-        chosen = [c for c in harness._candidates(ctx, settings, providers, workdir) if c.name == spec["candidate"]]
+        chosen = [c for c in measure.candidates(ctx, settings, providers, workdir) if c.name == spec["candidate"]]
         if not chosen:
             raise ArtifactError(f"no configuration named {spec['candidate']!r} for {directory}")
         try:
-            harness._measure_all(chosen, shapes, settings.budget, ctx, report, signatures, lambda *_: None)
+            measure.measure_all(chosen, shapes, settings.budget, ctx, report, signatures, lambda *_: None)
         except KeyboardInterrupt:
             report["interrupted"] = True
     return {"configs": report["configs"], "results": report["results"], "interrupted": report["interrupted"],

@@ -34,7 +34,7 @@ class Runner:
     synchronize: Callable[[], None] = lambda: None
     gpu_memory_mb: Callable[[], float | None] = lambda: None
     # Sets the intra-op thread count of a stack whose pool is process-wide (PyTorch's OpenMP): the harness's
-    # one-thread check of an oversubscribed baseline (harness._one_thread_p50). None: not checked.
+    # one-thread check of an oversubscribed baseline (measure.one_thread_p50). None: not checked.
     set_threads: Callable[[int], None] | None = None
 
 
@@ -79,7 +79,7 @@ def variant_candidates(ctx: ArtifactContext, variants: list[str] | None, provide
     """Every requested variant on every provider it targets (TensorRT: one engine per build precision)."""
     out = []
     for name in variants or list(ctx.manifest.variants):
-        record = ctx.manifest.variant(name)  # names checked by harness.preflight
+        record = ctx.manifest.variant(name)  # names checked by measure.preflight
         for provider in (p for p in providers if p in (record.providers or ["cpu"])):
             builds = tensorrt_precisions(record.precision, tensorrt_major()) if provider == "tensorrt" else [record.precision]
             for build in builds:

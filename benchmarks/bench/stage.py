@@ -13,7 +13,8 @@ BUILD_SECONDS = 0.5  # per configuration and mode: keeps `make demo` around a mi
 def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     import time
 
-    from onnxformer.benchmarks.harness import BENCHED, Settings, run_benchmark
+    from onnxformer.benchmarks.harness import run_benchmark
+    from onnxformer.benchmarks.measure import BENCHED, Settings
     from onnxformer.benchmarks.report import write_report
     from onnxformer.benchmarks.stats import Budget
     from onnxformer.artifact.manifest import Manifest

@@ -45,7 +45,7 @@ def oversubscribed(report: dict[str, Any]) -> str | None:
     collapses when other load takes its cores (each step waits for its slowest, descheduled worker; 2 threads
     measured at 228 ms against 1.1 ms with one), far more than ONNX Runtime does, so the ratio balloons. Either
     sign counts: the machine was already busier than its cores before the run, or a baseline ran faster on one
-    thread (harness._one_thread_p50) than on the threads it was given."""
+    thread (measure.one_thread_p50) than on the threads it was given."""
     threads = report.get("settings", {}).get("threads", 1)
     if threads <= 1:
         return None
