@@ -5,6 +5,8 @@ pipeline order; a stage's module loads only when the stage runs.
 """
 from __future__ import annotations
 
+import functools
+
 import argparse
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +69,7 @@ def build(args: argparse.Namespace) -> list[Row]:
     with StageLog() as log:
         for name, stage in STAGES:
             log.start(name)
-            rows += stage(args, out, lambda msg, n=name: log.update(n, msg))
+            rows += stage(args, out, functools.partial(log.update, name))
             log.done(name)
     mark_unrunnable(rows, out)
     _print_summary(rows)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from onnxformer.errors import ArtifactError
 from onnxformer.benchmarks.postprocess import finish, pooled
 from onnxformer.benchmarks.runners import ArtifactContext, Feeds, Runner
 from onnxformer.artifact.manifest import Manifest
@@ -57,7 +58,9 @@ def load_pytorch(ctx: ArtifactContext, path: Path, device: str, autocast: str | 
     from transformers import AutoTokenizer
 
     torch.set_num_threads(ctx.threads)  # matched budget: torch intra-op threads = ORT intra_op_num_threads
-    auto = getattr(transformers, get_task(ctx.task).auto_class)
+    auto_class = get_task(ctx.task).auto_class
+    assert auto_class is not None, ctx.task  # bench measures tasks exported from transformers checkpoints
+    auto = getattr(transformers, auto_class)
     safetensors = any(f.endswith(".safetensors") for f in ctx.manifest.source.get("sha256", {}))
     extra = {"attn_implementation": attn} if attn else {}
     model = auto.from_pretrained(path, local_files_only=True, use_safetensors=safetensors or None, **extra).eval()
@@ -95,8 +98,12 @@ def pytorch(autocast: str | None, *, half: bool = False, attn: str | None = None
             compiled: bool = False) -> Callable[[ArtifactContext, Path, str], Runner]:
     """A peer's ``load``: PyTorch eager (``autocast`` None) or under ``autocast`` ("bf16", "fp16"), or with fp16
     weights, an attention implementation and torch.compile (load_pytorch)."""
-    return lambda ctx, workdir, device: load_pytorch(ctx, source_path(ctx.manifest)[0], device, autocast, half=half,
-                                                     attn=attn, compiled=compiled)
+    def load(ctx: ArtifactContext, workdir: Path, device: str) -> Runner:
+        path, reason = source_path(ctx.manifest)
+        if path is None:  # the candidate was listed only when the source was there (pytorch_missing)
+            raise ArtifactError(reason or "the source checkpoint is missing")
+        return load_pytorch(ctx, path, device, autocast, half=half, attn=attn, compiled=compiled)
+    return load
 
 
 # --- script peers (peer_*.py, each in its own environment) -------------------------------------------------
@@ -118,8 +125,8 @@ def optimum_missing(ctx: ArtifactContext) -> str | None:
 def st_missing(ctx: ArtifactContext) -> str | None:
     """sentence-transformers' ONNX backend: embedding tasks of a sentence-transformers checkpoint only."""
     path, reason = source_path(ctx.manifest)
-    if reason:
-        return reason
+    if reason or path is None:
+        return reason or "sentence-transformers peer unavailable: no source checkpoint"
     if not pooled(ctx.task) or not (path / "modules.json").is_file():
         return "sentence-transformers peer unavailable: the source is not a sentence-transformers embedding model"
     return None
@@ -142,7 +149,8 @@ def script_spec(ctx: ArtifactContext, precision: str, workdir: Path, scratch: Pa
 
     manifest, post = ctx.manifest, ctx.post
     feeds = evaluation_feeds(ctx.directory, manifest, calibration_texts())
-    np.savez(scratch / "calibration.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
+    arrays: dict[str, Any] = {f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()}
+    np.savez(scratch / "calibration.npz", **arrays)
     return {"precision": precision, "workdir": str(workdir), "source": manifest.source_path, "threads": ctx.threads,
             "fp32_onnx": str(confined(ctx.directory, manifest.variants["fp32"].file)) if "fp32" in manifest.variants
             else None, "tokenizer": str(confined(ctx.directory, "tokenizer.json")),

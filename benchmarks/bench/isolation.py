@@ -43,7 +43,7 @@ def run_isolated(directory: Path, settings: Any, name: str, peer_workdir: Path |
         spec_path.write_text(json.dumps(spec))
         with open(Path(tmp) / "stderr.txt", "w+") as err:
             code, tail = _wait([sys.executable, "-m", "onnxformer.benchmarks.isolation", str(spec_path)], err)
-        out = Path(spec["out"])
+        out = Path(str(spec["out"]))
         if out.is_file():
             return json.loads(out.read_text())
         return _failed(name, f"worker process exited with {code}: {tail}", code)
@@ -89,7 +89,8 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
                     libraries=[*LIBRARIES, "openvino", "nncf"], shapes=[], heldout=heldout,
                     heldout_out=str(scratch / "heldout.npz"))
         for i, inputs in enumerate(shapes):
-            np.savez(scratch / f"feeds-{i}.npz", **inputs.feeds)
+            feeds: dict[str, Any] = dict(inputs.feeds)
+            np.savez(scratch / f"feeds-{i}.npz", **feeds)
             spec["shapes"].append({"batch": inputs.batch, "seq": inputs.seq, "texts": inputs.texts,
                                    "feeds": str(scratch / f"feeds-{i}.npz"),
                                    "outputs": str(scratch / f"outputs-{i}.npz")})

@@ -3,6 +3,8 @@
 measurement of candidates with their fidelity probes. Imports neither of them."""
 from __future__ import annotations
 
+import functools
+
 import gc
 import os
 from dataclasses import dataclass, field
@@ -120,8 +122,8 @@ def measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budge
         loaded = [(c, r) for c, r, _ in active]  # a configuration that failed on one shape is dropped
         progress(len(candidates) + 2 * j + 1, total, f"batch {inputs.batch} × {inputs.seq}: timing {len(active)} configurations")
         syncs = [r.synchronize for _, r, _ in active]
-        model = time_interleaved([lambda r=r: r.model_only(inputs.feeds) for _, r, _ in active], budget, syncs)
-        e2e = time_interleaved([lambda r=r: r.end_to_end(inputs.texts) for _, r, _ in active], budget, syncs)
+        model = time_interleaved([functools.partial(r.model_only, inputs.feeds) for _, r, _ in active], budget, syncs)
+        e2e = time_interleaved([functools.partial(r.end_to_end, inputs.texts) for _, r, _ in active], budget, syncs)
         for (config, runner, row), m, e in zip(active, model, e2e):
             row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
             row["one_thread_p50_ms"] = one_thread_p50(runner, inputs, ctx.threads)
@@ -141,8 +143,10 @@ def one_thread_p50(runner: Runner, inputs: Inputs, threads: int) -> float | None
         return None
     runner.set_threads(1)
     try:
-        seconds = time_calls(lambda: (runner.model_only(inputs.feeds), runner.synchronize()), runs=ONE_THREAD_CALLS,
-                             warmup=1)
+        def call() -> None:
+            runner.model_only(inputs.feeds)
+            runner.synchronize()
+        seconds = time_calls(call, runs=ONE_THREAD_CALLS, warmup=1)
     finally:
         runner.set_threads(threads)
     return float(np.median(seconds) * 1e3)
@@ -164,6 +168,7 @@ def load(cand: Candidate, config: dict[str, Any]) -> Runner:
     before = memory.current_rss_mb()
     config["load_average_1m"] = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     memory.reset_peak()
+    assert cand.load is not None  # an unavailable candidate is recorded, never loaded
     config["load_seconds"], runner = timed(cand.load)
     config["load_peak_over_base_mb"] = memory.peak_rss_mb() - before
     config["resident_mb"] = memory.current_rss_mb() - before  # what stays resident once loaded

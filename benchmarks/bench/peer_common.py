@@ -106,7 +106,8 @@ def main(prepare: Callable[[dict[str, Any]], None], load: Callable[[dict[str, An
         _reset_peak()
         outputs = loaded.model_only(feeds)
         run_peak = max(0.0, _kb("VmHWM") - steady)
-        np.savez(shape["outputs"], **{k: np.asarray(v) for k, v in outputs.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in outputs.items()}
+        np.savez(shape["outputs"], **arrays)
         texts = shape["texts"]
         result["shapes"].append({
             "batch": shape["batch"], "seq": shape["seq"], "run_peak_over_steady_mb": run_peak,

@@ -49,7 +49,7 @@ def load(spec: dict[str, Any]) -> Loaded:
     inputs = [k for k in spec["input_names"]]
 
     def model_only(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = ort_model(**{k: feeds[k] for k in inputs})
+        out = ort_model(**{k: feeds[k] for k in inputs})  # type: ignore[operator]  # an ORTModel, typed as a Module
         return {"last_hidden_state": np.asarray(out["last_hidden_state"])}
 
     def end_to_end(texts: list[str]) -> np.ndarray:

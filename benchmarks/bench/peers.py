@@ -13,6 +13,8 @@ cannot share the project's environment, as a ``script`` (benchmarks/peer_*.py) i
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import shutil
 import tempfile
@@ -95,8 +97,9 @@ def select_peers(selectors: Iterable[str]) -> tuple[str, ...]:
 def peer_costs(names: Iterable[str]) -> list[str]:
     """One line per environment the peers ``names`` need: which peers, and what it costs (built, or to build)."""
     by_env: dict[PeerEnv, list[str]] = {}
-    for peer in (p for p in PEERS if p.name in set(names) and p.environment is not None):
-        by_env.setdefault(peer.environment, []).append(peer.name)
+    for peer in PEERS:
+        if peer.name in set(names) and peer.environment is not None:
+            by_env.setdefault(peer.environment, []).append(peer.name)
     lines = []
     for env, members in by_env.items():
         try:
@@ -147,8 +150,8 @@ def peer_candidates(ctx: ArtifactContext, workdir: Path, devices: Mapping[str, S
                 out.append(Candidate(label, peer.kind, where, peer.precision, reason=reason))
             else:
                 out.append(Candidate(label, peer.kind, where, peer.precision,
-                                     load=lambda d=device, f=load: f(ctx, workdir, d),
-                                     prepare=lambda p=peer: p.prepare(ctx, workdir),
+                                     load=functools.partial(load, ctx, workdir, device),
+                                     prepare=functools.partial(peer.prepare, ctx, workdir),
                                      own_process=peer.environment is not None))
     return out
 

@@ -113,7 +113,7 @@ def _headline(h: dict[str, Any] | None) -> list[str]:
 
 
 def _table(report: dict[str, Any]) -> list[str]:
-    head = ("config", "batch", "seq", "model p50 ms", "p90", "p99", "mean", "e2e p50 ms", "e2e p99", "seq/s",
+    head: tuple[str, ...] = ("config", "batch", "seq", "model p50 ms", "p90", "p99", "mean", "e2e p50 ms", "e2e p99", "seq/s",
             "tokens/s", "RSS over base MB", "call peak MB", "size MB", "cosine vs fp32", "speedup model", "speedup e2e")
     gpu = any(r.get("gpu_memory_mb") is not None for r in report["results"])
     head += ("GPU MB",) if gpu else ()

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from onnxformer.errors import ArtifactError
 from onnxformer.benchmarks.postprocess import finish
 from onnxformer.benchmarks.providers import GPU_PROVIDERS, tensorrt_precisions
 from onnxformer.runtime.binding import Runner as SessionRunner
@@ -71,6 +72,8 @@ class ArtifactContext:
 def artifact_tokenizer(ctx: ArtifactContext, input_names: list[str]) -> TextTokenizer:
     """The runtime's own tokenizer, files verified against the manifest first."""
     spec = ctx.manifest.tokenizer
+    if spec is None:
+        raise ArtifactError(f"{ctx.directory} has no tokenizer; bench measures text models (re-export with one)")
     verify_files(ctx.directory, spec.files)
     return TextTokenizer(confined(ctx.directory, "tokenizer.json"), spec, input_names)
 
@@ -107,7 +110,6 @@ def packed_graph(source: Path, out: Path) -> Path:
     from onnxruntime.transformers.convert_to_packing_mode import PackingMode
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    from onnxformer.errors import ArtifactError
     from onnxformer.artifact.onnx_save import save_onnx
 
     model = OnnxModel(onnx.load(str(source)))

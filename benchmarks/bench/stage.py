@@ -26,7 +26,7 @@ def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], N
         return [{"stage": "bench", "variant": "-", "detail": f"skipped: {task} is not benchmarked yet", "seconds": 0.0}]
     # CPU only and no optimum peer here: the full comparison is `onnxformer bench`, this is a quick check.
     settings = Settings(batches=BUILD_BATCHES, seqs=BUILD_SEQS, threads=physical_cores(), providers=["cpu"],
-                        budget=Budget(warmup=2, iters=None, seconds=BUILD_SECONDS), peers=False)
+                        budget=Budget(warmup=2, iters=None, seconds=BUILD_SECONDS), peers=())
     report = run_benchmark(out, settings, lambda done, total, what: progress(f"{done}/{total} {what}"))
     write_report(report, out / "bench.json")
     seconds = time.perf_counter() - start

@@ -30,6 +30,14 @@ class Budget:
 BLOCK = 5  # timed calls per configuration per round
 
 
+def _then(call: Callable[[], Any], sync: Callable[[], Any]) -> Callable[[], None]:
+    """``call`` then ``sync`` (a GPU stream's wait): one timed unit."""
+    def both() -> None:
+        call()
+        sync()
+    return both
+
+
 def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
                      syncs: list[Callable[[], None]] | None = None, block: int = BLOCK) -> list[np.ndarray]:
     """Seconds per call for several configurations, timed in rounds of short blocks.
@@ -53,7 +61,7 @@ def time_interleaved(calls: list[Callable[[], Any]], budget: Budget,
     while not per_config.done(len(samples[0]), time.perf_counter() - start):
         take = block if budget.iters is None else min(block, budget.iters - len(samples[0]))
         for fn, sync, out in zip(calls, syncs, samples):  # one untimed re-warm call, then the block
-            out += time_calls(lambda f=fn, s=sync: (f(), s()), runs=take, warmup=1)
+            out += time_calls(_then(fn, sync), runs=take, warmup=1)
     return [np.asarray(s, dtype=np.float64) for s in samples]
 
 
