@@ -216,6 +216,11 @@ def _compose(source: onnx.ModelProto, quantized: onnx.ModelProto,
             if o:
                 renamed[o] = gates[name]
                 node.output[j] = f"{o}__fp32"
+    # A node the quantizer rewrote in every trial (not a candidate: a Gemm it turns into a quantized MatMul) is its
+    # rewrite here too: its source node goes.
+    replaced = [n for n in source.graph.node if n.name not in gates and any(o in made_outputs for o in n.output)]
+    for n in replaced:
+        source.graph.node.remove(n)
     wheres = [onnx.helper.make_node("Where", [renamed[o], f"{o}__int8", f"{o}__fp32"], [o], name=f"{o}__select")
               for o in renamed]
     for n in made:

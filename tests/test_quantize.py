@@ -192,18 +192,22 @@ def test_budget_search_builds_one_session_and_only_the_graph_it_keeps(loud_artif
     assert set(built.made_by["budget"]["excluded_nodes"]) == set(excluded) and built.fidelity == record.fidelity
 
 
-def test_selectable_graph_runs_any_set_of_quantized_nodes_as_built(loud_artifact, tmp_path):
-    source = int8.expanded_source(loud_artifact / "fp32-opt" / "model.onnx", tmp_path / "expanded" / "model.onnx")
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])  # classifiers: a Gemm head
+def test_selectable_graph_runs_any_set_of_quantized_nodes_as_built(task, loud_artifact, tiny_artifact, tmp_path):
+    art = loud_artifact if task == "feature-extraction" else tiny_artifact("bert", task)
+    graph = art / ("fp32-opt" if task == "feature-extraction" else "fp32") / "model.onnx"
+    source = int8.expanded_source(graph, tmp_path / "expanded" / "model.onnx")
     settings = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
     nodes = int8.candidate_nodes(source, settings.op_types)
     trials = int8.Selectable(source, int8.quantize(source, settings, tmp_path / "all"), nodes, tmp_path / "s.onnx")
     assert set(trials.gates) == set(nodes)
-    feeds = evaluation_feeds(loud_artifact, load_manifest(loud_artifact), evaluation_texts()[:6])
+    feeds = evaluation_feeds(art, load_manifest(art), evaluation_texts()[:6])
     for quantized in ([], nodes[:1], nodes[1::2]):
         excluded = [n for n in nodes if n not in quantized]
         want = run_model(int8.quantize(source, settings, tmp_path / f"q{len(quantized)}", excluded), feeds)
         for got, ref in zip(trials.run(quantized, feeds), want):
-            np.testing.assert_allclose(got["last_hidden_state"], ref["last_hidden_state"], rtol=1e-4, atol=1e-4)
+            for name in ref:
+                np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4)
 
 
 def test_budget_that_cannot_be_met_fails_with_best_fidelity(loud_artifact, copy_artifact):
