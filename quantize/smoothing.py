@@ -259,10 +259,11 @@ class _Simulation:
 
 
 def _fake_quant_x(x: np.ndarray, levels: int) -> np.ndarray:
-    """x as ORT's dynamic quantization sees it: asymmetric over ``levels``, one range for the whole call."""
+    """x as ORT's dynamic quantization sees it: asymmetric over ``levels``, one range for the whole call. In x's own
+    dtype (a float64 zero point made every simulated product float64: 2-3x the time, the same α on MiniLM)."""
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     sx = (hi - lo) / levels or 1.0
-    zp = np.clip(np.round(-lo / sx), 0, levels)
+    zp = float(np.clip(np.round(-lo / sx), 0, levels))
     return (np.clip(np.round(x / sx) + zp, 0, levels) - zp) * sx
 
 
