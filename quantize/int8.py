@@ -11,6 +11,8 @@
   (MinMax, Entropy or Percentile), computed once and cached so the budget loop re-quantizes
   without re-calibrating. The TensorRT flavour is symmetric int8 for activations and weights and
   starts from the unfused fp32 graph (TensorRT cannot run ORT's contrib operators).
+- ``Selectable``: one session in which any set of a dynamic int8 graph's quantized nodes runs, for the budget
+  loop's trials (budget.py), so that only the graph it keeps is quantized, saved and loaded.
 """
 from __future__ import annotations
 
@@ -150,9 +152,10 @@ class Selectable:
     loading its graph; the budget loop ranks and screens its trials on it and builds only the graph it keeps.
 
     The composition takes ``quantize``'s nodes as they are (it never re-creates one): a node of the quantized graph
-    that is not a node of the source is one the quantizer made. ORT fuses the selected branch a little differently
-    from the graph it stands for (a bias ``Add`` behind a ``Where`` stays apart): the same model to rounding, checked
-    on one text when opened (``check``); the graph kept is always built and measured for real."""
+    that is not a node of the source is one the quantizer made. ORT's session may fuse a branch behind a ``Where``
+    differently from the graph it stands for: the same model up to rounding (MiniLM, every node selected: the same
+    min cosine to the last digit), checked on one text when opened (``check``); the graph kept is always built and
+    measured for real."""
 
     def __init__(self, source: Path, quantized: Path, candidates: Sequence[str], out: Path,
                  threads: int | None = None):
