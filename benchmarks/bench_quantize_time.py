@@ -86,6 +86,7 @@ def _int8_stage(art: Path, work: Path, rounds: int, before: Path | None, out: Pa
                                    "smoothing": variant["made_by"].get("smoothing", {}).get("method")})
     best = {name: min(t) for name, t in times.items()}
     report = {"stage": "int8 (fp32-opt made beforehand, untimed)", "cpu": cpu_info(), "rounds": rounds,
+              **({"before_commit": _commit(before)} if before is not None else {}),
               "seconds": {name: [round(t, 1) for t in ts] for name, ts in times.items()},
               "over_quantize_dynamic": {name: round(best[name] / best["quantize_dynamic"], 1) for name in cli},
               "fidelity": fidelity,
@@ -94,6 +95,11 @@ def _int8_stage(art: Path, work: Path, rounds: int, before: Path | None, out: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, report)
     print(json.dumps(report, indent=1))
+
+
+def _commit(checkout: Path) -> str:
+    return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def main() -> None:
