@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import fp16, int8, optimize
@@ -32,6 +32,7 @@ from onnxformer.quantize.budget import meet_budget
 from onnxformer.quantize.calibration import calibration_method, text_reader
 from onnxformer.quantize.fidelity import budget_metric
 from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, MODEL
+from onnxformer.quantize.int8 import Selectable
 from onnxformer.quantize.recipe import Built, RecipeJob, Options, Recipe
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.smoothing import smooth_for_int8
@@ -122,16 +123,17 @@ class Int8Dynamic(EncoderRecipe):
 
     def inputs(self, job: RecipeJob, settings: int8.Int8Settings) -> Prepared:
         """The graph to quantize, what preparing it recorded, and what it already built (the plain int8 graph)."""
+        source = int8.expanded_source(job.source, job.work / "expanded" / MODEL_FILE)  # once, not once per trial
         if not job.options.smooth:
-            return Prepared(job.source)
-        plain = self.fully_quantized(job, settings)
+            return Prepared(source)
+        plain = self.fully_quantized(job, settings, source)
         score = job.evaluation.score(plain[1])
         if score >= max(float(job.floor or 0.0), PLAIN_ENOUGH):
             # smoothing costs most of a large model's build and cannot buy more than rounding
             metric = budget_metric(job.manifest.task)
             job.progress(f"{self.name}: plain int8 reaches {metric} {score:.4f}; smoothing skipped")
             skipped = {"method": "skipped", "reason": f"plain int8 reaches {metric} {score:.5f} >= {PLAIN_ENOUGH}"}
-            return Prepared(job.source, {"smoothing": skipped}, first=plain)
+            return Prepared(source, {"smoothing": skipped}, first=plain)
         texts = job.calibration
         job.progress(f"{self.name}: smoothing activation outliers into the weights ({len(texts)} calibration texts)")
         path, smoothing = smooth_for_int8(job.directory, job.manifest, job.source, settings, texts,
@@ -146,15 +148,30 @@ class Int8Dynamic(EncoderRecipe):
             job.progress(f"{self.name}: smoothed int8 {metric} {smoothed_score:.4f} < plain {score:.4f}; not smoothing")
             rejected = {"method": "rejected", "reason": f"measured {metric} {smoothed_score:.5f} smoothed < "
                         f"{score:.5f} plain", "tried": record}
-            return Prepared(job.source, {"smoothing": rejected}, first=plain)
+            return Prepared(source, {"smoothing": rejected}, first=plain)
         return Prepared(path, {"smoothing": record}, first=smoothed)
 
-    def fully_quantized(self, job: RecipeJob, settings: int8.Int8Settings, source: Path | None = None,
-                   out: Path | None = None) -> tuple[Path, dict[str, Any]]:
-        """Every candidate node of ``source`` (default: the unsmoothed source) quantized, and its measured fidelity."""
+    def fully_quantized(self, job: RecipeJob, settings: int8.Int8Settings, source: Path,
+                        out: Path | None = None) -> tuple[Path, dict[str, Any]]:
+        """Every candidate node of ``source`` quantized, and its measured fidelity."""
         job.progress(f"{self.name}: quantizing every node ({settings.mode})")
-        path = int8.quantize(source or job.source, settings, out or job.work / "all")
+        path = int8.quantize(source, settings, out or job.work / "all")
         return path, job.evaluation.measure(path)
+
+    def trials(self, job: RecipeJob, source: Path, candidates: Sequence[str]) -> Callable[[Path], Selectable] | None:
+        """Opens the budget loop's stand-in for its trial graphs, from the fully quantized graph (dynamic only:
+        ``Selectable`` composes ``quantize_dynamic``'s nodes; static QDQ graphs build every trial)."""
+        if self.mode != "dynamic":
+            return None
+
+        def selectable(quantized: Path) -> Selectable:
+            job.progress(f"{self.name}: one session for every trial (each quantized node selectable)")
+            threads = job.evaluation.threads
+            trials = Selectable(source, quantized, candidates, job.work / "selectable" / MODEL_FILE, threads)
+            trials.check(quantized, max(job.evaluation.feeds, key=lambda f: sum(v.size for v in f.values())), threads)
+            return trials
+
+        return selectable
 
     def build(self, job: RecipeJob) -> Built:
         vnni = int8.has_vnni()
@@ -169,7 +186,7 @@ class Int8Dynamic(EncoderRecipe):
         candidates = int8.candidate_nodes(prepared.source, settings.op_types)
         floor = float(job.floor)  # type: ignore[arg-type]  # encoder jobs always carry their budget
         result = meet_budget(quantized, candidates, job.evaluation, floor, job.work, self.name, job.reference,
-                             job.progress, first=prepared.first)
+                             job.progress, first=prepared.first, trials=self.trials(job, prepared.source, candidates))
         made_by = {"tool": settings.tool, **settings.options(), "cpu_vnni": vnni,
                    "budget": result.record(floor, budget_metric(job.manifest.task))}
         if prepared.reader is not None:

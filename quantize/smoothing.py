@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from onnxformer.quantize.fidelity import evaluation_feeds
 from onnxformer.quantize.int8 import Int8Settings, candidate_nodes
+from onnxformer.quantize.unfuse import expand_skip_layer_norms
 from onnxformer.artifact.manifest import Manifest
 from onnxformer.artifact.onnx_save import save_onnx
 from onnxformer.runtime.session import create_session
@@ -66,15 +67,17 @@ class Smoothing:
 
 def smooth_for_int8(directory: Path, manifest: Manifest, source: Path, settings: Int8Settings,
                     texts: Sequence[str], out: Path) -> tuple[Path, Smoothing]:
-    """SmoothQuant every node ``settings`` would quantize, from ``texts``; written to ``out``."""
+    """SmoothQuant every node ``settings`` would quantize, from ``texts``; written to ``out`` (for the CPU with its
+    SkipLayerNormalization expanded, as ``int8.expanded_source`` writes the unsmoothed graph)."""
     feeds = evaluation_feeds(directory, manifest, texts)
     nodes = candidate_nodes(source, settings.op_types)
-    return smooth(source, nodes, feeds, out, settings.reduce_range)
+    return smooth(source, nodes, feeds, out, settings.reduce_range, expand=settings.target == "cpu")
 
 
 def smooth(source: Path, nodes: Sequence[str], feeds: Sequence[Feeds], out: Path, reduce_range: bool = False,
-           min_gain: float = MIN_GAIN) -> tuple[Path, Smoothing]:
-    """Write ``source`` with ``nodes`` smoothed to ``out``; return the path and the smoothing applied."""
+           min_gain: float = MIN_GAIN, expand: bool = False) -> tuple[Path, Smoothing]:
+    """Write ``source`` with ``nodes`` smoothed to ``out``; return the path and the smoothing applied. ``expand``:
+    also expand its SkipLayerNormalization nodes (unfuse.py) — after measuring the activations on ``source``."""
     model = onnx.load(str(source))
     graph = _Graph(model)
     targets = [graph.nodes[n] for n in nodes if n in graph.nodes and graph.smoothable(graph.nodes[n])]
@@ -92,6 +95,8 @@ def smooth(source: Path, nodes: Sequence[str], feeds: Sequence[Feeds], out: Path
     ordered = [m for n in model.graph.node for m in (muls.get(n.name), n) if m is not None]
     del model.graph.node[:]
     model.graph.node.extend(ordered)  # each Mul right before the first node it feeds: still topologically sorted
+    if expand:
+        expand_skip_layer_norms(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_onnx(model, out), chosen
 
@@ -254,10 +259,11 @@ class _Simulation:
 
 
 def _fake_quant_x(x: np.ndarray, levels: int) -> np.ndarray:
-    """x as ORT's dynamic quantization sees it: asymmetric over ``levels``, one range for the whole call."""
+    """x as ORT's dynamic quantization sees it: asymmetric over ``levels``, one range for the whole call. In x's own
+    dtype (a float64 zero point made every simulated product float64: 2-3x the time, the same α on MiniLM)."""
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     sx = (hi - lo) / levels or 1.0
-    zp = np.clip(np.round(-lo / sx), 0, levels)
+    zp = float(np.clip(np.round(-lo / sx), 0, levels))
     return (np.clip(np.round(x / sx) + zp, 0, levels) - zp) * sx
 
 

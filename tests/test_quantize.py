@@ -160,6 +160,56 @@ def test_int8_dynamic_on_fused_graph_budget_forces_exclusions(loud_artifact, cop
     _verify_all(art)
 
 
+def test_budget_search_builds_one_session_and_only_the_graph_it_keeps(loud_artifact, copy_artifact, monkeypatch,
+                                                                     tmp_path):
+    """Issue 26: the budget loop's trials run on one selectable session (no graph per sensitivity trial or per
+    exclusion tried), the fp32 reference runs once, and the search picks what building every trial picked."""
+    from onnxformer.quantize import budget, fidelity, recipes
+
+    art = copy_artifact(loud_artifact)
+    calls: dict[str, list] = {"quantize": [], "reference": [], "selectable": []}
+    real_quantize, real_run, real_selectable = int8.quantize, fidelity.run_model, recipes.Selectable
+    monkeypatch.setattr(int8, "quantize", lambda *a, **k: calls["quantize"].append(a[2].name) or real_quantize(*a, **k))
+    monkeypatch.setattr(fidelity, "run_model", lambda m, *a, **k: calls["reference"].append(m) or real_run(m, *a, **k))
+    monkeypatch.setattr(recipes, "Selectable", lambda *a, **k: calls["selectable"].append(real_selectable(*a, **k))
+                        or calls["selectable"][-1])
+    record = quantize_artifact(art, "int8", budget=0.9995, smooth=False).record
+    assert [Path(m).parent.name for m in calls["reference"]].count("fp32") == 1  # the reference outputs: computed once, reused by every trial
+    excluded = record.made_by["budget"]["excluded_nodes"]
+    assert excluded and calls["quantize"] == ["all", f"exclude-{len(excluded)}"]  # built: the first and the kept one
+    (trials,) = calls["selectable"]  # one session for every sensitivity and exclusion trial
+    texts, nodes = len(evaluation_texts()), record.made_by["budget"]["candidate_nodes"]
+    ranked = min(texts, budget.SENSITIVITY_TEXTS)
+    assert record.made_by["budget"]["sensitivity_texts"] == ranked
+    assert trials.runs <= texts + 1 + nodes * ranked + len(excluded) * texts  # all, check, ranking, exclusions
+
+    calls["quantize"].clear()
+    monkeypatch.setattr(recipes.Int8Dynamic, "trials", lambda *a: None)  # every trial built and measured, as before
+    again = shutil.copytree(loud_artifact, tmp_path / "again")
+    built = quantize_artifact(again, "int8", budget=0.9995, smooth=False).record
+    assert sum(name.startswith("only-") for name in calls["quantize"]) == nodes
+    # ranked on its 8 worst texts, the order of near ties may differ; the nodes kept fp32 and the variant do not
+    assert set(built.made_by["budget"]["excluded_nodes"]) == set(excluded) and built.fidelity == record.fidelity
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])  # classifiers: a Gemm head
+def test_selectable_graph_runs_any_set_of_quantized_nodes_as_built(task, loud_artifact, tiny_artifact, tmp_path):
+    art = loud_artifact if task == "feature-extraction" else tiny_artifact("bert", task)
+    graph = art / ("fp32-opt" if task == "feature-extraction" else "fp32") / "model.onnx"
+    source = int8.expanded_source(graph, tmp_path / "expanded" / "model.onnx")
+    settings = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
+    nodes = int8.candidate_nodes(source, settings.op_types)
+    trials = int8.Selectable(source, int8.quantize(source, settings, tmp_path / "all"), nodes, tmp_path / "s.onnx")
+    assert set(trials.gates) == set(nodes)
+    feeds = evaluation_feeds(art, load_manifest(art), evaluation_texts()[:6])
+    for quantized in ([], nodes[:1], nodes[1::2]):
+        excluded = [n for n in nodes if n not in quantized]
+        want = run_model(int8.quantize(source, settings, tmp_path / f"q{len(quantized)}", excluded), feeds)
+        for got, ref in zip(trials.run(quantized, feeds), want):
+            for name in ref:
+                np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4)
+
+
 def test_budget_that_cannot_be_met_fails_with_best_fidelity(loud_artifact, copy_artifact):
     art = copy_artifact(loud_artifact)
     before = _snapshot(art)
