@@ -14,7 +14,7 @@
 
 TensorRT variants start from the unfused fp32 graph: TensorRT fuses on its own and cannot run ONNX
 Runtime's contrib operators. FP16 on CPU and INT8 on CUDA (outside TensorRT) gain nothing in ONNX
-Runtime, so those pairs do not exist (``variants.plan`` refuses them). Generative variants convert
+Runtime, so those pairs do not exist (``plan.plan`` refuses them). Generative variants convert
 every graph of the model with ONNX Runtime's own tooling and are measured teacher-forced
 (``generative.Reference``); they are not held to a budget.
 
@@ -372,7 +372,7 @@ def cache_dtype(graphs: dict[str, Path]) -> str:
 
 
 # The registry: every recipe, once. Encoder variants are chosen from it by (precision, mode, target)
-# (variants.plan); generative ones by name (variants.generative_recipe).
+# (plan.plan); generative ones by name (plan.generative_recipes).
 RECIPES: tuple[Recipe, ...] = (
     FusedFp32(), Fp16(), Fp16TensorRT(), Int8Dynamic(), Int8Static(), Int8TensorRT(),
     GenerativeFp16(), GenerativeInt8(), GenerativeInt4(),

@@ -357,7 +357,7 @@ def test_build_stage_rows(tiny_artifact, copy_artifact):
 
 
 def test_every_recipe_is_chosen_through_the_registry():
-    from onnxformer.quantize import recipes, variants
+    from onnxformer.quantize import plan as variants, recipes
 
     for recipe in variants.quantizers():  # each (precision, mode, target) names exactly one recipe
         assert variants.plan(recipe.precision, recipe.mode, recipe.target) is recipe
