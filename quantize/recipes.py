@@ -184,7 +184,10 @@ class Int8Dynamic(EncoderRecipe):
         if prepared.first is None:
             job.progress(f"{self.name}: quantizing ({settings.mode})")
         candidates = int8.candidate_nodes(prepared.source, settings.op_types)
-        floor = float(job.floor)  # type: ignore[arg-type]  # encoder jobs always carry their budget
+        if job.floor is None or job.reference is None:
+            raise QuantizationError(f"{self.name}: an encoder's int8 is held to a budget against the fp32 reference; "
+                                    "this job has none (a bug: quantize_artifact always sets both)")
+        floor = float(job.floor)
         result = meet_budget(quantized, candidates, job.evaluation, floor, job.work, self.name, job.reference,
                              job.progress, first=prepared.first, trials=self.trials(job, prepared.source, candidates))
         made_by = {"tool": settings.tool, **settings.options(), "cpu_vnni": vnni,
