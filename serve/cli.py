@@ -64,6 +64,9 @@ def add_triton(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="model name in the repository (default: the manifest's)")
     p.add_argument("--threads", type=int, help="python: ONNX Runtime threads per instance (default: physical cores)")
     p.add_argument("--truncate", action="store_true", help="python: cut over-long texts instead of an error")
+    p.add_argument("--python-path", action="append", default=[], metavar="DIR",
+                   help="python: a folder put first on the stub's sys.path (repeatable), e.g. a numpy<2 for a "
+                        "Triton Python backend stub built against numpy 1 (Triton <= 24.xx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<name>")
     p.set_defaults(func=run_triton)
 
@@ -76,6 +79,7 @@ def run_triton(args: argparse.Namespace) -> int:
         backend=args.backend, variant=args.variant, instances=args.instances, max_batch_size=args.max_batch_size,
         max_delay_us=args.max_delay_us, precision=args.precision, engine_cache=args.engine_cache, name=args.name,
         overwrite=args.overwrite, threads=args.threads, truncate=args.truncate,
+        python_path=tuple(args.python_path),
     )
     target = export_triton(args.directory, args.repo, options)
     model = "model.py (Triton's Python backend)" if args.backend == "python" else "model.onnx"

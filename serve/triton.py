@@ -53,6 +53,7 @@ class TritonOptions:
     overwrite: bool = False
     threads: int | None = None  # python only: ONNX Runtime threads per instance (default: the runtime's)
     truncate: bool = False  # python only: cut over-long texts instead of answering an error
+    python_path: tuple[str, ...] = ()  # python only: folders put first on the stub's sys.path
 
     def check(self) -> "TritonOptions":
         if self.backend not in BACKENDS:
@@ -103,7 +104,7 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     with scratch_dir(repo, staging) as stage:  # built whole beside the target, then swapped in by renames
         os.chmod(stage, default_mode(directory=True))  # a Triton container reads it as another user
         if python:
-            _write_python_model(directory, manifest, options.variant, stage / "1")
+            _write_python_model(directory, manifest, options, stage / "1")
         else:
             _copy_variant(directory, manifest.variant(options.variant), stage / "1")
         atomic_write_bytes(stage / "config.pbtxt", text.encode())
@@ -174,9 +175,11 @@ def python_model_config(manifest: Manifest, name: str, options: TritonOptions) -
     return config
 
 
-def _write_python_model(directory: Path, manifest: Manifest, variant: str, version_dir: Path) -> None:
+def _write_python_model(directory: Path, manifest: Manifest, options: TritonOptions, version_dir: Path) -> None:
     """model.py, environment.json, and artifact/ (top-level files of the artifact plus the one variant)."""
     from importlib import resources
+
+    variant = options.variant
 
     target = version_dir / ARTIFACT_DIR
     target.mkdir(parents=True)
@@ -189,13 +192,18 @@ def _write_python_model(directory: Path, manifest: Manifest, variant: str, versi
     verify_variant(target, Manifest.load(target), variant)  # the copy, as the model will load it
     template = resources.files("onnxformer.serve").joinpath("templates/triton_model.py").read_bytes()
     atomic_write_bytes(version_dir / "model.py", template)
-    atomic_write_bytes(version_dir / "environment.json", json.dumps(python_environment(), indent=2).encode())
+    environment = json.dumps(python_environment(options.python_path), indent=2).encode()
+    atomic_write_bytes(version_dir / "environment.json", environment)
 
 
-def python_environment() -> dict[str, Any]:
-    """This interpreter's version and site-packages: what Triton's stub must run and put on its path."""
+def python_environment(first: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This interpreter's version and site-packages: what Triton's stub must run and put on its path (after
+    ``first``)."""
+    for folder in first:
+        if not Path(folder).is_dir():
+            raise ServingError(f"--python-path {folder}: no such directory")
     paths = sysconfig.get_paths()
-    return {"python": list(sys.version_info[:2]),
+    return {"python": list(sys.version_info[:2]), "paths": [str(Path(f).resolve()) for f in first],
             "site_dirs": list(dict.fromkeys([paths["purelib"], paths["platlib"]]))}
 
 
