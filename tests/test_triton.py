@@ -100,3 +100,29 @@ def test_configs_are_checked_against_the_graph(tiny_artifact, copy_artifact, tmp
     flat = dataclasses.replace(manifest, outputs=[dataclasses.replace(manifest.outputs[0], shape=["batch"])])
     with pytest.raises(ServingError, match="Triton needs a batch dimension plus at least one more"):
         check_config(model_config(flat, "m", TritonOptions()), graph)
+
+
+def test_python_backend_repository(tiny_artifact, tmp_path):
+    """--backend python: text in, the task's outputs out; the artifact copy is one variant and verifies."""
+    from onnxformer.runtime import Model
+
+    artifact = tiny_artifact("bert", "text-classification")
+    target = export_triton(artifact, tmp_path, TritonOptions(backend="python", name="clf", threads=1,
+                                                             python_path=(str(tmp_path),)))
+    config = _parse(target / "config.pbtxt")
+    assert config.backend == "python" and config.HasField("dynamic_batching")
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
+        ("text", mc.TYPE_STRING, [1], False), ("text_pair", mc.TYPE_STRING, [1], True)]
+    assert [o.name for o in config.output] == ["logits", "label", "score"]
+    assert config.parameters["variant"].string_value == "fp32" and config.parameters["threads"].string_value == "1"
+    env = json.loads((target / "1" / "environment.json").read_text())
+    assert env["paths"] == [str(tmp_path.resolve())] and env["python"] == list(__import__("sys").version_info[:2])
+    assert (target / "1" / "model.py").read_text().startswith('"""Triton Python backend model')
+    copy = target / "1" / "artifact"
+    assert sorted(p.name for p in copy.iterdir() if p.is_dir()) == ["fp32"]
+    Model.load(copy, variant="fp32")  # sha256-verified, as initialize loads it
+    with pytest.raises(ServingError, match="--python-path"):
+        export_triton(artifact, tmp_path, TritonOptions(backend="python", name="x", python_path=("/nope",)))
+    tagger = tiny_artifact("bert", "token-classification")
+    with pytest.raises(ServingError, match="--backend python serves"):
+        export_triton(tagger, tmp_path, TritonOptions(backend="python", name="tag"))

@@ -54,9 +54,18 @@ def triton(minilm_artifact, tiny_artifact, tmp_path_factory):
     assert main(["triton", str(classifier), "--repo", str(repo), "--name", "clf", *stub]) == 0
     log = repo.parent / "tritonserver.log"
     proc, http, grpc = start_triton(repo, log)
-    yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "classifier": classifier, "log": log}
+    opened: list = []
+    yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "classifier": classifier, "clients": opened}
+    for client in opened:  # Triton waits for open connections before it exits
+        client.close()
     proc.terminate()
     assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+
+
+def _client(triton, module, **options):
+    client = module.InferenceServerClient(triton["grpc" if "grpc" in module.__name__ else "http"], **options)
+    triton["clients"].append(client)
+    return client
 
 
 def _text_input(module, texts: list[str], name: str = "text"):
@@ -75,8 +84,8 @@ def test_same_vectors_as_onnxformer_serve(triton, minilm_artifact):
 
     with running_server(lambda: Model.load(minilm_artifact, variant="fp32")) as url:
         served = np.array([d["embedding"] for d in httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}).json()["data"]])
-    for module, address in ((thttp, triton["http"]), (tgrpc, triton["grpc"])):
-        client = module.InferenceServerClient(address)
+    for module in (thttp, tgrpc):
+        client = _client(triton, module)
         got = client.infer("minilm", [_text_input(module, TEXTS)]).as_numpy("embedding")
         assert got.shape == (3, 384) and got.dtype == np.float32
         assert _cosine(got, served).min() >= 0.99999
@@ -85,12 +94,15 @@ def test_same_vectors_as_onnxformer_serve(triton, minilm_artifact):
 def test_requests_are_merged_by_triton(triton):
     import tritonclient.http as thttp
 
-    client = thttp.InferenceServerClient(triton["http"], concurrency=16)
+    client = _client(triton, thttp, concurrency=16)
     before = client.get_inference_statistics("minilm")["model_stats"][0]
     futures = [client.async_infer("minilm", [_text_input(thttp, [f"text number {i}"])]) for i in range(32)]
     vectors = [f.get_result().as_numpy("embedding") for f in futures]
     assert all(v.shape == (1, 384) for v in vectors)
-    after = client.get_inference_statistics("minilm")["model_stats"][0]
+    deadline = time.monotonic() + 10  # Triton counts a request after its response is sent
+    while (after := client.get_inference_statistics("minilm")["model_stats"][0])["inference_count"] \
+            < before["inference_count"] + 32 and time.monotonic() < deadline:
+        time.sleep(0.05)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 32 and executions < inferences  # Triton's dynamic batcher merged requests
@@ -103,7 +115,7 @@ def test_a_malformed_request_is_a_triton_error(triton):
     import tritonclient.http as thttp
     from tritonclient.utils import InferenceServerException
 
-    client = thttp.InferenceServerClient(triton["http"])
+    client = _client(triton, thttp)
     bad = thttp.InferInput("text", [1, 1], "BYTES")
     bad.set_data_from_numpy(np.array([[b"\xff\xfe not utf-8"]], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):
@@ -113,10 +125,10 @@ def test_a_malformed_request_is_a_triton_error(triton):
     with pytest.raises(InferenceServerException, match="unexpected inference input 'ids'|ids"):
         client.infer("minilm", [_text_input(thttp, ["x"], name="ids")])
     # a bad request merged with good ones fails alone, and the model keeps serving
-    concurrent = thttp.InferenceServerClient(triton["http"], concurrency=4)
+    concurrent = _client(triton, thttp, concurrency=4)
     futures = [concurrent.async_infer("minilm", [_input(t)]) for t in [b"fine", b"\xff", b"also fine", b"ok"]]
     assert [_failed(f) for f in futures] == [False, True, False, False]
-    g = tgrpc.InferenceServerClient(triton["grpc"])
+    g = _client(triton, tgrpc)
     assert g.infer("minilm", [_text_input(tgrpc, ["still serving"])]).as_numpy("embedding").shape == (1, 384)
     assert g.is_model_ready("minilm")
 
@@ -142,7 +154,7 @@ def test_classifier_labels_and_pair_scores(triton):
     import tritonclient.http as thttp
 
     model = Model.load(triton["classifier"], variant="fp32")
-    client = thttp.InferenceServerClient(triton["http"])
+    client = _client(triton, thttp)
     result = client.infer("clf", [_text_input(thttp, TEXTS)])
     expected = model.classify(TEXTS)
     assert [l[0].decode() for l in result.as_numpy("label")] == [e[0]["label"] for e in expected]
