@@ -43,10 +43,16 @@ def cluster():
     assert not ray.is_initialized()
 
 
-def _replicas() -> list:
-    from ray.util.state import list_actors
+class Replica:
+    def __init__(self, actor_id: str, info: dict):
+        self.actor_id, self.pid, self.node_id = actor_id, info["Pid"], info["Address"]["NodeID"]
 
-    return list_actors(filters=[("class_name", "=", REPLICA), ("state", "=", "ALIVE")])
+
+def _replicas() -> list[Replica]:
+    """The live replicas, from the GCS actor table (the state API would need Ray's dashboard)."""
+    from ray._private.state import actors
+
+    return [Replica(i, a) for i, a in actors().items() if a["ActorClassName"] == REPLICA and a["State"] == "ALIVE"]
 
 
 def _wait(check, timeout: float, message: str) -> None:
@@ -138,8 +144,9 @@ def test_autoscaling_up_and_down(cluster, minilm_artifact):
     from onnxformer.serve.ray import app
 
     auto = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0.5,
-            "downscale_delay_s": 2, "look_back_period_s": 2}
-    serve.run(app({"artifacts": str(minilm_artifact), "autoscaling_config": auto, "num_cpus": 1, "threads": 1}),
+            "downscale_delay_s": 2, "look_back_period_s": 2, "metrics_interval_s": 0.5}
+    serve.run(app({"artifacts": str(minilm_artifact), "autoscaling_config": auto, "num_cpus": 1, "threads": 1,
+                   "served_model_name": "minilm"}),
               name="onnxformer", route_prefix="/")
     _wait(lambda: len(_replicas()) == 1, 60, "autoscaling did not start at one replica")
     outcomes, stop = Counter(), threading.Event()
