@@ -62,6 +62,8 @@ def add_triton(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT precision (default: variant's)")
     p.add_argument("--engine-cache", help="TensorRT engine cache directory inside the Triton container")
     p.add_argument("--name", help="model name in the repository (default: the manifest's)")
+    p.add_argument("--pooled", action="store_true", help="onnxruntime/tensorrt, embedding models: pooling and "
+                   "normalisation inside the graph, so Triton answers `embedding` vectors instead of token states")
     p.add_argument("--threads", type=int, help="python: ONNX Runtime threads per instance (default: physical cores)")
     p.add_argument("--truncate", action="store_true", help="python: cut over-long texts instead of an error")
     p.add_argument("--python-path", action="append", default=[], metavar="DIR",
@@ -79,7 +81,7 @@ def run_triton(args: argparse.Namespace) -> int:
         backend=args.backend, variant=args.variant, instances=args.instances, max_batch_size=args.max_batch_size,
         max_delay_us=args.max_delay_us, precision=args.precision, engine_cache=args.engine_cache, name=args.name,
         overwrite=args.overwrite, threads=args.threads, truncate=args.truncate,
-        python_path=tuple(args.python_path),
+        python_path=tuple(args.python_path), pooled=args.pooled,
     )
     target = export_triton(args.directory, args.repo, options)
     model = "model.py (Triton's Python backend)" if args.backend == "python" else "model.onnx"

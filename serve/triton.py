@@ -54,6 +54,7 @@ class TritonOptions:
     threads: int | None = None  # python only: ONNX Runtime threads per instance (default: the runtime's)
     truncate: bool = False  # python only: cut over-long texts instead of answering an error
     python_path: tuple[str, ...] = ()  # python only: folders put first on the stub's sys.path
+    pooled: bool = False  # onnxruntime/tensorrt: pooling and normalisation inside the graph (``embedding`` out)
 
     def check(self) -> "TritonOptions":
         if self.backend not in BACKENDS:
@@ -94,11 +95,14 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     sweep(repo, old)
     if target.exists() and not options.overwrite:
         raise ServingError(f"{target} already exists; pass --overwrite to replace it")
+    if python and options.pooled:
+        raise ServingError("--pooled is for --backend onnxruntime/tensorrt (the python backend always pools)")
     if python:
         config = python_model_config(manifest, name, options)
     else:
         config = model_config(manifest, name, options)
-        check_config(config, graph)  # Triton's own rules, against the graph it will load
+        if not options.pooled:
+            check_config(config, graph)  # Triton's own rules, against the graph it will load
     text = text_format.MessageToString(config)
     parse_config(text)  # the schema check: what Triton will read must parse back
     with scratch_dir(repo, staging) as stage:  # built whole beside the target, then swapped in by renames
@@ -107,6 +111,11 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
             _write_python_model(directory, manifest, options, stage / "1")
         else:
             _copy_variant(directory, manifest.variant(options.variant), stage / "1")
+            if options.pooled:
+                from onnxformer.serve.triton_pooled import add_pooling
+
+                add_pooling(stage / "1" / "model.onnx", manifest)
+                check_config(config, stage / "1" / "model.onnx")  # the rewritten graph, as Triton will load it
         atomic_write_bytes(stage / "config.pbtxt", text.encode())
         swap_into_place(stage, target, old)
     return target
@@ -148,7 +157,12 @@ def parse_config(text: str) -> mc.ModelConfig:
 def model_config(manifest: Manifest, name: str, options: TritonOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
     config.input.extend(_tensor(s, mc.ModelInput) for s in manifest.inputs)
-    config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest.outputs)
+    if options.pooled:
+        from onnxformer.serve.triton_pooled import pooled_output
+
+        config.output.append(_tensor(pooled_output(manifest), mc.ModelOutput))
+    else:
+        config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest.outputs)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
     gpu = options.backend == "tensorrt"
     config.instance_group.add(count=options.instances,

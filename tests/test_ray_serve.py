@@ -159,3 +159,27 @@ def test_autoscaling_up_and_down(cluster, minilm_artifact):
             w.join(timeout=40)
     assert set(outcomes) == {200}
     _wait(lambda: len(_replicas()) == 1, 90, "idle did not scale back to one replica")
+
+
+def test_ray_config_for_serve_deploy(minilm_artifact, tmp_path, capsys):
+    """`onnxformer ray-config` writes what `serve deploy` reads (checked with Ray's ServeDeploySchema); its args are
+    the application builder's."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from onnxformer.cli import main
+    from onnxformer.serve.ray import check_args
+
+    out = tmp_path / "serve.yaml"
+    assert main(["ray-config", str(minilm_artifact), "--out", str(out), "--min-replicas", "1", "--max-replicas", "3",
+                 "--num-cpus", "2", "--arg", "max_batch_size=16"]) == 0
+    doc = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(doc)
+    (application,) = doc["applications"]
+    assert application["import_path"] == "onnxformer.serve.ray:app"
+    assert application["args"] == {"artifacts": [str(minilm_artifact)], "max_batch_size": "16"}
+    (deployment,) = application["deployments"]
+    assert deployment["autoscaling_config"]["max_replicas"] == 3 and deployment["ray_actor_options"] == {"num_cpus": 2}
+    check_args(application["args"])
+    assert main(["ray-config", str(minilm_artifact), "--out", str(out), "--arg", "port=9"]) == 1
+    assert "host and port are Ray's proxy's" in capsys.readouterr().err

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -126,3 +128,25 @@ def test_python_backend_repository(tiny_artifact, tmp_path):
     tagger = tiny_artifact("bert", "token-classification")
     with pytest.raises(ServingError, match="--backend python serves"):
         export_triton(tagger, tmp_path, TritonOptions(backend="python", name="tag"))
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny"])
+def test_pooled_graph_answers_the_vectors_of_model_embed(which, minilm_artifact, tiny_artifact, tmp_path):
+    """--pooled: Triton's onnxruntime backend gets `embedding` (pooled, normalised as the manifest says) from the
+    graph itself; run here with ONNX Runtime on a padded batch, as Triton would run it."""
+    import onnxruntime as ort
+
+    from onnxformer.runtime import Model
+
+    artifact = minilm_artifact if which == "minilm" else tiny_artifact("bert", "feature-extraction")
+    target = export_triton(artifact, tmp_path, TritonOptions(pooled=True, name="emb"))
+    config = _parse(target / "config.pbtxt")
+    assert [(o.name, o.data_type, len(o.dims)) for o in config.output] == [("embedding", mc.TYPE_FP32, 1)]
+    model = Model.load(artifact, variant="fp32")
+    texts = ["short", "a much longer sentence that pads the first one", "middle length text"]
+    feeds = model.tokenizer.encode(texts).feeds
+    session = ort.InferenceSession(str(target / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["embedding"], {i.name: feeds[i.name] for i in session.get_inputs()})
+    np.testing.assert_allclose(got, model.embed(texts), atol=1e-5)
+    with pytest.raises(ServingError, match="--pooled is for embedding models"):
+        export_triton(tiny_artifact("bert", "text-classification"), tmp_path, TritonOptions(pooled=True, name="c"))
