@@ -75,6 +75,9 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     from onnxformer.serve.ray import add_ray_config  # argparse only; ray loads in the handler
 
     add_ray_config(sub)
+    from onnxformer.serve.kserve_deploy import add_kserve
+
+    add_kserve(sub)
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
