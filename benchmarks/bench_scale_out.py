@@ -24,10 +24,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_serve import load, texts  # noqa: E402
+from bench_serve import load, texts
 
-from onnxformer.benchmarks.report import write_json_and_markdown  # noqa: E402
-from onnxformer.serve.testing import free_port  # noqa: E402
+from onnxformer.benchmarks.report import write_json_and_markdown
+from onnxformer.serve.testing import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).parents[1]
@@ -66,7 +66,8 @@ def row(name: str, protocol: str, run: Any, seconds: float) -> dict[str, Any]:
     run(1, 1.0)  # warm-up
     one, many = run(1, seconds), run(16, seconds)
     return {"target": name, "protocol": protocol, "p50_ms_c1": float(np.median(one["latencies"]) * 1000),
-            "rps_c16": len(many["latencies"]) / many["seconds"], "p50_ms_c16": float(np.median(many["latencies"]) * 1000),
+            "rps_c16": len(many["latencies"]) / many["seconds"],
+            "p50_ms_c16": float(np.median(many["latencies"]) * 1000),
             "errors": one["errors"] + many["errors"]}
 
 
@@ -163,13 +164,13 @@ def main() -> None:
         rows += measure_triton(args.artifact, args.seconds, pool)
     report = {"cpu": cpu(), "cores": os.cpu_count(), "seconds": args.seconds, "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "rows": rows}
-    lines = [f"# Scale-out overheads, all-MiniLM-L6-v2 (one-text requests, 1 ONNX Runtime thread per instance)", "",
+    lines = ["# Scale-out overheads, all-MiniLM-L6-v2 (one-text requests, 1 ONNX Runtime thread per instance)", "",
              f"CPU: {report['cpu']}, {report['cores']} cores; load average before {load_before[0]:.1f}, "
              f"after {report['load_average_after'][0]:.1f} (a shared machine). {args.seconds:.0f} s per cell.", "",
              "| target | protocol | p50 ms, concurrency 1 | req/s, concurrency 16 | p50 ms, concurrency 16 | errors |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['protocol']} | {r['p50_ms_c1']:.1f} | {r['rps_c16']:.0f} | {r['p50_ms_c16']:.0f} | "
-              f"{r['errors']} |" for r in rows]
+    lines += [f"| {r['target']} | {r['protocol']} | {r['p50_ms_c1']:.1f} | {r['rps_c16']:.0f} | "
+              f"{r['p50_ms_c16']:.0f} | {r['errors']} |" for r in rows]
     print(write_json_and_markdown(report, args.out, "\n".join(lines) + "\n"))
 
 

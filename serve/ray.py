@@ -132,7 +132,7 @@ def serve_config(artifacts: list[str | Path], *, replicas: int | None = 1, min_r
                              "args": {"artifacts": paths, **(args or {})}, "deployments": [deploy]}]}
     from ray.serve.schema import ServeDeploySchema
 
-    ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else ServeDeploySchema.parse_obj(doc)
+    ServeDeploySchema.model_validate(doc)  # Ray's own schema (pydantic 2) for `serve deploy`
     return doc
 
 
@@ -170,5 +170,6 @@ def run_ray_config(args: argparse.Namespace) -> int:
                        max_replicas=args.max_replicas, target_ongoing=args.target_ongoing, num_cpus=args.num_cpus,
                        port=args.port, args=extra)
     atomic_write_bytes(Path(args.out), yaml.safe_dump(doc, sort_keys=False).encode())
-    console.print(f"wrote {args.out}: `serve deploy {args.out}` on the cluster (artifacts at the same path on every node)")
+    console.print(f"wrote {args.out}: `serve deploy {args.out}` on the cluster "
+                  "(artifacts at the same path on every node)")
     return 0

@@ -14,8 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from onnxformer.errors import OnnxformerError
-from onnxformer.runtime import Model
-from onnxformer.runtime import classification
+from onnxformer.runtime import Model, classification
 
 TEXT, TEXT_PAIR = "text", "text_pair"
 ARTIFACT_DIR = "artifact"  # inside the version folder: the manifest, tokenizer and the one shipped variant

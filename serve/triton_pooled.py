@@ -47,7 +47,8 @@ def add_pooling(graph_path: Path, manifest: Manifest) -> None:
     _free_name(g, OUTPUT)
     const = lambda name, values, dtype=TensorProto.INT64: helper.make_tensor(name, dtype, [len(values)], values)  # noqa: E731
     g.initializer.extend([const("pool_axis_tokens", [1]), const("pool_axis_last", [-1]),
-                          const("pool_eps_count", [1e-9], TensorProto.FLOAT), const("pool_eps_norm", [1e-12], TensorProto.FLOAT),
+                          const("pool_eps_count", [1e-9], TensorProto.FLOAT),
+                          const("pool_eps_norm", [1e-12], TensorProto.FLOAT),
                           helper.make_tensor("pool_first", TensorProto.INT64, [], [0])])
     nodes = [helper.make_node("Cast", ["last_hidden_state"], ["pool_states"], to=TensorProto.FLOAT)]
     if (manifest.postprocess.pooling or "mean") == "cls":  # right-padded: the first token

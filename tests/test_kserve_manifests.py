@@ -49,7 +49,8 @@ def compare_with_the_sdk(path: Path) -> None:
         api_version=kserve.constants.KSERVE_V1BETA1, kind=kserve.constants.KSERVE_KIND_INFERENCESERVICE,
         metadata=k8s.V1ObjectMeta(name="minilm-triton"),
         spec=kserve.V1beta1InferenceServiceSpec(predictor=kserve.V1beta1PredictorSpec(
-            model=kserve.V1beta1ModelSpec(name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="triton"),
+            model=kserve.V1beta1ModelSpec(name="kserve-container",
+                                          model_format=kserve.V1beta1ModelFormat(name="triton"),
                                           storage_uri="s3://bucket/models", resources=resources))))
     serialize = kserve.ApiClient().sanitize_for_serialization
     assert custom == serialize(expected_custom)

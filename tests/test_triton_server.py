@@ -83,7 +83,8 @@ def test_same_vectors_as_onnxformer_serve(triton, minilm_artifact):
     import tritonclient.http as thttp
 
     with running_server(lambda: Model.load(minilm_artifact, variant="fp32")) as url:
-        served = np.array([d["embedding"] for d in httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}).json()["data"]])
+        data = httpx.post(f"{url}/v1/embeddings", json={"input": TEXTS}).json()["data"]
+    served = np.array([d["embedding"] for d in data])
     for module in (thttp, tgrpc):
         client = _client(triton, module)
         got = client.infer("minilm", [_text_input(module, TEXTS)]).as_numpy("embedding")
@@ -157,7 +158,7 @@ def test_classifier_labels_and_pair_scores(triton):
     client = _client(triton, thttp)
     result = client.infer("clf", [_text_input(thttp, TEXTS)])
     expected = model.classify(TEXTS)
-    assert [l[0].decode() for l in result.as_numpy("label")] == [e[0]["label"] for e in expected]
+    assert [label[0].decode() for label in result.as_numpy("label")] == [e[0]["label"] for e in expected]
     logits = result.as_numpy("logits")
     assert logits.shape == (3, 3)
     pairs = client.infer("clf", [_text_input(thttp, ["q", "q"]), _text_input(thttp, TEXTS[:2], "text_pair")])

@@ -2,7 +2,8 @@
 
 Triton's stub runs its own Python with its own sys.path: the environment onnxformer was installed in (recorded
 beside this file, in environment.json, by the command that wrote the repository) is put first on it before anything
-else is imported, after the folders given with --python-path (e.g. a numpy<2 for a stub built against numpy 1). The model itself is onnxformer.serve.triton_backend.TritonModel.
+else is imported, after the folders given with --python-path (e.g. a numpy<2 for a stub built against numpy 1).
+The model itself is onnxformer.serve.triton_backend.TritonModel.
 """
 import json
 import site
