@@ -73,9 +73,6 @@ class TritonModel:
                 responses.append(self._error(e))
         return responses
 
-    def finalize(self) -> None:
-        self.model = None
-
     def _texts(self, request: Any) -> tuple[list[str], list[str] | None]:
         texts = self._strings(request, TEXT)
         if texts is None:

@@ -6,6 +6,7 @@ Built with ``onnx.helper`` on the shipped variant's graph (external data left wh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from onnxformer.errors import ServingError
 from onnxformer.runtime.manifest import Manifest, TensorSpec
@@ -79,7 +80,7 @@ def add_pooling(graph_path: Path, manifest: Manifest) -> None:
     onnx.save(model, str(graph_path))
 
 
-def _free_name(graph: object, name: str) -> None:
+def _free_name(graph: Any, name: str) -> None:
     """Rename an inner value called ``name`` (an exporter may have used it) so the new output can take it."""
     renamed = f"{name}__inner"
     for node in graph.node:
