@@ -3,7 +3,7 @@ comma  := ,
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= cpu,export,serve,dev,demo
+EXTRAS ?= cpu,export,serve,scale,dev,demo
 # CPU installs pin the local CPU torch build (see constraints-cpu.txt).
 CONSTRAINTS ?= constraints-cpu.txt
 # Where a CPU-only torch comes from. Empty here: this machine's pip already has the CPU build on disk. From PyPI
@@ -11,11 +11,15 @@ CONSTRAINTS ?= constraints-cpu.txt
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 DEMO_OUT ?= build/all-MiniLM-L6-v2
+# A real Triton Inference Server for the tests (tests/test_triton_server.py): its binary and Python backend, unpacked
+# from the nvidia-pytriton wheel (never installed: it pins numpy<2).
+TRITON_DIR ?= build/tritonserver
+export ONNXFORMER_TRITON_DIR ?= $(abspath $(TRITON_DIR))
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo lint test bench clean
+.PHONY: install tritonserver demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +31,11 @@ $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): $(BIN)/python pyproject.toml $
 
 install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
+$(TRITON_DIR)/server/bin/tritonserver: tests/fetch_tritonserver.sh | $(BIN)/python
+	bash tests/fetch_tritonserver.sh $(TRITON_DIR) $(BIN)/python
+
+tritonserver: $(TRITON_DIR)/server/bin/tritonserver
+
 demo: install
 	$(BIN)/onnxformer build --out $(DEMO_OUT) --overwrite
 
@@ -36,7 +45,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint tritonserver
 	$(BIN)/pytest -q
 
 bench: install

@@ -72,6 +72,12 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
 
     add_serve(sub)
     add_triton(sub)
+    from onnxformer.serve.ray import add_ray_config  # argparse only; ray loads in the handler
+
+    add_ray_config(sub)
+    from onnxformer.serve.kserve_deploy import add_kserve
+
+    add_kserve(sub)
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:

@@ -52,8 +52,9 @@ def add_triton(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("triton", help="write a Triton Inference Server model repository entry for an artifact")
     p.add_argument("directory", help="artifact directory")
     p.add_argument("--repo", required=True, help="model repository to write into (OUT/<name>/...)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
-                   help="onnxruntime (CPU instances) or tensorrt (GPU instances, TensorRT accelerator)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "python"],
+                   help="onnxruntime (CPU instances, raw tensors), tensorrt (GPU instances, TensorRT accelerator) "
+                        "or python (our runtime in Triton's Python backend: text in, embeddings/labels/scores out)")
     p.add_argument("--variant", default="fp32", help="variant to ship (default fp32)")
     p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count)")
     p.add_argument("--max-batch-size", type=int, default=32, help="largest batch Triton's dynamic batcher forms")
@@ -61,6 +62,13 @@ def add_triton(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="TensorRT precision (default: variant's)")
     p.add_argument("--engine-cache", help="TensorRT engine cache directory inside the Triton container")
     p.add_argument("--name", help="model name in the repository (default: the manifest's)")
+    p.add_argument("--pooled", action="store_true", help="onnxruntime/tensorrt, embedding models: pooling and "
+                   "normalisation inside the graph, so Triton answers `embedding` vectors instead of token states")
+    p.add_argument("--threads", type=int, help="python: ONNX Runtime threads per instance (default: physical cores)")
+    p.add_argument("--truncate", action="store_true", help="python: cut over-long texts instead of an error")
+    p.add_argument("--python-path", action="append", default=[], metavar="DIR",
+                   help="python: a folder put first on the stub's sys.path (repeatable), e.g. a numpy<2 for a "
+                        "Triton Python backend stub built against numpy 1 (Triton <= 24.xx)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/<name>")
     p.set_defaults(func=run_triton)
 
@@ -72,8 +80,10 @@ def run_triton(args: argparse.Namespace) -> int:
     options = TritonOptions(
         backend=args.backend, variant=args.variant, instances=args.instances, max_batch_size=args.max_batch_size,
         max_delay_us=args.max_delay_us, precision=args.precision, engine_cache=args.engine_cache, name=args.name,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, threads=args.threads, truncate=args.truncate,
+        python_path=tuple(args.python_path), pooled=args.pooled,
     )
     target = export_triton(args.directory, args.repo, options)
-    console.print(f"wrote {target}/config.pbtxt and {target}/1/model.onnx")
+    model = "model.py (Triton's Python backend)" if args.backend == "python" else "model.onnx"
+    console.print(f"wrote {target}/config.pbtxt and {target}/1/{model}")
     return 0

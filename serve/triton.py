@@ -4,12 +4,21 @@ Layout: ``OUT/<name>/config.pbtxt`` and ``OUT/<name>/1/model.onnx`` (+ external 
 config is built as a ``ModelConfig`` protobuf (the schema ``tritonclient`` ships), written as text, and
 parsed back before it counts as written. ``--backend tensorrt`` keeps Triton's onnxruntime backend and
 adds the TensorRT execution accelerator (precision, workspace, engine cache, shape profiles).
+
+``--backend python`` runs our runtime inside Triton's Python backend instead: text in (BYTES ``text``), the
+task's outputs out (``embedding``; ``logits``, ``label``, ``score``), Triton's dynamic batching merging requests.
+The version folder holds ``model.py`` (``templates/triton_model.py``), ``environment.json`` (the Python and
+site-packages of the environment that wrote it: Triton's stub puts them on its path) and ``artifact/`` (the
+manifest, tokenizer and the one variant, sha256-verified when the model initializes).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +36,9 @@ from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant, verify_v
 from onnxformer.runtime.providers import profile_options, shape_profile
 from onnxformer.artifact.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
 from onnxformer.artifact.tasks import get_task
+from onnxformer.serve.triton_backend import ARTIFACT_DIR, OUTPUTS, TEXT, TEXT_PAIR
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "python")
 PRECISIONS = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}
 WORKSPACE_BYTES = 1 << 30
 
@@ -44,6 +54,10 @@ class TritonOptions:
     engine_cache: str | None = None  # TensorRT only; default: /tmp/onnxformer-trt/<name>-<sha>
     name: str | None = None
     overwrite: bool = False
+    threads: int | None = None  # python only: ONNX Runtime threads per instance (default: the runtime's)
+    truncate: bool = False  # python only: cut over-long texts instead of answering an error
+    python_path: tuple[str, ...] = ()  # python only: folders put first on the stub's sys.path
+    pooled: bool = False  # onnxruntime/tensorrt: pooling and normalisation inside the graph (``embedding`` out)
 
     def check(self) -> "TritonOptions":
         if self.backend not in BACKENDS:
@@ -67,6 +81,10 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
                            "KV cache carried between calls) is not one Triton model; serve it with "
                            "`onnxformer serve` instead")
     graph = verify_variant(directory, manifest, options.variant)  # never ship a file that fails its sha256
+    python = options.backend == "python"
+    if python and manifest.task not in OUTPUTS:
+        raise ServingError(f"--backend python serves {sorted(OUTPUTS)} artifacts; {directory} is {manifest.task}: "
+                           "use --backend onnxruntime (raw tensors) or `onnxformer serve`")
     name = options.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name or directory.name)
     target = repo / name
     if repo.exists() and not repo.is_dir():
@@ -80,13 +98,27 @@ def export_triton(directory: str | Path, repo: str | Path, options: TritonOption
     sweep(repo, old)
     if target.exists() and not options.overwrite:
         raise ServingError(f"{target} already exists; pass --overwrite to replace it")
-    config = model_config(manifest, name, options)
-    check_config(config, graph)  # Triton's own rules, against the graph it will load
+    if python and options.pooled:
+        raise ServingError("--pooled is for --backend onnxruntime/tensorrt (the python backend always pools)")
+    if python:
+        config = python_model_config(manifest, name, options)
+    else:
+        config = model_config(manifest, name, options)
+        if not options.pooled:
+            check_config(config, graph)  # Triton's own rules, against the graph it will load
     text = text_format.MessageToString(config)
     parse_config(text)  # the schema check: what Triton will read must parse back
     with scratch_dir(repo, staging) as stage:  # built whole beside the target, then swapped in by renames
         os.chmod(stage, default_mode(directory=True))  # a Triton container reads it as another user
-        _copy_variant(directory, manifest.variant(options.variant), stage / "1")
+        if python:
+            _write_python_model(directory, manifest, options, stage / "1")
+        else:
+            _copy_variant(directory, manifest.variant(options.variant), stage / "1")
+            if options.pooled:
+                from onnxformer.serve.triton_pooled import add_pooling
+
+                add_pooling(stage / "1" / "model.onnx", manifest)
+                check_config(config, stage / "1" / "model.onnx")  # the rewritten graph, as Triton will load it
         atomic_write_bytes(stage / "config.pbtxt", text.encode())
         swap_into_place(stage, target, old)
     return target
@@ -128,7 +160,12 @@ def parse_config(text: str) -> mc.ModelConfig:
 def model_config(manifest: Manifest, name: str, options: TritonOptions) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
     config.input.extend(_tensor(s, mc.ModelInput) for s in manifest.inputs)
-    config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest.outputs)
+    if options.pooled:
+        from onnxformer.serve.triton_pooled import pooled_output
+
+        config.output.append(_tensor(pooled_output(manifest), mc.ModelOutput))
+    else:
+        config.output.extend(_tensor(s, mc.ModelOutput) for s in manifest.outputs)
     config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
     gpu = options.backend == "tensorrt"
     config.instance_group.add(count=options.instances,
@@ -136,6 +173,55 @@ def model_config(manifest: Manifest, name: str, options: TritonOptions) -> mc.Mo
     if gpu:
         _add_tensorrt(config, manifest, options)
     return config
+
+
+def python_model_config(manifest: Manifest, name: str, options: TritonOptions) -> mc.ModelConfig:
+    """Text in, the task's outputs out; the runtime's options as the model's parameters."""
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
+    config.input.add(name=TEXT, data_type=mc.TYPE_STRING, dims=[1])
+    if manifest.task == "text-classification":  # cross-encoders: (text, text_pair) → score
+        config.input.add(name=TEXT_PAIR, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+    for out, data_type, dims in OUTPUTS[manifest.task]:
+        config.output.add(name=out, data_type=getattr(mc, data_type), dims=dims)
+    config.dynamic_batching.max_queue_delay_microseconds = options.max_delay_us
+    config.instance_group.add(count=options.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    params = {"variant": options.variant, "truncate": "true" if options.truncate else "false",
+              "threads": str(options.threads or "")}
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _write_python_model(directory: Path, manifest: Manifest, options: TritonOptions, version_dir: Path) -> None:
+    """model.py, environment.json, and artifact/ (top-level files of the artifact plus the one variant)."""
+    from importlib import resources
+
+    variant = options.variant
+
+    target = version_dir / ARTIFACT_DIR
+    target.mkdir(parents=True)
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+            shutil.copyfile(path, target / path.name)
+    for rel in sorted(manifest.variant(variant).all_files):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(confined(directory, rel), target / rel)
+    verify_variant(target, Manifest.load(target), variant)  # the copy, as the model will load it
+    template = resources.files("onnxformer.serve").joinpath("templates/triton_model.py").read_bytes()
+    atomic_write_bytes(version_dir / "model.py", template)
+    environment = json.dumps(python_environment(options.python_path), indent=2).encode()
+    atomic_write_bytes(version_dir / "environment.json", environment)
+
+
+def python_environment(first: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This interpreter's version and site-packages: what Triton's stub must run and put on its path (after
+    ``first``)."""
+    for folder in first:
+        if not Path(folder).is_dir():
+            raise ServingError(f"--python-path {folder}: no such directory")
+    paths = sysconfig.get_paths()
+    return {"python": list(sys.version_info[:2]), "paths": [str(Path(f).resolve()) for f in first],
+            "site_dirs": list(dict.fromkeys([paths["purelib"], paths["platlib"]]))}
 
 
 def _tensor(spec: TensorSpec, kind: type) -> Any:

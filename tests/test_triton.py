@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -100,3 +102,51 @@ def test_configs_are_checked_against_the_graph(tiny_artifact, copy_artifact, tmp
     flat = dataclasses.replace(manifest, outputs=[dataclasses.replace(manifest.outputs[0], shape=["batch"])])
     with pytest.raises(ServingError, match="Triton needs a batch dimension plus at least one more"):
         check_config(model_config(flat, "m", TritonOptions()), graph)
+
+
+def test_python_backend_repository(tiny_artifact, tmp_path):
+    """--backend python: text in, the task's outputs out; the artifact copy is one variant and verifies."""
+    from onnxformer.runtime import Model
+
+    artifact = tiny_artifact("bert", "text-classification")
+    target = export_triton(artifact, tmp_path, TritonOptions(backend="python", name="clf", threads=1,
+                                                             python_path=(str(tmp_path),)))
+    config = _parse(target / "config.pbtxt")
+    assert config.backend == "python" and config.HasField("dynamic_batching")
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
+        ("text", mc.TYPE_STRING, [1], False), ("text_pair", mc.TYPE_STRING, [1], True)]
+    assert [o.name for o in config.output] == ["logits", "label", "score"]
+    assert config.parameters["variant"].string_value == "fp32" and config.parameters["threads"].string_value == "1"
+    env = json.loads((target / "1" / "environment.json").read_text())
+    assert env["paths"] == [str(tmp_path.resolve())] and env["python"] == list(__import__("sys").version_info[:2])
+    assert (target / "1" / "model.py").read_text().startswith('"""Triton Python backend model')
+    copy = target / "1" / "artifact"
+    assert sorted(p.name for p in copy.iterdir() if p.is_dir()) == ["fp32"]
+    Model.load(copy, variant="fp32")  # sha256-verified, as initialize loads it
+    with pytest.raises(ServingError, match="--python-path"):
+        export_triton(artifact, tmp_path, TritonOptions(backend="python", name="x", python_path=("/nope",)))
+    tagger = tiny_artifact("bert", "token-classification")
+    with pytest.raises(ServingError, match="--backend python serves"):
+        export_triton(tagger, tmp_path, TritonOptions(backend="python", name="tag"))
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny"])
+def test_pooled_graph_answers_the_vectors_of_model_embed(which, minilm_artifact, tiny_artifact, tmp_path):
+    """--pooled: Triton's onnxruntime backend gets `embedding` (pooled, normalised as the manifest says) from the
+    graph itself; run here with ONNX Runtime on a padded batch, as Triton would run it."""
+    import onnxruntime as ort
+
+    from onnxformer.runtime import Model
+
+    artifact = minilm_artifact if which == "minilm" else tiny_artifact("bert", "feature-extraction")
+    target = export_triton(artifact, tmp_path, TritonOptions(pooled=True, name="emb"))
+    config = _parse(target / "config.pbtxt")
+    assert [(o.name, o.data_type, len(o.dims)) for o in config.output] == [("embedding", mc.TYPE_FP32, 1)]
+    model = Model.load(artifact, variant="fp32")
+    texts = ["short", "a much longer sentence that pads the first one", "middle length text"]
+    feeds = model.tokenizer.encode(texts).feeds
+    session = ort.InferenceSession(str(target / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["embedding"], {i.name: feeds[i.name] for i in session.get_inputs()})
+    np.testing.assert_allclose(got, model.embed(texts), atol=1e-5)
+    with pytest.raises(ServingError, match="--pooled is for embedding models"):
+        export_triton(tiny_artifact("bert", "text-classification"), tmp_path, TritonOptions(pooled=True, name="c"))
