@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.statuses import ServingError
 
 API_VERSION = "serving.kserve.io/v1beta1"
 PORT = 8080  # KServe's default container port

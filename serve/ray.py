@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.statuses import ServingError
 from onnxformer.serve.config import ServeConfig
 
 DEPLOYMENT = "onnxformer"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxformer.errors import ServingError
+from onnxformer.serve.statuses import ServingError
 from onnxformer.artifact.manifest import Manifest, TensorSpec
 
 POOLINGS = ("mean", "cls")
