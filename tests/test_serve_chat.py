@@ -297,6 +297,8 @@ def test_penalties_logit_bias_and_logprobs_follow_openai_on_the_batch(chat_artif
         assert choice["logprobs"]["token_logprobs"] == pytest.approx(logprobs, abs=1e-4)
         assert all(1 <= len(top) <= 3 for top in choice["logprobs"]["top_logprobs"])
     assert got[1]["logprobs"]["tokens"][0] != decode(plain[0])
+    solo = gen.generate_ids([prompt], max_new_tokens=8, presence_penalty=1.0, frequency_penalty=0.5, logit_bias=bias)
+    assert solo[0] == expected[1][0][:len(solo[0])]  # the solo loop (no batch) is the same
 
 
 def test_n_choices_token_ids_echo_and_usage_chunk(chat_server):

@@ -74,7 +74,9 @@ class Generator:
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
-        repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
+        repetition_penalty, presence_penalty and frequency_penalty (OpenAI's), logit_bias ({token id: bias}),
+        stop (str or list: the text ends before it), seed, truncate, logprobs (``start(...).completions()`` carry
+        the scores)."""
         run = self.start(prompts, max_new_tokens, **options)
         run.finish()
         texts = [c.text for c in run.completions()]
