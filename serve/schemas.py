@@ -117,6 +117,11 @@ class _Sampling(_OpenAI):
     stream_options: Optional[StreamOptions] = None
     model: Optional[Annotated[str, Field(max_length=256)]] = None
 
+    @model_validator(mode="after")
+    def _check_bias(self) -> "_Sampling":
+        _token_bias(self.logit_bias)  # keys are token ids: refused here, at the boundary
+        return self
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

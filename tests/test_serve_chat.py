@@ -320,6 +320,13 @@ def test_n_choices_token_ids_echo_and_usage_chunk(chat_server):
     texts = ["".join(ch.choices[0].delta.content or "" for ch in chunks[:-1] if ch.choices[0].index == j) for j in (0, 1)]
     whole = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=6, n=2, **sampled)
     assert texts == [ch.message.content for ch in whole.choices]
+    whole = c.completions.create(model=gen.manifest.name, prompt="Hi", max_tokens=6, temperature=0, logprobs=1)
+    streamed = list(c.completions.create(model=gen.manifest.name, prompt="Hi", max_tokens=6, temperature=0,
+                                         logprobs=1, stream=True))
+    parts = [ch.choices[0].logprobs for ch in streamed if ch.choices[0].logprobs is not None]
+    assert [t for part in parts for t in part.tokens] == whole.choices[0].logprobs.tokens
+    assert [x for part in parts for x in part.token_logprobs] == whole.choices[0].logprobs.token_logprobs
+    assert len(whole.choices[0].logprobs.tokens) == whole.usage.completion_tokens
     scored = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=4, temperature=0,
                                        logprobs=True, top_logprobs=3)
     content = scored.choices[0].logprobs.content

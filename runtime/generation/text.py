@@ -35,8 +35,8 @@ class PromptEncoder:
         """Texts are tokenized; a list of ints is a prompt already tokenized (the model's own ids, checked against
         ``vocab``, used as given)."""
         texts = [p for p in prompts if isinstance(p, str)]
-        if texts:
-            check_texts(texts)
+        if texts or not prompts:
+            check_texts(texts)  # an empty list is refused here too
         tokenized = iter([e.ids for e in self.tokenizer.encode_batch(texts)] if texts else [])
         vocab = vocab or self.tokenizer.get_vocab_size(with_added_tokens=True)
         rows = [next(tokenized) if isinstance(p, str) else check_token_ids([p], vocab)[0] for p in prompts]
