@@ -158,3 +158,36 @@ def check_texts(texts: Sequence[str]) -> None:
             raise InputError(f"item {i} is {type(text).__name__}, not str; pass strings only")
         if not text.strip():
             raise InputError(f"item {i} is an empty string; drop it or pass real text")
+
+
+def check_token_ids(rows: Sequence[Sequence[int]], vocab: int) -> list[list[int]]:
+    """Token-id inputs (OpenAI's ``[[101, 2023, 102]]``) as the model's own ids, used as given (no special tokens
+    added): each row non-empty, each id an integer in the model's vocabulary (``0 .. vocab - 1``)."""
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+            raise InputError(f"token-id input {i} is {type(row).__name__}; pass a list of token ids")
+        if not len(row):
+            raise InputError(f"token-id input {i} is empty; pass at least one token id")
+        for j, token in enumerate(row):
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab:
+                raise InputError(f"token-id input {i}, position {j}: {token!r} is not a token id of this model "
+                                 f"(its vocabulary is 0..{vocab - 1}); token ids are the model's own, from its "
+                                 "tokenizer (not tiktoken's)")
+        out.append([int(t) for t in row])
+    return out
+
+
+@dataclass(frozen=True)
+class IdsEncoding:
+    """Token ids given by the caller, in the shape of a ``tokenizers.Encoding`` (what padding reads)."""
+
+    ids: list[int]
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+    @property
+    def type_ids(self) -> list[int]:
+        return [0] * len(self.ids)

@@ -26,7 +26,7 @@ from onnxformer.serve.batcher import Batcher
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.metrics import Metrics
-from onnxformer.serve.schemas import CompletionRequest  # noqa: F401  (re-exported: the request it starts)
+from onnxformer.serve.schemas import CompletionRequest, as_list
 
 log = logging.getLogger("onnxformer.serve")
 
@@ -77,41 +77,56 @@ class GenerationService:
                        prefill_chunk=self.config.prefill_chunk)
         return out
 
-    def start(self, req: CompletionRequest, prompts: list[str] | None = None) -> "Job":
-        """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts)."""
-        prompts = prompts if prompts is not None else ([req.prompt] if isinstance(req.prompt, str) else req.prompt)
+    def start(self, req: CompletionRequest, prompts: list[Any] | None = None) -> "Job":
+        """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts). Each
+        prompt (a text, or a list of token ids) runs ``n`` rows: row ``i * n + j`` is prompt ``i``'s ``j``-th
+        completion, seeded ``seed + j`` when a seed is given (so every row is reproducible on its own)."""
+        prompts = prompts if prompts is not None else as_list(req.prompt)
         if not prompts:
             raise ServingError('"prompt" is empty; send a string or a non-empty list of strings', ErrorKind.BAD_REQUEST)
-        if req.n != 1:
-            raise ServingError(f"n={req.n} is not supported; send n=1 (repeat the request with seeds instead)",
-                               ErrorKind.BAD_REQUEST)
-        if req.stream and len(prompts) != 1:
-            raise ServingError(f"stream=true takes one prompt, got {len(prompts)}; send one request per prompt",
-                               ErrorKind.BAD_REQUEST)
-        if len(prompts) > self.config.max_texts:
-            raise ServingError(f"{len(prompts)} prompts in one request; the limit is {self.config.max_texts}",
-                               ErrorKind.PAYLOAD_TOO_LARGE)
+        rows = len(prompts) * req.n
+        if rows > self.config.max_texts:
+            raise ServingError(f"{len(prompts)} prompts × n={req.n} = {rows} completions in one request; the limit "
+                               f"is {self.config.max_texts}", ErrorKind.PAYLOAD_TOO_LARGE)
         if req.max_tokens > self.config.max_new_tokens:
             raise ServingError(f"max_tokens={req.max_tokens} is over this server's limit of "
                                f"{self.config.max_new_tokens} ({ServeConfig.flag('max_new_tokens')})",
                                ErrorKind.UNPROCESSABLE)
+        self._check_bias(req)
         job = self._job(prompts, req)
         limit = self.config.max_tokens_per_text
-        for i, n in enumerate(job.prompt_tokens):
+        for i, n in enumerate(job.prompt_tokens[::req.n]):
             if limit is not None and n > limit:
                 raise ServingError(f"prompt {i} has {n} tokens; the limit is {limit} (shorten it)",
                                    ErrorKind.UNPROCESSABLE)
+        job.n, job.logprobs = req.n, req.logprobs is not None
+        job.echo = [self._text(p) for p in prompts] if req.echo else None
         return job
 
-    def _job(self, prompts: list[str], req: CompletionRequest) -> "Job":
+    def _check_bias(self, req: CompletionRequest) -> None:
+        vocab = self.generator.vocab_size or self.generator.prompts.tokenizer.get_vocab_size(with_added_tokens=True)
+        over = [t for t in req.options()["logit_bias"] if t >= vocab]
+        if over:
+            raise ServingError(f"logit_bias names token {over[0]}, outside this model's vocabulary (0..{vocab - 1})",
+                               ErrorKind.BAD_REQUEST)
+
+    def _text(self, prompt: Any) -> str:
+        """A prompt as text (echo): itself, or its token ids decoded."""
+        return prompt if isinstance(prompt, str) else self.generator.prompts.tokenizer.decode(prompt)
+
+    def _job(self, prompts: list[Any], req: CompletionRequest) -> "Job":
+        n, options = req.n, req.options()
         if self.batch is None:
-            return RunJob(self, self.generator.start(prompts, req.max_tokens, **req.options()))  # InputError → 400
+            rows = [p for p in prompts for _ in range(n)]
+            return RunJob(self, self.generator.start(rows, req.max_tokens, **options))  # InputError → 400
         seqs = []
         for prompt in prompts:
-            try:
-                seqs.append(self.batch.prepare(prompt, req.max_tokens, **req.options()))
-            except InputError as e:  # the kind decides the status (a prompt over what the batch holds: 422)
-                raise ServingError(str(e), error_kind(e)) from None
+            for j in range(n):
+                seed = options["seed"] + j if options["seed"] is not None else None
+                try:
+                    seqs.append(self.batch.prepare(prompt, req.max_tokens, **{**options, "seed": seed}))
+                except InputError as e:  # the kind decides the status (a prompt over what the batch holds: 422)
+                    raise ServingError(str(e), error_kind(e)) from None
         return BatchJob(self, seqs)
 
     def admit(self) -> "Slot":
@@ -160,11 +175,25 @@ class Job:
     """One request's generation, whichever way it is driven: ``advance`` until False, ``take`` text as it
     becomes final, ``completions`` at the end, ``cancel`` on any early exit (timeout, disconnect)."""
 
-    prompt_tokens: list[int]
+    prompt_tokens: list[int]  # per row
+    n: int = 1  # rows per prompt
+    echo: list[str] | None = None  # per prompt, the text a completion with echo starts with
+    logprobs: bool = False  # whether the rows record their tokens' scores
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompt_tokens)
+
+    @property
+    def usage_prompt_tokens(self) -> int:
+        """The prompts' tokens, each prompt counted once however many completions it has (OpenAI's usage)."""
+        return sum(self.prompt_tokens[::self.n])
 
     async def advance(self) -> bool: ...
 
     def take(self, row: int = 0) -> str: ...
+
+    def take_scores(self, row: int = 0) -> list[Any]: ...
 
     def completions(self) -> list[Completion]: ...
 
@@ -198,6 +227,9 @@ class RunJob(Job):
 
     def take(self, row: int = 0) -> str:
         return self.run.take(row)
+
+    def take_scores(self, row: int = 0) -> list[Any]:
+        return self.run.streams[row].take_scores()
 
     def completions(self) -> list[Completion]:
         return self.run.completions()
@@ -233,8 +265,12 @@ class BatchJob(Job):
     def take(self, row: int = 0) -> str:
         return self.seqs[row].take()
 
+    def take_scores(self, row: int = 0) -> list[Any]:
+        return self.seqs[row].stream.take_scores()
+
     def completions(self) -> list[Completion]:
-        return [Completion(s.stream.text, len(s.ids), s.finish_reason or "length") for s in self.seqs]
+        return [Completion(s.stream.text, len(s.ids), s.finish_reason or "length", list(s.stream.scores))
+                for s in self.seqs]
 
     def cancel(self) -> None:
         for seq in self.seqs:

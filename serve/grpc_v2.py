@@ -1,9 +1,11 @@
 """KServe v2 over gRPC: the protocol ``tritonclient.grpc`` speaks (the proto ships with tritonclient), served on
 the HTTP server's event loop and through the same services, limits and error kinds as the HTTP routes.
 
-Implemented: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelInfer (the BYTES ``text``
-input or the model's raw tensors; data as typed contents or raw_input_contents). Everything else answers
-UNIMPLEMENTED, as grpc does for a method a servicer leaves out.
+Implemented: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelConfig, RepositoryIndex,
+ModelInfer (the BYTES ``text`` input or the model's raw tensors; data as typed contents or raw_input_contents).
+ModelConfig and RepositoryIndex answer what the HTTP routes answer (one document each, in routes_v2.py). Everything
+else (model loading, shared memory, statistics, trace and log settings) answers UNIMPLEMENTED, as grpc does for a
+method a servicer leaves out.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import serialize_byte_tensor
@@ -20,7 +23,7 @@ from onnxformer.errors import OnnxformerError
 from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind
 from onnxformer.artifact.dtypes import from_v2
 from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
-from onnxformer.serve.routes_v2 import _infer, model_metadata_doc
+from onnxformer.serve.routes_v2 import _infer, model_config_doc, model_metadata_doc, repository_index_doc
 from onnxformer.serve.state import ServerState
 from onnxformer.serve.guard import record_internal
 from onnxformer.serve.httpio import within
@@ -48,6 +51,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         return await self._guard(context, self._model_metadata, request)
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        return await self._guard(context, self._model_config, request)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        return await self._guard(context, self._repository_index, request)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         return await self._guard(context, self._infer, request)
@@ -79,6 +88,20 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(name=doc["name"], versions=doc["versions"], platform=doc["platform"],
                                         inputs=tensors(doc["inputs"]), outputs=tensors(doc["outputs"]))
 
+    async def _model_config(self, request: Any) -> Any:
+        if request.version not in ("", "1"):
+            raise ServingError(f"model {request.name!r} has only version 1", ErrorKind.NOT_FOUND)
+        doc = model_config_doc(self.state.require_service(request.name), self.state.config)
+        return pb.ModelConfigResponse(config=config_message(doc))
+
+    async def _repository_index(self, request: Any) -> Any:
+        if request.repository_name:
+            raise ServingError(f"this server has one repository, not {request.repository_name!r}; send no "
+                               "repository_name", ErrorKind.NOT_FOUND)
+        self.state.require_ready()
+        models = [pb.RepositoryIndexResponse.ModelIndex(**m) for m in repository_index_doc(self.state)]
+        return pb.RepositoryIndexResponse(models=models)
+
     async def _infer(self, request: Any) -> Any:
         service = self.state.model_service("KServe infer", request.model_name)
         if request.model_version not in ("", "1"):
@@ -87,6 +110,20 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         req = parse_request(request)
         outputs = await within(self.state.config.timeout_s, _infer(service, req))
         return encode_response(service.name, req, outputs)
+
+
+def config_message(doc: dict[str, Any]) -> mc.ModelConfig:
+    """The HTTP route's model configuration document as Triton's ``ModelConfig`` (parameters as strings)."""
+    tensors = lambda kind, specs: [kind(name=t["name"], data_type=mc.DataType.Value(t["data_type"]), dims=t["dims"])
+                                   for t in specs]
+    config = mc.ModelConfig(name=doc["name"], platform=doc["platform"], backend=doc["backend"],
+                            max_batch_size=doc["max_batch_size"], input=tensors(mc.ModelInput, doc["input"]),
+                            output=tensors(mc.ModelOutput, doc["output"]))
+    if doc["dynamic_batching"] is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = doc["dynamic_batching"]["max_queue_delay_microseconds"]
+    for key, value in doc["parameters"].items():
+        config.parameters[key].string_value = str(value)
+    return config
 
 
 def parse_request(request: Any) -> InferRequest:

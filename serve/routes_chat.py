@@ -1,5 +1,6 @@
 """/v1/chat/completions in OpenAI's shape: messages rendered with the model's chat template, then generated
-like a completion (the same admission, limits, timeout and continuous batch); whole, or streamed ``delta``s."""
+like a completion (the same admission, limits, timeout and continuous batch); whole, or streamed ``delta``s; ``n``
+choices, logprobs, and the usage chunk of ``stream_options``."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ from fastapi.responses import JSONResponse
 from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.chat import check_messages
 from onnxformer.serve.httpio import read_body
-from onnxformer.serve.routes_generate import _events, event_stream, run_whole
+from onnxformer.serve.logprobs import Decode, chat_logprobs, token_decoder
+from onnxformer.serve.routes_generate import _events, event_stream, run_whole, usage
 from onnxformer.serve.schemas import ChatRequest, parse_body
 from onnxformer.serve.state import server_state
 
@@ -37,36 +39,43 @@ async def chat_completions(request: Request) -> Any:
     prompt = service.chat.render(check_messages(chat.messages))
     req = chat.completion(prompt)
     job = await asyncio.to_thread(service.start, req)
-    reply = _ChatReply(service.name, sum(job.prompt_tokens))
+    reply = _ChatReply(service.name, job.usage_prompt_tokens, job.rows, chat.include_usage,
+                       token_decoder(service.generator.prompts.tokenizer) if job.logprobs else None)
     slot = service.admit()
     if chat.stream:
-        return event_stream(_events(job, reply.chunk, time.monotonic() + state.config.timeout_s, slot), slot)
-    done = (await run_whole(job, state.config.timeout_s, slot))[0]
-    choice = {"index": 0, "message": {"role": "assistant", "content": done.text},
-              "finish_reason": done.finish_reason, "logprobs": None}
-    return JSONResponse({**reply.head("chat.completion"), "choices": [choice], "usage": reply.usage(done.tokens)})
+        last = reply.usage_chunk if chat.include_usage else None
+        return event_stream(_events(job, reply.chunk, last, time.monotonic() + state.config.timeout_s, slot), slot)
+    done = await run_whole(job, state.config.timeout_s, slot)
+    choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+                "logprobs": reply.logprobs(c.scores)} for i, c in enumerate(done)]
+    return JSONResponse({**reply.head("chat.completion"), "choices": choices,
+                         "usage": usage(reply.prompt_tokens, sum(c.tokens for c in done))})
 
 
 class _ChatReply:
-    def __init__(self, model: str, prompt_tokens: int):
-        self.model, self.prompt_tokens = model, prompt_tokens
+    def __init__(self, model: str, prompt_tokens: int, rows: int, include_usage: bool, decode: Decode | None):
+        self.model, self.prompt_tokens, self.include_usage, self.decode = model, prompt_tokens, include_usage, decode
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        self.started = False
+        self.started = [False] * rows
 
     def head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def usage(self, tokens: int) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": tokens,
-                "total_tokens": self.prompt_tokens + tokens}
+    def logprobs(self, scores: list[Any]) -> dict[str, Any] | None:
+        return chat_logprobs(scores, self.decode) if self.decode is not None else None
 
-    def chunk(self, piece: str, finish_reason: str | None, tokens: int | None) -> dict[str, Any]:
-        """A streamed chunk: the first ``delta`` names the role; the last carries the finish reason and usage."""
+    def chunk(self, row: int, piece: str, finish_reason: str | None, scores: list[Any]) -> dict[str, Any]:
+        """A streamed chunk: a row's first ``delta`` names the role; its last carries the finish reason."""
         delta: dict[str, Any] = {"content": piece} if piece or finish_reason is None else {}
-        if not self.started:
-            delta["role"], self.started = "assistant", True
-        out = {**self.head("chat.completion.chunk"),
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
-        if tokens is not None:
-            out["usage"] = self.usage(tokens)
+        if not self.started[row]:
+            delta["role"], self.started[row] = "assistant", True
+        out = {**self.head("chat.completion.chunk"), "choices": [{"index": row, "delta": delta,
+                                                                  "finish_reason": finish_reason,
+                                                                  "logprobs": self.logprobs(scores)}]}
+        if self.include_usage:
+            out["usage"] = None
         return out
+
+    def usage_chunk(self, tokens: int) -> dict[str, Any]:
+        """The stream's last chunk under ``stream_options.include_usage``: no choices, the usage."""
+        return {**self.head("chat.completion.chunk"), "choices": [], "usage": usage(self.prompt_tokens, tokens)}

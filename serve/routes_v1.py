@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime.pooling import truncate_dims
 from onnxformer.serve.httpio import read_body, within
-from onnxformer.serve.schemas import AnswerRequest, ClassifyRequest, EmbeddingsRequest, TagRequest, Texts, parse_body
+from onnxformer.serve.schemas import (AnswerRequest, ClassifyRequest, EmbeddingsRequest, TagRequest, Texts, as_list,
+                                      parse_body)
 from onnxformer.serve.state import ServerState, server_state
 
 router = APIRouter()
@@ -21,10 +22,17 @@ router = APIRouter()
 async def embeddings(request: Request) -> JSONResponse:
     state, req = await parse_request(request, EmbeddingsRequest)
     service = state.model_service("/v1/embeddings", req.model)
-    texts = [req.input] if isinstance(req.input, str) else req.input
+    inputs = as_list(req.input)
     post = service.model.manifest.postprocess
-    prefix = post.prompt(req.prompt_name, req.prompt)  # the checkpoint's default prompt unless told otherwise
-    vectors, tokens = await within(state.config.timeout_s, service.embed([prefix + t for t in texts]))
+    if inputs and not isinstance(inputs[0], str):  # token ids (OpenAIEmbeddings sends tiktoken's): the model's own
+        if req.prompt_name is not None or req.prompt is not None:
+            raise ServingError("prompt_name and prompt prefix text; with token-id input, put the prompt's tokens "
+                               "in the ids yourself", ErrorKind.BAD_REQUEST)
+        work = service.embed_ids(inputs)
+    else:
+        prefix = post.prompt(req.prompt_name, req.prompt)  # the checkpoint's default prompt unless told otherwise
+        work = service.embed([prefix + t for t in inputs])
+    vectors, tokens = await within(state.config.timeout_s, work)
     vectors = truncate_dims(vectors, req.dimensions or post.truncate_dim, service.model.normalizes())  # Matryoshka
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
             for i, v in enumerate(vectors)]

@@ -7,6 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from onnxformer import __version__
+from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.task_routes import text_tasks
 from onnxformer.serve.generation import GenerationService
@@ -15,7 +16,7 @@ from onnxformer.serve.kserve import (BYTES, HEADER_LENGTH, InferRequest, encode_
                                      text_input)
 from onnxformer.serve.raw import raw_feeds
 from onnxformer.serve.service import ModelService
-from onnxformer.serve.state import Service, server_state
+from onnxformer.serve.state import ServerState, Service, server_state
 
 TEXT_INPUT = "text"  # the BYTES input; what it yields per task is the route table's ``text_outputs`` (task_routes.py)
 
@@ -44,16 +45,23 @@ async def repository_index(request: Request) -> list[dict[str, Any]]:
     """Triton's repository extension: every model this server serves, and its state."""
     state = server_state(request)
     state.require_ready()
+    return repository_index_doc(state)
+
+
+def repository_index_doc(state: ServerState) -> list[dict[str, Any]]:
+    """The repository index (HTTP and gRPC): every model served, version 1, ready."""
     return [{"name": name, "version": "1", "state": "READY"} for name in state.services]
 
 
 @router.get("/v2/models/{name}/config")
 async def model_config(request: Request, name: str) -> dict[str, Any]:
-    """Triton's model configuration, as JSON: tensors with their data types and dims (-1: dynamic), the
-    batching this server applies, and what it was made from."""
-    service = _service(request, name, "1")
+    return model_config_doc(_service(request, name, "1"), server_state(request).config)
+
+
+def model_config_doc(service: Service, config: ServeConfig) -> dict[str, Any]:
+    """Triton's model configuration (HTTP as JSON, gRPC as ``ModelConfig``): tensors with their data types and
+    dims (-1: dynamic), the batching this server applies, and what it was made from."""
     doc = model_metadata_doc(service)
-    config = server_state(request).config
     dims = lambda specs: [{"name": t["name"], "data_type": f"TYPE_{t['datatype'].replace('BYTES', 'STRING')}",
                            "dims": t["shape"]} for t in specs]
     return {"name": service.name, "platform": doc["platform"], "backend": "onnxruntime",

@@ -2,8 +2,9 @@
 and nesting depth are checked here, so nothing unvalidated reaches the tokenizer, numpy or ONNX Runtime.
 
 Limits that depend on the server's flags or the model (texts per request, tokens per text) are checked by the
-services; the bounds here are the absolute ones no well-formed request comes near. OpenAI routes refuse
-fields they do not know, and OpenAI parameters this server does not implement, with a 400 naming the field.
+services; the bounds here are the absolute ones no well-formed request comes near. OpenAI routes accept every field of
+OpenAI's schema, neutral values included; they refuse fields OpenAI does not have, and values this server cannot
+honour (tools, a JSON schema, audio, …), with a 400 naming the field.
 """
 from __future__ import annotations
 
@@ -33,24 +34,55 @@ class _Body(BaseModel):
 
 
 class _OpenAI(_Body):
+    """OpenAI's request schema: every documented field is accepted. ``refused`` maps the fields this server cannot
+    honour to their neutral values (null, or what leaves the request unchanged): any other value is a 400 naming the
+    field; ``ignored`` fields (bookkeeping such as ``store`` or ``metadata``) are accepted and dropped."""
     user: Optional[Annotated[str, Field(max_length=256)]] = None  # OpenAI clients send it: accepted, ignored
-    unsupported: ClassVar[tuple[str, ...]] = ()  # OpenAI parameters we do not implement: non-null → 400
+    refused: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    ignored: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name in cls.unsupported:
-                if data.get(name) is not None:
-                    raise ServingError(f"{name} is not supported by this server; remove it from the request",
+            data = dict(data)
+            for name, neutral in cls.refused.items():
+                value = data.pop(name, None)
+                if value is not None and value not in neutral:
+                    raise ServingError(f"{name}={json.dumps(value)[:80]} is not supported by this server "
+                                       f"({_REFUSED_WHY.get(name, 'not implemented')}); remove it from the request",
                                        ErrorKind.BAD_REQUEST)
+            for name in cls.ignored:
                 data.pop(name, None)
         return data
 
 
+_REFUSED_WHY = {
+    "tools": "no tool calling", "functions": "no function calling", "tool_choice": "no tool calling",
+    "function_call": "no function calling", "response_format": "no structured output: only {\"type\": \"text\"}",
+    "audio": "text only", "modalities": "text only", "prediction": "no predicted outputs",
+    "web_search_options": "no web search", "reasoning_effort": "not a reasoning model",
+    "suffix": "no insertion: the completion follows the prompt",
+}
+
+MAX_TOKEN_IDS = 1 << 16  # one token-id input; the body size and the model's positions bound it far lower
+TokenId = Annotated[int, Field(ge=-(1 << 63), le=(1 << 63) - 1)]  # the model's vocabulary is checked later
+TokenIds = Annotated[list[TokenId], Field(max_length=MAX_TOKEN_IDS)]
+# OpenAI's input and prompt: a text, texts, one tokenized input (ints) or several (lists of ints)
+Inputs = Union[Text, Annotated[list[Text], Field(max_length=MAX_ITEMS)], TokenIds,
+               Annotated[list[TokenIds], Field(max_length=MAX_ITEMS)]]
+
+
+def as_list(inputs: Any) -> list[Any]:
+    """OpenAI's input forms as a list of inputs (each a text or a list of token ids)."""
+    if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+        return [inputs]
+    return list(inputs)
+
+
 # --- OpenAI-style routes -----------------------------------------------------------------------------
 class EmbeddingsRequest(_OpenAI):
-    input: Texts
+    input: Inputs
     model: Optional[Annotated[str, Field(max_length=256)]] = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
@@ -58,30 +90,81 @@ class EmbeddingsRequest(_OpenAI):
     prompt: Optional[Annotated[str, Field(max_length=4096)]] = None
 
 
+class StreamOptions(_Body):
+    include_usage: Optional[bool] = None  # a last chunk with the usage (and "usage": null on the others)
+    include_obfuscation: Optional[bool] = None  # OpenAI pads chunks against side channels: accepted, no effect
+
+
+Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
+LogitBias = Annotated[dict[Annotated[str, Field(max_length=24)], Annotated[float, Field(ge=-100, le=100)]],
+                      Field(max_length=1024)]
+
+
 class _Sampling(_OpenAI):
     """The generation parameters completions and chat completions share."""
     temperature: Finite = Field(default=1.0, ge=0, le=100)  # OpenAI's meaning: 0 is greedy, > 0 samples
     top_p: Finite = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0, le=1 << 31)  # not OpenAI's; vLLM's extension, 0 = off
-    repetition_penalty: Finite = Field(default=1.0, gt=0, le=1e6)
+    repetition_penalty: Finite = Field(default=1.0, gt=0, le=1e6)  # not OpenAI's; transformers' (vLLM's too)
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: Optional[LogitBias] = None  # {"token id": bias}
     stop: Union[Annotated[str, Field(min_length=1, max_length=256)],
                 Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)], None] = None
     seed: Optional[Annotated[int, Field(ge=0, le=U64)]] = None
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
+    stream_options: Optional[StreamOptions] = None
     model: Optional[Annotated[str, Field(max_length=256)]] = None
 
+    @model_validator(mode="after")
+    def _check_bias(self) -> "_Sampling":
+        _token_bias(self.logit_bias)  # keys are token ids: refused here, at the boundary
+        return self
 
-class CompletionRequest(_Sampling):
-    unsupported = ("logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty", "suffix", "logit_bias")
-    prompt: Texts
-    max_tokens: int = Field(default=16, ge=1, le=1 << 20)
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
-    def options(self) -> dict[str, Any]:
+    def sampling(self) -> dict[str, Any]:
         sample = self.temperature > 0
         return {"do_sample": sample, "temperature": self.temperature if sample else 1.0, "top_p": self.top_p,
                 "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "stop": self.stop,
-                "seed": self.seed}
+                "seed": self.seed, "presence_penalty": self.presence_penalty,
+                "frequency_penalty": self.frequency_penalty, "logit_bias": _token_bias(self.logit_bias)}
+
+
+def _token_bias(bias: Optional[dict[str, float]]) -> dict[int, float]:
+    out = {}
+    for key, value in (bias or {}).items():
+        if not key.isdigit():
+            raise ServingError(f"logit_bias key {key!r} is not a token id (an integer >= 0, as a string)",
+                               ErrorKind.BAD_REQUEST)
+        out[int(key)] = value
+    return out
+
+
+class CompletionRequest(_Sampling):
+    refused = {"suffix": ("",)}
+    prompt: Inputs
+    max_tokens: int = Field(default=16, ge=1, le=1 << 20)
+    echo: bool = False  # the prompt's text before the completion's
+    logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None  # the chosen token's and this many top tokens'
+    best_of: Optional[Annotated[int, Field(ge=1, le=128)]] = None  # only = n: no server-side ranking
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompletionRequest":
+        if self.best_of is not None and self.best_of != self.n:
+            raise ServingError(f"best_of={self.best_of} with n={self.n}: this server does not rank extra completions "
+                               "server-side; send best_of=n (or none) and ask for logprobs to rank them yourself",
+                               ErrorKind.BAD_REQUEST)
+        if self.echo and self.logprobs is not None:
+            raise ServingError("echo with logprobs would need the prompt's log-probabilities, which this server does "
+                               "not compute; send one of them", ErrorKind.BAD_REQUEST)
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {**self.sampling(), "logprobs": self.logprobs}
 
 
 class Message(BaseModel):
@@ -92,16 +175,29 @@ class Message(BaseModel):
 
 
 class ChatRequest(_Sampling):
-    unsupported = ("logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "logit_bias", "tools",
-                   "tool_choice", "response_format")
+    refused = {"tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
+               "response_format": ({"type": "text"},), "audio": (), "modalities": (["text"],), "prediction": (),
+               "web_search_options": (), "reasoning_effort": ()}
+    ignored = ("store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier",
+               "verbosity")
     messages: Annotated[list[Message], Field(max_length=MAX_ITEMS)]  # empty: check_messages says so
     max_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None
     max_completion_tokens: Optional[Annotated[int, Field(ge=1, le=1 << 20)]] = None  # OpenAI's newer name
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChatRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ServingError("top_logprobs needs logprobs=true", ErrorKind.BAD_REQUEST)
+        return self
 
     def completion(self, prompt: str) -> CompletionRequest:
-        fields = self.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens"})
+        fields = self.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens", "logprobs",
+                                          "top_logprobs", "stream_options"})
         return CompletionRequest(prompt=prompt, max_tokens=self.max_completion_tokens or self.max_tokens or 16,
-                                 **fields)
+                                 logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+                                 stream_options=self.stream_options, **fields)
 
 
 # --- task routes ----------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from onnxformer.errors import InputError
 from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime import Model
 from onnxformer.artifact.tasks import get_task
-from onnxformer.serve.task_routes import routes_for, serving
-from onnxformer.runtime.tokenizer import check_texts
+from onnxformer.runtime.tokenizer import IdsEncoding, check_texts, check_token_ids
 from onnxformer.serve.batcher import Batcher
+from onnxformer.serve.task_routes import routes_for, serving
 from onnxformer.serve.config import ServeConfig
 
 
@@ -44,6 +44,23 @@ class ModelService:
         encodings = await self.admit_texts(texts)
         lane = self.scheduler.lane("embed", lambda chunk: list(self.model.embed_encodings(chunk)))
         vectors = await lane.submit(encodings)  # tokenized once, at admission
+        return np.stack(vectors).astype(np.float32), sum(len(e.ids) for e in encodings)
+
+    async def embed_ids(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
+        """``embed`` of inputs already tokenized: the model's own token ids, used as given (as other OpenAI-compatible
+        servers take them), checked against its vocabulary and the token limit."""
+        self.require("/v1/embeddings")
+        self.check_count(len(rows))
+        vocab = self.model.manifest.architecture.vocab_size or self.vocab_size
+        try:
+            encodings = [IdsEncoding(ids) for ids in check_token_ids(rows, vocab)] if vocab else None
+        except InputError as e:
+            raise ServingError(str(e), ErrorKind.BAD_REQUEST) from None
+        if encodings is None:
+            raise ServingError(f"{self.name!r} has no tokenizer or vocabulary size; send text", ErrorKind.BAD_REQUEST)
+        self._check_lengths([len(e.ids) for e in encodings])
+        lane = self.scheduler.lane("embed", lambda chunk: list(self.model.embed_encodings(chunk)))
+        vectors = await lane.submit(encodings)  # the same lane as texts: ids and texts batch together
         return np.stack(vectors).astype(np.float32), sum(len(e.ids) for e in encodings)
 
     async def logits(self, texts: Sequence[str]) -> np.ndarray:

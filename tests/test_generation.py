@@ -145,6 +145,10 @@ def test_sampling_filters():
         (dict(do_sample=True, temperature=-1.0), "temperature must be > 0 when do_sample=True"),
         (dict(top_p=0.0), "top_p must be in (0, 1]"),
         (dict(stop=[""]), "stop sequences must be non-empty strings"),
+        (dict(presence_penalty=float("nan")), "presence_penalty must be a finite number"),
+        (dict(logit_bias={-1: 1.0}), "logit_bias maps token ids"),
+        (dict(logit_bias={10 ** 6: 1.0}), "logit_bias names token 1000000"),
+        (dict(logprobs=-1), "logprobs must be None or an integer >= 0"),
     ],
 )
 def test_bad_options_fail_clearly(kwargs, message, generator):

@@ -85,6 +85,28 @@ def test_openai_embeddings_match_runtime(minilm):
     np.testing.assert_allclose(vector, model.embed(TEXTS[:1])[0], atol=1e-5)
 
 
+def test_token_id_embeddings_and_langchain_openai_embeddings(minilm):
+    """OpenAI's token-id input (what LangChain's OpenAIEmbeddings sends by default) is the model's own ids, used as
+    given; OpenAIEmbeddings(check_embedding_ctx_length=False) sends text."""
+    import openai
+    from langchain_openai import OpenAIEmbeddings
+
+    model, url = minilm
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    ids = [e.ids for e in model.tokenizer.encodings(TEXTS[:2])]  # [CLS] ... [SEP], as the tokenizer makes them
+    r = client.embeddings.create(model=model.manifest.name, input=ids)  # the client asks for base64
+    np.testing.assert_allclose(np.array([d.embedding for d in r.data]), model.embed(TEXTS[:2]), atol=1e-5)
+    assert r.usage.prompt_tokens == sum(map(len, ids))
+    one = client.embeddings.create(model=model.manifest.name, input=ids[0]).data[0].embedding
+    np.testing.assert_allclose(one, model.embed(TEXTS[:1])[0], atol=1e-5)
+    with pytest.raises(openai.BadRequestError, match="vocabulary is 0..30521"):
+        client.embeddings.create(model=model.manifest.name, input=[[101, 30522, 102]])
+    lc = OpenAIEmbeddings(model=model.manifest.name, base_url=f"{url}/v1", api_key="unused", max_retries=0,
+                          check_embedding_ctx_length=False)
+    np.testing.assert_allclose(lc.embed_documents(TEXTS), model.embed(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(lc.embed_query(TEXTS[0]), model.embed(TEXTS[:1])[0], atol=1e-5)
+
+
 def test_openai_embeddings_dimensions_are_matryoshka(minilm):
     """`dimensions` (OpenAI's field) cuts each vector to its first components and renormalises it."""
     model, url = minilm
@@ -226,7 +248,13 @@ BAD = {
     "raw too long": ("infer", _v2([dict(r, shape=[1, 30], data=[1] * 30) for r in RAW]), 422, "over the limit"),
     "text and raw": ("infer", _v2([TEXT] + RAW), 400, "not both"),
     "empty string": ("/v1/embeddings", b'{"input": [""]}', 400, "empty string"),
-    "not a string": ("/v1/embeddings", b'{"input": [3]}', 400, "input"),
+    "not a string": ("/v1/embeddings", b'{"input": [3.5]}', 400, "input"),
+    "mixed input": ("/v1/embeddings", b'{"input": ["a", 3]}', 400, "input"),
+    "token id past vocab": ("/v1/embeddings", b'{"input": [[101, 1000000000]]}', 400, "vocabulary"),
+    "negative token id": ("/v1/embeddings", b'{"input": [-1]}', 400, "not a token id"),
+    "empty token ids": ("/v1/embeddings", b'{"input": [[]]}', 400, "empty"),
+    "too many token ids": ("/v1/embeddings", json.dumps({"input": [[5] * 30]}).encode(), 422, "limit is 24"),
+    "prompt with ids": ("/v1/embeddings", b'{"input": [[5]], "prompt": "query: "}', 400, "token-id input"),
     "empty list": ("/v1/embeddings", b'{"input": []}', 400, "empty list"),
     "too many texts": ("/v1/embeddings", json.dumps({"input": ["a"] * 9}).encode(), 413, "limit is 8"),
     "too many tokens": ("/v1/embeddings", json.dumps({"input": ["word " * 40]}).encode(), 422, "limit is 24"),

@@ -121,7 +121,9 @@ def test_concurrent_chats_batch_together_and_stay_exact(chat_artifact, chat_serv
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"messages": MESSAGES, "n": 2}, 400, "n=2 is not supported"),
+        ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools="),
+        ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, 400, "response_format="),
+        ({"messages": MESSAGES, "top_logprobs": 2}, 400, "top_logprobs needs logprobs=true"),
         ({"messages": []}, 400, '"messages" is empty'),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "role 'wizard' is not one of"),
         ({"messages": [{"role": "user", "content": 7}]}, 400, "content"),
@@ -227,3 +229,129 @@ def test_openai_client_on_a_seq2seq_model_through_its_batch(tmp_path):
         text = "".join(ch.choices[0].text for ch in streamed)
     assert [r.choices[0].message.content for r in got] == expected
     assert text == gen.generate("The quick brown fox", max_new_tokens=10)
+
+
+# --- OpenAI's whole request schema (issue 26) ------------------------------------------------------------
+@pytest.mark.parametrize("neutral", [{"presence_penalty": 0}, {"frequency_penalty": 0}, {"logit_bias": {}},
+                                     {"best_of": 1}, {"echo": False}, {"logprobs": None, "suffix": None}])
+def test_neutral_openai_values_are_accepted(chat_server, neutral):
+    """LangChain's OpenAI class sends each of these by default; they change nothing."""
+    gen, url = chat_server
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "The quick brown fox", "max_tokens": 6, "temperature": 0,
+                                                  **neutral}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == gen.generate("The quick brown fox", max_new_tokens=6)
+
+
+def torch_greedy(ckpt, prompt_ids: list[int], steps: int, presence: float = 0.0, frequency: float = 0.0,
+                 bias: dict[int, float] | None = None) -> tuple[list[int], list[float]]:
+    """transformers' model, greedy, with OpenAI's logit_bias and penalties applied by their definitions; the chosen
+    tokens and their log-probabilities under the raw logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    ids, out, logprobs = list(prompt_ids), [], []
+    counts = torch.zeros(model.config.vocab_size)
+    with torch.no_grad():
+        for _ in range(steps):
+            raw = model(torch.tensor([ids])).logits[0, -1].float()
+            logits = raw.clone()
+            for token, b in (bias or {}).items():
+                logits[token] += b
+            logits -= presence * (counts > 0).float() + frequency * counts
+            token = int(logits.argmax())
+            logprobs.append(float(torch.log_softmax(raw, -1)[token]))
+            counts[token] += 1
+            ids.append(token)
+            out.append(token)
+    return out, logprobs
+
+
+def test_penalties_logit_bias_and_logprobs_follow_openai_on_the_batch(chat_artifact, chat_server):
+    """Greedy with presence/frequency penalties and a logit bias = transformers' logits adjusted by OpenAI's
+    definitions, for two requests sharing the continuous batch; logprobs are the model's own."""
+    gen, url = chat_server
+    prompt = "The quick brown fox"
+    ids = gen.prompts.tokenizer.encode(prompt).ids
+    plain = gen.generate_ids([prompt], max_new_tokens=8)[0]
+    bias = {plain[0]: -100.0, 7: 3.0}  # ban greedy's first token, favour token 7
+    settings = [dict(presence=0.0, frequency=1.5, bias=None), dict(presence=1.0, frequency=0.5, bias=bias)]
+    expected = [torch_greedy(chat_artifact[0], ids, 8, **s) for s in settings]
+    assert expected[0][0] != plain  # the penalties change the text: the test can fail
+
+    def ask(s):
+        body = {"prompt": ids, "max_tokens": 8, "temperature": 0, "presence_penalty": s["presence"],
+                "frequency_penalty": s["frequency"], "logprobs": 2}
+        if s["bias"]:
+            body["logit_bias"] = {str(k): v for k, v in s["bias"].items()}
+        return httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["choices"][0]
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(ask, settings))
+    decode = lambda t: gen.prompts.tokenizer.decode([t], skip_special_tokens=False)
+    for choice, (tokens, logprobs) in zip(got, expected):
+        eos = next((i for i, t in enumerate(tokens) if t in gen.special.eos), len(tokens) - 1)
+        tokens, logprobs = tokens[:eos + 1], logprobs[:eos + 1]
+        assert choice["logprobs"]["tokens"] == [decode(t) for t in tokens]
+        assert choice["logprobs"]["token_logprobs"] == pytest.approx(logprobs, abs=1e-4)
+        assert all(1 <= len(top) <= 3 for top in choice["logprobs"]["top_logprobs"])
+    assert got[1]["logprobs"]["tokens"][0] != decode(plain[0])
+    solo = gen.generate_ids([prompt], max_new_tokens=8, presence_penalty=1.0, frequency_penalty=0.5, logit_bias=bias)
+    assert solo[0] == expected[1][0][:len(solo[0])]  # the solo loop (no batch) is the same
+
+
+def test_n_choices_token_ids_echo_and_usage_chunk(chat_server):
+    gen, url = chat_server
+    c = client(url)
+    sampled = dict(temperature=0.9, seed=11)
+    r = c.completions.create(model=gen.manifest.name, prompt="The quick brown fox", max_tokens=8, n=3, **sampled)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert [ch.text for ch in r.choices] == [gen.generate("The quick brown fox", max_new_tokens=8, do_sample=True,
+                                                          temperature=0.9, seed=11 + j) for j in range(3)]
+    assert r.usage.prompt_tokens == len(gen.prompts.tokenizer.encode("The quick brown fox").ids)
+    ids = [gen.prompts.tokenizer.encode(p).ids for p in ("The quick brown fox", "Hi")]
+    r = c.completions.create(model=gen.manifest.name, prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert [ch.text for ch in r.choices] == [p + gen.generate(p, max_new_tokens=6) for p in ("The quick brown fox", "Hi")]
+    chunks = list(c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=6, n=2,
+                                            stream=True, stream_options={"include_usage": True}, **sampled))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(ch.usage is None for ch in chunks[:-1])
+    texts = ["".join(ch.choices[0].delta.content or "" for ch in chunks[:-1] if ch.choices[0].index == j) for j in (0, 1)]
+    whole = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=6, n=2, **sampled)
+    assert texts == [ch.message.content for ch in whole.choices]
+    whole = c.completions.create(model=gen.manifest.name, prompt="Hi", max_tokens=6, temperature=0, logprobs=1)
+    streamed = list(c.completions.create(model=gen.manifest.name, prompt="Hi", max_tokens=6, temperature=0,
+                                         logprobs=1, stream=True))
+    parts = [ch.choices[0].logprobs for ch in streamed if ch.choices[0].logprobs is not None]
+    assert [t for part in parts for t in part.tokens] == whole.choices[0].logprobs.tokens
+    assert [x for part in parts for x in part.token_logprobs] == whole.choices[0].logprobs.token_logprobs
+    assert len(whole.choices[0].logprobs.tokens) == whole.usage.completion_tokens
+    scored = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=4, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    content = scored.choices[0].logprobs.content
+    assert len(content) == scored.usage.completion_tokens and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.logprob == pytest.approx(t.top_logprobs[0].logprob) for t in content)  # greedy: the most likely
+
+
+def test_langchain_clients_with_their_defaults(chat_artifact, chat_server):
+    """LangChain's ChatOpenAI (streamed, stream_usage=True) and OpenAI send their default parameters (neutral
+    penalties, logit_bias={}, best_of=1, stream_options, …): all accepted, the answers the generator's."""
+    from langchain_openai import ChatOpenAI, OpenAI
+
+    gen, url = chat_server
+    common = dict(model=gen.manifest.name, base_url=f"{url}/v1", api_key="unused", max_retries=0, max_tokens=12)
+    chat = ChatOpenAI(**common, temperature=0, stream_usage=True)
+    chunks = list(chat.stream([("system", "Be brief."), ("user", "The quick brown fox")]))
+    message = chunks[0]
+    for chunk in chunks[1:]:
+        message += chunk
+    prompt = rendered(chat_artifact[0], MESSAGES)
+    ids = gen.generate_ids([prompt], max_new_tokens=12)[0]
+    assert message.content == gen.generate(prompt, max_new_tokens=12)
+    n = len(gen.prompts.tokenizer.encode(prompt).ids)
+    assert (message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"]) == (n, len(ids))
+    text = OpenAI(**common).invoke("The quick brown fox")  # sampled at its default temperature 0.7
+    assert isinstance(text, str)
+    assert OpenAI(**common, temperature=0).invoke("The quick brown fox") == \
+        gen.generate("The quick brown fox", max_new_tokens=12)

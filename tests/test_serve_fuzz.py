@@ -70,9 +70,10 @@ def test_hostile_completions(gen_artifact):
 
 @pytest.mark.parametrize("field,value,words", [
     ("seed", -1, "seed"), ("seed", -(2 ** 63), "seed"), ("repetition_penalty", float("inf"), "finite"),
-    ("logprobs", 1, "logprobs"), ("echo", True, "echo"), ("best_of", 2, "best_of"), ("suffix", "x", "suffix"),
-    ("presence_penalty", 0.5, "presence_penalty"), ("frequency_penalty", 0.5, "frequency_penalty"),
-    ("logit_bias", {"1": 2}, "logit_bias"), ("bogus", 1, "bogus"),
+    ("logprobs", 21, "logprobs"), ("echo", "yes", "echo"), ("best_of", 2, "best_of"), ("suffix", "x", "suffix"),
+    ("presence_penalty", 2.5, "presence_penalty"), ("frequency_penalty", float("nan"), "frequency_penalty"),
+    ("logit_bias", {"-1": 2}, "logit_bias key '-1'"), ("logit_bias", {"1": 101}, "logit_bias"),
+    ("stream_options", {"include_usage": 1}, "stream_options"), ("bogus", 1, "bogus"),
 ])
 def test_completion_parameters_refused_by_name(gen_artifact, field, value, words):
     from onnxformer.serve.schemas import CompletionRequest, parse_body

@@ -98,18 +98,21 @@ def test_sampled_completion_is_reproducible_with_a_seed(gpt2, server):
 
 def test_stream_sends_the_same_text_as_events(gpt2, server):
     with httpx.stream("POST", f"{server}/v1/completions", timeout=30,
-                      json={"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "stream": True}) as r:
+                      json={"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "stream": True,
+                            "stream_options": {"include_usage": True}}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse(r)
     assert events[-1] == "[DONE]"
-    chunks = events[:-1]
+    chunks, last = events[:-2], events[-2]
     assert len(chunks) > 2  # pieces arrive as they are produced, not as one blob
-    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
+    assert len({c["id"] for c in events[:-1]}) == 1 and all(c["object"] == "text_completion" for c in events[:-1])
     assert "".join(c["choices"][0]["text"] for c in chunks) == gpt2.generate(PROMPTS[0], max_new_tokens=24)
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-    assert chunks[-1]["usage"]["completion_tokens"] == len(gpt2.generate_ids([PROMPTS[0]], max_new_tokens=24)[0])
+    assert all(c["usage"] is None for c in chunks)  # include_usage: null on every chunk, then the usage alone
+    assert last["choices"] == []
+    assert last["usage"]["completion_tokens"] == len(gpt2.generate_ids([PROMPTS[0]], max_new_tokens=24)[0])
 
 
 def test_concurrent_streams_interleave_and_match_serial(gpt2, server):
@@ -179,8 +182,15 @@ def test_an_old_seq2seq_artifact_takes_turns(gen_artifact, monkeypatch, caplog):
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"prompt": "hi", "n": 2}, 400, "n=2 is not supported"),
-        ({"prompt": ["a", "b"], "stream": True}, 400, "stream=true takes one prompt"),
+        ({"prompt": "hi", "n": 5}, 413, "= 5 completions in one request; the limit is 4"),
+        ({"prompt": "hi", "suffix": "!"}, 400, "suffix"),
+        ({"prompt": "hi", "best_of": 2}, 400, "best_of=2"),
+        ({"prompt": "hi", "echo": True, "logprobs": 1}, 400, "echo with logprobs"),
+        ({"prompt": "hi", "logit_bias": {"x": 1}}, 400, "logit_bias key 'x'"),
+        ({"prompt": "hi", "logit_bias": {"1000000": 1}}, 400, "outside this model's vocabulary"),
+        ({"prompt": "hi", "presence_penalty": 3}, 400, "presence_penalty"),
+        ({"prompt": [1, 10**6]}, 400, "not a token id of this model"),
+        ({"prompt": "hi", "unknown_field": 1}, 400, "unknown_field"),
         ({"prompt": []}, 400, '"prompt" is empty'),
         ({"prompt": ""}, 400, "empty"),
         ({"prompt": "hi", "max_tokens": 65}, 422, "over this server's limit of 64"),

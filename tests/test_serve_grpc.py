@@ -42,6 +42,24 @@ def test_tritonclient_grpc_text_and_raw_tensors(served):
     np.testing.assert_allclose(states, model.run(feeds)["last_hidden_state"], atol=1e-5)
 
 
+def test_tritonclient_grpc_config_and_repository_index_match_http(served):
+    import httpx
+    import tritonclient.grpc as triton
+
+    model, url, address = served
+    client, name = triton.InferenceServerClient(address), model.manifest.name
+    config = client.get_model_config(name, as_json=True)["config"]
+    http = httpx.get(f"{url}/v2/models/{name}/config").json()
+    assert (config["name"], config["backend"], config["max_batch_size"]) == (name, "onnxruntime", http["max_batch_size"])
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in config["input"]] == \
+        [(t["name"], t["data_type"], t["dims"]) for t in http["input"]]
+    assert [t["name"] for t in config["output"]] == [t["name"] for t in http["output"]]
+    assert config["parameters"]["task"]["string_value"] == http["parameters"]["task"] == "feature-extraction"
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert index == [{"name": name, "version": "1", "state": "READY"}]
+    assert index == httpx.post(f"{url}/v2/repository/index").json()
+
+
 def test_grpc_errors_carry_the_kind_status(served):
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException

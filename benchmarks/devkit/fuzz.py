@@ -3,8 +3,8 @@ test the suite keeps (tests/test_serve_fuzz.py) and the long run (benchmarks/fuz
 
 Families: deep nesting, wrong types (numbers for objects, lists for keys, non-strings for text), extreme
 numbers (negative/huge seeds, Infinity/NaN, top_k past the vocabulary), unicode edge cases (lone surrogates,
-NUL, RTL, combining marks, emoji), oversized bodies and texts, unsupported OpenAI parameters, wrong content
-types, path traversal in model names, hostile KServe tensors (datatype, shape, parameters, binary lengths,
+NUL, RTL, combining marks, emoji), oversized bodies and texts, OpenAI parameters out of range or unsupported, wrong
+content types, path traversal in model names, hostile KServe tensors (datatype, shape, parameters, binary lengths,
 ids/mask/segment ranges), lying Content-Length and Inference-Header-Content-Length (raw sockets).
 """
 from __future__ import annotations
@@ -136,8 +136,10 @@ class Generator:
             return _j({"prompt": "hi", "max_tokens": 2, name: value}), None, "extreme numbers"
         if pick == 1:
             name = r.choice(["logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty", "suffix",
-                             "logit_bias", "functions"])
-            return _j({"prompt": "hi", "max_tokens": 2, name: r.choice([1, True, "x", {"1": 2}])}), None, "unsupported"
+                             "logit_bias", "functions", "stream_options", "n"])
+            value = r.choice([1, True, "x", {"1": 2}, {"include_usage": 1}, [[1, 2]], -3, 10 ** 6])
+            return _j({"prompt": r.choice(["hi", [1, 2], [[1], [2, 3]], [-1], [10 ** 9]]), "max_tokens": 2, name: value}), \
+                None, "openai parameters"
         return _j({"prompt": "hi", "max_tokens": 2, "stop": r.choice([[""], [1], ["a"] * 50, {"a": 1}, "x" * 1000])}), \
             None, "wrong types"
 

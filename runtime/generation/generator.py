@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -14,6 +14,7 @@ from onnxformer.artifact.files import confined
 from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
+from onnxformer.runtime.generation.sampling import TokenScore
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
@@ -37,6 +38,7 @@ class Generator:
         # False for dynamic int8: in a continuous batch a row's tokens then depend on its batch-mates.
         self.batch_invariant = record.batch_invariant
         self.max_positions = spec.max_positions
+        self.vocab_size: int | None = manifest.architecture.vocab_size  # the ids the model takes (token-id prompts)
         tokens = spec.special_tokens
         self.start_id = tokens.get("decoder_start_token_id")
         if self.kind == "seq2seq" and self.start_id is None:
@@ -71,7 +73,9 @@ class Generator:
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
-        repetition_penalty, stop (str or list: the text ends before it), seed, truncate."""
+        repetition_penalty, presence_penalty and frequency_penalty (OpenAI's), logit_bias ({token id: bias}),
+        stop (str or list: the text ends before it), seed, truncate, logprobs (``start(...).completions()`` carry
+        the scores)."""
         run = self.start(prompts, max_new_tokens, **options)
         run.finish()
         texts = [c.text for c in run.completions()]
@@ -91,7 +95,8 @@ class Generator:
         return [s.ids for s in run.streams]
 
     def start(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> Run:
-        """A generation not yet run: prompts tokenized and options checked (bad input raises here)."""
+        """A generation not yet run: prompts tokenized and options checked (bad input raises here). A prompt is a
+        string, or a list of the model's token ids (used as given)."""
         opts = make_options(max_new_tokens, **options)
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         stepper, history, lengths = self._stepper(batch, opts)  # tokenizes and checks the prompts
@@ -106,7 +111,7 @@ class Generator:
                              f"model's {self.max_positions} positions; lower max_new_tokens", InputKind.TOO_LONG)
         return self.prompts.encode(batch, room, opts.truncate,
                                    f"tokens that fit with max_new_tokens={opts.max_new_tokens} "
-                                   f"in this model's {self.max_positions} positions")
+                                   f"in this model's {self.max_positions} positions", self.vocab_size)
 
     def encode_inputs(self, batch: list[str], opts: GenerationOptions) -> Prompts:
         """The texts as the model reads them, checked: a decoder's prompts (left-padded, room left for
@@ -116,7 +121,8 @@ class Generator:
         if opts.max_new_tokens + 1 > self.max_positions:
             raise InputError(f"max_new_tokens={opts.max_new_tokens} exceeds this model's {self.max_positions} "
                              "decoder positions; lower it", InputKind.TOO_LONG)
-        return self.prompts.encode(batch, self.max_positions, opts.truncate, "token limit of this model's encoder")
+        return self.prompts.encode(batch, self.max_positions, opts.truncate, "token limit of this model's encoder",
+                                   self.vocab_size)
 
     def _stepper(self, batch: list[str], opts: GenerationOptions) -> tuple[Stepper, np.ndarray, list[int]]:
         inputs = self.encode_inputs(batch, opts)
@@ -136,6 +142,7 @@ class Completion:
     text: str  # generated text, cut before a stop sequence
     tokens: int  # generated tokens, end-of-sequence included
     finish_reason: str  # "stop": end-of-sequence or a stop sequence; "length": max_new_tokens reached
+    scores: list[TokenScore] = field(default_factory=list)  # per generated token, when logprobs were asked for
 
 
 class Run:
@@ -174,14 +181,16 @@ class Run:
 
     def completions(self) -> list[Completion]:
         eos = set(self.special.eos)
-        return [Completion(s.text, len(s.ids), "stop" if s.stopped or (s.ids and s.ids[-1] in eos) else "length")
-                for s in self.streams]
+        return [Completion(s.text, len(s.ids), "stop" if s.stopped or (s.ids and s.ids[-1] in eos) else "length",
+                           list(s.scores)) for s in self.streams]
 
     def _loop(self) -> Iterator[bool]:
         finished = np.zeros(len(self.streams), dtype=bool)
-        for tokens, active in token_loop(self.stepper, self.history, self.opts, self.special, finished):
+        for tokens, active, step_scores in token_loop(self.stepper, self.history, self.opts, self.special, finished):
             for row in np.flatnonzero(active):
                 stream = self.streams[row]
+                if step_scores is not None:
+                    stream.scores.append(step_scores[row])
                 stream.pending += stream.add(int(tokens[row]))
                 if stream.stopped:
                     finished[row] = True  # the loop sees it before the next step

@@ -7,7 +7,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from onnxformer.runtime.generation.options import GenerationOptions
-from onnxformer.runtime.generation.sampling import choose
+from onnxformer.runtime.generation.sampling import TokenScore, choose, scores
 
 
 class Stepper(Protocol):
@@ -27,29 +27,38 @@ class SpecialTokens:
 
 
 def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, special: SpecialTokens,
-               finished: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (tokens (B,), active (B,) bool) per step; finished rows get the pad token.
+               finished: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, list[TokenScore] | None]]:
+    """Yield (tokens (B,), active (B,) bool, per-row scores or None) per step; finished rows get the pad token.
 
     ``finished`` is shared with the caller, who may mark rows done between steps (stop sequences);
-    ``history`` (B, T) holds the ids the repetition penalty counts as already seen (-1: none).
+    ``history`` (B, T) holds the ids the repetition penalty counts as already seen (-1: none). Scores (each
+    token's log-probability, ``opts.logprobs`` most likely tokens') come only when ``opts.logprobs`` is set.
     """
     rng = np.random.default_rng(opts.seed)
     eos = np.array(special.eos or (-1,), dtype=np.int64)
     logits = stepper.first()
     rows = np.arange(len(logits))
     seen = np.zeros(logits.shape, dtype=bool)
+    counts = new_counts(logits.shape, opts)
     for row, ids in enumerate(history):
         seen[row, ids[ids >= 0]] = True
     for step in range(opts.max_new_tokens):
-        logits = force_tokens(logits, step, opts.max_new_tokens, special)
+        forced = force_tokens(logits, step, opts.max_new_tokens, special)
         active = ~finished
-        tokens = np.where(active, choose(logits, seen, opts, rng), special.pad)
+        tokens = np.where(active, choose(forced, seen, opts, rng, counts), special.pad)
         seen[rows[active], tokens[active]] = True
+        if counts is not None:
+            counts[rows[active], tokens[active]] += 1
         finished |= np.isin(tokens, eos)
-        yield tokens, active
+        yield tokens, active, scores(logits, tokens, opts.logprobs) if opts.logprobs is not None else None
         if finished.all() or step == opts.max_new_tokens - 1:
             return
         logits = stepper.next(tokens)
+
+
+def new_counts(shape: tuple[int, ...], opts: GenerationOptions) -> np.ndarray | None:
+    """How often each token was generated per row, (B, V) int32: only when a presence/frequency penalty needs it."""
+    return np.zeros(shape, dtype=np.int32) if opts.presence_penalty or opts.frequency_penalty else None
 
 
 def force_tokens(logits: np.ndarray, step: int, max_new: int, special: SpecialTokens) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Generation settings and their checks: bad settings fail before any model runs, with a fix in the message."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from onnxformer.errors import InputError
 
@@ -15,6 +16,11 @@ class GenerationOptions:
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
     repetition_penalty: float = 1.0  # 1.0: none (CTRL-style: divide positive logits, multiply negative ones)
+    # OpenAI's penalties, over the generated tokens only: logits[t] -= presence * (count[t] > 0) + frequency * count[t]
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits before anything else
+    logprobs: int | None = None  # None: none; k: each generated token's log-probability and the k most likely
     stop: tuple[str, ...] = ()
     seed: int | None = None
     truncate: bool = False
@@ -33,11 +39,28 @@ class GenerationOptions:
             raise InputError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
         if not self.repetition_penalty > 0:
             raise InputError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number (0 disables it), got {value!r}")
+        for token, bias in self.logit_bias:
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0 or not math.isfinite(bias):
+                raise InputError(f"logit_bias maps token ids (integers >= 0) to finite numbers, got {token!r}: {bias!r}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or self.logprobs < 0):
+            raise InputError(f"logprobs must be None or an integer >= 0 (how many top tokens), got {self.logprobs!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InputError(f"stop sequences must be non-empty strings, got {list(self.stop)!r}")
 
 
-def make_options(max_new_tokens: int = 32, stop: str | Sequence[str] | None = None, **kwargs: object) -> GenerationOptions:
-    """Options from keyword arguments; ``stop`` may be one string or several."""
+def make_options(max_new_tokens: int = 32, stop: str | Sequence[str] | None = None,
+                 logit_bias: Mapping[int, float] | Sequence[tuple[int, float]] | None = None,
+                 **kwargs: object) -> GenerationOptions:
+    """Options from keyword arguments; ``stop`` may be one string or several, ``logit_bias`` a {token id: bias}."""
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return GenerationOptions(max_new_tokens=max_new_tokens, stop=stops, **kwargs)  # type: ignore[arg-type]
+    items = logit_bias.items() if isinstance(logit_bias, Mapping) else (logit_bias or ())
+    try:
+        bias = tuple(sorted((token, float(value)) for token, value in items))
+    except (TypeError, ValueError):
+        raise InputError(f"logit_bias maps token ids to numbers, got {logit_bias!r}") from None
+    return GenerationOptions(max_new_tokens=max_new_tokens, stop=stops, logit_bias=bias, **kwargs)  # type: ignore[arg-type]

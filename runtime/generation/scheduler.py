@@ -31,9 +31,9 @@ from onnxformer.errors import InputError, InputKind
 from onnxformer.artifact.dtypes import from_name
 from onnxformer.artifact.roles import DECODER
 from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
-from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens
+from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens, new_counts
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
-from onnxformer.runtime.generation.sampling import choose
+from onnxformer.runtime.generation.sampling import choose, scores
 from onnxformer.runtime.generation.text import TextStream
 
 
@@ -71,6 +71,7 @@ class Sequence:
     token_times: list[float] = field(default_factory=list)
     cancelled: bool = False
     seen: np.ndarray | None = None  # tokens the repetition penalty counts (prompt + generated)
+    counts: np.ndarray | None = None  # generated tokens' counts, for the presence/frequency penalties (or None)
     rng: np.random.Generator | None = None
     listener: Any = None  # whoever waits on this request (the server's event); the scheduler never reads it
     observed: int = 0  # tokens already counted by the caller's metrics
@@ -467,9 +468,14 @@ class Scheduler:
                 seq.rng = np.random.default_rng(seq.opts.seed)
                 seq.seen = np.zeros((1, logits.shape[-1]), dtype=bool)
                 seq.seen[0, self.history(seq)] = True
+                seq.counts = new_counts(seq.seen.shape, seq.opts)
             forced = force_tokens(logits[None, :], step, seq.opts.max_new_tokens, self.special)
-            token = int(choose(forced, seq.seen, seq.opts, seq.rng)[0])
+            token = int(choose(forced, seq.seen, seq.opts, seq.rng, seq.counts)[0])
             seq.seen[0, token] = True
+            if seq.counts is not None:
+                seq.counts[0, token] += 1
+            if seq.opts.logprobs is not None:
+                seq.stream.scores += scores(logits[None, :], np.array([token]), seq.opts.logprobs)
             seq.stream.pending += seq.stream.add(token)
             now = time.monotonic()
             seq.first_token_at = seq.first_token_at or now

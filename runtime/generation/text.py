@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from onnxformer.errors import InputError, InputKind
-from onnxformer.runtime.tokenizer import check_texts
+from onnxformer.runtime.tokenizer import check_texts, check_token_ids
 
 
 @dataclass
@@ -30,9 +30,16 @@ class PromptEncoder:
         # A decoder continues the end of its prompt, so cutting keeps the end; an encoder keeps the start.
         self._cut_direction = "left" if side == "left" else "right"
 
-    def encode(self, prompts: Sequence[str], limit: int, truncate: bool, what: str) -> Prompts:
-        check_texts(prompts)
-        rows = [e.ids for e in self.tokenizer.encode_batch(list(prompts))]
+    def encode(self, prompts: Sequence[str | Sequence[int]], limit: int, truncate: bool, what: str,
+               vocab: int | None = None) -> Prompts:
+        """Texts are tokenized; a list of ints is a prompt already tokenized (the model's own ids, checked against
+        ``vocab``, used as given)."""
+        texts = [p for p in prompts if isinstance(p, str)]
+        if texts or not prompts:
+            check_texts(texts)  # an empty list is refused here too
+        tokenized = iter([e.ids for e in self.tokenizer.encode_batch(texts)] if texts else [])
+        vocab = vocab or self.tokenizer.get_vocab_size(with_added_tokens=True)
+        rows = [next(tokenized) if isinstance(p, str) else check_token_ids([p], vocab)[0] for p in prompts]
         for i, ids in enumerate(rows):
             if not ids:
                 raise InputError(f"prompt {i} encodes to no tokens; pass real text")
@@ -40,13 +47,16 @@ class PromptEncoder:
                 if not truncate:
                     raise InputError(f"prompt {i} has {len(ids)} tokens, over the {limit} {what}; "
                                      "shorten it, lower max_new_tokens, or pass truncate=True", InputKind.TOO_LONG)
-                rows[i] = self._cut(prompts[i], limit)
+                rows[i] = self._cut(prompts[i], limit) if isinstance(prompts[i], str) else self._cut_ids(ids, limit)
         return self._pad(rows)
 
     def _cut(self, prompt: str, limit: int) -> list[int]:
         cutter = Tokenizer.from_str(self.tokenizer.to_str())
         cutter.enable_truncation(limit, direction=self._cut_direction)
         return cutter.encode(prompt).ids
+
+    def _cut_ids(self, ids: list[int], limit: int) -> list[int]:
+        return ids[-limit:] if self._cut_direction == "left" else ids[:limit]
 
     def _pad(self, rows: list[list[int]]) -> Prompts:
         width = max(len(r) for r in rows)
@@ -72,6 +82,13 @@ class TextStream:
         self.emitted = 0
         self.stopped = False
         self.pending = ""  # emitted by add()/flush() but not yet handed to a streaming caller
+        self.scores: list[Any] = []  # sampling.TokenScore per token, when the caller asked for logprobs
+        self.scores_taken = 0  # scores already handed to a streaming caller
+
+    def take_scores(self) -> list[Any]:
+        """The token scores not yet handed out (a streamed chunk carries those of the tokens since the last)."""
+        out, self.scores_taken = self.scores[self.scores_taken:], len(self.scores)
+        return out
 
     def add(self, token: int) -> str:
         """Append a token; return the newly final text (possibly empty)."""
