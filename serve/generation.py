@@ -20,8 +20,8 @@ from onnxformer.errors import ArtifactError, InputError
 from onnxformer.serve.statuses import ErrorKind, ServingError, error_kind
 from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
-from onnxformer.runtime.generation.scheduler import Sequence, SlotLimits
-from onnxformer.runtime.generation.slots import batch_scheduler
+from onnxformer.runtime.generation.scheduler import Row, SlotLimits
+from onnxformer.runtime.generation.schedulers import batch_scheduler
 from onnxformer.serve.batcher import Batcher
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
@@ -77,7 +77,7 @@ class GenerationService:
                        prefill_chunk=self.config.prefill_chunk)
         return out
 
-    def start(self, req: CompletionRequest, prompts: list[Any] | None = None) -> "Job":
+    def start(self, req: CompletionRequest, prompts: list[Any] | None = None) -> "CompletionJob":
         """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts). Each
         prompt (a text, or a list of token ids) runs ``n`` rows: row ``i * n + j`` is prompt ``i``'s ``j``-th
         completion, seeded ``seed + j`` when a seed is given (so every row is reproducible on its own)."""
@@ -114,7 +114,7 @@ class GenerationService:
         """A prompt as text (echo): itself, or its token ids decoded."""
         return prompt if isinstance(prompt, str) else self.generator.prompts.tokenizer.decode(prompt)
 
-    def _job(self, prompts: list[Any], req: CompletionRequest) -> "Job":
+    def _job(self, prompts: list[Any], req: CompletionRequest) -> "CompletionJob":
         n, options = req.n, req.options()
         if self.batch is None:
             rows = [p for p in prompts for _ in range(n)]
@@ -159,7 +159,7 @@ class GenerationService:
                 if seq.listener is not None:
                     seq.listener.set()
 
-    def _observe(self, seq: Sequence) -> None:
+    def _observe(self, seq: Row) -> None:
         if self.metrics is None:
             return
         times, seen = seq.token_times, seq.observed
@@ -171,7 +171,7 @@ class GenerationService:
         seq.observed = len(times)
 
 
-class Job:
+class CompletionJob:
     """One request's generation, whichever way it is driven: ``advance`` until False, ``take`` text as it
     becomes final, ``completions`` at the end, ``cancel`` on any early exit (timeout, disconnect)."""
 
@@ -200,7 +200,7 @@ class Job:
     def cancel(self) -> None: ...
 
 
-class RunJob(Job):
+class RunJob(CompletionJob):
     """Turn-taking: the run advances one token per worker call, between other runs' tokens."""
 
     def __init__(self, service: GenerationService, run: Run):
@@ -238,10 +238,10 @@ class RunJob(Job):
         pass  # a run that is not advanced stops by itself
 
 
-class BatchJob(Job):
+class BatchJob(CompletionJob):
     """Rows of the continuous batch: woken whenever the driver's step changed one of them."""
 
-    def __init__(self, service: GenerationService, seqs: list[Sequence]):
+    def __init__(self, service: GenerationService, seqs: list[Row]):
         self.service, self.seqs = service, seqs
         self.prompt_tokens = [len(s.prompt) for s in seqs]
         self.changed = asyncio.Event()

@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 
 from onnxformer.serve.statuses import ErrorKind
 from onnxformer.runtime.generation import Completion
-from onnxformer.serve.generation import GenerationService, Job, Slot
+from onnxformer.serve.generation import CompletionJob, Slot
 from onnxformer.serve.httpio import openai_error, read_body, within
 from onnxformer.serve.logprobs import Decode, completion_logprobs, token_decoder
 from onnxformer.serve.schemas import CompletionRequest, parse_body
@@ -46,7 +46,7 @@ async def completions(request: Request) -> Any:
 class _Choices:
     """A completion choice, whole or one streamed piece: echo's prompt text first, logprobs when asked for."""
 
-    def __init__(self, job: Job, decode: Decode):
+    def __init__(self, job: CompletionJob, decode: Decode):
         self.job, self.decode = job, decode
         self.offsets = [0] * job.rows  # characters of each row's text so far (logprobs' text_offset)
         self.started = [False] * job.rows
@@ -64,7 +64,7 @@ class _Choices:
         return {"index": row, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
 
 
-async def run_whole(job: Job, timeout_s: float, slot: Slot) -> list[Completion]:
+async def run_whole(job: CompletionJob, timeout_s: float, slot: Slot) -> list[Completion]:
     """Every token of ``job`` under the timeout; the slot is freed (and the rows leave) however it ends."""
     try:
         await within(timeout_s, _drain(job))
@@ -80,7 +80,7 @@ def event_stream(events: AsyncIterator[str], slot: Slot) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _drain(job: Job) -> None:
+async def _drain(job: CompletionJob) -> None:
     while await job.advance():
         pass
 
@@ -89,7 +89,7 @@ Chunk = Callable[[int, str, "str | None", list[Any]], dict[str, Any]]  # (row, t
 Usage = Callable[[int], dict[str, Any]]  # completion tokens → the last event (stream_options.include_usage)
 
 
-async def _events(job: Job, chunk: Chunk, usage: Usage | None, deadline: float, slot: Slot) -> AsyncIterator[str]:
+async def _events(job: CompletionJob, chunk: Chunk, usage: Usage | None, deadline: float, slot: Slot) -> AsyncIterator[str]:
     """``data: {chunk}`` per row's piece of text, a last chunk per row with its finish reason, the usage when asked
     for (``stream_options.include_usage``: a chunk with no choices), ``data: [DONE]``. A client that disconnects
     cancels this generator (Starlette), which stops the job at the next step."""

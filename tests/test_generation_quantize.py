@@ -74,7 +74,7 @@ def test_each_variant_batches_continuously_like_its_solo_runs(quantized, variant
     from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
     from onnxformer.runtime.generation import Generator
     from onnxformer.runtime.generation.scheduler import SlotLimits
-    from onnxformer.runtime.generation.slots import batch_scheduler
+    from onnxformer.runtime.generation.schedulers import batch_scheduler
 
     gen = Generator.load(quantized, variant=variant, batching=True)
     prompts, max_new = BATCH_PROMPTS[:4], BATCH_MAX_NEW[:4]

@@ -10,7 +10,7 @@ from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation import seq2seq_batch
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
-from onnxformer.runtime.generation.slots import batch_scheduler
+from onnxformer.runtime.generation.schedulers import batch_scheduler
 
 from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
                       check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)

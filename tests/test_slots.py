@@ -9,7 +9,8 @@ import pytest
 
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
-from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, batch_scheduler, run_slots
+from onnxformer.runtime.generation.schedulers import batch_scheduler
+from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, run_slots
 
 from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_greedy_rows_equal_solo, staggered
 

@@ -56,7 +56,7 @@ _ids = itertools.count()
 
 
 @dataclass(eq=False)
-class Sequence:
+class Row:
     """One request in the scheduler: its prompt, options, random stream, text so far and how it ended."""
 
     prompt: list[int]
@@ -225,7 +225,7 @@ class Prefill:
     (between decode steps, so a long prompt never stalls the running rows for its whole length) into a cache
     of their own, then copied into slots."""
 
-    def __init__(self, session: ort.InferenceSession, layout: dict[str, Any], seqs: list[Sequence], pad: int,
+    def __init__(self, session: ort.InferenceSession, layout: dict[str, Any], seqs: list[Row], pad: int,
                  chunk: int):
         self.seqs, width = seqs, max(len(s.prompt) for s in seqs)
         self.ids = np.full((len(seqs), width), pad, dtype=np.int64)
@@ -267,8 +267,8 @@ class Scheduler:
         self.accepted = {i.name for i in self.session.get_inputs()}
         self.special: SpecialTokens = generator.special
         self.cache = self._make_cache()
-        self.running: list[Sequence] = []  # row i of the cache is running[i]
-        self.waiting: deque[Sequence] = deque()
+        self.running: list[Row] = []  # row i of the cache is running[i]
+        self.waiting: deque[Row] = deque()
         self._lock = threading.Lock()
         self._prefilled_last = False
         self._prefill: Prefill | None = None  # the prompts being prefilled, chunk by chunk
@@ -277,26 +277,26 @@ class Scheduler:
     def _make_cache(self) -> Any:
         return BatchCache(self.session, self.generator.cache_layout, self.limits)
 
-    def _start_prefill(self, joiners: list[Sequence]) -> Any:
+    def _start_prefill(self, joiners: list[Row]) -> Any:
         return Prefill(self.session, self.generator.cache_layout, joiners, self.special.pad, self.limits.prefill_chunk)
 
     # --- requests ------------------------------------------------------------------------------------------
     def submit(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
-               **options: Any) -> Sequence:
+               **options: Any) -> Row:
         """Tokenize and check one prompt (bad input raises here) and queue it."""
         return self.enqueue(self.prepare(prompt, max_new_tokens, deadline, **options))
 
-    def enqueue(self, seq: Sequence) -> Sequence:
+    def enqueue(self, seq: Row) -> Row:
         with self._lock:
             self.waiting.append(seq)
         return seq
 
     def prepare(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
-                **options: Any) -> Sequence:
+                **options: Any) -> Row:
         """A request checked and tokenized, not yet queued (bad input raises here)."""
         opts = make_options(max_new_tokens, **options)
         inputs = self.generator.encode_inputs([prompt], opts)
-        seq = Sequence(inputs.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
+        seq = Row(inputs.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
                        deadline)
         if seq.need > self.limits.max_cached_tokens:
             raise InputError(f"the prompt's {len(seq.prompt)} tokens + max_new_tokens={opts.max_new_tokens} need "
@@ -308,7 +308,7 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.running or self.waiting or self._prefill)
 
-    def reset(self, error: BaseException) -> list[Sequence]:
+    def reset(self, error: BaseException) -> list[Row]:
         """Drop every request (after ``error``, a failure the batch cannot attribute to a row) and start again from
         empty caches. Returns the requests dropped, each ended with ``finish_reason`` "error" unless it had ended."""
         with self._lock:
@@ -321,12 +321,12 @@ class Scheduler:
                 seq.finish_reason, seq.error = "error", error
         return dropped
 
-    def history(self, seq: Sequence) -> list[int]:
+    def history(self, seq: Row) -> list[int]:
         """The ids a row's repetition penalty counts as seen before its first token: a decoder's prompt."""
         return seq.prompt
 
     # --- the loop ---------------------------------------------------------------------------------------
-    def step(self) -> list[Sequence]:
+    def step(self) -> list[Row]:
         """One model call: a prefill of admitted requests (at most every other call while rows are running),
         else one decode step of every running row. Returns the requests that produced text or ended."""
         changed = self._drop_finished()
@@ -346,7 +346,7 @@ class Scheduler:
         while self.busy:
             self.step()
 
-    def _drop_finished(self) -> list[Sequence]:
+    def _drop_finished(self) -> list[Row]:
         """Rows cancelled or past their deadline leave now; so do waiting requests cancelled or expired."""
         now, gone = time.monotonic(), []
         with self._lock:
@@ -360,7 +360,7 @@ class Scheduler:
                 self._leave(row)
         return gone
 
-    def _expire(self, seq: Sequence, now: float) -> bool:
+    def _expire(self, seq: Row, now: float) -> bool:
         if seq.cancelled and not seq.done:
             seq.finish_reason = "cancelled"
         elif seq.deadline is not None and now > seq.deadline and not seq.done:
@@ -373,9 +373,9 @@ class Scheduler:
         if row < len(self.running):
             self.running[row] = last
 
-    def _admit(self) -> list[Sequence]:
+    def _admit(self) -> list[Row]:
         """Waiting requests that fit, oldest first: a free slot and rows × the widest need within the tokens."""
-        joiners: list[Sequence] = []
+        joiners: list[Row] = []
         with self._lock:
             while self.waiting:
                 rows = len(self.running) + len(joiners) + 1
@@ -388,7 +388,7 @@ class Scheduler:
         return group
 
     @staticmethod
-    def _prefill_group(joiners: list[Sequence]) -> list[Sequence]:
+    def _prefill_group(joiners: list[Row]) -> list[Row]:
         """The first admitted prompts that one padded prefill can take with little padding (≤ 25% of its
         tokens): on CPU a prefill is compute-bound, so padding a short prompt to a long one costs real time."""
         group, widest, real = [], 0, 0
@@ -400,7 +400,7 @@ class Scheduler:
             widest, real = max(widest, n), real + n
         return group
 
-    def _prefill_step(self, prefill: Prefill) -> list[Sequence]:
+    def _prefill_step(self, prefill: Prefill) -> list[Row]:
         """One chunk of the prefill; after the last, each prompt's first token, and its row joins the batch."""
         joiners = prefill.seqs
         feeds, n = prefill.feeds()
@@ -426,7 +426,7 @@ class Scheduler:
         self.running += [joiners[r] for r in stay]
         return joiners
 
-    def _decode(self) -> list[Sequence]:
+    def _decode(self) -> list[Row]:
         """One decode step of every running row (``_step``, the subclass's model call), then each row's token."""
         self._fit()
         rows = list(self.running)
@@ -442,7 +442,7 @@ class Scheduler:
             self._emit(seq, logits[r], len(seq.ids))
         return rows
 
-    def _step(self, rows: list[Sequence]) -> np.ndarray:
+    def _step(self, rows: list[Row]) -> np.ndarray:
         """The model call of a decode step: each row's last token in, last-position logits (rows, vocab) out."""
         cache = self.cache
         tokens = np.array([seq.ids[-1] for seq in rows], dtype=np.int64)[:, None]
@@ -460,7 +460,7 @@ class Scheduler:
         if over or cache.width - longest > max(16, cache.width // 4):
             cache.repack(longest)
 
-    def _emit(self, seq: Sequence, logits: np.ndarray, step: int) -> bool:
+    def _emit(self, seq: Row, logits: np.ndarray, step: int) -> bool:
         """Choose ``seq``'s next token from its logits, with its own options and random stream; True while it
         runs on. A failure here ends this row only."""
         try:

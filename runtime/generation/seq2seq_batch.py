@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from onnxformer.errors import ArtifactError
 from onnxformer.artifact.roles import DECODER_WITH_PAST
-from onnxformer.runtime.generation.scheduler import BatchCache, Scheduler, Sequence, SlotLimits
+from onnxformer.runtime.generation.scheduler import BatchCache, Scheduler, Row, SlotLimits
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import Prompts
 
@@ -36,7 +36,7 @@ STEP_INPUTS = ("decoder_attention_mask",)  # what the step graph needs to take r
 class SourcePrefill:
     """One admitted request on its way into the batch (its encoder pass and first decoder step are one prefill)."""
 
-    seqs: list[Sequence]
+    seqs: list[Row]
 
 
 class Seq2SeqScheduler(Scheduler):
@@ -60,17 +60,17 @@ class Seq2SeqScheduler(Scheduler):
         self.cross = BatchCache(self.session, cross, self.limits)
         return BatchCache(self.session, layout, self.limits)
 
-    def history(self, seq: Sequence) -> list[int]:
+    def history(self, seq: Row) -> list[int]:
         return [self.generator.start_id]  # the decoder's own input so far, as in a solo run (not the source)
 
     @staticmethod
-    def _prefill_group(joiners: list[Sequence]) -> list[Sequence]:
+    def _prefill_group(joiners: list[Row]) -> list[Row]:
         return joiners[:1]  # alone: the same encoder and first-step calls as a solo generation of it
 
-    def _start_prefill(self, joiners: list[Sequence]) -> SourcePrefill:
+    def _start_prefill(self, joiners: list[Row]) -> SourcePrefill:
         return SourcePrefill(joiners[:1])
 
-    def _prefill_step(self, prefill: SourcePrefill) -> list[Sequence]:
+    def _prefill_step(self, prefill: SourcePrefill) -> list[Row]:
         seq = prefill.seqs[0]
         self._prefill = None
         source = np.asarray([seq.prompt], dtype=np.int64)
@@ -101,7 +101,7 @@ class Seq2SeqScheduler(Scheduler):
         if cross.width - longest > max(16, cross.width // 4):
             cross.repack(longest)
 
-    def _step(self, rows: list[Sequence]) -> np.ndarray:
+    def _step(self, rows: list[Row]) -> np.ndarray:
         """One step of every row: host inputs, the cross cache as input, the self cache past → present."""
         feeds = {"input_ids": np.array([[seq.ids[-1]] for seq in rows], dtype=np.int64),
                  "encoder_attention_mask": self.cross.mask(0), "decoder_attention_mask": self.cache.mask(1),

@@ -27,8 +27,7 @@ import onnxruntime as ort
 from onnxformer.artifact.dtypes import from_name
 from onnxformer.runtime.generation.cache import device_of, flat_names
 from onnxformer.artifact.roles import SLOTS as ROLE
-from onnxformer.runtime.generation.scheduler import Scheduler, Sequence, SlotLimits
-from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
+from onnxformer.runtime.generation.scheduler import Scheduler, Row
 
 _ALIGN = 64  # slot widths are rounded up to this many columns, so a slightly longer joiner rarely re-lays the rows
 
@@ -154,7 +153,7 @@ def run_slots(session: ort.InferenceSession, cache: SlotCache, first: int, ids: 
 class SlotPrefill:
     """One admitted prompt being run into its slot, ``chunk`` tokens per call."""
 
-    def __init__(self, seq: Sequence, chunk: int):
+    def __init__(self, seq: Row, chunk: int):
         self.seqs = [seq]
         self.ids = np.asarray(seq.prompt, dtype=np.int64)[None, :]
         self.chunk = self.width if chunk <= 0 else chunk
@@ -174,15 +173,15 @@ class SlotScheduler(Scheduler):
         return SlotCache(self.session, self.generator.cache_layout, self.limits.max_cached_tokens)
 
     @staticmethod
-    def _prefill_group(joiners: list[Sequence]) -> list[Sequence]:
+    def _prefill_group(joiners: list[Row]) -> list[Row]:
         return joiners[:1]  # a prompt prefills alone: GroupQueryAttention chunks a prompt only for one row
 
-    def _start_prefill(self, joiners: list[Sequence]) -> SlotPrefill:
+    def _start_prefill(self, joiners: list[Row]) -> SlotPrefill:
         prefill = SlotPrefill(joiners[0], self.limits.prefill_chunk)
         self.cache.add(joiners[0].need)  # its slot: right after the running rows
         return prefill
 
-    def _prefill_step(self, prefill: SlotPrefill) -> list[Sequence]:
+    def _prefill_step(self, prefill: SlotPrefill) -> list[Row]:
         seq, slot = prefill.seqs[0], len(self.running)
         end = min(prefill.done + prefill.chunk, prefill.width)
         start = time.perf_counter()
@@ -203,7 +202,7 @@ class SlotScheduler(Scheduler):
             self.cache.remove(slot, slot)
         return [seq]
 
-    def _drop_prefill(self, seq: Sequence, error: BaseException) -> None:
+    def _drop_prefill(self, seq: Row, error: BaseException) -> None:
         self._prefill = None
         seq.finish_reason, seq.error = "error", error
         self.cache.remove(len(self.running), len(self.running))
@@ -218,22 +217,9 @@ class SlotScheduler(Scheduler):
     def _fit(self) -> None:
         """Nothing to re-pack before a step: the slot width changes only when a joiner needs it (``SlotCache.add``)."""
 
-    def _step(self, rows: list[Sequence]) -> np.ndarray:
+    def _step(self, rows: list[Row]) -> np.ndarray:
         lengths = self.cache.lengths[: len(rows)]
         tokens = np.array([[seq.ids[-1]] for seq in rows], dtype=np.int64)
         logits = run_slots(self.session, self.cache, 0, tokens, np.asarray(lengths)[:, None], [n + 1 for n in lengths])
         self.cache.lengths[: len(rows)] = [n + 1 for n in lengths]
         return logits[:, -1]
-
-
-def batch_scheduler(generator: Any, limits: SlotLimits | None = None) -> Scheduler:
-    """The continuous batch for ``generator``: an encoder-decoder's on its step graph (runtime/generation/
-    seq2seq_batch.py; ArtifactError for an artifact exported before it could batch); a decoder's on its slot graph
-    when the artifact has one and runs on the CPU, else the shared-width batch (artifacts exported before the slot
-    graph, families it cannot serve, and CUDA, whose GroupQueryAttention kernel takes fp16/bf16 only and which has
-    not been run here)."""
-    if generator.kind == "seq2seq":
-        return Seq2SeqScheduler(generator, limits)
-    if ROLE in getattr(generator, "sessions", {}) and getattr(generator, "provider", "cpu") == "cpu":
-        return SlotScheduler(generator, limits)
-    return Scheduler(generator, limits)
