@@ -61,7 +61,7 @@ def export_generative(
     with staging_dir(out, overwrite) as stage:
         progress("loading the PyTorch reference")
         reference = load_reference(ckpt, TASKS[task_name], trust_remote_code)
-        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
+        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code, reference)
         progress("exporting with torch.onnx (dynamo, with past)")
         _export(reference, kind, stage / "fp32", opset)
         paths = {role: stage / "fp32" / f for role, f in COMPONENTS[kind].items()}
