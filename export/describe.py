@@ -26,6 +26,7 @@ def save_tokenizer(ckpt: Checkpoint, stage: Path, trust_remote_code: bool, refer
     if not tokenizer.is_fast:
         raise CheckpointError(f"{ckpt.path} has no fast tokenizer (tokenizer.json); the runtime needs one")
     check_tokenizer_files(ckpt.path, tokenizer)
+    check_vocabulary(ckpt.path, tokenizer)
     if reference is not None:
         check_tokenizer_fits(ckpt.path, tokenizer, embedding_rows(reference))
     tokenizer.save_pretrained(stage)
@@ -45,6 +46,19 @@ def check_tokenizer_files(path: Path, tokenizer: Any) -> None:
             "transformers makes an empty vocabulary that maps every word to [UNK]. Save the model's tokenizer "
             f"into the checkpoint directory (AutoTokenizer.from_pretrained(SOURCE).save_pretrained({str(path)!r})) "
             "and export again")
+
+
+def check_vocabulary(path: Path, tokenizer: Any) -> None:
+    """A vocabulary of nothing but special tokens (what transformers builds from config.json alone, or what
+    ``BertTokenizerFast(vocab_file=...)`` saves under transformers 5, which ignores that argument) turns every word
+    into the unknown token: every text then gets the same vector or scores."""
+    vocab = tokenizer.get_vocab()
+    special = {str(t) for t in tokenizer.all_special_tokens} | set(tokenizer.get_added_vocab())
+    if vocab and set(vocab) <= special:
+        raise CheckpointError(
+            f"{path}: the tokenizer's vocabulary is only its {len(vocab)} special tokens ({', '.join(sorted(vocab))}), "
+            f"so every word becomes {tokenizer.unk_token or 'unknown'}; save the model's real tokenizer into the "
+            "checkpoint directory (AutoTokenizer.from_pretrained(SOURCE).save_pretrained(CHECKPOINT)) and export again")
 
 
 def embedding_rows(model: Any) -> int | None:
