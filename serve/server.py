@@ -59,7 +59,8 @@ def serve(directories: str | Path | list[str | Path], config: ServeConfig, varia
                       f"http://{config.host}:{config.port}{grpc}")
         for passed, why in model.passed_over.items():
             console.print(f"warning: {name or m.name}: variant {passed} passed over ({why}); serving {model.variant} "
-                          f"instead ({ServeConfig.flag('strict')} refuses to start)", style="yellow", markup=False)
+                          f"instead ({ServeConfig.flag('strict')} refuses to start)", style="yellow", markup=False,
+                          soft_wrap=True)  # one line, whatever the terminal's width: log scrapers see it whole
     uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken
 
 

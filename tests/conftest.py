@@ -111,6 +111,8 @@ def make_tiny_checkpoint(directory: Path, family: str = "bert", task: str = "fea
     # the real MiniLM WordPiece vocabulary (transformers 5 ignores BertTokenizerFast(vocab_file=...): it saved a
     # 5-token vocabulary that made every word [UNK], which export now refuses)
     tok = BertTokenizerFast.from_pretrained(minilm_path(), model_max_length=128)
+    tok.backend_tokenizer.no_padding()  # MiniLM's tokenizer.json pads every text to 128 tokens
+    tok.backend_tokenizer.no_truncation()
     tok.save_pretrained(directory)
     return directory
 
