@@ -147,7 +147,8 @@ def _classification(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], 
     agree = np.mean(got.argmax(-1) == want.argmax(-1))
     delta = np.abs(probabilities(manifest, got) - probabilities(manifest, want))
     worst = float(np.nan_to_num(delta, nan=1.0).max())  # a NaN score is as wrong as a score can be
-    return {"prob_agreement": 1.0 - worst, "max_prob_diff": worst, "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
+    return {"prob_agreement": 1.0 - worst, "max_prob_diff": worst, "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
 
 
 def probabilities(manifest: Manifest, logits: np.ndarray) -> np.ndarray:

@@ -59,8 +59,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          "min_cosine", 0.997, endpoints=("/v1/embeddings",),
          text_outputs=(TextOutput("embedding", "FP32", 2),)),
     Task("text-classification", "classify", ("logits",), "AutoModelForSequenceClassification",
-         # the probabilities users get: 1 - max |Δp| over texts and labels (argmax agreement alone passed an int8
-         # whose logits cosine was 0.959); 0.98 = no score moves by more than 0.02
+         # the probabilities users get: 1 - max |Δp| over texts and labels (argmax agreement alone accepted int8
+         # classifiers whose scores had moved: issue 26); 0.98 = no score moves by more than 0.02
          "ORTModelForSequenceClassification", "prob_agreement", 0.98,
          endpoints=("/v1/classify", "/v1/rerank", "/rerank"),
          text_outputs=(TextOutput("logits", "FP32", 2), TextOutput("label", "BYTES", 1))),

@@ -185,7 +185,8 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     made_by = record.made_by
-    assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 12
+    assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 10  # 2 of 12 held out:
+    assert record.fidelity["user_texts"] == 2  # graded instead (--calibration alone: every fifth text)
     if target == "tensorrt":  # symmetric int8, from the unfused graph: no ORT contrib ops for TensorRT
         assert made_by["from"] == "fp32" and record.providers == ["tensorrt"]
         assert not ops & {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
