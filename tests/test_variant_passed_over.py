@@ -78,7 +78,7 @@ def test_server_metadata_and_metrics_name_the_variant_passed_over(damaged):
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert params["variant"] == "fp32" and params["passed_over"].startswith("int8: "), params
     assert SHA_MISMATCH in params["passed_over"], params
-    line = next((l for l in metrics.splitlines() if l.startswith("onnxformer_variant_passed_over{")), "")
+    line = next((s for s in metrics.splitlines() if s.startswith("onnxformer_variant_passed_over{")), "")
     assert f'model="{name}"' in line and 'variant="int8"' in line and SHA_MISMATCH in line, metrics
     assert line.endswith(" 1.0"), line
 
@@ -118,6 +118,6 @@ def test_serve_banner_and_log_say_which_variant_was_passed_over(damaged):
 def test_serve_strict_refuses_to_start_in_one_line(damaged):
     r = subprocess.run([sys.executable, "-m", "onnxformer", "serve", str(damaged), "--strict", "--port", "1"],
                        capture_output=True, text=True, timeout=120)
-    lines = [l for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+    lines = [s for s in (r.stdout + r.stderr).splitlines() if s.strip()]
     assert r.returncode == 1 and len(lines) == 1, lines
     assert "variant int8 cannot be used" in lines[0] and "strict" in lines[0], lines
