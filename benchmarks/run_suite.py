@@ -43,7 +43,7 @@ def make_bert_base(directory: Path, seed: int = 0) -> Path:
     config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                         intermediate_size=3072, max_position_embeddings=512)
     BertModel(config).eval().save_pretrained(directory)  # safetensors
-    BertTokenizerFast(vocab_file=str(minilm_checkpoint() / "vocab.txt"), model_max_length=512).save_pretrained(directory)
+    BertTokenizerFast.from_pretrained(minilm_checkpoint(), model_max_length=512).save_pretrained(directory)
     return directory
 
 

@@ -19,7 +19,6 @@ from onnxformer.export.decoder_graph import cache_names, zero_past
 from onnxformer.export.dynamo import export_program, save_program
 from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
 from onnxformer.export import slot_attention
-from onnxformer.artifact.roles import SLOTS as ROLE, SLOTS_FILE as FILE
 _ROWS, _SEQUENCE, _MAX = 2, 3, 8  # example sizes (>= 2: torch.export specialises 0 and 1)
 
 

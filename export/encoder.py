@@ -25,7 +25,7 @@ def export_encoder(ckpt: Checkpoint, spec: Task, out: Path, *, opset: int | None
     with staging_dir(out, overwrite) as stage:
         progress("loading the PyTorch reference")
         reference = load_reference(ckpt, spec, trust_remote_code)
-        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
+        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code, reference)
         progress("exporting with torch.onnx (dynamo)")
         made_by = export_onnx(reference, spec, stage / "fp32", opset)
         progress("validating against PyTorch on new shapes")

@@ -24,7 +24,7 @@ from onnxformer.export.versions import library_versions
 from onnxformer.artifact import families
 from onnxformer.artifact.dtypes import numpy_name
 from onnxformer.artifact.families import DECODER as DECODER_KIND, SEQ2SEQ
-from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, GENERATIVE_FILES
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, GENERATIVE_FILES, SLOTS, SLOTS_FILE
 from onnxformer.artifact.manifest import Generation, Manifest, build_manifest
 from onnxformer.runtime.session import create_session
 from onnxformer.artifact.tasks import TASKS
@@ -56,7 +56,7 @@ def export_generative(
     with staging_dir(out, overwrite) as stage:
         progress("loading the PyTorch reference")
         reference = load_reference(ckpt, TASKS[task_name], trust_remote_code)
-        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code)
+        tokenizer = save_tokenizer(ckpt, stage, trust_remote_code, reference)
         progress("exporting with torch.onnx (dynamo, with past)")
         _export(reference, kind, stage / "fp32", opset)
         paths = {role: stage / "fp32" / f for role, f in GENERATIVE_FILES[kind].items()}
@@ -105,11 +105,11 @@ def _slots(model: Any, kind: str, stage: Path, paths: dict[str, Path], opset: in
         progress(f"no slot graph: {reason}")
         return {"unsupported": reason}
     progress("exporting the slot graph (GroupQueryAttention, cache in place)")
-    path = stage / "fp32" / decoder_slots.FILE
+    path = stage / "fp32" / SLOTS_FILE
     decoder_slots.export_decoder_slots(model, path, opset)
     layout = cache_layout(create_session(paths[DECODER]), model.config, kind)
     result = validate_decoder_slots(model, path, layout, model.config.vocab_size, atol)
-    return {"role": decoder_slots.ROLE, "file": f"fp32/{decoder_slots.FILE}",
+    return {"role": SLOTS, "file": f"fp32/{SLOTS_FILE}",
             "validation": {k: result[k] for k in ("atol", "max_abs_diff", "passed")}}
 
 

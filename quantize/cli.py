@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--mode", help="int8 only: dynamic (CPU default) | static (calibrated QDQ; TensorRT default)")
     q.add_argument("--target", help="cpu | cuda | tensorrt (default: cuda for fp16, cpu for int8)")
     q.add_argument("--calibration", help="text file, one text per line (default: the packaged calibration texts)")
+    q.add_argument("--evaluation", help="text file of your own texts, one per line: every variant is also graded on "
+                                        "them (default: every 5th text of --calibration, held out of calibration)")
     q.add_argument("--method", help="static int8 calibration: minmax (default) | entropy | percentile")
     q.add_argument("--budget", help="fidelity floor in (0, 1] for the task's metric (default: 0.997 min cosine for embeddings)")
     q.add_argument("--no-smooth", dest="smooth", action="store_false",
@@ -46,7 +48,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     result = quantize_artifact(
         args.dir, args.precision, mode=args.mode, target=args.target, calibration=args.calibration,
-        method=args.method, budget=_budget(args.budget), source=args.source, smooth=args.smooth, progress=lambda m: console.log(m),
+        method=args.method, budget=_budget(args.budget), source=args.source, smooth=args.smooth,
+        evaluation=args.evaluation, progress=lambda m: console.log(m),
     )
     task = load_manifest(args.dir).task
     console.print(f"{result.name}: {result.summary(task)} ({result.seconds:.1f}s)")

@@ -1,11 +1,15 @@
 """Fidelity of a variant against the fp32 reference, one metric family per task.
 
 The reference is the fp32 ONNX graph, itself validated against PyTorch at export (max |Δ| recorded in
-the manifest), run on the shipped evaluation texts one text at a time (batch 1, no padding, so a
-number reflects the model and not the batch). Metrics:
+the manifest), run on the shipped evaluation texts — plus the user's own when given (``quantize/texts.py``:
+``graded_texts``) — one text at a time (batch 1, no padding, so a number reflects the model and not the
+batch). Metrics:
 
 - feature-extraction: cosine of the pooled (and, if the checkpoint says so, normalised) embeddings;
-- text-classification: cosine of the logits and argmax agreement;
+- text-classification: what users consume, the probabilities (the manifest's softmax or sigmoid):
+  ``prob_agreement`` = 1 − the largest |Δp| over every text and label (the budget metric), with
+  ``max_prob_diff`` itself, the worst-row and mean logits cosine, and argmax agreement beside it (argmax agreement
+  alone accepted an int8 classifier whose logits cosine was 0.959);
 - token-classification: per-token argmax agreement over real (unpadded) tokens;
 - question-answering: span agreement (same argmax start and end).
 
@@ -23,6 +27,7 @@ import numpy as np
 from onnxformer.errors import QuantizationError
 from onnxformer.artifact.files import confined
 from onnxformer.artifact.manifest import Manifest
+from onnxformer.runtime.classification import activate, activation
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.session import create_session
 from onnxformer.artifact.tasks import TASKS, budgeted
@@ -31,6 +36,7 @@ from onnxformer.runtime.tokenizer import TextTokenizer
 Feeds = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation texts"
+USER_REFERENCE = "fp32 ONNX (validated against PyTorch at export), shipped evaluation texts and the user's"
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Evaluation:
     feeds: list[Feeds]
     reference: list[Outputs]
     threads: int | None = None
+    user_texts: int = 0  # how many of the texts are the user's own (the last ones)
 
     @property
     def task(self) -> str:
@@ -48,7 +55,10 @@ class Evaluation:
 
     def measure(self, model: Path) -> dict[str, Any]:
         """Run ``model`` on the evaluation inputs and compare it with the reference."""
-        return compare(self.manifest, self.feeds, self.reference, run_model(model, self.feeds, self.threads))
+        measured = compare(self.manifest, self.feeds, self.reference, run_model(model, self.feeds, self.threads))
+        if self.user_texts:
+            measured.update(reference=USER_REFERENCE, user_texts=self.user_texts)
+        return measured
 
     def score(self, fidelity: dict[str, Any]) -> float:
         return float(fidelity[budget_metric(self.task)])
@@ -73,10 +83,11 @@ def default_budget(task: str) -> float:
 
 
 def prepare(directory: Path, manifest: Manifest, reference: Path, texts: Sequence[str],
-            threads: int | None = None) -> Evaluation:
-    """Tokenize the evaluation texts as the runtime would and run the fp32 reference on them."""
-    feeds = evaluation_feeds(directory, manifest, texts)
-    return Evaluation(manifest, feeds, run_model(reference, feeds, threads), threads)
+            threads: int | None = None, user_texts: Sequence[str] = ()) -> Evaluation:
+    """Tokenize the evaluation texts (then ``user_texts``, the user's own) as the runtime would and run the fp32
+    reference on them."""
+    feeds = evaluation_feeds(directory, manifest, [*texts, *user_texts])
+    return Evaluation(manifest, feeds, run_model(reference, feeds, threads), threads, len(user_texts))
 
 
 def tokenizer(directory: Path, manifest: Manifest) -> TextTokenizer:
@@ -134,7 +145,17 @@ def _classification(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], 
     want = np.concatenate([r["logits"] for r in ref])
     cos = _cosines(got, want)
     agree = np.mean(got.argmax(-1) == want.argmax(-1))
-    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
+    delta = np.abs(probabilities(manifest, got) - probabilities(manifest, want))
+    worst = float(np.nan_to_num(delta, nan=1.0).max())  # a NaN score is as wrong as a score can be
+    return {"prob_agreement": 1.0 - worst, "max_prob_diff": worst, "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()), "argmax_agreement": float(agree)}
+
+
+def probabilities(manifest: Manifest, logits: np.ndarray) -> np.ndarray:
+    """The scores ``Model.classify`` returns for ``logits`` (N, labels): the checkpoint's softmax or sigmoid (a
+    softmax stands in for raw logits, "none", so the metric stays in [0, 1])."""
+    kind = activation(manifest.postprocess, logits.shape[-1])
+    return activate(logits.astype(np.float64), "softmax" if kind == "none" else kind)
 
 
 def _tokens(manifest: Manifest, feeds: list[Feeds], ref: list[Outputs], out: list[Outputs]) -> dict:

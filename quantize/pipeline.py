@@ -18,7 +18,7 @@ from onnxformer.quantize.recipe import Built, RecipeJob, Options, make
 from onnxformer.quantize.recipes import FusedFp32
 from onnxformer.quantize.speed import record_latencies
 from onnxformer.quantize.source import load_source, publish, scratch_dir
-from onnxformer.quantize.texts import calibration_texts, evaluation_texts
+from onnxformer.quantize.texts import evaluation_texts, graded_texts
 from onnxformer.quantize.plan import plan
 from onnxformer.artifact.cpu import this_cpu
 from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant, load_manifest
@@ -33,8 +33,12 @@ class VariantResult:
     seconds: float
 
     def summary(self, task: str) -> str:
-        metric = budget_metric(task)
-        parts = [f"{metric} {self.record.fidelity[metric]:.4f}"]
+        metric, fidelity = budget_metric(task), self.record.fidelity
+        parts = [f"{metric} {fidelity[metric]:.4f}"]
+        parts += [f"{beside} {fidelity[beside]:.4f}" for beside in ("max_prob_diff", "argmax_agreement")
+                  if beside in fidelity and beside != metric]  # classifiers: what the budget number means
+        if fidelity.get("user_texts"):
+            parts.append(f"graded on {fidelity['texts']} texts, {fidelity['user_texts']} of them yours")
         excluded = self.record.made_by.get("budget", {}).get("excluded_nodes")
         if excluded:
             parts.append(f"{len(excluded)} node(s) kept fp32")
@@ -64,9 +68,11 @@ def _fuse(directory: Path, manifest: Manifest, fp32: Path, evaluation: Evaluatio
 def quantize_artifact(
     directory: str | Path, precision: str, *, mode: str | None = None, target: str | None = None,
     calibration: str | Path | None = None, method: str | None = None, budget: float | None = None,
-    source: str | None = None, smooth: bool = True, progress: Progress = lambda _: None,
+    source: str | None = None, smooth: bool = True, evaluation: str | Path | None = None,
+    progress: Progress = lambda _: None,
 ) -> VariantResult:
-    """Add one fp16 or int8 variant, measured against fp32 and held to ``budget``.
+    """Add one fp16 or int8 variant, measured against fp32 and held to ``budget``: on the shipped evaluation texts
+    and the user's own — ``evaluation`` (a file, one text per line), else a fifth of ``calibration``'s texts.
 
     ``smooth`` (dynamic int8 only): SmoothQuant the source first, from the calibration texts.
     """
@@ -76,18 +82,18 @@ def quantize_artifact(
     recipe.check(options)
     manifest, fp32 = load_source(directory, REFERENCE)
     floor = options.budget if options.budget is not None else default_budget(manifest.task)
-    texts = calibration_texts(calibration)
+    texts, user_texts = graded_texts(calibration, evaluation)
     origin = source or recipe.source
     fuse_first = origin == FusedFp32.name and origin not in manifest.variants
     origin_path = fp32
     if not fuse_first:
         manifest, origin_path = load_source(directory, origin)
     with scratch_dir(directory) as work:
-        evaluation = prepare(directory, manifest, fp32, evaluation_texts())
-        fused = _fuse(directory, manifest, fp32, evaluation, work, progress) if fuse_first else None
+        graded = prepare(directory, manifest, fp32, evaluation_texts(), user_texts=user_texts)
+        fused = _fuse(directory, manifest, fp32, graded, work, progress) if fuse_first else None
         origin_fused, origin_made_by = _origin(manifest, origin, fused)
         job = RecipeJob(directory, manifest, origin, {MODEL: fused.path if fused else origin_path}, work, options,
-                  evaluation, progress, floor, texts, fp32, origin_fused, origin_made_by)
+                        graded, progress, floor, texts, fp32, origin_fused, origin_made_by)
         built = make(recipe, job)
         publish(directory, *([fused] if fused else []), built)  # a fused-on-the-way fp32-opt never alone
     if "cpu" in built.providers or fused is not None:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from onnxformer.errors import ArtifactError
 from onnxformer.artifact.cpu import CpuInfo
 from onnxformer.runtime.external import check_external_data
 from onnxformer.artifact.files import atomic_write_json
@@ -67,8 +68,11 @@ def artifact_key(manifest: Manifest) -> str:
 
 
 def at_load(directory: Path, manifest: Manifest, names: Sequence[str], cpu: CpuInfo, threads: int | None = None,
-            seconds: float = AT_LOAD_SECONDS, cache: Path | None = None) -> dict[str, float]:
-    """Latency (ms, batch 1 × 128) of each of ``names`` on this CPU: from the cache, else measured and cached."""
+            seconds: float = AT_LOAD_SECONDS, cache: Path | None = None,
+            broken: dict[str, str] | None = None) -> dict[str, float]:
+    """Latency (ms, batch 1 × 128) of each of ``names`` on this CPU: from the cache, else measured and cached.
+    ``broken``: a variant whose files fail verification is recorded there (name → why) and left unmeasured,
+    instead of raising."""
     path = (cache or cache_root()) / f"{artifact_key(manifest)}.json"
     key = f"{cpu.key} threads={threads or 'auto'}"
     cached = _read(path)
@@ -77,8 +81,14 @@ def at_load(directory: Path, manifest: Manifest, names: Sequence[str], cpu: CpuI
         return {n: float(known[n]) for n in names}
     graphs = {}
     for name in names:  # sha256 and external data checked before ONNX Runtime is handed a file
-        graphs[name] = verify_variant(directory, manifest, name)
-        check_external_data(directory, manifest.variants[name], graphs[name])
+        try:
+            graphs[name] = verify_variant(directory, manifest, name)
+            check_external_data(directory, manifest.variants[name], graphs[name])
+        except ArtifactError as e:
+            if broken is None:
+                raise
+            broken[name] = str(e)
+            graphs.pop(name, None)
     measured = interleaved_ms(graphs, probe_feeds(manifest), threads, seconds)
     cached[key] = {**known, **measured}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ class LoadOptions:
     trt_cache: Path | None = None
     measure: bool = True  # variant="auto" on a CPU without recorded latencies: measure them (≤ 1 s, cached)
     deferred: tuple[str, ...] = ()  # graph roles verified now but started only when first asked for (Opened.deferred)
+    # variant="auto": a variant that fails to open gives way to the next best (named in Opened.passed_over, logged
+    # at WARNING); False (and ``strict``): that is an error
+    variant_fallback: bool = True
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Opened:
     reason: str  # why this variant (and provider)
     runners: dict[str, Runner] = field(default_factory=dict)  # role → runner (one per graph of the variant)
     deferred: dict[str, Callable[[], Runner]] = field(default_factory=dict)  # role → starts its runner
+    passed_over: dict[str, str] = field(default_factory=dict)  # auto: variant that failed to open → why
 
     @property
     def runner(self) -> Runner:
@@ -86,13 +90,16 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
     elif task.tokenizer:
         raise ArtifactError(f"{directory}: a {manifest.task} manifest needs a tokenizer section; re-export the model")
 
+    fallback = options.variant_fallback and not options.strict
+
     def attempt(provider: str) -> Opened:
-        broken: dict[str, str] = {}  # auto: a variant that fails verification gives way to the next best
+        # auto: a variant that fails verification gives way to the next best, and the Opened says which and why
+        broken: dict[str, str] = {}
         first: ArtifactError | None = None
         while True:
             try:
-                choice = (auto(directory, manifest, provider, options, generative, broken) if options.variant == "auto"
-                          else check_explicit(manifest, provider, options.variant))
+                choice = (auto(directory, manifest, provider, options, generative, broken, fallback)
+                          if options.variant == "auto" else check_explicit(manifest, provider, options.variant))
             except ProviderError:
                 if first is not None:  # every variant is damaged: the first damage is the error to report
                     raise first from None
@@ -102,27 +109,44 @@ def open_artifact(directory: str | Path, options: LoadOptions, *, generative: bo
             except ArtifactError as e:  # IntegrityError included: a damaged file, never a half-written load
                 if options.variant != "auto":
                     raise
-                log.warning("variant %s of %s cannot be used (%s); trying the next", choice.variant, directory, e)
+                if not fallback:
+                    raise not_replaced(choice.variant, str(e)) from None
                 broken[choice.variant], first = str(e), first or e
                 continue
+            if broken:
+                log.warning("%s: variant %s passed over (%s); running %s instead", directory, ", ".join(broken),
+                            "; ".join(f"{n}: {why}" for n, why in broken.items()), choice.variant)
             log.info("loaded %s: provider %s, variant %s (%s)", directory, provider, choice.variant, choice.reason)
+            opened.passed_over = dict(broken)
             return opened
 
     return registry.resolve(options.provider, attempt, strict=options.strict, available=available, gpu=gpu)
 
 
 def auto(directory: Path, manifest: Manifest, provider: str, options: LoadOptions, generative: bool = False,
-         broken: dict[str, str] | None = None) -> Choice:
+         broken: dict[str, str] | None = None, fallback: bool = True) -> Choice:
     """The fastest variant meeting the budget (``broken`` ones passed over); on a CPU of a kind the quantize stage
     did not measure on, the eligible variants are measured here first (``runtime/latency.py``) unless
-    ``options.measure`` is off."""
+    ``options.measure`` is off. A variant found damaged while measuring joins ``broken`` (an error unless
+    ``fallback``)."""
+    broken = broken if broken is not None else {}
     choice = choose(manifest, provider, options.budget, broken)
     if generative or provider != "cpu" or choice.measured or len(choice.eligible) < 2 or not options.measure:
         return choice
     cpu = this_cpu()
-    measured = latency.at_load(directory, manifest, choice.eligible, cpu, options.threads)
+    before = set(broken)
+    measured = latency.at_load(directory, manifest, choice.eligible, cpu, options.threads, broken=broken)
+    damaged = [n for n in broken if n not in before]
+    if damaged and not fallback:
+        raise not_replaced(damaged[0], broken[damaged[0]])
     return choose(manifest, provider, options.budget, broken, cpu=cpu, measured=measured,
                   measured_how="measured at load (cached per artifact and CPU)")
+
+
+def not_replaced(variant: str, reason: str) -> ArtifactError:
+    """Strict loading: a damaged variant is an error, never silently replaced by the next best."""
+    return ArtifactError(f"variant {variant} cannot be used ({reason}); strict mode forbids running another variant "
+                         "in its place: restore or re-make it, or load without strict to fall back to the next best")
 
 
 def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, provider: str, options: LoadOptions,

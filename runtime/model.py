@@ -37,7 +37,8 @@ class Model:
 
     def __init__(self, directory: Path, manifest: Manifest, variant: str, provider: str, runner: Runner,
                  tokenizer: TextTokenizer | None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, reason: str = ""):
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, reason: str = "",
+                 passed_over: dict[str, str] | None = None):
         self.directory, self.manifest, self.variant, self.provider = directory, manifest, variant, provider
         self.runner, self.tokenizer = runner, tokenizer
         self.session = runner.session
@@ -46,6 +47,8 @@ class Model:
         self.output_names = list(runner.outputs)
         self.max_batch_tokens, self.max_batch_size = max_batch_tokens, max_batch_size
         self.reason = reason  # why this variant: logged at load, kept for callers to show
+        # variant="auto": the variants that failed to open (name → why) and so were passed over for this one
+        self.passed_over: dict[str, str] = dict(passed_over or {})
         # Per-call activation scales (dynamic int8) would make a text's vector depend on its batch-mates (and
         # their padding); one sequence per call keeps one text → one vector, as the budget measured it.
         self.one_sequence_per_call = manifest.variant(variant).one_sequence_per_call
@@ -55,20 +58,23 @@ class Model:
              budget: float | dict[str, float] | None = None, threads: int | None = None, strict: bool = False,
              *, io_binding: bool | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
              max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None,
-             measure: bool = True) -> "Model":
+             measure: bool = True, variant_fallback: bool = True) -> "Model":
         """Verify and load an artifact. ``provider``: "auto" (TensorRT → CUDA → CPU), a name or a list;
         ``variant``: "auto" (fastest whose recorded fidelity meets ``budget``) or a name; ``strict``: any
         fallback is an error instead of a logged warning; ``measure``: on a CPU of a kind the artifact's latencies
-        were not recorded on, time the eligible variants at load (≤ 1 s, cached) to choose the fastest."""
+        were not recorded on, time the eligible variants at load (≤ 1 s, cached) to choose the fastest;
+        ``variant_fallback``: with ``variant="auto"``, a variant that fails to open (damaged file) gives way to the
+        next best — logged at WARNING and kept in ``passed_over`` — unless False (or ``strict``): then it is an
+        error."""
         directory = Path(directory)
         options = LoadOptions(provider, variant, budget, threads, strict, io_binding, max_batch_size,
-                              Path(trt_cache) if trt_cache else None, measure)
+                              Path(trt_cache) if trt_cache else None, measure, variant_fallback=variant_fallback)
         opened = open_artifact(directory, options)
         spec = opened.manifest.tokenizer
         tokenizer = (TextTokenizer(confined(directory, "tokenizer.json"), spec, list(opened.runner.inputs))
                      if spec is not None else None)
         return cls(directory, opened.manifest, opened.variant, opened.provider, opened.runner, tokenizer,
-                   max_batch_tokens, max_batch_size, opened.reason)
+                   max_batch_tokens, max_batch_size, opened.reason, opened.passed_over)
 
     # --- raw -----------------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -40,8 +40,14 @@ def _scalar(hint: Any) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from onnxformer.serve.config import ServeConfig
     from onnxformer.serve.server import serve
+
+    ours = logging.getLogger("onnxformer")
+    if ours.getEffectiveLevel() > logging.WARNING:  # a server's warnings (a variant passed over, ...) are shown
+        ours.setLevel(logging.WARNING)
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     serve(args.directory, config, variant=args.variant, threads=args.threads)

@@ -59,6 +59,9 @@ class ServeConfig:
     max_chars_per_token: int = option(
         32, "characters allowed per token of the limit: longer texts get 422 before they are tokenized")
     graceful_s: float = option(30.0, "seconds to finish in-flight requests on stop", flag="--graceful-timeout")
+    strict: bool = option(False, "refuse to start when the variant the runtime chose fails to open (a damaged "
+                                 "int8 file, say); default: serve the next best variant and name the one passed over, "
+                                 "and why, in the banner, the WARNING log, /v2/models/{name} and /metrics")
 
     @classmethod
     def flag(cls, name: str) -> str:

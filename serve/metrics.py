@@ -25,6 +25,9 @@ class Metrics:
                                        registry=self.registry)
         self.queue_depth = Gauge("onnxformer_queue_depth", "items admitted and waiting for the model",
                                  registry=self.registry)
+        self.passed_over = Gauge("onnxformer_variant_passed_over", "1 for each variant the runtime chose but could "
+                                 "not open (reason), so the model serves another", ["model", "variant", "reason"],
+                                 registry=self.registry)
 
         self.running = Gauge("onnxformer_generation_running", "requests in the decode batch", registry=self.registry)
         self.waiting = Gauge("onnxformer_generation_waiting", "requests waiting for a decode slot",
@@ -45,6 +48,11 @@ class Metrics:
         self.running.set_function(lambda: sum(r() for r, _, _ in self._batches))
         self.waiting.set_function(lambda: sum(w() for _, w, _ in self._batches))
         self.occupancy.set_function(lambda: sum(r() for r, _, _ in self._batches) / sum(s for *_, s in self._batches))
+
+    def track_variant(self, model: str, passed_over: dict[str, str]) -> None:
+        """The variants a model's load passed over (the runtime's ``passed_over``: name → why)."""
+        for variant, reason in passed_over.items():
+            self.passed_over.labels(model=model, variant=variant, reason=reason).set(1)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

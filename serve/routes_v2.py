@@ -80,15 +80,21 @@ def model_metadata_doc(service: Service) -> dict[str, Any]:
     """The v2 model metadata (HTTP and gRPC): tensors, plus task, variant and provider as parameters."""
     if isinstance(service, GenerationService):  # no tensors to offer: generation is a loop, not one graph call
         return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": [],
-                "outputs": [], "parameters": {"task": service.task, "variant": service.generator.variant,
-                                              "provider": service.generator.provider, "endpoint": "/v1/completions",
-                                              **service.limits()}}
+                "outputs": [], "parameters": {"task": service.task, **_variant(service.generator),
+                                              "endpoint": "/v1/completions", **service.limits()}}
     m, text_outputs = service.model.manifest, service.routes.text_outputs
     text = [{"name": TEXT_INPUT, "datatype": BYTES, "shape": [-1]}] if text_outputs else []
     return {"name": service.name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": text + tensor_metadata(m.inputs),
             "outputs": [o.metadata() for o in text_outputs] + tensor_metadata(m.outputs),
-            "parameters": {"task": service.task, "variant": service.model.variant, "provider": service.model.provider}}
+            "parameters": {"task": service.task, **_variant(service.model)}}
+
+
+def _variant(loaded: Any) -> dict[str, str]:
+    """Which variant runs on which provider, and (only when one was) the variant passed over and why: KServe
+    parameters are scalars, so ``passed_over`` is one string, "name: why; ..."."""
+    passed = "; ".join(f"{name}: {why}" for name, why in loaded.passed_over.items())
+    return {"variant": loaded.variant, "provider": loaded.provider, **({"passed_over": passed} if passed else {})}
 
 
 @router.get("/v2/models/{name}/ready")

@@ -57,6 +57,10 @@ def serve(directories: str | Path | list[str | Path], config: ServeConfig, varia
         m = model.manifest
         console.print(f"serving {name or m.name} ({m.task}, {model.variant} on {model.provider}) on "
                       f"http://{config.host}:{config.port}{grpc}")
+        for passed, why in model.passed_over.items():
+            console.print(f"warning: {name or m.name}: variant {passed} passed over ({why}); serving {model.variant} "
+                          f"instead ({ServeConfig.flag('strict')} refuses to start)", style="yellow", markup=False,
+                          soft_wrap=True)  # one line, whatever the terminal's width: log scrapers see it whole
     uvicorn.Server(uvicorn_config(app, config, log_level="info")).run()  # exits 1 itself if the port is taken
 
 
@@ -76,4 +80,4 @@ def load_model(directory: str | Path, config: ServeConfig, variant: str | None, 
     if get_task(Manifest.load(directory).task).generative:  # decoders and seq2seq: /v1/completions
         return Generator.load(directory, batching=config.continuous_batching, **kwargs)
     return Model.load(directory, max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,
-                      **kwargs)
+                      variant_fallback=not config.strict, **kwargs)

@@ -65,6 +65,7 @@ class ServerState:
                     raise ServingError(f"two models are named {service.name!r}; give each its own "
                                        f"{ServeConfig.flag('served_model_name')}")
                 services[service.name] = service
+                self.metrics.track_variant(service.name, model.passed_over)
         except Exception as e:  # reported by /v2/health/ready and every model route; the server stays live
             log.exception("model failed to load")
             self.load_error = f"{type(e).__name__}: {e}"

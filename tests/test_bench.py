@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxformer.benchmarks import harness, measure, peers
+from onnxformer.benchmarks import measure, peers
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import load_report, output_paths, write_report
 from onnxformer.benchmarks.runners import ArtifactContext, Runner, variant_candidates

@@ -155,3 +155,73 @@ def test_cli_error_has_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+# --- the tokenizer (issue 26, item 1): none, a degenerate one, or one that does not fit the model is refused --------
+
+def _weights_only(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(src / f, dst / f)
+    return dst
+
+
+def test_checkpoint_without_tokenizer_files_is_refused_in_one_line(capsys, tiny_checkpoint, tmp_path):
+    """transformers builds a 5-token WordPiece vocabulary from config.json alone: every word [UNK], one score for
+    every text. Refused, naming where the tokenizer is expected and how to put it there."""
+    ckpt = _weights_only(tiny_checkpoint("bert", "text-classification"), tmp_path / "ckpt")
+    code, err = run_cli(capsys, "export", str(ckpt), "--out", str(tmp_path / "o"))
+    err = err.splitlines()[-1]  # after the progress lines: the one error line
+    assert code == 1 and err.startswith("onnxformer: error: "), err
+    assert f"{ckpt} has no tokenizer files" in err and "tokenizer.json" in err and "vocab.txt" in err, err
+    assert "save_pretrained" in err, err
+    assert not (tmp_path / "o").exists() and no_leftovers(tmp_path)
+
+
+def test_a_vocabulary_of_special_tokens_only_is_refused(tiny_checkpoint, tmp_path):
+    """What ``BertTokenizerFast(vocab_file=...)`` saves under transformers 5 (it ignores the file): the five
+    special tokens alone, in a tokenizer.json that is present."""
+    from transformers import BertTokenizerFast
+
+    ckpt = _weights_only(tiny_checkpoint("bert", "text-classification"), tmp_path / "ckpt")
+    BertTokenizerFast(vocab_file="ignored.txt").save_pretrained(ckpt)
+    with pytest.raises(CheckpointError, match=r"vocabulary is only its 5 special tokens .* every word becomes \[UNK\]"):
+        export_checkpoint(str(ckpt), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def _bert_with_vocab(directory: Path, rows: int, tokenizer_from: Path) -> Path:
+    """A tiny BERT whose embedding has ``rows`` rows, saved with ``tokenizer_from``'s tokenizer files."""
+    from transformers import AutoModel
+
+    from conftest import tiny_config
+
+    config = tiny_config("bert", "feature-extraction")
+    config.vocab_size = rows
+    AutoModel.from_config(config).save_pretrained(directory)
+    for f in tokenizer_from.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(f, directory / f.name)
+    return directory
+
+
+def test_tokenizer_with_more_ids_than_the_embedding_is_refused(tiny_checkpoint, tmp_path):
+    ckpt = _bert_with_vocab(tmp_path / "ckpt", 1000, tiny_checkpoint())  # 30522-token vocabulary, 1000 rows
+    with pytest.raises(CheckpointError, match=r"emits ids up to 30521 .* has only 1000 rows; it belongs to another"):
+        export_checkpoint(str(ckpt), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_special_token_outside_the_vocabulary_is_refused(tiny_checkpoint, tmp_path):
+    """A special token the vocabulary lacks gets an id past it (transformers adds it): out of the embedding."""
+    ckpt = _bert_with_vocab(tmp_path / "ckpt", 30522, tiny_checkpoint())
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({**config, "mask_token": "<mask>"}))
+    with pytest.raises(CheckpointError, match=r"emits ids up to 30522 \('<mask>'\) .* only 30522 rows .*<mask>"):
+        export_checkpoint(str(ckpt), tmp_path / "o")
+
+
+def test_smaller_vocabulary_than_the_embedding_exports(tiny_checkpoint, tmp_path):
+    """Padded vocabularies are common (embedding rows rounded up to a multiple of 64): fine."""
+    ckpt = _bert_with_vocab(tmp_path / "ckpt", 30592, tiny_checkpoint())
+    assert export_checkpoint(str(ckpt), tmp_path / "o").manifest.architecture.vocab_size == 30592

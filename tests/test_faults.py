@@ -6,7 +6,6 @@ that loaded before still loads, and the next run of the command succeeds and lea
 journal behind (saying how much it freed)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -172,9 +172,9 @@ def test_gpu_choices():
 
 
 def test_budget_per_task_metric_and_dict_budget():
-    m = manifest("text-classification", int8=rec("int8", ["cpu"], argmax_agreement=0.96, min_cosine=0.9))
-    assert choose(m, "cpu").variant == "int8"  # default floor 0.95 on argmax_agreement
-    assert choose(m, "cpu", budget={"argmax_agreement": 0.95, "min_cosine": 0.99}).variant == "fp32"
+    m = manifest("text-classification", int8=rec("int8", ["cpu"], prob_agreement=0.985, min_cosine=0.9))
+    assert choose(m, "cpu").variant == "int8"  # default floor 0.98 on prob_agreement (1 - max |Δp|)
+    assert choose(m, "cpu", budget={"prob_agreement": 0.98, "min_cosine": 0.99}).variant == "fp32"
     with pytest.raises(ProviderError, match="not a fidelity floor"):
         choose(m, "cpu", budget=1.5)
 
@@ -259,3 +259,13 @@ def test_tensorrt_major_is_the_one_the_ep_links(tmp_path, monkeypatch):
     assert providers.tensorrt_major(ep) == 10
     ep.write_bytes(b"\x7fELF...libnvinfer.so.11\x00")
     assert providers.tensorrt_major(ep) == 11
+
+
+def test_a_classifier_graded_on_argmax_alone_is_not_chosen():
+    """Issue 26, item 3: argmax agreement 1.0 passed an int8 whose logits cosine was 0.959. A classifier variant
+    is chosen on its probabilities; one recorded with argmax agreement alone (older manifests) is passed over."""
+    m = manifest("text-classification", int8=rec("int8", ["cpu"], argmax_agreement=1.0, min_cosine=0.959))
+    choice = choose(m, "cpu")
+    assert choice.variant == "fp32" and "int8 has no recorded prob_agreement" in choice.reason, choice.reason
+    m = manifest("text-classification", int8=rec("int8", ["cpu"], argmax_agreement=1.0, prob_agreement=0.93))
+    assert "int8 prob_agreement 0.9300 < budget 0.98" in choose(m, "cpu").reason

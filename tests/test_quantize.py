@@ -235,7 +235,8 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     made_by = record.made_by
-    assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 12
+    assert made_by["calibration"] == "percentile" and made_by["calibration_texts"] == 10  # 2 of 12 held out:
+    assert record.fidelity["user_texts"] == 2  # graded instead (--calibration alone: every fifth text)
     if target == "tensorrt":  # symmetric int8, from the unfused graph: no ORT contrib ops for TensorRT
         assert made_by["from"] == "fp32" and record.providers == ["tensorrt"]
         assert not ops & {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu"}
@@ -251,7 +252,7 @@ def test_int8_static_qdq(target, loud_artifact, copy_artifact, tmp_path):
     _verify_all(art)
 
 
-@pytest.mark.parametrize("task,metric", [("text-classification", "argmax_agreement"),
+@pytest.mark.parametrize("task,metric", [("text-classification", "prob_agreement"),
                                          ("token-classification", "token_agreement"),
                                          ("question-answering", "span_agreement")])
 def test_task_fidelity_metrics(task, metric, tiny_artifact, copy_artifact):
@@ -261,6 +262,45 @@ def test_task_fidelity_metrics(task, metric, tiny_artifact, copy_artifact):
     assert 0.95 <= fidelity[metric] <= 1.0 and fidelity["finite"] and fidelity["texts"] == len(evaluation_texts())
     assert record.made_by["budget"]["metric"] == metric
     _verify_all(art)
+
+
+def test_classifier_budget_is_on_the_probabilities_not_argmax_alone(tiny_artifact):
+    """Issue 26, item 3: every argmax agrees, yet a score moves by 0.15: the classifier's budget metric (1 - max |Δp|
+    of the manifest's softmax) misses its default floor, with argmax agreement and the logits cosine beside it."""
+    from onnxformer.quantize.fidelity import Evaluation, compare, default_budget
+
+    manifest = load_manifest(tiny_artifact("bert", "text-classification"))
+    want = [{"logits": np.array([[2.0, 0.0, -1.0]], np.float32)}, {"logits": np.array([[0.0, 3.0, 0.0]], np.float32)}]
+    got = [{"logits": np.array([[1.0, 0.0, -1.0]], np.float32)}, {"logits": np.array([[0.0, 3.0, 0.0]], np.float32)}]
+    feeds = [{"attention_mask": np.ones((1, 4), np.int64)}] * 2
+    fidelity = compare(manifest, feeds, want, got)
+    softmax = lambda x: np.exp(x) / np.exp(x).sum()
+    moved = np.abs(softmax(np.array([2.0, 0.0, -1.0])) - softmax(np.array([1.0, 0.0, -1.0]))).max()  # 0.15
+    assert fidelity["argmax_agreement"] == 1.0 and fidelity["min_cosine"] > 0.9
+    assert fidelity["max_prob_diff"] == pytest.approx(moved)
+    score = Evaluation(manifest, feeds, want).score(fidelity)
+    assert score == pytest.approx(1 - moved) and score < default_budget(manifest.task)
+
+
+def test_classifier_is_graded_on_the_users_texts_too(tiny_artifact, copy_artifact, tmp_path):
+    """--evaluation FILE: the user's texts are graded beside the shipped ones, and recorded as such."""
+    art = copy_artifact(tiny_artifact("bert", "text-classification"))
+    mine = tmp_path / "mine.txt"
+    mine.write_text("refund my order now\nthe parcel never arrived\nfive stars, would buy again\n")
+    fidelity = quantize_artifact(art, "int8", evaluation=mine, smooth=False).record.fidelity
+    assert fidelity["user_texts"] == 3 and fidelity["texts"] == len(evaluation_texts()) + 3, fidelity
+    assert "the user's" in fidelity["reference"] and 0.98 <= fidelity["prob_agreement"] <= 1.0
+    assert {"max_prob_diff", "argmax_agreement", "min_cosine"} <= set(fidelity)
+
+
+def test_calibration_file_alone_holds_out_every_fifth_text_for_grading(tmp_path):
+    from onnxformer.quantize.texts import graded_texts
+
+    lines = [f"customer message number {i}" for i in range(12)]
+    (tmp_path / "calib.txt").write_text("\n".join(lines))
+    calibrate, graded = graded_texts(tmp_path / "calib.txt")
+    assert graded == [lines[4], lines[9]] and calibrate == [t for t in lines if t not in graded]
+    assert graded_texts(None) == (calibration_texts(None), [])  # the packaged texts: nothing of the user's
 
 
 def test_qa_pairs_each_text_with_a_context(tiny_artifact):
@@ -288,6 +328,7 @@ def _bad_inputs(art: Path, tmp: Path) -> list[tuple[list[str], str]]:
          "cannot read calibration file"),
         (["quantize", d, "--precision", "int8", "--mode", "static", "--calibration", str(binary)], "not UTF-8"),
         (["quantize", d, "--precision", "int8", "--mode", "static", "--method", "kmeans"], "unknown calibration method"),
+        (["quantize", d, "--precision", "int8", "--evaluation", str(empty)], f"evaluation file {empty} is empty"),
         (["quantize", d, "--precision", "int8", "--method", "entropy"], "add --mode static"),
         (["quantize", d, "--precision", "int8", "--no-smooth", "--calibration", str(empty)],
          "dynamic int8 without smoothing measures its ranges"),

@@ -25,7 +25,9 @@ def reranker_checkpoint(tmp_path_factory):
     config.num_labels, config.id2label, config.label2id = 1, {0: "LABEL_0"}, {"LABEL_0": 0}
     path = tmp_path_factory.mktemp("reranker")
     AutoModelForSequenceClassification.from_config(config).eval().save_pretrained(path)
-    BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt"), model_max_length=128).save_pretrained(path)
+    tok = BertTokenizerFast.from_pretrained(minilm_path(), model_max_length=128)
+    tok.backend_tokenizer.no_padding()  # MiniLM's tokenizer.json pads every text to 128 tokens
+    tok.save_pretrained(path)
     return path
 
 

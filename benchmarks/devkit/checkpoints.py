@@ -64,6 +64,10 @@ def make_tiny_checkpoint(directory: Path, family: str = "bert", task: str = "fea
         torch.save(model.state_dict(), directory / "pytorch_model.bin")
         for f in directory.glob("*.safetensors"):
             f.unlink()
-    tok = BertTokenizerFast(vocab_file=str(minilm_path() / "vocab.txt"), model_max_length=128)
+    # the real MiniLM WordPiece vocabulary (transformers 5 ignores BertTokenizerFast(vocab_file=...): it saved a
+    # 5-token vocabulary that made every word [UNK], which export now refuses)
+    tok = BertTokenizerFast.from_pretrained(minilm_path(), model_max_length=128)
+    tok.backend_tokenizer.no_padding()  # MiniLM's tokenizer.json pads every text to 128 tokens
+    tok.backend_tokenizer.no_truncation()
     tok.save_pretrained(directory)
     return directory

@@ -44,7 +44,6 @@ def check_gpu() -> str:
 
 def tiny_model_bytes() -> bytes:
     """A one-node float graph (y = x + x) to start a provider on."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])

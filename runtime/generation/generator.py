@@ -32,6 +32,7 @@ class Generator:
         record = manifest.variant(variant)
         self.directory, self.manifest, self.variant, self.sessions = directory, manifest, variant, sessions
         self.provider, self.reason = provider, reason
+        self.passed_over: dict[str, str] = {}  # variants that failed to open and were passed over (Opened's)
         self.kind: str = spec.kind
         # The variant's cache dtype (fp16 variants keep an fp16 cache) over the fp32 graph's.
         self.cache_layout = {**spec.cache, "dtype": record.cache_dtype or spec.cache.get("dtype", "float32")}
@@ -69,7 +70,9 @@ class Generator:
         if not opened.record.components:
             raise ArtifactError(f"variant {variant!r} of {directory} lists no generation components; re-export it")
         sessions = Sessions({role: runner.session for role, runner in opened.runners.items()}, opened.deferred)
-        return cls(directory, opened.manifest, opened.variant, sessions, opened.provider, opened.reason)
+        generator = cls(directory, opened.manifest, opened.variant, sessions, opened.provider, opened.reason)
+        generator.passed_over = dict(opened.passed_over)
+        return generator
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
