@@ -35,7 +35,7 @@ class CpuInfo:
         return {"model": self.model, "flags": list(self.flags)}
 
     @classmethod
-    def from_json(cls, value: object) -> "CpuInfo | None":
+    def from_json(cls, value: object) -> CpuInfo | None:
         if not isinstance(value, dict) or not isinstance(value.get("model"), str):
             return None
         flags = value.get("flags")

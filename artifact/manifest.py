@@ -11,7 +11,6 @@ module still load; keys this version does not know are kept and written back unc
 from __future__ import annotations
 
 import builtins
-
 import datetime as _dt
 import json
 import math
@@ -19,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from onnxformer.errors import ArtifactError, InputError, IntegrityError
 from onnxformer.artifact.cpu import CpuInfo
 from onnxformer.artifact.files import atomic_write_json, confined, sha256_file
+from onnxformer.errors import ArtifactError, InputError, IntegrityError
 
 FORMAT = "onnxformer-artifact"
 SCHEMA_VERSION = 1
@@ -73,7 +72,7 @@ class _Reader:
     def list(self, key: builtins.str, default: Any = ...) -> Any:
         return self.get(key, lambda v: isinstance(v, list), "a list", default)
 
-    def sub(self, key: builtins.str) -> "_Reader":
+    def sub(self, key: builtins.str) -> _Reader:
         return _Reader(self.dict(key), self._path(key), self.origin)
 
     def rest(self, known: set[builtins.str]) -> builtins.dict[builtins.str, Any]:
@@ -112,7 +111,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "dynamic_axes": dict(self.dynamic_axes)}
 
     @classmethod
-    def parse(cls, r: _Reader) -> "TensorSpec":
+    def parse(cls, r: _Reader) -> TensorSpec:
         shape = r.get("shape", lambda v: isinstance(v, list) and all(_is_int(d) or isinstance(d, str) for d in v),
                       "a list of ints and axis names")
         axes = r.get("dynamic_axes", lambda v: isinstance(v, dict), "an object", {})
@@ -134,7 +133,7 @@ class TokenizerSpec:
                 "pad_token": self.pad_token, **self.extra}
 
     @classmethod
-    def parse(cls, r: _Reader) -> "TokenizerSpec":
+    def parse(cls, r: _Reader) -> TokenizerSpec:
         files = r.get("files", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                       "an object of path → sha256")
         max_length = r.get("max_length", lambda v: _is_int(v) and 1 <= v <= MAX_SEQUENCE, f"an integer in [1, {MAX_SEQUENCE}]")
@@ -168,7 +167,7 @@ class Postprocess:
         return _finish(self, out, self._EMBEDDING)
 
     @classmethod
-    def parse(cls, r: _Reader) -> "Postprocess":
+    def parse(cls, r: _Reader) -> Postprocess:
         labels = r.dict("id2label", {})
         prompts = r.get("prompts", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                         "an object of prompt name → text", {})
@@ -213,7 +212,7 @@ class Architecture:
         return _finish(self, out, self._SIZES)
 
     @classmethod
-    def parse(cls, r: _Reader) -> "Architecture":
+    def parse(cls, r: _Reader) -> Architecture:
         sizes = {k: r.int(k, None) for k in cls._SIZES}
         return cls(r.str("model_type"), list(r.list("architectures", [])), **sizes,
                    extra=r.rest({"model_type", "architectures", *cls._SIZES}))
@@ -240,7 +239,7 @@ class Latency:
         return {**out, **({"fp32_ms": self.fp32_ms} if self.fp32_ms is not None else {})}
 
     @classmethod
-    def parse(cls, r: _Reader) -> "Latency":
+    def parse(cls, r: _Reader) -> Latency:
         cpu = CpuInfo.from_json(r.get("cpu", lambda v: CpuInfo.from_json(v) is not None,
                                       "an object {model: string, flags: [string]}"))
         number = lambda v: _is_number(v) and v > 0
@@ -321,7 +320,7 @@ class Variant:
         return _finish(self, out, self._OPTIONAL)
 
     @classmethod
-    def parse(cls, r: _Reader) -> "Variant":
+    def parse(cls, r: _Reader) -> Variant:
         strings = lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
         providers = r.get("providers", lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
                           "a list of provider names", [])
@@ -356,7 +355,7 @@ class Generation:
                 "logits_to_keep": self.logits_to_keep, **self.extra}
 
     @classmethod
-    def parse(cls, r: _Reader) -> "Generation":
+    def parse(cls, r: _Reader) -> Generation:
         kind = r.get("kind", lambda v: v in ("decoder", "seq2seq"), "'decoder' or 'seq2seq'")
         tokens = r.sub("special_tokens")
         tokens.get("eos_token_ids", lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of token ids")
@@ -433,7 +432,7 @@ class Manifest:
         return {**out, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Any, origin: str = MANIFEST_NAME) -> "Manifest":
+    def from_json(cls, data: Any, origin: str = MANIFEST_NAME) -> Manifest:
         """Check ``data`` against the schema and build the typed manifest; ArtifactError names a bad field."""
         r = _Reader(data, "", origin)
         if data.get("format") != FORMAT:
@@ -461,7 +460,7 @@ class Manifest:
         )
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Manifest":
+    def load(cls, directory: str | Path) -> Manifest:
         """Load and schema-check the manifest of an artifact directory."""
         directory = Path(directory)
         if not directory.is_dir():

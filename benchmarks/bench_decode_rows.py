@@ -128,8 +128,8 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> int:
     args = parse_args()
     import onnxruntime as ort
-
     from bench_serve_generate import prepare
+
     from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.runtime.generation import Generator
     from onnxformer.runtime.session import physical_cores

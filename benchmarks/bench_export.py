@@ -14,10 +14,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from devkit.checkpoints import make_tiny_checkpoint, minilm_path  # noqa: E402  (next to this script)
-
-from onnxformer.export import export_checkpoint  # noqa: E402
-from onnxformer.artifact.families import ENCODER, names  # noqa: E402
+from devkit.checkpoints import make_tiny_checkpoint, minilm_path
+from onnxformer.artifact.families import ENCODER, names
+from onnxformer.export import export_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

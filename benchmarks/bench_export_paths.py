@@ -15,11 +15,11 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
+from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
+from onnxformer.artifact.manifest import load_manifest
 from onnxformer.benchmarks.environment import environment
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.runtime import Model
-from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
-from onnxformer.artifact.manifest import load_manifest
 
 
 def texts_of(model: Model, tokens: int, count: int) -> list[str]:

@@ -46,10 +46,10 @@ def parse_args() -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace, variants: list[str]) -> tuple[Path, Path]:
     """Random GPT-2-sized checkpoint → exported, validated artifact → quantized variants (cached in --work)."""
+    from onnxformer.artifact.manifest import is_artifact, load_manifest
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
     from onnxformer.quantize.generative import quantize_generative
-    from onnxformer.artifact.manifest import is_artifact, load_manifest
 
     work = Path(args.work)
     tag = f"gpt2-l{args.layers}-h{args.hidden}-v{args.vocab}"
@@ -171,8 +171,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main() -> int:
     args = parse_args()
-    from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.artifact.manifest import load_manifest
+    from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.runtime.session import physical_cores
 
     budgets = [physical_cores() if t.strip() == "physical" else int(t) for t in args.threads.split(",")]

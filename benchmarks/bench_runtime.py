@@ -37,8 +37,8 @@ def minilm_path() -> Path:
 def build_artifact(work: Path) -> Path:
     """MiniLM exported once, with the quantize stage's fp32-opt and dynamic int8 variants (each measured
     against fp32 and recorded with its fidelity, so ``variant="auto"`` can choose among them)."""
-    from onnxformer.quantize import optimize_artifact, quantize_artifact
     from onnxformer.artifact.manifest import is_artifact, load_manifest
+    from onnxformer.quantize import optimize_artifact, quantize_artifact
 
     out = work / "all-MiniLM-L6-v2"
     if not is_artifact(out):
@@ -93,8 +93,8 @@ def throughput(artifact: Path, texts: list[str], rounds: int, threads: int) -> d
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from onnxformer.runtime import Model
     from onnxformer.artifact.timing import timed
+    from onnxformer.runtime import Model
 
     torch.set_num_threads(threads)  # matched budget: ORT's intra-op threads are set to the same number
     st = SentenceTransformer(str(minilm_path()), device="cpu")

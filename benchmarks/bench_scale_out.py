@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_serve import load, texts
 
-from onnxformer.benchmarks.report import write_json_and_markdown
 from devkit.servers import free_port
+from onnxformer.benchmarks.report import write_json_and_markdown
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).parents[1]

@@ -68,7 +68,7 @@ class Server:
         cmd += list(extra)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         import httpx
 
         deadline = time.monotonic() + 120
@@ -176,8 +176,8 @@ def model_ceiling(artifact: Path, merged: int, budget: int, threads: int | None,
                   rounds: int = 4) -> dict[str, Any]:
     """In-process, no HTTP: texts/s of Model.embed one text at a time vs ``merged`` texts per call (the runtime
     sorts them by length under ``budget`` tokens). The most dynamic batching can gain on this machine."""
-    from onnxformer.runtime import Model
     from onnxformer.artifact.timing import time_calls
+    from onnxformer.runtime import Model
 
     kwargs = {"threads": threads} if threads else {}
     model, pool = Model.load(artifact, max_batch_tokens=budget, **kwargs), texts()

@@ -120,8 +120,8 @@ class Probe:
 
 def serve(spec: dict[str, Any]) -> int:
     """One server on a free port; answers the parent's commands on stdin, one line each (reset, report)."""
-    from onnxformer.runtime.generation import Generator
     from devkit.servers import running_server
+    from onnxformer.runtime.generation import Generator
 
     gen = Generator.load(spec["artifact"], batching=spec["options"].get("continuous_batching", True))
     probe = Probe(gen)
@@ -261,9 +261,9 @@ def prepare(args: argparse.Namespace) -> Path:
     if args.model == "gpt2":
         prep = argparse.Namespace(work=args.work, layers=12, hidden=768, heads=12, vocab=50257)
         return bench_generate.prepare(prep, ["fp32"])[1]
+    from onnxformer.artifact.manifest import is_artifact
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
-    from onnxformer.artifact.manifest import is_artifact
 
     ckpt, art = Path(args.work) / "ckpt-bart-base", Path(args.work) / "artifact-bart-base"
     if not (ckpt / "config.json").is_file():  # end-of-sequence off: every request makes exactly --new-tokens

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from bench_serve import Server, minilm_artifact, texts
-from onnxformer.benchmarks.environment import cpu_info
+
 from devkit.fuzz import Generator, Routes, problems, send
+from onnxformer.benchmarks.environment import cpu_info
 
 ROOT = Path(__file__).resolve().parent
 

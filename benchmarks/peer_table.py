@@ -27,17 +27,17 @@ def _cosines(got: dict[str, np.ndarray], reference: np.ndarray) -> dict[str, flo
 
 
 def measure(art: Path, threads: int, seconds: float) -> dict[str, Any]:
+    from bench_heldout import fidelity, heldout_texts
     from sentence_transformers import SentenceTransformer
 
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.benchmarks import harness, measure
     from onnxformer.benchmarks.environment import environment
-    from onnxformer.benchmarks.runners import ArtifactContext
-    from bench_heldout import fidelity, heldout_texts
     from onnxformer.benchmarks.isolation import fragment_signatures, run_in_environment, run_isolated
     from onnxformer.benchmarks.peers import find_peer, work_directory
+    from onnxformer.benchmarks.runners import ArtifactContext
     from onnxformer.benchmarks.stats import Budget
     from onnxformer.benchmarks.summary import add_comparisons
-    from onnxformer.artifact.manifest import Manifest
 
     manifest = Manifest.load(art)
     variants = [v for v in ("fp32", "fp32-opt", "int8") if v in manifest.variants]

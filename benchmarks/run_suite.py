@@ -183,9 +183,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onnxformer.benchmarks.report import write_report
     from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
     from onnxformer.artifact.manifest import is_artifact, load_manifest
+    from onnxformer.benchmarks.report import write_report
 
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)

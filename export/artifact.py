@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.scratch import prepare_parent
+from onnxformer.errors import ExportError
 from onnxformer.export.checkpoint import inspect_checkpoint, resolve_model_path
+from onnxformer.export.detect import check_architecture, generative_task, get_task, infer_task
 from onnxformer.export.encoder import export_encoder
 from onnxformer.export.generative import export_generative
 from onnxformer.export.staging import check_destination
-from onnxformer.export.detect import check_architecture, generative_task, get_task, infer_task
-from onnxformer.errors import ExportError
-from onnxformer.artifact.manifest import Manifest
-from onnxformer.artifact.scratch import prepare_parent
 
 Progress = Callable[[str], None]
 

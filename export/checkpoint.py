@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxformer.artifact.files import sha256_file
 from onnxformer.errors import CheckpointError
 from onnxformer.export.st_config import read_sentence_transformers
-from onnxformer.artifact.files import sha256_file
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
 from onnxformer.export.dynamo import export_program, save_program
+from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP
+from onnxformer.export.generative_logits import kept_positions
 
 # Example sizes for tracing: torch.export specialises dimensions of size 0 and 1, so each is >= 2.
 _BATCH, _SEQUENCE, _PAST = 2, 3, 4

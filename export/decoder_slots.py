@@ -15,10 +15,12 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from onnxformer.export import slot_attention
 from onnxformer.export.decoder_graph import cache_names, zero_past
 from onnxformer.export.dynamo import export_program, save_program
-from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP, kept_positions
-from onnxformer.export import slot_attention
+from onnxformer.export.generative_logits import INPUT as LOGITS_TO_KEEP
+from onnxformer.export.generative_logits import kept_positions
+
 _ROWS, _SEQUENCE, _MAX = 2, 3, 8  # example sizes (>= 2: torch.export specialises 0 and 1)
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onnxformer.artifact.manifest import (
+    UNFUSED,
+    Architecture,
+    TensorSpec,
+    TokenizerSpec,
+    Variant,
+    file_record,
+    tensor_spec,
+    variant_record,
+)
 from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint
-from onnxformer.artifact.manifest import (UNFUSED, Architecture, TensorSpec, TokenizerSpec, Variant, file_record,
-                                         tensor_spec, variant_record)
 from onnxformer.runtime.session import create_session
 
 FP32_PROVIDERS = ["tensorrt", "cuda", "cpu"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxformer.errors import CheckpointError
 from onnxformer.artifact import families
 from onnxformer.artifact.families import Family
 from onnxformer.artifact.tasks import TASKS, Task, canonical, exportable
+from onnxformer.errors import CheckpointError
 
 
 def get_task(name: str) -> Task:

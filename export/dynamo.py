@@ -11,9 +11,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from onnxformer.artifact.onnx_save import EXTERNAL_DATA_THRESHOLD, write_atomically
 from onnxformer.errors import ExportError
 from onnxformer.export.versions import library_versions
-from onnxformer.artifact.onnx_save import EXTERNAL_DATA_THRESHOLD, write_atomically
 
 DEFAULT_OPSET = 18  # torch.onnx's own default; 14 is the floor (export/artifact.py MIN_OPSET)
 Axes = Mapping[str, Mapping[int, str]]  # input name → {axis: dimension name}

@@ -4,16 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from onnxformer.artifact import families
+from onnxformer.artifact.manifest import Manifest, Postprocess, build_manifest
+from onnxformer.artifact.tasks import Task
 from onnxformer.export.checkpoint import Checkpoint
-from onnxformer.export.describe import (architecture, fp32_variant, graph_opset, io_specs, save_tokenizer,
-                                        tokenizer_spec)
+from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
 from onnxformer.export.hf import export_onnx, load_reference
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import hf_reference, validate, validation_cases
 from onnxformer.export.versions import library_versions
-from onnxformer.artifact import families
-from onnxformer.artifact.manifest import Manifest, Postprocess, build_manifest
-from onnxformer.artifact.tasks import Task
 
 Progress = Callable[[str], None]
 GRAPH = "fp32/model.onnx"

@@ -10,24 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from onnxformer.artifact import families
+from onnxformer.artifact.dtypes import numpy_name
+from onnxformer.artifact.families import DECODER as DECODER_KIND
+from onnxformer.artifact.families import SEQ2SEQ
+from onnxformer.artifact.manifest import Generation, Manifest, build_manifest
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, GENERATIVE_FILES, SLOTS, SLOTS_FILE
+from onnxformer.artifact.tasks import TASKS
 from onnxformer.errors import CheckpointError, ExportError
-from onnxformer.export.checkpoint import Checkpoint
-from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
-from onnxformer.export.decoder_graph import export_decoder_graph
 from onnxformer.export import decoder_slots
+from onnxformer.export.checkpoint import Checkpoint
+from onnxformer.export.decoder_graph import export_decoder_graph
+from onnxformer.export.describe import architecture, fp32_variant, graph_opset, io_specs, save_tokenizer, tokenizer_spec
+from onnxformer.export.detect import generative_task
+from onnxformer.export.dynamo import made_by
 from onnxformer.export.generative_validate import past_names, validate_decoder, validate_decoder_slots, validate_seq2seq
 from onnxformer.export.hf import _first_line, load_reference
 from onnxformer.export.staging import staging_dir
-from onnxformer.export.detect import generative_task
-from onnxformer.export.dynamo import made_by
 from onnxformer.export.versions import library_versions
-from onnxformer.artifact import families
-from onnxformer.artifact.dtypes import numpy_name
-from onnxformer.artifact.families import DECODER as DECODER_KIND, SEQ2SEQ
-from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, GENERATIVE_FILES, SLOTS, SLOTS_FILE
-from onnxformer.artifact.manifest import Generation, Manifest, build_manifest
 from onnxformer.runtime.session import create_session
-from onnxformer.artifact.tasks import TASKS
 
 Progress = Callable[[str], None]
 DEFAULT_ATOL = 1e-4

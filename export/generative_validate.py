@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxformer.errors import ValidationError
 from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, ENCODER
+from onnxformer.errors import ValidationError
 from onnxformer.export.validate import summarize
 from onnxformer.runtime.session import create_session
 

@@ -5,10 +5,10 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from onnxformer.artifact.tasks import Task
 from onnxformer.errors import CheckpointError
 from onnxformer.export.checkpoint import Checkpoint
 from onnxformer.export.dynamo import to_onnx
-from onnxformer.artifact.tasks import Task
 
 # Trace shapes; validation then runs others (export/validate.py).
 TRACE_BATCH, TRACE_LENGTH = 2, 16

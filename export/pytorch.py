@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from onnxformer.artifact.manifest import Architecture, build_manifest
 from onnxformer.errors import ValidationError
 from onnxformer.export.artifact import ExportResult
 from onnxformer.export.describe import fp32_variant, io_specs
@@ -20,7 +21,6 @@ from onnxformer.export.dynamo import to_onnx
 from onnxformer.export.staging import staging_dir
 from onnxformer.export.validate import Case, validate
 from onnxformer.export.versions import library_versions
-from onnxformer.artifact.manifest import Architecture, build_manifest
 
 Feeds = Mapping[str, np.ndarray]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 IMPLEMENTATION = "onnxformer_slots"
-_ACTIVE: list["SlotStep"] = []  # the step a wrapper's forward is running (a stack: forwards do not nest today)
+_ACTIVE: list[SlotStep] = []  # the step a wrapper's forward is running (a stack: forwards do not nest today)
 
 
 @dataclass

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from onnxformer.errors import ArtifactError
 from onnxformer.artifact.files import default_mode
 from onnxformer.artifact.manifest import is_artifact
 from onnxformer.artifact.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
+from onnxformer.errors import ArtifactError
 
 
 def check_destination(out: Path, overwrite: bool) -> None:

@@ -5,15 +5,14 @@ pipeline order; a stage's module loads only when the stage runs.
 """
 from __future__ import annotations
 
-import functools
-
 import argparse
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
-from onnxformer.errors import CheckpointError
 from onnxformer.artifact.files import atomic_write_bytes
 from onnxformer.artifact.manifest import load_manifest
+from onnxformer.errors import CheckpointError
 
 Row = dict[str, Any]  # {"stage", "variant", "detail", "seconds"}; seconds None: no time of its own
 Stage = Callable[[argparse.Namespace, Path, Callable[[str], None]], list[Row]]

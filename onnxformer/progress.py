@@ -18,7 +18,7 @@ class StageLog:
         self._bar: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> "StageLog":
+    def __enter__(self) -> StageLog:
         if self.live:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

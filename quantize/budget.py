@@ -26,10 +26,10 @@ from typing import Any, Callable, Collection, Protocol, Sequence
 
 import numpy as np
 
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import speed
 from onnxformer.quantize.fidelity import Evaluation, Feeds, Outputs, budget_metric, compare, run_model
-from onnxformer.artifact.manifest import Manifest
 
 # build(exclude, only, out_dir) → path of the quantized graph
 Builder = Callable[[Sequence[str], "Sequence[str] | None", Path], Path]

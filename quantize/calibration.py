@@ -7,9 +7,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.fidelity import evaluation_feeds
-from onnxformer.artifact.manifest import Manifest
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

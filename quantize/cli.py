@@ -42,9 +42,9 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.progress import console
     from onnxformer.quantize.pipeline import quantize_artifact
-    from onnxformer.artifact.manifest import load_manifest
 
     result = quantize_artifact(
         args.dir, args.precision, mode=args.mode, target=args.target, calibration=args.calibration,

@@ -24,13 +24,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from onnxformer.errors import QuantizationError
 from onnxformer.artifact.files import confined
 from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import TASKS, budgeted
+from onnxformer.errors import QuantizationError
 from onnxformer.runtime.classification import activate, activation
 from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.runtime.session import create_session
-from onnxformer.artifact.tasks import TASKS, budgeted
 from onnxformer.runtime.tokenizer import TextTokenizer
 
 Feeds = dict[str, np.ndarray]

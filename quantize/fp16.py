@@ -19,13 +19,13 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.onnx_save import save_onnx
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.calibration import TextReader
 from onnxformer.quantize.fidelity import Feeds, evaluation_feeds, run_model, tokenizer
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.source import MODEL_FILE
-from onnxformer.artifact.manifest import Manifest
-from onnxformer.artifact.onnx_save import save_onnx
 
 FP16_MAX = 65504.0
 FP16_TINY = 6.104e-05  # smallest normal fp16

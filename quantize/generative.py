@@ -19,16 +19,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from onnxformer.errors import QuantizationError
-from onnxformer.quantize.recipe import RecipeJob, Options, Recipe, make
-from onnxformer.quantize.source import publish, scratch_dir
-from onnxformer.quantize.texts import evaluation_texts
-from onnxformer.quantize.plan import generative_names, generative_recipes
 from onnxformer.artifact.dtypes import from_ort
 from onnxformer.artifact.files import confined
-from onnxformer.runtime.generation import Generator
-from onnxformer.artifact.roles import DECODER, ENCODER, SLOTS
 from onnxformer.artifact.manifest import REFERENCE, Manifest, load_manifest
+from onnxformer.artifact.roles import DECODER, ENCODER, SLOTS
+from onnxformer.errors import QuantizationError
+from onnxformer.quantize.plan import generative_names, generative_recipes
+from onnxformer.quantize.recipe import Options, Recipe, RecipeJob, make
+from onnxformer.quantize.source import publish, scratch_dir
+from onnxformer.quantize.texts import evaluation_texts
+from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.session import create_session
 
 Progress = Callable[[str], None]
@@ -55,7 +55,7 @@ class Reference:
     logits: Logits
 
     @classmethod
-    def load(cls, directory: Path, texts: Sequence[str]) -> "Reference":
+    def load(cls, directory: Path, texts: Sequence[str]) -> Reference:
         generator = Generator.load(directory, provider="cpu", variant=REFERENCE)  # every fp32 graph verified
         return cls(generator, list(texts), teacher_forced_logits(generator, texts))
 
@@ -79,7 +79,7 @@ class GenerativeQuantizer:
 
     @classmethod
     def open(cls, directory: str | Path, variants: Sequence[str] | None = None, *, block_size: int = 32,
-             texts: Sequence[str] | None = None, progress: Progress = lambda _: None) -> "GenerativeQuantizer":
+             texts: Sequence[str] | None = None, progress: Progress = lambda _: None) -> GenerativeQuantizer:
         directory = Path(directory)
         manifest = load_manifest(directory)
         if manifest.generation is None:

@@ -27,11 +27,11 @@ import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+from onnxformer.artifact.cpu import read_cpuinfo, this_cpu
+from onnxformer.artifact.onnx_save import save_onnx
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize.source import MODEL_FILE
 from onnxformer.quantize.unfuse import expand_skip_layer_norms
-from onnxformer.artifact.cpu import read_cpuinfo, this_cpu
-from onnxformer.artifact.onnx_save import save_onnx
 
 DYNAMIC_OPS = ("MatMul", "Attention")
 STATIC_OPS = ("MatMul",)  # QDQ has no Attention handler; Gemm-free encoders only need MatMul

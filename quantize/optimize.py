@@ -26,11 +26,11 @@ from typing import Any
 
 import onnx
 
-from onnxformer.errors import QuantizationError
-from onnxformer.quantize.source import MODEL_FILE
 from onnxformer.artifact.families import FAMILIES, find
 from onnxformer.artifact.manifest import Architecture
 from onnxformer.artifact.onnx_save import save_onnx
+from onnxformer.errors import QuantizationError
+from onnxformer.quantize.source import MODEL_FILE
 
 ONNXSCRIPT, ORT_OPTIMIZER = "onnxscript.rewriter.ort_fusions", "onnxruntime.transformers.optimizer"
 # Contrib operators a fusion produces; their counts go into the manifest (``fused_ops``).
@@ -186,8 +186,10 @@ def _fusions_to_mha(model: Any) -> dict[str, int]:
     from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
     from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
-    from onnxscript.rewriter.ort_fusions.skip_normalization import (fuse_skip_layer_normalization,
-                                                                     fuse_skip_rms_normalization)
+    from onnxscript.rewriter.ort_fusions.skip_normalization import (
+        fuse_skip_layer_normalization,
+        fuse_skip_rms_normalization,
+    )
     from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
     rewrite(model, [_gemm_to_matmul_add.gemm_to_matmul_add_rule])

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
-from onnxformer.artifact.roles import MODEL
-from onnxformer.quantize.recipe import Built, RecipeJob, Options, make
-from onnxformer.quantize.recipes import FusedFp32
-from onnxformer.quantize.speed import record_latencies
-from onnxformer.quantize.source import load_source, publish, scratch_dir
-from onnxformer.quantize.texts import evaluation_texts, graded_texts
-from onnxformer.quantize.plan import plan
 from onnxformer.artifact.cpu import this_cpu
 from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant, load_manifest
+from onnxformer.artifact.roles import MODEL
+from onnxformer.quantize.fidelity import Evaluation, budget_metric, check_budget, default_budget, prepare
+from onnxformer.quantize.plan import plan
+from onnxformer.quantize.recipe import Built, Options, RecipeJob, make
+from onnxformer.quantize.recipes import FusedFp32
+from onnxformer.quantize.source import load_source, publish, scratch_dir
+from onnxformer.quantize.speed import record_latencies
+from onnxformer.quantize.texts import evaluation_texts, graded_texts
 
 Progress = Callable[[str], None]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from onnxformer.artifact.manifest import REFERENCE
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import recipes
 from onnxformer.quantize.recipe import Recipe
-from onnxformer.artifact.manifest import REFERENCE
 
 
 def quantizers() -> list[Recipe]:

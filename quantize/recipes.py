@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from onnxformer.artifact.manifest import PER_CALL, STATIC_SCALES
+from onnxformer.artifact.onnx_save import save_onnx
+from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, MODEL
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import fp16, int8, optimize
 from onnxformer.quantize.budget import meet_budget
 from onnxformer.quantize.calibration import calibration_method, text_reader
 from onnxformer.quantize.fidelity import budget_metric
-from onnxformer.artifact.roles import DECODER, DECODER_WITH_PAST, MODEL
 from onnxformer.quantize.int8 import Selectable
-from onnxformer.quantize.recipe import Built, RecipeJob, Options, Recipe
+from onnxformer.quantize.recipe import Built, Options, Recipe, RecipeJob
 from onnxformer.quantize.shapes import annotate
 from onnxformer.quantize.smoothing import smooth_for_int8
 from onnxformer.quantize.source import MODEL_FILE
-from onnxformer.artifact.manifest import PER_CALL, STATIC_SCALES
-from onnxformer.artifact.onnx_save import save_onnx
 
 # fp32-opt must reproduce fp32 to this fidelity on every task metric (fusions are exact up to fp32 rounding).
 FUSION_FLOOR = 0.999

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 
-from onnxformer.errors import QuantizationError
 from onnxformer.artifact.onnx_save import save_onnx
+from onnxformer.errors import QuantizationError
 
 
 def annotate(source: Path, out: Path) -> Path:

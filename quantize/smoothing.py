@@ -27,11 +27,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.onnx_save import save_onnx
 from onnxformer.quantize.fidelity import evaluation_feeds
 from onnxformer.quantize.int8 import Int8Settings, candidate_nodes
 from onnxformer.quantize.unfuse import expand_skip_layer_norms
-from onnxformer.artifact.manifest import Manifest
-from onnxformer.artifact.onnx_save import save_onnx
 from onnxformer.runtime.session import create_session
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

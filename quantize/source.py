@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import onnx
 
-from onnxformer.errors import QuantizationError
-from onnxformer.quantize.fidelity import check_task
 from onnxformer.artifact import scratch
 from onnxformer.artifact.files import atomic_write_json
 from onnxformer.artifact.manifest import MANIFEST_NAME, Manifest, Variant, load_manifest, variant_record, verify_variant
+from onnxformer.errors import QuantizationError
+from onnxformer.quantize.fidelity import check_task
 
 if TYPE_CHECKING:
     from onnxformer.quantize.recipe import Built

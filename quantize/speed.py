@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxformer.artifact.cpu import this_cpu
-from onnxformer.runtime.latency import SEQUENCE, interleaved_ms, probe_feeds
 from onnxformer.artifact.manifest import REFERENCE, Latency, Manifest, load_manifest
+from onnxformer.runtime.latency import SEQUENCE, interleaved_ms, probe_feeds
 from onnxformer.runtime.providers import REGISTRY
 from onnxformer.runtime.session import physical_cores
 

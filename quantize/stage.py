@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from onnxformer.errors import QuantizationError
 from onnxformer.artifact.manifest import load_manifest
 from onnxformer.artifact.tasks import budgeted
+from onnxformer.errors import QuantizationError
 
 Row = dict[str, Any]
 Progress = Callable[[str], None]

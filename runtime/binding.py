@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import InputError
 from onnxformer.artifact.dtypes import DTYPES, from_ort, numpy_name
+from onnxformer.errors import InputError
 
 _MIN_CAPACITY = 1024
 

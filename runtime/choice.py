@@ -14,11 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping
 
-from onnxformer.errors import ProviderError
 from onnxformer.artifact.cpu import CpuInfo, this_cpu
 from onnxformer.artifact.manifest import REFERENCE, Manifest, Variant
-from onnxformer.runtime.providers import REGISTRY
 from onnxformer.artifact.tasks import TASKS, get_task
+from onnxformer.errors import ProviderError
+from onnxformer.runtime.providers import REGISTRY
 
 log = logging.getLogger("onnxformer.runtime")
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError, InputError
 from onnxformer.artifact.manifest import Postprocess
+from onnxformer.errors import ArtifactError, InputError
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from onnxformer.errors import IntegrityError
 from onnxformer.artifact.files import confined
 from onnxformer.artifact.manifest import Variant
+from onnxformer.errors import IntegrityError
 from onnxformer.runtime.onnx_wire import external_locations
 
 

@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError
 from onnxformer.artifact.cpu import CpuInfo
-from onnxformer.runtime.external import check_external_data
 from onnxformer.artifact.files import atomic_write_json
 from onnxformer.artifact.manifest import Manifest, verify_variant
-from onnxformer.runtime.session import create_session
 from onnxformer.artifact.timing import time_calls
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime.external import check_external_data
+from onnxformer.runtime.session import create_session
 
 SEQUENCE = 128
 MAX_RUNS = 30

@@ -14,19 +14,19 @@ from typing import Any, Callable, Sequence
 
 import onnxruntime as ort
 
+from onnxformer.artifact.cpu import this_cpu
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Manifest, Variant, verify_files, verify_variant
+from onnxformer.artifact.roles import MODEL
+from onnxformer.artifact.tasks import TASKS, get_task
 from onnxformer.errors import ArtifactError, ProviderError
 from onnxformer.runtime import latency
 from onnxformer.runtime import providers as registry
 from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
 from onnxformer.runtime.binding import Runner
-from onnxformer.artifact.cpu import this_cpu
-from onnxformer.runtime.external import check_external_data
-from onnxformer.artifact.files import confined
-from onnxformer.artifact.manifest import Manifest, Variant, verify_files, verify_variant
-from onnxformer.artifact.roles import MODEL
-from onnxformer.runtime.session import session_options
-from onnxformer.artifact.tasks import TASKS, get_task
 from onnxformer.runtime.choice import Choice, check_explicit, choose
+from onnxformer.runtime.external import check_external_data
+from onnxformer.runtime.session import session_options
 
 log = logging.getLogger("onnxformer.runtime")
 

@@ -15,16 +15,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tokenizers import Encoding
 
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import get_task
 from onnxformer.errors import InputError, InputKind
 from onnxformer.runtime import classification, pairs, qa, tagging
 from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, plan_batches
 from onnxformer.runtime.binding import Runner
-from onnxformer.artifact.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_artifact
-from onnxformer.artifact.manifest import Manifest
 from onnxformer.runtime.pairs import TextInput
 from onnxformer.runtime.pooling import l2_normalize, pool, truncate_dims
-from onnxformer.artifact.tasks import get_task
 from onnxformer.runtime.tokenizer import TextTokenizer, check_texts
 
 # per batch: (feeds, encodings) → one result per encoding
@@ -58,7 +58,7 @@ class Model:
              budget: float | dict[str, float] | None = None, threads: int | None = None, strict: bool = False,
              *, io_binding: bool | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
              max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, trt_cache: str | Path | None = None,
-             measure: bool = True, variant_fallback: bool = True) -> "Model":
+             measure: bool = True, variant_fallback: bool = True) -> Model:
         """Verify and load an artifact. ``provider``: "auto" (TensorRT → CUDA → CPU), a name or a list;
         ``variant``: "auto" (fastest whose recorded fidelity meets ``budget``) or a name; ``strict``: any
         fallback is an error instead of a logged warning; ``measure``: on a CPU of a kind the artifact's latencies

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from onnxformer.errors import ProviderError
 from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant
+from onnxformer.errors import ProviderError
 
 log = logging.getLogger("onnxformer.runtime")
 

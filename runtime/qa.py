@@ -22,7 +22,7 @@ class QAOptions:
     handle_impossible_answer: bool = False
     align_to_words: bool = True
 
-    def check(self) -> "QAOptions":
+    def check(self) -> QAOptions:
         for name in ("top_k", "max_answer_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

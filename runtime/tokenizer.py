@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from onnxformer.errors import ArtifactError, InputError
 from onnxformer.artifact.manifest import TokenizerSpec
+from onnxformer.errors import ArtifactError, InputError
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _load(path: Path) -> Tokenizer:
         raise ArtifactError(f"{path} is missing; re-export the artifact or restore the file")
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 — malformed JSON, wrong schema, random bytes
+    except Exception as e:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise ArtifactError(f"{path} is not a usable tokenizer ({reason}); re-export the artifact or "
                             "restore the file") from None

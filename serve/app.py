@@ -12,13 +12,13 @@ from starlette.exceptions import HTTPException
 
 from onnxformer import __version__
 from onnxformer.errors import OnnxformerError
-from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind, kind_for_status
 from onnxformer.serve import routes_chat, routes_generate, routes_rerank, routes_v1, routes_v2
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.guard import GuardMiddleware, internal_response
 from onnxformer.serve.httpio import check_api_key, error_response
 from onnxformer.serve.metrics import MetricsMiddleware
 from onnxformer.serve.state import Loaded, ServerState, server_state
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind, kind_for_status
 
 log = logging.getLogger("onnxformer.serve")
 

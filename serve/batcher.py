@@ -50,7 +50,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxformer-model")
         self._lanes: dict[tuple[str, str], Lane] = {}
 
-    def lane(self, name: str, run: RunFn, mergeable: bool = True, owner: str = "") -> "Lane":
+    def lane(self, name: str, run: RunFn, mergeable: bool = True, owner: str = "") -> Lane:
         """The lane ``name`` of model ``owner`` (two models' texts never share a batch), made on first use."""
         key = (owner, name)
         if key not in self._lanes:

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.files import confined
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 

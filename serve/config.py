@@ -79,7 +79,7 @@ class ServeConfig:
             flags = ", ".join(self.flag(n) for n in ("max_slots", "max_cached_tokens", "prefill_chunk"))
             raise ServingError(f"{flags}: {e}") from None
 
-    def check(self) -> "ServeConfig":
+    def check(self) -> ServeConfig:
         positive = ("port", "max_batch_size", "max_batch_tokens", "max_queue", "max_texts", "max_body_bytes",
                     "timeout_s", "max_new_tokens", "body_timeout_s", "keep_alive_s", "max_connections",
                     "max_connections_per_client", "max_chars_per_token")

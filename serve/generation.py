@@ -16,17 +16,16 @@ import time
 from typing import Any
 
 from onnxformer.errors import ArtifactError, InputError
-
-from onnxformer.serve.statuses import ErrorKind, ServingError, error_kind
 from onnxformer.runtime.generation import Completion, Generator, Run
-from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.scheduler import Row, SlotLimits
+from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.schedulers import batch_scheduler
 from onnxformer.serve.batcher import Batcher
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.metrics import Metrics
 from onnxformer.serve.schemas import CompletionRequest, as_list
+from onnxformer.serve.statuses import ErrorKind, ServingError, error_kind
 
 log = logging.getLogger("onnxformer.serve")
 
@@ -77,7 +76,7 @@ class GenerationService:
                        prefill_chunk=self.config.prefill_chunk)
         return out
 
-    def start(self, req: CompletionRequest, prompts: list[Any] | None = None) -> "CompletionJob":
+    def start(self, req: CompletionRequest, prompts: list[Any] | None = None) -> CompletionJob:
         """Check the request and tokenize its prompts (bad input → 4xx here, before any response starts). Each
         prompt (a text, or a list of token ids) runs ``n`` rows: row ``i * n + j`` is prompt ``i``'s ``j``-th
         completion, seeded ``seed + j`` when a seed is given (so every row is reproducible on its own)."""
@@ -114,7 +113,7 @@ class GenerationService:
         """A prompt as text (echo): itself, or its token ids decoded."""
         return prompt if isinstance(prompt, str) else self.generator.prompts.tokenizer.decode(prompt)
 
-    def _job(self, prompts: list[Any], req: CompletionRequest) -> "CompletionJob":
+    def _job(self, prompts: list[Any], req: CompletionRequest) -> CompletionJob:
         n, options = req.n, req.options()
         if self.batch is None:
             rows = [p for p in prompts for _ in range(n)]
@@ -129,7 +128,7 @@ class GenerationService:
                     raise ServingError(str(e), error_kind(e)) from None
         return BatchJob(self, seqs)
 
-    def admit(self) -> "Slot":
+    def admit(self) -> Slot:
         """One admission slot per run, taken before any response starts: 429 at once when too many are in flight."""
         return Slot(self.scheduler)
 
@@ -138,7 +137,7 @@ class GenerationService:
         return await self.scheduler.run_in_worker(run.step)
 
     # --- the continuous batch's driver (on the event loop; the steps run on the worker) -------------------
-    def enqueue(self, job: "BatchJob") -> None:
+    def enqueue(self, job: BatchJob) -> None:
         assert self.batch is not None
         for seq in job.seqs:
             self.batch.enqueue(seq)

@@ -19,14 +19,14 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import serialize_byte_tensor
 
 from onnxformer import __version__
-from onnxformer.errors import OnnxformerError
-from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind
 from onnxformer.artifact.dtypes import from_v2
+from onnxformer.errors import OnnxformerError
+from onnxformer.serve.guard import record_internal
+from onnxformer.serve.httpio import within
 from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
 from onnxformer.serve.routes_v2 import _infer, model_config_doc, model_metadata_doc, repository_index_doc
 from onnxformer.serve.state import ServerState
-from onnxformer.serve.guard import record_internal
-from onnxformer.serve.httpio import within
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",

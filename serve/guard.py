@@ -12,10 +12,10 @@ from typing import Any, Callable
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from onnxformer.serve.statuses import ErrorKind
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.httpio import error_response
 from onnxformer.serve.metrics import Metrics
+from onnxformer.serve.statuses import ErrorKind
 
 log = logging.getLogger("onnxformer.serve")
 
@@ -64,7 +64,7 @@ class GuardMiddleware:
         except ClientDisconnect:  # the client left mid-body: nothing to answer, nothing went wrong here
             if not started:
                 await error_response(path, ErrorKind.CLIENT_CLOSED, "client disconnected")(scope, receive, send)
-        except Exception as e:  # noqa: BLE001 — the last resort: every escape becomes a logged, counted 500
+        except Exception as e:
             response = internal_response(path, e, ErrorKind.INTERNAL, self.metrics)
             if not started:  # mid-stream there is no status left to send: the log and the counter keep it
                 await response(scope, receive, send)

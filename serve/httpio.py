@@ -9,8 +9,8 @@ from typing import Any, Awaitable, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError
 
 T = TypeVar("T")
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.dtypes import DTYPES, from_v2
 from onnxformer.artifact.manifest import TensorSpec
 from onnxformer.serve.schemas import InferBody, TensorInput, parse_body
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"  # v2's string tensor (UTF-8 text): the one datatype that is not a graph dtype (runtime/dtypes)

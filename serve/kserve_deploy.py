@@ -52,8 +52,8 @@ def add_kserve(sub: argparse._SubParsersAction) -> None:
 def run_kserve(args: argparse.Namespace) -> int:
     import yaml
 
-    from onnxformer.progress import console
     from onnxformer.artifact.files import atomic_write_bytes
+    from onnxformer.progress import console
 
     docs = inference_services(args.name, args.image, args.model_dir, args.storage_uri, args.cpus, args.memory)
     atomic_write_bytes(Path(args.out), yaml.safe_dump_all(docs, sort_keys=False).encode())

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.artifact.dtypes import from_name
 from onnxformer.artifact.manifest import TensorSpec, tensor_spec
 from onnxformer.serve.kserve import InferRequest, Tensor, v2_datatype
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 if TYPE_CHECKING:
     from onnxformer.serve.service import ModelService

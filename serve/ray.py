@@ -21,8 +21,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from onnxformer.serve.statuses import ServingError
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.statuses import ServingError
 
 DEPLOYMENT = "onnxformer"
 # what `args` may carry besides ServeConfig's fields (host, port and grpc_port are Ray's proxy's, not ours)
@@ -154,8 +154,8 @@ def add_ray_config(sub: argparse._SubParsersAction) -> None:
 def run_ray_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from onnxformer.progress import console
     from onnxformer.artifact.files import atomic_write_bytes
+    from onnxformer.progress import console
 
     extra = dict(kv.split("=", 1) for kv in args.arg if "=" in kv)
     if len(extra) != len(args.arg):

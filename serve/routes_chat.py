@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.chat import check_messages
 from onnxformer.serve.httpio import read_body
 from onnxformer.serve.logprobs import Decode, chat_logprobs, token_decoder
 from onnxformer.serve.routes_generate import _events, event_stream, run_whole, usage
 from onnxformer.serve.schemas import ChatRequest, parse_body
 from onnxformer.serve.state import server_state
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 router = APIRouter()
 

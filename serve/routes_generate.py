@@ -12,13 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from onnxformer.serve.statuses import ErrorKind
 from onnxformer.runtime.generation import Completion
 from onnxformer.serve.generation import CompletionJob, Slot
 from onnxformer.serve.httpio import openai_error, read_body, within
 from onnxformer.serve.logprobs import Decode, completion_logprobs, token_decoder
 from onnxformer.serve.schemas import CompletionRequest, parse_body
 from onnxformer.serve.state import server_state
+from onnxformer.serve.statuses import ErrorKind
 
 router = APIRouter()
 

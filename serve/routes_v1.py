@@ -8,12 +8,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse  # plain json.dumps: FastAPI's jsonable_encoder walks every float
 from pydantic import BaseModel
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.runtime.pooling import truncate_dims
 from onnxformer.serve.httpio import read_body, within
-from onnxformer.serve.schemas import (AnswerRequest, ClassifyRequest, EmbeddingsRequest, TagRequest, Texts, as_list,
-                                      parse_body)
+from onnxformer.serve.schemas import (
+    AnswerRequest,
+    ClassifyRequest,
+    EmbeddingsRequest,
+    TagRequest,
+    Texts,
+    as_list,
+    parse_body,
+)
 from onnxformer.serve.state import ServerState, server_state
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 router = APIRouter()
 

@@ -8,15 +8,22 @@ from fastapi import APIRouter, Request, Response
 
 from onnxformer import __version__
 from onnxformer.serve.config import ServeConfig
-from onnxformer.serve.statuses import ErrorKind, ServingError
-from onnxformer.serve.task_routes import text_tasks
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.httpio import read_body, within
-from onnxformer.serve.kserve import (BYTES, HEADER_LENGTH, InferRequest, encode_response, parse_infer, tensor_metadata,
-                                     text_input)
+from onnxformer.serve.kserve import (
+    BYTES,
+    HEADER_LENGTH,
+    InferRequest,
+    encode_response,
+    parse_infer,
+    tensor_metadata,
+    text_input,
+)
 from onnxformer.serve.raw import raw_feeds
 from onnxformer.serve.service import ModelService
 from onnxformer.serve.state import ServerState, Service, server_state
+from onnxformer.serve.statuses import ErrorKind, ServingError
+from onnxformer.serve.task_routes import text_tasks
 
 TEXT_INPUT = "text"  # the BYTES input; what it yields per task is the route table's ``text_outputs`` (task_routes.py)
 

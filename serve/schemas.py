@@ -13,7 +13,6 @@ import re
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from onnxformer.serve.statuses import ErrorKind, ServingError
@@ -118,7 +117,7 @@ class _Sampling(_OpenAI):
     model: Optional[Annotated[str, Field(max_length=256)]] = None
 
     @model_validator(mode="after")
-    def _check_bias(self) -> "_Sampling":
+    def _check_bias(self) -> _Sampling:
         _token_bias(self.logit_bias)  # keys are token ids: refused here, at the boundary
         return self
 
@@ -153,7 +152,7 @@ class CompletionRequest(_Sampling):
     best_of: Optional[Annotated[int, Field(ge=1, le=128)]] = None  # only = n: no server-side ranking
 
     @model_validator(mode="after")
-    def _check(self) -> "CompletionRequest":
+    def _check(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
             raise ServingError(f"best_of={self.best_of} with n={self.n}: this server does not rank extra completions "
                                "server-side; send best_of=n (or none) and ask for logprobs to rank them yourself",
@@ -187,7 +186,7 @@ class ChatRequest(_Sampling):
     top_logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ChatRequest":
+    def _check(self) -> ChatRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ServingError("top_logprobs needs logprobs=true", ErrorKind.BAD_REQUEST)
         return self

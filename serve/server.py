@@ -7,14 +7,14 @@ from pathlib import Path
 
 import uvicorn
 
-from onnxformer.serve.statuses import ServingError
+from onnxformer.artifact.manifest import Manifest
+from onnxformer.artifact.tasks import get_task
 from onnxformer.progress import console
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.artifact.manifest import Manifest
-from onnxformer.artifact.tasks import get_task
 from onnxformer.serve.app import create_app
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.statuses import ServingError
 
 log = logging.getLogger("onnxformer.serve")
 

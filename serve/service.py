@@ -9,15 +9,14 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 from tokenizers import Encoding
 
-from onnxformer.errors import InputError
-
-from onnxformer.serve.statuses import ErrorKind, ServingError
-from onnxformer.runtime import Model
 from onnxformer.artifact.tasks import get_task
+from onnxformer.errors import InputError
+from onnxformer.runtime import Model
 from onnxformer.runtime.tokenizer import IdsEncoding, check_texts, check_token_ids
 from onnxformer.serve.batcher import Batcher
-from onnxformer.serve.task_routes import routes_for, serving
 from onnxformer.serve.config import ServeConfig
+from onnxformer.serve.statuses import ErrorKind, ServingError
+from onnxformer.serve.task_routes import routes_for, serving
 
 
 class ModelService:

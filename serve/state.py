@@ -7,16 +7,16 @@ from typing import Any, Callable, Union
 
 from fastapi import Request
 
-from onnxformer.serve.statuses import ErrorKind, ServingError
+from onnxformer.artifact.tasks import tasks_where
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.artifact.tasks import tasks_where
-from onnxformer.serve.batcher import BatchLimits, Batcher
+from onnxformer.serve.batcher import Batcher, BatchLimits
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.metrics import Metrics
 from onnxformer.serve.raw import zero_feeds
 from onnxformer.serve.service import ModelService
+from onnxformer.serve.statuses import ErrorKind, ServingError
 
 Loaded = Union[Model, Generator]  # an encoder artifact or a generative one
 Service = Union[ModelService, GenerationService]

@@ -26,16 +26,15 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from onnxformer.errors import ArtifactError
-
-from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
-from onnxformer.serve.statuses import ServingError
 from onnxformer.artifact.dtypes import DTYPES, from_ort
 from onnxformer.artifact.files import atomic_write_bytes, confined, default_mode
 from onnxformer.artifact.manifest import Manifest, TensorSpec, Variant, verify_variant
-from onnxformer.runtime.providers import profile_options, shape_profile
 from onnxformer.artifact.scratch import prepare_parent, scratch_dir, swap_into_place, sweep
 from onnxformer.artifact.tasks import get_task
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime.batching import DEFAULT_MAX_BATCH_SIZE
+from onnxformer.runtime.providers import profile_options, shape_profile
+from onnxformer.serve.statuses import ServingError
 from onnxformer.serve.triton_backend import ARTIFACT_DIR, OUTPUTS, TEXT, TEXT_PAIR
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -59,7 +58,7 @@ class TritonOptions:
     python_path: tuple[str, ...] = ()  # python only: folders put first on the stub's sys.path
     pooled: bool = False  # onnxruntime/tensorrt: pooling and normalisation inside the graph (``embedding`` out)
 
-    def check(self) -> "TritonOptions":
+    def check(self) -> TritonOptions:
         if self.backend not in BACKENDS:
             raise ServingError(f"--backend must be one of {BACKENDS} (got {self.backend!r})")
         if self.instances < 1 or self.max_batch_size < 1 or self.max_delay_us < 0:

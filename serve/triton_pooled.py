@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxformer.serve.statuses import ServingError
 from onnxformer.artifact.manifest import Manifest, TensorSpec
+from onnxformer.serve.statuses import ServingError
 
 POOLINGS = ("mean", "cls")
 OUTPUT = "embedding"

@@ -11,7 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from devkit.checkpoints import LABELS, NER_LABELS, TASK_CLASSES, make_tiny_checkpoint, minilm_path, tiny_config  # noqa: E402,F401
+from devkit.checkpoints import LABELS, NER_LABELS, TASK_CLASSES, make_tiny_checkpoint, minilm_path, tiny_config  # noqa: F401
+
 
 def manifest_json(directory: Path) -> dict:
     """The manifest as written on disk (tests that check the file's contract read the JSON itself)."""

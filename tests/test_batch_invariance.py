@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
+from devkit.servers import running_server
+from onnxformer.artifact.manifest import PER_CALL, load_manifest
 from onnxformer.quantize.pipeline import quantize_artifact
 from onnxformer.runtime import Model
-from onnxformer.artifact.manifest import PER_CALL, load_manifest
-from devkit.servers import running_server
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.benchmarks import measure, peers
 from onnxformer.benchmarks.harness import Settings, run_benchmark
 from onnxformer.benchmarks.report import load_report, output_paths, write_report
@@ -16,7 +17,6 @@ from onnxformer.benchmarks.runners import ArtifactContext, Runner, variant_candi
 from onnxformer.benchmarks.stats import Budget, summarize, time_interleaved
 from onnxformer.benchmarks.summary import add_comparisons
 from onnxformer.errors import IntegrityError
-from onnxformer.artifact.manifest import Manifest
 
 FAST = Budget(warmup=1, iters=3, seconds=None)
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "iterations", "seq_per_s", "tokens_per_s")
@@ -200,8 +200,8 @@ def test_runner_refuses_external_data_outside_the_artifact(tiny_artifact, copy_a
     """A variant whose initializers point at '../x.bin' is refused by the benchmark's runner exactly as by
     Model.load: the same IntegrityError, before ONNX Runtime opens anything; the harness records it."""
     import onnxruntime
-
     from conftest import externalize
+
     from onnxformer.runtime import Model
 
     art = copy_artifact(tiny_artifact("bert", "feature-extraction"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxformer.artifact.manifest import load_manifest
 from onnxformer.benchmarks import stage
 from onnxformer.benchmarks.availability import load_pytorch, source_path
 from onnxformer.benchmarks.cli import int_list
@@ -16,7 +17,6 @@ from onnxformer.benchmarks.runners import ArtifactContext
 from onnxformer.cli import main
 from onnxformer.errors import ProviderError
 from onnxformer.runtime.loader import LoadOptions, provider_options
-from onnxformer.artifact.manifest import load_manifest
 from onnxformer.runtime.providers import session_providers
 
 
@@ -110,8 +110,8 @@ def test_baseline_loaded_from_the_manifest_source(tiny_artifact, tiny_checkpoint
     assert path == tiny_checkpoint("bert", "feature-extraction").resolve() and reason is None
     ctx = ArtifactContext(art, manifest, threads=1, max_batch=1)
     runner = load_pytorch(ctx, path, "cpu", None)
-    from transformers import AutoModel
     import torch
+    from transformers import AutoModel
 
     ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}

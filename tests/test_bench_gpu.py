@@ -308,9 +308,9 @@ def test_pytorch_half_and_sdpa_match_fp32(tiny_artifact):
     """The fp16-weight and SDPA paths of load_pytorch, run on the CPU (the GPU check runs them on CUDA)."""
     import numpy as np
 
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.benchmarks.availability import load_pytorch, source_path
     from onnxformer.benchmarks.runners import ArtifactContext
-    from onnxformer.artifact.manifest import load_manifest
 
     art = tiny_artifact("bert", "feature-extraction")
     ctx = ArtifactContext(art, load_manifest(art), 1, 1)
@@ -332,10 +332,10 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
     list are what runs here)."""
     import onnx
 
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.benchmarks.runners import ArtifactContext, packed_graph, variant_candidates
     from onnxformer.errors import ArtifactError
     from onnxformer.quantize.pipeline import optimize_artifact
-    from onnxformer.artifact.manifest import load_manifest
 
     legacy = Path(shutil.copytree(Path(__file__).parent / "data" / "legacy-tiny-bert-transformers4", tmp_path / "old"))
     optimize_artifact(legacy)
@@ -365,8 +365,8 @@ def test_packed_configuration_on_the_fused_graph(tiny_artifact, copy_artifact, t
 def test_mixed_length_throughput_rows_on_cpu(tiny_artifact, tmp_path):
     """The mixed-length run's loop, on CPU configurations (the GPU check runs it on CUDA ones)."""
     from gpu import throughput
-    from onnxformer.benchmarks.runners import ArtifactContext, Candidate, variant_candidates
     from onnxformer.artifact.manifest import load_manifest
+    from onnxformer.benchmarks.runners import ArtifactContext, Candidate, variant_candidates
 
     texts = throughput.mixed_texts(64)
     lengths = [len(t.split()) for t in texts]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from onnxformer.benchmarks import peer_env, peers
 from onnxformer.benchmarks.peer_env import PeerEnvError

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from onnxformer.extras import BROUGHT_BY, _import_name, extras_for, missing_module_message
 

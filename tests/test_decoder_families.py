@@ -12,8 +12,8 @@ PROMPTS = ["The quick brown fox", "Hi", "ONNX Runtime runs the exported graph; P
 
 
 def test_every_registered_decoder_has_a_tiny_config():
-    from onnxformer.export.generative_random import tiny_config
     from onnxformer.artifact.families import DECODER, names
+    from onnxformer.export.generative_random import tiny_config
 
     assert set(NEW_FAMILIES) <= set(names(DECODER))
     for family in names(DECODER):
@@ -89,9 +89,9 @@ def test_sliding_window_is_exported_not_dropped(family, gen_checkpoint, gen_arti
 def test_a_bfloat16_checkpoint_exports_a_float32_reference(tmp_path):
     """transformers 5 loads a checkpoint in its own dtype by default; the fp32 variant must still be fp32."""
     import torch
+    from conftest import manifest_json
     from transformers import AutoModelForCausalLM
 
-    from conftest import manifest_json
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TASK_CLASSES, manifest_json
 
+from onnxformer.artifact.families import DECODER, ENCODER, Family, get_family, register
 from onnxformer.errors import CheckpointError
 from onnxformer.runtime import Model
-from onnxformer.artifact.families import DECODER, ENCODER, Family, get_family, register
 from onnxformer.runtime.pooling import pool
-from conftest import TASK_CLASSES, manifest_json
 
 # Lengths from 3 to ~40 tokens in one batch: heavy padding, and past ModernBERT's tiny sliding window (5).
 TEXTS = [
@@ -80,9 +80,9 @@ EMBED_TEXTS = ["Hi.", "A sentence of middling length, for the middle row.",
 def make_st_embedder(directory: Path) -> Path:
     """A tiny Qwen3 embedder as Qwen3-Embedding ships: a byte-level BPE tokenizer that appends the end-of-text
     token and pads on the left, and a sentence-transformers config in the legacy format (``pooling_mode_lasttoken``)."""
+    from conftest import make_tiny_checkpoint
     from transformers import PreTrainedTokenizerFast
 
-    from conftest import make_tiny_checkpoint
     from onnxformer.export.generative_random import train_tokenizer
 
     ckpt = make_tiny_checkpoint(directory, "qwen3", "feature-extraction")
@@ -214,11 +214,11 @@ def test_smoothing_shares_one_mul_between_q_k_and_v(embedder, copy_artifact, tmp
     and one Mul (so one dynamic quantization), not three."""
     import onnx
 
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.quantize import int8, smoothing
     from onnxformer.quantize.fidelity import evaluation_feeds
     from onnxformer.quantize.pipeline import optimize_artifact
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.artifact.manifest import load_manifest
 
     art = copy_artifact(embedder[1])  # Qwen3: q_proj, k_proj, v_proj read one normalized activation
     optimize_artifact(art)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from onnxformer.artifact.manifest import is_artifact
 from onnxformer.cli import main
 from onnxformer.errors import ArtifactError, CheckpointError, ValidationError
 from onnxformer.export import export_checkpoint
-from onnxformer.artifact.manifest import is_artifact
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -192,9 +192,8 @@ def test_a_vocabulary_of_special_tokens_only_is_refused(tiny_checkpoint, tmp_pat
 
 def _bert_with_vocab(directory: Path, rows: int, tokenizer_from: Path) -> Path:
     """A tiny BERT whose embedding has ``rows`` rows, saved with ``tokenizer_from``'s tokenizer files."""
-    from transformers import AutoModel
-
     from conftest import tiny_config
+    from transformers import AutoModel
 
     config = tiny_config("bert", "feature-extraction")
     config.vocab_size = rows

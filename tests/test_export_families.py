@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
-
-from onnxformer.export import ENCODER_FAMILIES, export_checkpoint
-from onnxformer.artifact.manifest import load_manifest, verify_variant
 from conftest import manifest_json
+
+from onnxformer.artifact.manifest import load_manifest, verify_variant
+from onnxformer.export import ENCODER_FAMILIES, export_checkpoint
 
 TASKS = ("feature-extraction", "text-classification", "token-classification", "question-answering")
 TASK_OUTPUTS = {

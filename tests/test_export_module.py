@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import manifest_json
 
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 from onnxformer.errors import ValidationError
 from onnxformer.export.pytorch import export_module
-from onnxformer.artifact.manifest import load_manifest, verify_variant
-from conftest import manifest_json
 
 
 class TinyEncoder(torch.nn.Module):

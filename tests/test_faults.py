@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from onnxformer.runtime import Model
 from onnxformer.artifact.manifest import Manifest
+from onnxformer.runtime import Model
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -207,6 +207,7 @@ def test_tampered_generative_artifact_is_refused(gen_artifact, copy_artifact):
 def test_generator_refuses_external_data_outside_the_artifact(gen_artifact, copy_artifact, family, graph):
     """Generator.load confines every graph's external data exactly as Model.load does, before ORT opens it."""
     from conftest import externalize
+
     from onnxformer.errors import IntegrityError
     from onnxformer.runtime.generation import Generator
 

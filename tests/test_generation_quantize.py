@@ -72,6 +72,7 @@ def test_each_variant_batches_continuously_like_its_solo_runs(quantized, variant
     """The continuous batch on a variant's own graphs (fp16: a half-size cache in the batch's buffers too); int4's
     MatMulNBits quantizes activations per row and block, so rows stay independent. Dynamic int8 does not (below)."""
     from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, staggered
+
     from onnxformer.runtime.generation import Generator
     from onnxformer.runtime.generation.scheduler import SlotLimits
     from onnxformer.runtime.generation.schedulers import batch_scheduler
@@ -93,8 +94,8 @@ def test_bad_requests_are_refused(quantized, tiny_artifact):
 
 
 def test_build_stage_quantizes_generative_artifacts(quantized, copy_artifact):
-    from onnxformer.quantize.stage import quantize_stage
     from onnxformer.artifact.manifest import load_manifest, verify_variant
+    from onnxformer.quantize.stage import quantize_stage
 
     art = copy_artifact(quantized)
     rows = quantize_stage(art, lambda _: None)
@@ -134,9 +135,9 @@ def test_cli_quantize_generative(quantized, copy_artifact, capsys):
 def test_dynamic_int8_says_its_rows_depend_on_their_batch_mates(quantized):
     """One activation scale per call (DynamicQuantizeLinear): the manifest records it, the generator and the
     server's metadata say so; fp32, fp16 and int4 are batch-invariant."""
-    from onnxformer.runtime.generation import Generator
-    from onnxformer.artifact.manifest import PER_CALL, load_manifest
     from devkit.servers import running_server
+    from onnxformer.artifact.manifest import PER_CALL, load_manifest
+    from onnxformer.runtime.generation import Generator
 
     m = load_manifest(quantized)
     assert m.variants["int8"].activation_scales == PER_CALL and not m.variants["int8"].batch_invariant

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bench_heldout import heldout_texts
+
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from onnxformer.artifact.manifest import sha256_file
 from onnxformer.errors import IntegrityError, OnnxformerError
 from onnxformer.runtime import Model
-from onnxformer.artifact.manifest import sha256_file
 
 
 def _manifest(art: Path) -> dict:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 from onnxformer.runtime import Model
-from onnxformer.artifact.manifest import load_manifest, verify_variant
 
 DATA = Path(__file__).parent / "data"
 LEGACY = DATA / "legacy-tiny-bert-transformers4"

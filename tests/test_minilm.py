@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import manifest_json
 
 from onnxformer.runtime import Model
-from conftest import manifest_json
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -6,9 +6,9 @@ import collections
 import onnx
 import pytest
 
+from onnxformer.artifact.manifest import load_manifest, verify_variant
 from onnxformer.cli import main
 from onnxformer.quantize.pipeline import optimize_artifact
-from onnxformer.artifact.manifest import load_manifest, verify_variant
 
 # 2 layers each, exported through torch.onnx's dynamo path: one Attention (onnxscript's fusion, fed the padding mask
 # as ORT's 2-D mask_index), one BiasGelu and two SkipLayerNormalization per layer. BERT's token types keep its

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from onnxformer.errors import ProviderError
-from onnxformer.runtime import providers
-from onnxformer.errors import ArtifactError
 from onnxformer.artifact.manifest import FORMAT, SCHEMA_VERSION, Manifest, TensorSpec
+from onnxformer.errors import ArtifactError, ProviderError
+from onnxformer.runtime import providers
 from onnxformer.runtime.choice import choose
 
 ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -193,8 +192,8 @@ def test_malformed_records_are_refused_at_load_not_crashed_on():
 
 
 def test_loader_builds_tensorrt_options_from_a_real_manifest(tiny_artifact, tmp_path):
-    from onnxformer.runtime.loader import LoadOptions, provider_options
     from onnxformer.artifact.manifest import load_manifest
+    from onnxformer.runtime.loader import LoadOptions, provider_options
 
     m = load_manifest(tiny_artifact("bert"))
     opts = provider_options(m, m.variants["fp32"], "tensorrt", LoadOptions(max_batch_size=4, trt_cache=tmp_path))

@@ -14,13 +14,13 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxformer.artifact.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 from onnxformer.cli import main
 from onnxformer.errors import QuantizationError
 from onnxformer.quantize import fp16, int8
 from onnxformer.quantize.fidelity import evaluation_feeds, run_model
 from onnxformer.quantize.pipeline import optimize_artifact, quantize_artifact
 from onnxformer.quantize.texts import calibration_texts, evaluation_texts
-from onnxformer.artifact.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_variant
 
 
 def _scaled_checkpoint(src: Path, dst: Path, scale_fn) -> Path:
@@ -398,7 +398,8 @@ def test_build_stage_rows(tiny_artifact, copy_artifact):
 
 
 def test_every_recipe_is_chosen_through_the_registry():
-    from onnxformer.quantize import plan as variants, recipes
+    from onnxformer.quantize import plan as variants
+    from onnxformer.quantize import recipes
 
     for recipe in variants.quantizers():  # each (precision, mode, target) names exactly one recipe
         assert variants.plan(recipe.precision, recipe.mode, recipe.target) is recipe

@@ -16,9 +16,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (the `scale` extra)")
 serve = pytest.importorskip("ray.serve")
 
+from devkit.servers import free_port  # noqa: E402
 from onnxformer.runtime import Model  # noqa: E402
 from onnxformer.runtime.generation import Generator  # noqa: E402
-from devkit.servers import free_port  # noqa: E402
 
 TEXTS = ["Ray places replicas", "on every node of the cluster"]
 REPLICA = "ServeReplica:onnxformer:onnxformer"

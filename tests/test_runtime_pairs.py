@@ -16,9 +16,8 @@ DOCS = ["ONNX Runtime runs exported graphs fast.", "The weather is nice today.",
 def reranker_checkpoint(tmp_path_factory):
     """A tiny one-logit BERT cross-encoder (what sentence-transformers' CrossEncoder rerankers are)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
-
     from conftest import minilm_path, tiny_config
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
     torch.manual_seed(0)
     config = tiny_config("bert", "text-classification")

@@ -11,11 +11,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import externalize
 
 from onnxformer.errors import ArtifactError, InputError, IntegrityError
 from onnxformer.runtime import Model
 from onnxformer.runtime.batching import plan_batches
-from conftest import externalize
 from onnxformer.runtime.onnx_wire import external_locations
 
 TEXTS = ["hello world", "a somewhat longer sentence about nothing in particular, with commas", "x",

@@ -1,17 +1,23 @@
 """Continuous batching: every request's output equals a solo Generator run whatever joins or leaves around it."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from conftest import (
+    BATCH_MAX_NEW,
+    BATCH_PROMPTS,
+    check_a_failing_row,
+    check_cancel_and_deadline,
+    check_greedy_rows_equal_solo,
+    check_reset,
+    check_seeded_sampling,
+    staggered,
+)
 
 from onnxformer.errors import InputError
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import SlotScheduler
-
-from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
-                      check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,18 +2,23 @@
 joins or leaves around it — rows at different decoder steps and with sources of different lengths in one call."""
 from __future__ import annotations
 
-
 import pytest
+from conftest import (
+    BATCH_MAX_NEW,
+    BATCH_PROMPTS,
+    check_a_failing_row,
+    check_cancel_and_deadline,
+    check_greedy_rows_equal_solo,
+    check_reset,
+    check_seeded_sampling,
+    staggered,
+)
 
 from onnxformer.errors import ArtifactError, InputError
-from onnxformer.runtime.generation import Generator
-from onnxformer.runtime.generation import seq2seq_batch
+from onnxformer.runtime.generation import Generator, seq2seq_batch
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
-from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 from onnxformer.runtime.generation.schedulers import batch_scheduler
-
-from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
-                      check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
+from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 
 pytestmark = pytest.mark.timeout(300)
 

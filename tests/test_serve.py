@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from onnxformer.runtime import Model
 from devkit.servers import Gate, running_server
+from onnxformer.runtime import Model
 
 pytestmark = pytest.mark.timeout(120)
 

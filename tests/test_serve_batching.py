@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
+from onnxformer.serve.batcher import Batcher, BatchLimits
 from onnxformer.serve.statuses import ServingError
-from onnxformer.serve.batcher import BatchLimits, Batcher
 
 
 def _run(limits: BatchLimits, jobs: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from onnxformer.runtime.generation import Generator
 from devkit.servers import running_server
+from onnxformer.runtime.generation import Generator
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
-from onnxformer.runtime import Model
-from onnxformer.runtime.generation import Generator
 from devkit.fuzz import Generator as Fuzz
 from devkit.fuzz import Routes, lying_content_length, problems, send
 from devkit.servers import running_server
+from onnxformer.runtime import Model
+from onnxformer.runtime.generation import Generator
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,9 +76,10 @@ def test_hostile_completions(gen_artifact):
     ("stream_options", {"include_usage": 1}, "stream_options"), ("bogus", 1, "bogus"),
 ])
 def test_completion_parameters_refused_by_name(gen_artifact, field, value, words):
+    import json
+
     from onnxformer.serve.schemas import CompletionRequest, parse_body
     from onnxformer.serve.statuses import ServingError
-    import json
 
     with pytest.raises(ServingError) as e:
         parse_body(json.dumps({"prompt": "hi", field: value}).encode(), CompletionRequest)

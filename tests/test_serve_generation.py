@@ -10,8 +10,8 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from onnxformer.runtime.generation import Generator, Run
 from devkit.servers import running_server
+from onnxformer.runtime.generation import Generator, Run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxformer.runtime import Model
 from devkit.servers import free_port, running_server
+from onnxformer.runtime import Model
 
 pytestmark = pytest.mark.timeout(120)
 TEXTS = ["The cat sat on the mat.", "ONNX Runtime on two cores", "hello"]

@@ -6,9 +6,9 @@ import httpx
 import numpy as np
 import pytest
 
+from devkit.servers import free_port, running_server
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from devkit.servers import free_port, running_server
 
 pytestmark = pytest.mark.timeout(180)
 TEXTS = ["The cat sat on the mat.", "ONNX Runtime on two cores"]
@@ -65,9 +65,9 @@ def test_triton_http_and_grpc_clients_reach_each_model_by_name(two):
 
 
 def test_served_model_names_must_match_the_directories(tiny_artifact):
-    from onnxformer.serve.statuses import ServingError
     from onnxformer.serve.config import ServeConfig
     from onnxformer.serve.server import served_names
+    from onnxformer.serve.statuses import ServingError
 
     assert served_names(ServeConfig(served_model_name="a,b"), 2) == ["a", "b"]
     assert served_names(ServeConfig(), 2) == [None, None]

@@ -3,16 +3,14 @@ agrees with PyTorch and with the shared-width graph, and every request's output 
 whatever joins or leaves around it."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_greedy_rows_equal_solo, staggered
 
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.schedulers import batch_scheduler
 from onnxformer.runtime.generation.slots import ROLE, SlotCache, SlotScheduler, run_slots
-
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_greedy_rows_equal_solo, staggered
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,9 +68,9 @@ def test_slot_graph_logits_equal_the_shared_width_graph(gen):
 
 
 def test_a_family_the_slot_graph_cannot_serve_keeps_the_shared_width_batch(tmp_path):
+    from onnxformer.artifact.manifest import load_manifest
     from onnxformer.export import export_checkpoint
     from onnxformer.export.generative_random import make_generative_checkpoint
-    from onnxformer.artifact.manifest import load_manifest
 
     ckpt = make_generative_checkpoint(tmp_path / "ckpt", "gpt2", scale_attn_by_inverse_layer_idx=True)
     export_checkpoint(str(ckpt), tmp_path / "art")

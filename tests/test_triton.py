@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from onnxformer.artifact.files import sha256_file
 from onnxformer.cli import main
 from onnxformer.serve.statuses import ServingError
-from onnxformer.artifact.files import sha256_file
 from onnxformer.serve.triton import TritonOptions, export_triton
 
 

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
+from devkit.servers import free_port, running_server
 from onnxformer.cli import main
 from onnxformer.runtime import Model
-from devkit.servers import free_port, running_server
 
 TRITON_DIR = Path(os.environ.get("ONNXFORMER_TRITON_DIR", Path(__file__).parents[1] / "build" / "tritonserver"))
 BINARY = TRITON_DIR / "server" / "bin" / "tritonserver"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import onnx
 import pytest
 from onnx import TensorProto
+from test_quantize import loud_artifact, overflow_artifact  # noqa: F401  (fixtures)
 
 from onnxformer.quantize import fp16
 from onnxformer.quantize.pipeline import quantize_artifact
-from test_quantize import loud_artifact, overflow_artifact  # noqa: F401  (fixtures)
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from onnxformer.errors import ArtifactError
-from onnxformer.runtime import Model, latency
 from onnxformer.artifact.cpu import CpuInfo, read_cpuinfo, this_cpu
 from onnxformer.artifact.manifest import Latency, Manifest, load_manifest
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime import Model, latency
 from onnxformer.runtime.choice import choose
 
 ZEN2 = CpuInfo("AMD EPYC 7B12", ("avx2",))

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devkit.servers import free_port, running_server
 from onnxformer.errors import ArtifactError, IntegrityError
 from onnxformer.runtime import Model
-from devkit.servers import free_port, running_server
 
 SHA_MISMATCH = "sha256"  # what the integrity check says of a file whose bytes changed
 

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError
-from onnxformer.benchmarks.postprocess import finish, pooled
-from onnxformer.benchmarks.runners import ArtifactContext, Feeds, Runner
 from onnxformer.artifact.manifest import Manifest
 from onnxformer.artifact.tasks import get_task
+from onnxformer.benchmarks.postprocess import finish, pooled
+from onnxformer.benchmarks.runners import ArtifactContext, Feeds, Runner
+from onnxformer.errors import ArtifactError
 
 INSTALL_HINT = "pip install 'onnxformer[export]'"
 
@@ -142,10 +142,10 @@ def openvino_missing(ctx: ArtifactContext) -> str | None:
 def script_spec(ctx: ArtifactContext, precision: str, workdir: Path, scratch: Path) -> dict[str, Any]:
     """What a peer script (peer_common.py's protocol) needs besides the shapes: paths, names, post-processing,
     and the artifact's own calibration feeds (the texts and tokenization our int8 calibrates on)."""
+    from onnxformer.artifact.files import confined
     from onnxformer.benchmarks.environment import cpu_info
     from onnxformer.quantize.fidelity import evaluation_feeds
     from onnxformer.quantize.texts import calibration_texts
-    from onnxformer.artifact.files import confined
 
     manifest, post = ctx.manifest, ctx.post
     feeds = evaluation_feeds(ctx.directory, manifest, calibration_texts())

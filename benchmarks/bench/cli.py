@@ -46,14 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
+    import math
+
     from onnxformer.benchmarks.harness import Settings
     from onnxformer.benchmarks.peers import select_peers
     from onnxformer.benchmarks.stats import Budget
-    from onnxformer.runtime.session import physical_cores
-
-    import math
-
     from onnxformer.errors import OnnxformerError
+    from onnxformer.runtime.session import physical_cores
 
     for flag, value in (("--threads", args.threads), ("--iters", args.iters), ("--seconds", args.seconds)):
         if value is not None and not (value > 0 and math.isfinite(value)):
@@ -104,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
 def check_writable(out: Path) -> None:
     """Fail now, in one line, when the report cannot be written where it is meant to go (the probe every
     writer uses: runtime/scratch.prepare_parent)."""
-    from onnxformer.errors import ArtifactError
     from onnxformer.artifact.scratch import prepare_parent
+    from onnxformer.errors import ArtifactError
 
     try:
         prepare_parent(out)

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 from typing import Any
 
-from onnxformer.export.versions import library_versions  # the one version reader (imports no torch)
-
 from onnxformer.artifact.cpu import FLAGS as CPU_FLAGS  # the flags that decide ONNX Runtime's and PyTorch's kernels
 from onnxformer.artifact.cpu import this_cpu
+from onnxformer.export.versions import library_versions  # the one version reader (imports no torch)
+
 LIBRARIES = (
     "onnxformer", "onnxruntime", "onnxruntime-gpu", "numpy", "tokenizers", "torch", "transformers", "optimum",
     "optimum-onnx", "onnx", "tensorrt", "tensorrt-cu12", "sentence-transformers", "safetensors", "matplotlib",

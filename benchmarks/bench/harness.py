@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from onnxformer.artifact.manifest import Manifest
 from onnxformer.benchmarks import measure, memory
 from onnxformer.benchmarks.environment import environment
 from onnxformer.benchmarks.measure import Progress, Settings
 from onnxformer.benchmarks.peers import work_directory
 from onnxformer.benchmarks.runners import ArtifactContext, Candidate
 from onnxformer.benchmarks.summary import add_comparisons
-from onnxformer.artifact.manifest import Manifest
 
 SCHEMA = "onnxformer-bench/1"
 

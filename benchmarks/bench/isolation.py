@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError
 from onnxformer.artifact.files import atomic_write_json
+from onnxformer.errors import ArtifactError
 
 
 def run_isolated(directory: Path, settings: Any, name: str, peer_workdir: Path | None) -> dict[str, Any]:
@@ -72,12 +72,12 @@ def run_in_environment(peer: Any, directory: Path, settings: Any, name: str, pee
     ``heldout``: texts whose end-to-end outputs come back too (fragment["heldout"]: "batched", "solo")."""
     import os
 
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.benchmarks import measure
-    from onnxformer.benchmarks.runners import ArtifactContext
     from onnxformer.benchmarks.availability import script_spec
     from onnxformer.benchmarks.environment import LIBRARIES
     from onnxformer.benchmarks.peer_env import ensure
-    from onnxformer.artifact.manifest import Manifest
+    from onnxformer.benchmarks.runners import ArtifactContext
 
     ctx = ArtifactContext(directory, Manifest.load(directory), settings.threads, max(settings.batches))
     shapes, _ = measure.shapes(ctx, settings)
@@ -145,11 +145,9 @@ def fragment_signatures(fragment: dict[str, Any]) -> dict[tuple[str, int, int], 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from onnxformer.benchmarks import measure
+    from onnxformer.benchmarks.peers import PYTORCH, find_peer, work_directory
     from onnxformer.benchmarks.runners import ArtifactContext
-    from onnxformer.benchmarks.peers import work_directory
     from onnxformer.benchmarks.stats import Budget
-
-    from onnxformer.benchmarks.peers import PYTORCH, find_peer
 
     peer = find_peer(spec["candidate"])
     raw = dict(spec["settings"], budget=Budget(**spec["settings"]["budget"]), isolate=False)

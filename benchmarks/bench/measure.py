@@ -4,7 +4,6 @@ measurement of candidates with their fidelity probes. Imports neither of them.""
 from __future__ import annotations
 
 import functools
-
 import gc
 import os
 from dataclasses import dataclass, field

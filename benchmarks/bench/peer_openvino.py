@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))  # run by path: peer_common sits next to this file
-from peer_common import Loaded, finish, main  # noqa: E402
+from peer_common import Loaded, finish, main
 
 
 def _xml(spec: dict[str, Any]) -> Path:

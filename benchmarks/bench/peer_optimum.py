@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))  # run by path: peer_common sits next to this file
-from peer_common import Loaded, finish, main, session_options  # noqa: E402
+from peer_common import Loaded, finish, main, session_options
 
 FILES = {"fp32": Path("optimum") / "fp32" / "model.onnx", "int8": Path("optimum") / "int8" / "model_quantized.onnx"}
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))  # run by path: peer_common sits next to this file
-from peer_common import Loaded, main, session_options  # noqa: E402
+from peer_common import Loaded, main, session_options
 
 FOLDER = Path("sentence-transformers")
 

@@ -13,9 +13,8 @@ cannot share the project's environment, as a ``script`` (benchmarks/peer_*.py) i
 """
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 import shutil
 import tempfile
 from dataclasses import dataclass

@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless servers and CI have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from onnxformer.artifact.files import atomic_write_bytes  # noqa: E402
+from onnxformer.artifact.files import atomic_write_bytes
 
 
 def _save(fig: Any, path: Path) -> Path:

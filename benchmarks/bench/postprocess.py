@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxformer.runtime.classification import activate
 from onnxformer.artifact.manifest import Postprocess
-from onnxformer.runtime.pooling import l2_normalize, pool
 from onnxformer.artifact.tasks import get_task
+from onnxformer.runtime.classification import activate
+from onnxformer.runtime.pooling import l2_normalize, pool
 
 
 def pooled(task: str) -> bool:

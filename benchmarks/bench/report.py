@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxformer.benchmarks.stats import BLOCK
 from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
+from onnxformer.benchmarks.stats import BLOCK
 
 
 def output_paths(json_path: Path) -> dict[str, Path]:

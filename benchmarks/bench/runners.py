@@ -11,13 +11,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from onnxformer.errors import ArtifactError
+from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import Manifest, Postprocess, verify_files
 from onnxformer.benchmarks.postprocess import finish
 from onnxformer.benchmarks.providers import GPU_PROVIDERS, tensorrt_precisions
+from onnxformer.errors import ArtifactError
 from onnxformer.runtime.binding import Runner as SessionRunner
-from onnxformer.artifact.files import confined
 from onnxformer.runtime.loader import LoadOptions, open_variant, provider_options
-from onnxformer.artifact.manifest import Manifest, Postprocess, verify_files
 from onnxformer.runtime.providers import tensorrt_major
 from onnxformer.runtime.tokenizer import TextTokenizer
 
@@ -127,9 +127,9 @@ def _packed_loader(ctx: ArtifactContext, variant: str) -> Callable[[], Runner]:
     def load() -> Runner:
         import tempfile
 
+        from onnxformer.artifact.manifest import verify_variant
         from onnxformer.runtime.external import check_external_data
         from onnxformer.runtime.loader import start_runner
-        from onnxformer.artifact.manifest import verify_variant
 
         record = ctx.manifest.variant(variant)
         graph = verify_variant(ctx.directory, ctx.manifest, variant)  # sha256 before the converter reads it

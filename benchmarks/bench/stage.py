@@ -13,11 +13,11 @@ BUILD_SECONDS = 0.5  # per configuration and mode: keeps `make demo` around a mi
 def bench_stage(args: argparse.Namespace, out: Path, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     import time
 
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.benchmarks.harness import run_benchmark
     from onnxformer.benchmarks.measure import BENCHED, Settings
     from onnxformer.benchmarks.report import write_report
     from onnxformer.benchmarks.stats import Budget
-    from onnxformer.artifact.manifest import Manifest
     from onnxformer.runtime.session import physical_cores
 
     start = time.perf_counter()

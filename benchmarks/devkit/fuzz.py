@@ -221,7 +221,7 @@ def lying_content_length(url: str, path: str, declared: int, sent: bytes, wait: 
                 if not chunk:
                     break
                 data += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
     if not data.startswith(b"HTTP/1.1 "):
         return 0, data

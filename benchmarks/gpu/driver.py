@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu.plan import (TIME_LIMIT_SECONDS, check_gpu, gpu_settings, provider_problem,
-                                            seconds_per_config, tensorrt_library)
+from gpu.plan import TIME_LIMIT_SECONDS, check_gpu, gpu_settings, provider_problem, seconds_per_config, tensorrt_library
 from gpu.summary import planned_configs, write_summary
 from onnxformer.errors import OnnxformerError, ProviderError
 
@@ -29,8 +28,8 @@ MIXED_MODEL = "minilm"  # the mixed-length throughput run's model (its target: â
 
 def load_gpu_libraries() -> list[str]:
     """CUDA torch first, then let ONNX Runtime load CUDA/cuDNN from the same pip packages; returns ORT's providers."""
-    import torch  # noqa: F401  (loads the CUDA libraries ORT can share)
     import onnxruntime as ort
+    import torch  # noqa: F401  (loads the CUDA libraries ORT can share)
 
     if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu â‰¥ 1.21
         ort.preload_dlls()
@@ -129,9 +128,9 @@ def mixed_run(artifact: Path, work: Path, providers: list[str], deadline: float)
     """The mixed-length throughput rows (throughput.py) for ``artifact``: PyTorch fp16 + SDPA vs our CUDA fp16,
     padded and packed."""
     from gpu.throughput import mixed_texts, run_mixed
+    from onnxformer.artifact.manifest import Manifest
     from onnxformer.benchmarks.peers import PYTORCH, peer_candidates
     from onnxformer.benchmarks.runners import ArtifactContext, variant_candidates
-    from onnxformer.artifact.manifest import Manifest
 
     ctx = ArtifactContext(artifact, Manifest.load(artifact), 1, 32)
     candidates = peer_candidates(ctx, work, {PYTORCH: ["cuda"]}) + variant_candidates(ctx, None, providers)
@@ -146,6 +145,7 @@ def bench_model(model: str, name: str, work: Path, providers: list[str], deadlin
                 out: Path) -> dict[str, Any]:
     """Export, quantize for the GPU, benchmark; writes gpu-<name>.json/.md/.png and returns the report."""
     import run_suite
+
     from onnxformer.benchmarks.harness import run_benchmark
     from onnxformer.benchmarks.report import write_report
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from onnxformer.benchmarks.peers import PEERS, PYTORCH
 from onnxformer.artifact.files import atomic_write_bytes, atomic_write_json
+from onnxformer.benchmarks.peers import PEERS, PYTORCH
 
 SCHEMA = "onnxformer-gpu-summary/1"
 SHAPES: tuple[tuple[int, int], ...] = ((1, 128), (8, 128), (32, 128))
@@ -133,9 +133,9 @@ def markdown(gpu: str, rows: Sequence[Mapping[str, Any]], notes: Sequence[str], 
 
 def plot(rows: Sequence[Mapping[str, Any]], path: Path, gpu: str) -> Path:
     """p50 at batch 1 × 128 per configuration and model; with nothing measured, a figure that says so."""
-    from onnxformer.benchmarks import plots  # noqa: F401  (selects matplotlib's headless backend)
     import matplotlib.pyplot as plt
 
+    from onnxformer.benchmarks import plots  # noqa: F401  (selects matplotlib's headless backend)
     from onnxformer.benchmarks.plots import _save
 
     done = [r for r in rows if r["measured"] and (r["batch"], r["seq"]) == SHAPES[0]]

@@ -16,7 +16,6 @@ import onnxruntime as ort
 from onnxformer.artifact.dtypes import from_name
 
 
-
 def device_of(session: ort.InferenceSession) -> str:
     return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 

@@ -9,8 +9,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import ArtifactError, InputError, InputKind
 from onnxformer.artifact.files import confined
+from onnxformer.artifact.manifest import REFERENCE, Generation, Manifest
+from onnxformer.artifact.roles import DECODER, SLOTS
+from onnxformer.errors import ArtifactError, InputError, InputKind
 from onnxformer.runtime.generation.decoder import DecoderStepper
 from onnxformer.runtime.generation.loop import SpecialTokens, Stepper, token_loop
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
@@ -18,8 +20,6 @@ from onnxformer.runtime.generation.sampling import TokenScore
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import PromptEncoder, Prompts, TextStream
 from onnxformer.runtime.loader import LoadOptions, open_artifact
-from onnxformer.artifact.manifest import REFERENCE, Generation, Manifest
-from onnxformer.artifact.roles import DECODER, SLOTS
 
 
 class Generator:
@@ -54,7 +54,7 @@ class Generator:
 
     @classmethod
     def load(cls, directory: str | Path, provider: str | Sequence[str] = "auto", variant: str = "fp32",
-             threads: int | None = None, strict: bool = False, batching: bool = False) -> "Generator":
+             threads: int | None = None, strict: bool = False, batching: bool = False) -> Generator:
         """Verify and load ``variant`` (every graph sha256-checked, external data confined) on ``provider``
         ("auto": the best available that the variant targets, each fallback logged; ``strict``: a fallback is
         an error). Same arguments, in the same order, as ``Model.load``. ``batching``: the caller runs a decoder

@@ -27,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import InputError, InputKind
 from onnxformer.artifact.dtypes import from_name
 from onnxformer.artifact.roles import DECODER
+from onnxformer.errors import InputError, InputKind
 from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
 from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens, new_counts
 from onnxformer.runtime.generation.options import GenerationOptions, make_options

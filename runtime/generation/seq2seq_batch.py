@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxformer.errors import ArtifactError
 from onnxformer.artifact.roles import DECODER_WITH_PAST
-from onnxformer.runtime.generation.scheduler import BatchCache, Scheduler, Row, SlotLimits
+from onnxformer.errors import ArtifactError
+from onnxformer.runtime.generation.scheduler import BatchCache, Row, Scheduler, SlotLimits
 from onnxformer.runtime.generation.seq2seq import Seq2SeqStepper
 from onnxformer.runtime.generation.text import Prompts
 

@@ -25,9 +25,9 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxformer.artifact.dtypes import from_name
-from onnxformer.runtime.generation.cache import device_of, flat_names
 from onnxformer.artifact.roles import SLOTS as ROLE
-from onnxformer.runtime.generation.scheduler import Scheduler, Row
+from onnxformer.runtime.generation.cache import device_of, flat_names
+from onnxformer.runtime.generation.scheduler import Row, Scheduler
 
 _ALIGN = 64  # slot widths are rounded up to this many columns, so a slightly longer joiner rarely re-lays the rows
 
