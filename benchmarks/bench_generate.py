@@ -109,7 +109,7 @@ def measure(engines: dict[str, Callable[[int], list[int]]], new: int, runs: int)
 
     samples: dict[str, dict[str, list[float]]] = {n: {"ttft": [], "total": []} for n in engines}
     tokens: dict[str, list[int]] = {}
-    for name, run in engines.items():  # warm-up: first-call allocations and kernel selection
+    for _name, run in engines.items():  # warm-up: first-call allocations and kernel selection
         run(2)
     for _ in range(runs):
         for name, run in engines.items():

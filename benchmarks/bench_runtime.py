@@ -118,7 +118,8 @@ def throughput(artifact: Path, texts: list[str], rounds: int, threads: int) -> d
     for name, times in seconds.items():
         cos = (outputs[name] * reference).sum(1) / np.linalg.norm(outputs[name], axis=1) / np.linalg.norm(reference, axis=1)
         ratios = [s / t for s, t in zip(seconds["sentence-transformers"], times)]
-        rows[name] = {"seconds": times, "median_s": statistics.median(times), "texts_per_s": len(texts) / statistics.median(times),
+        rows[name] = {"seconds": times, "median_s": statistics.median(times),
+                      "texts_per_s": len(texts) / statistics.median(times),
                       "ratio_vs_st_per_round": ratios, "ratio_vs_st_median": statistics.median(ratios),
                       "min_cosine_vs_st": float(cos.min())}
     return {"contenders": rows, "reasons": {n: m.reason for n, m in models.items()}}
@@ -130,7 +131,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Runtime benchmark (CPU)", "",
         f"- `import onnxformer.runtime`: **{result['import_seconds'] * 1000:.0f} ms** (median of 5 fresh interpreters)",
         f"- MiniLM `Model.load` + first `embed` (variant {cold['variant']}): **{cold['load_plus_first_call'] * 1000:.0f} ms** "
-        f"(load {cold['load'] * 1000:.0f} ms incl. sha256, first call {cold['first_call'] * 1000:.0f} ms; median of 3 fresh interpreters)",
+        f"(load {cold['load'] * 1000:.0f} ms incl. sha256, first call {cold['first_call'] * 1000:.0f} ms; "
+        "median of 3 fresh interpreters)",
         f"- Throughput: {result['texts']} texts of {MIN_TOKENS}–{MAX_TOKENS} tokens ({result['tokens']} tokens), "
         f"{result['threads']} threads for both, {result['rounds']} interleaved rounds; machine: {result['machine']}", "",
         "| contender | median s | texts/s | × sentence-transformers (median of per-round ratios) | min cosine vs ST |",

@@ -5,7 +5,8 @@
 
 A GPT-2-sized decoder (12 layers, 768 hidden, random weights, end-of-sequence disabled so every request makes
 exactly ``--new-tokens``; built by bench_generate.prepare), or with ``--model bart`` a BART-base-sized
-encoder-decoder (6 + 6 layers, 768 hidden, 3072 feed-forward, 50265 words; its sources are the prompts), served by ``onnxformer serve``'s app in a server
+encoder-decoder (6 + 6 layers, 768 hidden, 3072 feed-forward, 50265 words; its sources are the prompts), served by
+``onnxformer serve``'s app in a server
 process of its own, one fresh process per engine and concurrency (so its peak RSS is the server's alone).
 ``C`` client threads in this process each stream completions back to back (``--rounds`` each, at most
 ``--max-requests`` per level; prompts of mixed length, 16–256 tokens, cycled per request) from /v1/completions.
@@ -309,7 +310,8 @@ def main() -> int:
             print(f"concurrency {c} {name}: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {1000 * r['ttft_p50_s']:.0f} ms, "
                   f"inter-token p50/p99 {1000 * r['itl_p50_s']:.0f}/{1000 * r['itl_p99_s']:.0f} ms, "
                   f"server peak RSS {r['peak_rss_mib']:.0f} MiB (load {os.getloadavg()[0]:.1f})", flush=True)
-    report = {"config": {"model": args.model, "new_tokens": args.new_tokens, "rounds": args.rounds, "max_requests": args.max_requests,
+    report = {"config": {"model": args.model, "new_tokens": args.new_tokens, "rounds": args.rounds,
+                         "max_requests": args.max_requests,
                          "max_slots": args.max_slots, "prefill_chunk": args.prefill_chunk,
                          "prompt_tokens": list(LENGTHS), "concurrency": levels},
               "environment": {"cpu": cpu["model"], "flags": cpu["flags"], "usable_cores": cpu["usable_cores"],

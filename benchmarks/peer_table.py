@@ -85,7 +85,8 @@ def table(report: dict[str, Any]) -> list[str]:
     lines = [f"# Peers on {report['artifact']['name']} (issue 15)", "",
              f"CPU: {cpu['model']} ({flags}); {report['settings']['threads']} threads; every configuration in its own "
              f"process, one after the other in one run; load average {report['load_average_1m_start']:.1f} at the "
-             "start (a shared machine: read ratios, not absolute times).", "", *([report["note"], ""] if report.get("note") else []),
+             "start (a shared machine: read ratios, not absolute times).", "",
+             *([report["note"], ""] if report.get("note") else []),
              "| config | p50 ms 1×128 | p50 ms 8×128 | min cos held-out, batched | min cos held-out, solo | "
              "min cos vs PyTorch fp32 (bench inputs) |", "|---|---|---|---|---|---|"]
     for c in report["configs"]:

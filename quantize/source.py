@@ -151,7 +151,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def _moved(record: Variant, old: str, new: str) -> Variant:
-    move = lambda rel: f"{new}/{rel.split('/', 1)[1]}" if rel.split("/", 1)[0] == old else rel  # noqa: E731
+    move = lambda rel: f"{new}/{rel.split('/', 1)[1]}" if rel.split("/", 1)[0] == old else rel
     return dataclasses.replace(record, file=move(record.file), files={move(k): v for k, v in record.files.items()},
                                components={k: move(v) for k, v in record.components.items()})
 

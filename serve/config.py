@@ -45,7 +45,8 @@ class ServeConfig:
                                              "one decode batch", flag="--no-continuous-batching")
     max_slots: int = option(SlotLimits.max_slots, "generation: rows in the decode batch (more requests wait their turn)")
     max_cached_tokens: int = option(
-        SlotLimits.max_cached_tokens, "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
+        SlotLimits.max_cached_tokens,
+        "generation: KV-cache tokens of the decode batch (rows x shared width; preallocated; a prompt plus "
               "max_tokens over it is refused with 422)")
     prefill_chunk: int = option(SlotLimits.prefill_chunk, "generation: prompt tokens per prefill call, between decode steps "
                                     "(0: a whole prompt at once)")

@@ -46,7 +46,7 @@ def add_pooling(graph_path: Path, manifest: Manifest) -> None:
     model = onnx.load(str(graph_path), load_external_data=False)  # the weights stay in their files
     g = model.graph
     _free_name(g, OUTPUT)
-    const = lambda name, values, dtype=TensorProto.INT64: helper.make_tensor(name, dtype, [len(values)], values)  # noqa: E731
+    const = lambda name, values, dtype=TensorProto.INT64: helper.make_tensor(name, dtype, [len(values)], values)
     g.initializer.extend([const("pool_axis_tokens", [1]), const("pool_axis_last", [-1]),
                           const("pool_eps_count", [1e-9], TensorProto.FLOAT),
                           const("pool_eps_norm", [1e-12], TensorProto.FLOAT),

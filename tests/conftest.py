@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random checkpoints per encoder family and task, tiny generative artifacts, and the real MiniLM (offline)."""
+"""Shared fixtures: tiny random checkpoints per encoder family and task, tiny generative artifacts, and the real
+MiniLM (offline)."""
 from __future__ import annotations
 
 import os

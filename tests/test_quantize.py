@@ -174,7 +174,8 @@ def test_budget_search_builds_one_session_and_only_the_graph_it_keeps(loud_artif
     monkeypatch.setattr(recipes, "Selectable", lambda *a, **k: calls["selectable"].append(real_selectable(*a, **k))
                         or calls["selectable"][-1])
     record = quantize_artifact(art, "int8", budget=0.9995, smooth=False).record
-    assert [Path(m).parent.name for m in calls["reference"]].count("fp32") == 1  # the reference outputs: computed once, reused by every trial
+    # the reference outputs: computed once, reused by every trial
+    assert [Path(m).parent.name for m in calls["reference"]].count("fp32") == 1
     excluded = record.made_by["budget"]["excluded_nodes"]
     assert excluded and calls["quantize"] == ["all", f"exclude-{len(excluded)}"]  # built: the first and the kept one
     (trials,) = calls["selectable"]  # one session for every sensitivity and exclusion trial

@@ -109,7 +109,8 @@ def test_wire_reader_finds_subgraph_and_sparse_locations(tmp_path):
                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
                                initializer=[external("w_then", "then.bin")])
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
-    sparse = helper.make_sparse_tensor(external("sv", "sparse.bin"), helper.make_tensor("si", TensorProto.INT64, [2], [0, 1]), [4])
+    indices = helper.make_tensor("si", TensorProto.INT64, [2], [0, 1])
+    sparse = helper.make_sparse_tensor(external("sv", "sparse.bin"), indices, [4])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
                               initializer=[external("w", "main.bin")], sparse_initializer=[sparse])

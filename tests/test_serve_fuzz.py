@@ -98,7 +98,8 @@ def test_kserve_hostile_tensors_are_400(minilm):
         return {"inputs": [dict(t, data=data) if t["name"] == name else t for t in ids]}
 
     cases = {
-        "lone surrogate": (b'{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["\\ud800"]}]}', "hex escape|Unicode"),
+        "lone surrogate": (b'{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["\\ud800"]}]}',
+                           "hex escape|Unicode"),
         "parameters 5": ({"inputs": [text], "parameters": 5}, "parameters"),
         "tensor parameters 5": ({"inputs": [dict(text, parameters=5)]}, "parameters"),
         "datatype list": ({"inputs": [dict(text, datatype=[])]}, "datatype"),

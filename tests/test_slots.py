@@ -59,7 +59,7 @@ def test_slot_graph_logits_equal_the_shared_width_graph(gen):
         for r in range(2):
             got[r].append(out[r, -1])
             tokens[r].append(int(np.argmax(out[r, -1])))
-    for r, row in enumerate(ids):
+    for r, _row in enumerate(ids):
         run = gen.start(PROMPTS[r], 4)
         solo = [run.stepper.first()[0]]
         for t in tokens[r][:3]:

@@ -123,7 +123,7 @@ def measure_all(candidates: list[Candidate], shapes: list[Inputs], budget: Budge
         syncs = [r.synchronize for _, r, _ in active]
         model = time_interleaved([functools.partial(r.model_only, inputs.feeds) for _, r, _ in active], budget, syncs)
         e2e = time_interleaved([functools.partial(r.end_to_end, inputs.texts) for _, r, _ in active], budget, syncs)
-        for (config, runner, row), m, e in zip(active, model, e2e):
+        for (_config, runner, row), m, e in zip(active, model, e2e):
             row.update(model_only=summarize(m, inputs.batch, inputs.seq), end_to_end=summarize(e, inputs.batch, inputs.seq))
             row["one_thread_p50_ms"] = one_thread_p50(runner, inputs, ctx.threads)
             report["results"].append(row)
