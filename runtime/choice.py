@@ -49,7 +49,7 @@ def budget_floors(task: str, budget: float | dict[str, float] | None) -> dict[st
     spec = TASKS.get(task)
     metric, default = (spec.budget_metric, spec.default_floor) if spec and spec.budget_metric else ("min_cosine", 0.99)
     if budget is None:
-        return {metric: default}
+        return {metric: default if default is not None else 0.99}
     if isinstance(budget, dict):
         return {str(k): float(v) for k, v in budget.items()}
     if isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0.0 < budget <= 1.0:

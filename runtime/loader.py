@@ -7,6 +7,7 @@ provider it actually runs on is checked (ONNX Runtime falls back to the CPU sile
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,9 @@ def open_variant(directory: Path, manifest: Manifest, choice: Choice | str, prov
     opts = provider_opts if provider_opts is not None else provider_options(manifest, record, provider, options)
     runners = {role: start_runner(path, provider, opts, options) for role, path in paths.items()
                if role not in options.deferred}
-    later = {role: (lambda path=path: start_runner(path, provider, opts, options))
-             for role, path in paths.items() if role in options.deferred}
+    later: dict[str, Callable[[], Runner]] = {
+        role: functools.partial(start_runner, path, provider, opts, options)
+        for role, path in paths.items() if role in options.deferred}
     return Opened(manifest, choice.variant, provider, choice.reason, runners, later)
 
 

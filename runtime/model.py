@@ -101,7 +101,7 @@ class Model:
         """Encodings of ``texts`` with the model's (or the given) prompt prepended, as embed() runs them."""
         check_texts(texts)
         prefix = self.manifest.postprocess.prompt(prompt_name, prompt)
-        return self._text.encodings([prefix + t for t in texts] if prefix else list(texts), truncate=truncate)
+        return self.text_tokenizer.encodings([prefix + t for t in texts] if prefix else list(texts), truncate=truncate)
 
     def normalizes(self, normalize: bool | None = None) -> bool:
         """Whether embeddings come out unit length (the checkpoint's Normalize, unless overridden)."""
@@ -109,7 +109,7 @@ class Model:
 
     def embed_encodings(self, encodings: Sequence[Encoding], normalize: bool | None = None,
                         max_batch_tokens: int | None = None, batch_size: int | None = None) -> np.ndarray:
-        """``embed`` of texts already tokenized by ``self._text.encodings`` (the server tokenizes once: to
+        """``embed`` of texts already tokenized by ``self.text_tokenizer.encodings`` (the server tokenizes once: to
         admit a request, then to run it)."""
         self._require("feature-extraction", "embed")
         post = self.manifest.postprocess
@@ -162,7 +162,7 @@ class Model:
         def batch(feeds: dict[str, np.ndarray], _: Sequence[Encoding]) -> list[np.ndarray]:
             return list(self.runner.run(feeds)["logits"].astype(np.float32))
 
-        return np.stack(self._batched(self._text.encodings(texts, truncate=truncate, pair=pair), batch))
+        return np.stack(self._batched(self.text_tokenizer.encodings(texts, truncate=truncate, pair=pair), batch))
 
     def tag(self, texts: Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",),
             truncate: bool = False) -> list[list[dict[str, Any]]]:
@@ -170,7 +170,7 @@ class Model:
         grouped; "first"/"average"/"max": whole words first, then grouped)."""
         self._require("token-classification", "tag")
         tagging.check_aggregation(aggregation)
-        encodings = self._text.encodings(texts, truncate=truncate)
+        encodings = self.text_tokenizer.encodings(texts, truncate=truncate)
         num_labels = self._logits_width()
         labels = classification.label_names(self.manifest.postprocess, num_labels)
 
@@ -192,8 +192,8 @@ class Model:
             raise InputError("answer() takes one question string and one context string")
         check_texts([question, context])
         options = qa.QAOptions(top_k, max_answer_len, handle_impossible_answer, align_to_words).check()
-        window, stride = qa.window_defaults(self._text.max_length, max_seq_len, doc_stride)
-        spans = self._text.spans(question, context, window, stride)
+        window, stride = qa.window_defaults(self.text_tokenizer.max_length, max_seq_len, doc_stride)
+        spans = self.text_tokenizer.spans(question, context, window, stride)
 
         def batch(feeds: dict[str, np.ndarray], encs: Sequence[Encoding]) -> list[tuple]:
             out = self.runner.run(feeds)
@@ -201,7 +201,7 @@ class Model:
             return [(e, start[i, : len(e.ids)], end[i, : len(e.ids)]) for i, e in enumerate(encs)]
 
         windows = self._batched(spans, batch)
-        return qa.best_answers(context, windows, self._text.cls_id, options)
+        return qa.best_answers(context, windows, self.text_tokenizer.cls_id, options)
 
     # --- internals -----------------------------------------------------------------------------------------
     def _batched(self, encodings: Sequence[Encoding], fn: BatchFn, max_batch_tokens: int | None = None,
@@ -214,12 +214,12 @@ class Model:
         results: list[Any] = [None] * len(encodings)
         for indices in plan:
             chosen = [encodings[i] for i in indices]
-            for i, value in zip(indices, fn(self._text.pad(chosen), chosen)):
+            for i, value in zip(indices, fn(self.text_tokenizer.pad(chosen), chosen)):
                 results[i] = value
         return results
 
     @property
-    def _text(self) -> TextTokenizer:
+    def text_tokenizer(self) -> TextTokenizer:
         """The tokenizer of a task that takes text (every one but raw, whose artifacts ship none)."""
         if self.tokenizer is None:
             raise InputError(f"{self.directory} has no tokenizer (task {self.task}); pass tensors to run()",

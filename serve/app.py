@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -17,13 +17,13 @@ from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.guard import GuardMiddleware, internal_response
 from onnxformer.serve.httpio import check_api_key, error_response
 from onnxformer.serve.metrics import MetricsMiddleware
-from onnxformer.serve.state import Loaded, ServerState, server_state
+from onnxformer.serve.state import Loader, ServerState, server_state
 from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind, kind_for_status
 
 log = logging.getLogger("onnxformer.serve")
 
 
-def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) -> FastAPI:
+def create_app(load: Loader, config: ServeConfig | None = None) -> FastAPI:
     """``load`` runs in a thread after the server is up: /v2/health/ready says 503 until it returns."""
     state = ServerState(load, (config or ServeConfig()).check())
 
@@ -54,7 +54,7 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     return app
 
 
-async def _start_grpc(state: ServerState) -> object | None:
+async def _start_grpc(state: ServerState) -> Any:
     if state.config.grpc_port is None:
         return None
     from onnxformer.serve.grpc_v2 import start_grpc  # grpcio loads only when asked for
@@ -89,7 +89,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> Response:  # 404 route, 405 method
-        return error_response(request.url.path, kind_for_status(e.status_code), str(e.detail), e.headers)
+        return error_response(request.url.path, kind_for_status(e.status_code), str(e.detail), dict(e.headers or {}))
 
     # any other exception reaches GuardMiddleware (serve/guard.py): a JSON 500 with an id, never a plain-text page
 

@@ -181,3 +181,20 @@ class Lane:
                 raise RuntimeError(f"lane {self.name}: {len(out)} results for {len(chunk)} items")
             results += out
         return results
+
+
+class NamedLanes:
+    """The shared scheduler as one model sees it: its lanes carry the model's name; everything else (admission,
+    the worker thread) is the one scheduler's."""
+
+    def __init__(self, scheduler: Batcher, model: str):
+        self._scheduler, self._model = scheduler, model
+
+    def lane(self, name: str, run: Any, mergeable: bool = True) -> Any:
+        return self._scheduler.lane(name, run, mergeable, owner=self._model)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._scheduler, attr)
+
+
+Lanes = Batcher | NamedLanes  # what a model's service batches through

@@ -20,7 +20,7 @@ from onnxformer.runtime.generation import Completion, Generator, Run
 from onnxformer.runtime.generation.scheduler import Row, SlotLimits
 from onnxformer.runtime.generation.scheduler import Scheduler as BatchScheduler
 from onnxformer.runtime.generation.schedulers import batch_scheduler
-from onnxformer.serve.batcher import Batcher
+from onnxformer.serve.batcher import Lanes
 from onnxformer.serve.chat import load_chat_template
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.metrics import Metrics
@@ -49,7 +49,7 @@ class GenerationService:
     continuously batched decode step (``batch_scheduler``); under ``--no-continuous-batching`` (or for a seq2seq
     artifact too old to batch) they take turns token by token."""
 
-    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Batcher,
+    def __init__(self, generator: Generator, config: ServeConfig, scheduler: Lanes,
                  metrics: Metrics | None = None):
         self.generator, self.config, self.scheduler, self.metrics = generator, config, scheduler, metrics
         self.name: str = generator.manifest.name or generator.directory.name
@@ -57,11 +57,11 @@ class GenerationService:
         self.batch: BatchScheduler | None = None
         if config.continuous_batching:
             self.batch = _batch(generator, config.slot_limits())
-        if self.batch is not None:
+        batch = self.batch
+        if batch is not None:
             if metrics is not None:
-                self.batch.on_step = metrics.observe_batch
-                metrics.track_generation(lambda: len(self.batch.running), lambda: len(self.batch.waiting),
-                                         config.max_slots)
+                batch.on_step = metrics.observe_batch
+                metrics.track_generation(lambda: len(batch.running), lambda: len(batch.waiting), config.max_slots)
         self._driver: asyncio.Task | None = None
         self.chat = load_chat_template(generator.directory)  # None: the chat route says the model has none
 
@@ -188,15 +188,20 @@ class CompletionJob:
         """The prompts' tokens, each prompt counted once however many completions it has (OpenAI's usage)."""
         return sum(self.prompt_tokens[::self.n])
 
-    async def advance(self) -> bool: ...
+    async def advance(self) -> bool:
+        raise NotImplementedError
 
-    def take(self, row: int = 0) -> str: ...
+    def take(self, row: int = 0) -> str:
+        raise NotImplementedError
 
-    def take_scores(self, row: int = 0) -> list[Any]: ...
+    def take_scores(self, row: int = 0) -> list[Any]:
+        raise NotImplementedError
 
-    def completions(self) -> list[Completion]: ...
+    def completions(self) -> list[Completion]:
+        raise NotImplementedError
 
-    def cancel(self) -> None: ...
+    def cancel(self) -> None:
+        raise NotImplementedError
 
 
 class RunJob(CompletionJob):
@@ -204,7 +209,8 @@ class RunJob(CompletionJob):
 
     def __init__(self, service: GenerationService, run: Run):
         self.service, self.run, self.prompt_tokens = service, run, run.prompt_tokens
-        self.started, self.last, self.tokens = time.monotonic(), None, 0
+        self.started, self.tokens = time.monotonic(), 0
+        self.last: float | None = None
 
     async def advance(self) -> bool:
         more = await self.service.advance(self.run)
@@ -256,9 +262,9 @@ class BatchJob(CompletionJob):
             return False
         await self.changed.wait()
         self.changed.clear()
-        failed = next((s for s in self.seqs if s.error is not None), None)
-        if failed is not None:
-            raise failed.error
+        error = next((s.error for s in self.seqs if s.error is not None), None)
+        if error is not None:
+            raise error
         return True
 
     def take(self, row: int = 0) -> str:
@@ -279,7 +285,7 @@ class BatchJob(CompletionJob):
 class Slot:
     """A run's place in the admission count; ``release`` may be called from several exits, counts once."""
 
-    def __init__(self, scheduler: Batcher):
+    def __init__(self, scheduler: Lanes):
         scheduler.admit(1)
         self.scheduler, self.held = scheduler, True
 

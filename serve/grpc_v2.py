@@ -19,11 +19,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import serialize_byte_tensor
 
 from onnxformer import __version__
-from onnxformer.artifact.dtypes import from_v2
 from onnxformer.errors import OnnxformerError
 from onnxformer.serve.guard import record_internal
 from onnxformer.serve.httpio import within
-from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _v2_dtype, check_header
+from onnxformer.serve.kserve import BYTES, InferRequest, Tensor, _from_binary, _numpy, _v2_dtype, check_header
 from onnxformer.serve.routes_v2 import _infer, model_config_doc, model_metadata_doc, repository_index_doc
 from onnxformer.serve.state import ServerState
 from onnxformer.serve.statuses import KINDS, ErrorKind, ServingError, error_kind
@@ -150,7 +149,7 @@ def _tensor(spec: Any, raw: bytes | None) -> Tensor:
         flat = _from_binary(name, datatype, raw)
     elif datatype in _CONTENTS:
         values = list(getattr(spec.contents, _CONTENTS[datatype]))
-        flat = np.array(values, dtype=object) if datatype == BYTES else np.array(values, dtype=from_v2(datatype).numpy)
+        flat = np.array(values, dtype=object) if datatype == BYTES else np.array(values, dtype=_numpy(datatype))
     else:
         raise ServingError(f"input {name!r}: {datatype} data must come as raw_input_contents", ErrorKind.BAD_REQUEST)
     if flat.size != count:

@@ -107,11 +107,19 @@ def check_header(name: str, datatype: str, shape: list[int]) -> int:
     return count
 
 
+def _numpy(datatype: str) -> Any:
+    """The numpy dtype of a KServe v2 datatype (the caller has checked the name is one of ours)."""
+    dtype = from_v2(datatype)
+    if dtype is None:
+        raise ServingError(f"unknown datatype {datatype!r}", ErrorKind.BAD_REQUEST)
+    return dtype.numpy
+
+
 def _from_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
     try:
         if datatype == BYTES:
             return deserialize_bytes_tensor(raw) if raw else np.empty(0, dtype=np.object_)
-        return np.frombuffer(raw, dtype=from_v2(datatype).numpy)
+        return np.frombuffer(raw, dtype=_numpy(datatype))
     except Exception as e:  # any decoding failure is the client's malformed payload
         raise ServingError(f"input {name!r}: binary data is not valid {datatype} ({e})",
                            ErrorKind.BAD_REQUEST) from None
@@ -129,7 +137,7 @@ def _from_json(name: str, datatype: str, data: Any) -> np.ndarray:
                 raise ServingError(f"input {name!r}: element {i} is not valid Unicode (a lone surrogate?)",
                                    ErrorKind.BAD_REQUEST) from None
         return flat
-    target = from_v2(datatype).numpy
+    target = _numpy(datatype)
     kind = np.dtype(target).kind
     ok = (lambda v: isinstance(v, bool)) if kind == "b" else (
         (lambda v: isinstance(v, int) and not isinstance(v, bool)) if kind in "iu" else

@@ -40,7 +40,8 @@ def raw_feeds(service: ModelService, req: InferRequest) -> dict[str, np.ndarray]
     if service.max_tokens is not None and longest > service.max_tokens:
         raise ServingError(f"sequence length {longest} is over the limit of {service.max_tokens} tokens",
                            ErrorKind.UNPROCESSABLE)
-    feeds = {s.name: req.inputs[s.name].array.astype(from_name(s.dtype).numpy, copy=False) for s in specs}
+    feeds: dict[str, np.ndarray] = {s.name: req.inputs[s.name].array.astype(from_name(s.dtype).numpy, copy=False)
+                                    for s in specs}
     _check_vocabulary(service, feeds)
     return feeds
 

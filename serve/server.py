@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -19,7 +20,7 @@ from onnxformer.serve.statuses import ServingError
 log = logging.getLogger("onnxformer.serve")
 
 
-def uvicorn_config(app: object, config: ServeConfig, log_level: str = "warning") -> uvicorn.Config:
+def uvicorn_config(app: Any, config: ServeConfig, log_level: str = "warning") -> uvicorn.Config:
     return uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=max(1, round(config.graceful_s)),  # in-flight requests get this long to finish
@@ -76,7 +77,7 @@ def served_names(config: ServeConfig, count: int) -> list[str | None]:
 
 
 def load_model(directory: str | Path, config: ServeConfig, variant: str | None, threads: int | None) -> Model | Generator:
-    kwargs = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
+    kwargs: dict[str, Any] = {k: v for k, v in {"variant": variant, "threads": threads}.items() if v is not None}
     if get_task(Manifest.load(directory).task).generative:  # decoders and seq2seq: /v1/completions
         return Generator.load(directory, batching=config.continuous_batching, **kwargs)
     return Model.load(directory, max_batch_tokens=config.max_batch_tokens, max_batch_size=config.max_batch_size,

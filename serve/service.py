@@ -13,7 +13,7 @@ from onnxformer.artifact.tasks import get_task
 from onnxformer.errors import InputError
 from onnxformer.runtime import Model
 from onnxformer.runtime.tokenizer import IdsEncoding, check_texts, check_token_ids
-from onnxformer.serve.batcher import Batcher
+from onnxformer.serve.batcher import Lanes
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.statuses import ErrorKind, ServingError
 from onnxformer.serve.task_routes import routes_for, serving
@@ -22,7 +22,7 @@ from onnxformer.serve.task_routes import routes_for, serving
 class ModelService:
     """Validates inputs *before* they join a batch, so one bad request never fails its neighbours."""
 
-    def __init__(self, model: Model, config: ServeConfig, scheduler: Batcher):
+    def __init__(self, model: Model, config: ServeConfig, scheduler: Lanes):
         self.model = model
         self.config = config
         self.scheduler = scheduler
@@ -91,7 +91,7 @@ class ModelService:
         truncate = truncate or self.config.truncate
         await self.admit_texts([query])
         await self.admit_texts(list(documents))
-        tokenizer = self.model.tokenizer
+        tokenizer = self.model.text_tokenizer
         try:  # the pair must fit the model, not each text alone
             encodings = await asyncio.to_thread(tokenizer.encodings, [query] * len(documents), truncate, documents)
         except InputError as e:
@@ -151,7 +151,7 @@ class ModelService:
         return [t[:limit] for t in texts]
 
     def _tokenize(self, texts: list[str]) -> list[Encoding]:
-        tokenizer = self.model.tokenizer
+        tokenizer = self.model.text_tokenizer
         try:
             encodings = tokenizer.encodings(texts, truncate=self.config.truncate)
         except InputError:  # a text over the model's own limit (the texts passed check_texts): 422 below
@@ -179,7 +179,7 @@ class ModelService:
                                    ErrorKind.UNPROCESSABLE) from None
 
     def _run_logits(self, chunk: list[Encoding]) -> list[np.ndarray]:
-        return list(self.model.run(self.model.tokenizer.pad(chunk))["logits"])
+        return list(self.model.run(self.model.text_tokenizer.pad(chunk))["logits"])
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

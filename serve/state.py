@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Callable, Union
 
@@ -10,7 +11,7 @@ from fastapi import Request
 from onnxformer.artifact.tasks import tasks_where
 from onnxformer.runtime import Model
 from onnxformer.runtime.generation import Generator
-from onnxformer.serve.batcher import Batcher, BatchLimits
+from onnxformer.serve.batcher import Batcher, BatchLimits, NamedLanes
 from onnxformer.serve.config import ServeConfig
 from onnxformer.serve.generation import GenerationService
 from onnxformer.serve.metrics import Metrics
@@ -19,6 +20,7 @@ from onnxformer.serve.service import ModelService
 from onnxformer.serve.statuses import ErrorKind, ServingError
 
 Loaded = Union[Model, Generator]  # an encoder artifact or a generative one
+Loader = Callable[[], Union[Loaded, list[tuple[Union[str, None], Loaded]]]]  # one model, or (name, model) pairs
 Service = Union[ModelService, GenerationService]
 
 log = logging.getLogger("onnxformer.serve")
@@ -28,7 +30,7 @@ class ServerState:
     """``load`` returns one model, or a list of ``(name, model)`` for a server of several (each under its name;
     None: the manifest's)."""
 
-    def __init__(self, load: Callable[[], Loaded | list[tuple[str | None, Loaded]]], config: ServeConfig):
+    def __init__(self, load: Loader, config: ServeConfig):
         self.load, self.config = load, config
         self.metrics = Metrics()
         self.services: dict[str, Service] = {}
@@ -54,13 +56,15 @@ class ServerState:
         self._loading = asyncio.get_running_loop().create_task(self._load())
 
     async def _load(self) -> None:
+        scheduler = self.scheduler
+        assert scheduler is not None  # made by start(), before the load begins
         try:
             loaded = await asyncio.to_thread(self.load)
             models = loaded if isinstance(loaded, list) else [(None, loaded)]
             services = {}
             for name, model in models:
                 service = self._service(model, name)
-                await self.scheduler.run_in_worker(lambda m=model, s=service: warm_up(m, getattr(s, "batch", None)))
+                await scheduler.run_in_worker(functools.partial(warm_up, model, getattr(service, "batch", None)))
                 if service.name in services:
                     raise ServingError(f"two models are named {service.name!r}; give each its own "
                                        f"{ServeConfig.flag('served_model_name')}")
@@ -74,6 +78,7 @@ class ServerState:
 
     def _service(self, model: Loaded, name: str | None) -> Service:
         # each model gets its own batching lanes: texts of two models never share a batch
+        assert self.scheduler is not None
         lanes = NamedLanes(self.scheduler, name or model.manifest.name or model.directory.name)
         if isinstance(model, Generator):
             service: Service = GenerationService(model, self.config, lanes, self.metrics)
@@ -116,7 +121,7 @@ class ServerState:
             if len(self.services) > 1:
                 raise ServingError(f"this server serves several models ({', '.join(self.services)}); name one "
                                    "(the request's \"model\" field)", ErrorKind.BAD_REQUEST)
-            return self.service
+            return next(iter(self.services.values()))  # ready: at least one
         if name not in self.services:
             serves = ", ".join(repr(n) for n in self.services)
             raise ServingError(f"unknown model {name!r}; this server serves {serves}", ErrorKind.NOT_FOUND)
@@ -143,20 +148,6 @@ class ServerState:
             raise ServingError(f"{endpoint} needs a {tasks} model; {service.name!r} is {service.task}",
                                ErrorKind.BAD_REQUEST)
         return service
-
-
-class NamedLanes:
-    """The shared scheduler as one model sees it: its lanes carry the model's name; everything else (admission,
-    the worker thread) is the one scheduler's."""
-
-    def __init__(self, scheduler: Batcher, model: str):
-        self._scheduler, self._model = scheduler, model
-
-    def lane(self, name: str, run: Any, mergeable: bool = True) -> Any:
-        return self._scheduler.lane(name, run, mergeable, owner=self._model)
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._scheduler, attr)
 
 
 def warm_up(model: Loaded, batch: Any = None) -> None:

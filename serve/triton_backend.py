@@ -119,7 +119,7 @@ def classify(model: Model, texts: list[str], pairs: list[str | None], truncate: 
     for paired in (False, True):
         rows = [i for i, p in enumerate(pairs) if (p is not None) == paired]
         if rows:
-            second = [pairs[i] for i in rows] if paired else None
+            second = [str(pairs[i]) for i in rows] if paired else None
             logits[rows] = model._pair_logits([texts[i] for i in rows], second, truncate)
     post = model.manifest.postprocess
     names = classification.label_names(post, logits.shape[1])

@@ -18,8 +18,9 @@ OUTPUT = "embedding"
 def pooled_output(manifest: Manifest) -> TensorSpec:
     """The ``embedding`` output the pooled graph has (what the config declares in place of the token states)."""
     check_pooled(manifest)
-    width = manifest.output("last_hidden_state").shape[-1]
-    return TensorSpec(OUTPUT, "float32", [manifest.output("last_hidden_state").shape[0], width])
+    states = manifest.output("last_hidden_state")
+    assert states is not None  # check_pooled: an embedding model's token states
+    return TensorSpec(OUTPUT, "float32", [states.shape[0], states.shape[-1]])
 
 
 def check_pooled(manifest: Manifest) -> None:

@@ -132,9 +132,11 @@ class Generator:
         if self.kind == "decoder":
             history = np.where(inputs.mask == 1, inputs.ids, -1)
             spec = self.manifest.generation
+            assert spec is not None  # a generative artifact (checked at load)
             stepper: Stepper = DecoderStepper(self.sessions[DECODER], self.cache_layout, inputs, opts.max_new_tokens,
                                               spec.position_ids, spec.logits_to_keep)
             return stepper, history, inputs.lengths
+        assert self.start_id is not None  # a seq2seq artifact records its decoder's start token
         history = np.full((len(batch), 1), self.start_id, dtype=np.int64)
         stepper = Seq2SeqStepper(self.sessions, self.cache_layout, inputs, opts.max_new_tokens, self.start_id)
         return stepper, history, inputs.lengths

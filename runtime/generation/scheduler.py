@@ -391,7 +391,8 @@ class Scheduler:
     def _prefill_group(joiners: list[Row]) -> list[Row]:
         """The first admitted prompts that one padded prefill can take with little padding (≤ 25% of its
         tokens): on CPU a prefill is compute-bound, so padding a short prompt to a long one costs real time."""
-        group, widest, real = [], 0, 0
+        group: list[Row] = []
+        widest, real = 0, 0
         for seq in joiners:
             n = len(seq.prompt)
             if group and (len(group) + 1) * max(widest, n) > 1.25 * (real + n):
@@ -400,7 +401,7 @@ class Scheduler:
             widest, real = max(widest, n), real + n
         return group
 
-    def _prefill_step(self, prefill: Prefill) -> list[Row]:
+    def _prefill_step(self, prefill: Any) -> list[Row]:  # this class's Prefill; subclasses' own kinds
         """One chunk of the prefill; after the last, each prompt's first token, and its row joins the batch."""
         joiners = prefill.seqs
         feeds, n = prefill.feeds()
@@ -470,6 +471,7 @@ class Scheduler:
                 seq.seen[0, self.history(seq)] = True
                 seq.counts = new_counts(seq.seen.shape, seq.opts)
             forced = force_tokens(logits[None, :], step, seq.opts.max_new_tokens, self.special)
+            assert seq.seen is not None  # set at the row's first token, above
             token = int(choose(forced, seq.seen, seq.opts, seq.rng, seq.counts)[0])
             seq.seen[0, token] = True
             if seq.counts is not None:

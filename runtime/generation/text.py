@@ -47,7 +47,8 @@ class PromptEncoder:
                 if not truncate:
                     raise InputError(f"prompt {i} has {len(ids)} tokens, over the {limit} {what}; "
                                      "shorten it, lower max_new_tokens, or pass truncate=True", InputKind.TOO_LONG)
-                rows[i] = self._cut(prompts[i], limit) if isinstance(prompts[i], str) else self._cut_ids(ids, limit)
+                prompt = prompts[i]
+                rows[i] = self._cut(prompt, limit) if isinstance(prompt, str) else self._cut_ids(ids, limit)
         return self._pad(rows)
 
     def _cut(self, prompt: str, limit: int) -> list[int]:
