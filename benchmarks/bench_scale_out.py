@@ -34,32 +34,12 @@ ROOT = Path(__file__).parents[1]
 TRITON = Path(os.environ.get("ONNXFORMER_TRITON_DIR", ROOT / "build" / "tritonserver"))
 
 
+def v2_text(text: str) -> dict[str, Any]:
+    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [text]}]}
+
+
 async def load_v2(url: str, model: str, concurrency: int, seconds: float, pool: list[str]) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker(session: aiohttp.ClientSession, k: int) -> None:
-        nonlocal errors
-        i = k
-        while time.perf_counter() < stop:
-            body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [pool[i % len(pool)]]}]}
-            start = time.perf_counter()
-            async with session.post(f"{url}/v2/models/{model}/infer", json=body) as r:
-                await r.read()
-                if r.status == 200:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
-            i += concurrency
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - begin
-    return {"latencies": np.array(latencies), "errors": errors, "seconds": elapsed}
+    return await load(url, concurrency, seconds, pool, f"/v2/models/{model}/infer", v2_text)
 
 
 def row(name: str, protocol: str, run: Any, seconds: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -104,8 +104,14 @@ class Server:
         return tuple(values[k] for k in wanted)
 
 
-async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> dict[str, Any]:
-    """C workers, each one request in flight, until the clock runs out. Latencies in seconds."""
+def embeddings_body(text: str) -> dict[str, Any]:
+    return {"input": [text]}
+
+
+async def load(url: str, concurrency: int, seconds: float, pool: list[str], route: str = "/v1/embeddings",
+               body: Callable[[str], dict[str, Any]] = embeddings_body) -> dict[str, Any]:
+    """C workers, each one request in flight (``body(text)`` posted to ``route``), until the clock runs out.
+    Latencies in seconds."""
     import aiohttp
 
     latencies: list[float] = []
@@ -116,9 +122,8 @@ async def load(url: str, concurrency: int, seconds: float, pool: list[str]) -> d
         nonlocal errors
         i = k
         while time.perf_counter() < stop:
-            body = {"input": [pool[i % len(pool)]]}
             start = time.perf_counter()
-            async with session.post(f"{url}/v1/embeddings", json=body) as r:
+            async with session.post(f"{url}{route}", json=body(pool[i % len(pool)])) as r:
                 await r.read()
                 if r.status == 200:
                     latencies.append(time.perf_counter() - start)
