@@ -11,7 +11,8 @@ from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
 from onnxformer.runtime.generation.slots import SlotScheduler
 
 from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
-                      check_eos_settings_per_row, check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
+                      check_eos_settings_per_row, check_greedy_rows_equal_solo, check_reset, check_seeded_sampling,
+                      staggered)
 
 pytestmark = pytest.mark.timeout(300)
 

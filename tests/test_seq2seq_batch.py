@@ -13,7 +13,8 @@ from onnxformer.runtime.generation.seq2seq_batch import Seq2SeqScheduler
 from onnxformer.runtime.generation.schedulers import batch_scheduler
 
 from conftest import (BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_cancel_and_deadline,
-                      check_eos_settings_per_row, check_greedy_rows_equal_solo, check_reset, check_seeded_sampling, staggered)
+                      check_eos_settings_per_row, check_greedy_rows_equal_solo, check_reset, check_seeded_sampling,
+                      staggered)
 
 pytestmark = pytest.mark.timeout(300)
 
