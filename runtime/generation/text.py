@@ -96,10 +96,9 @@ class TextStream:
         """Append a token; return the newly final text (possibly empty)."""
         self.ids.append(int(token))
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if len(self.ids) < self.min_tokens:
-            chunk = self._emit(len(self.text) - (self.text.endswith("\ufffd")))
-            self.floor = self.emitted
-            return chunk
+        if len(self.ids) < self.min_tokens:  # final but an incomplete character's bytes (U+FFFD)
+            self.floor = max(self.floor, len(self.text.rstrip("\ufffd")))
+            return self._emit(max(self.floor, self.emitted))
         hit = self._find_stop()
         if hit is not None:
             self.text, self.stopped = self.text[:hit], True
