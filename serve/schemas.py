@@ -204,7 +204,8 @@ class ChatRequest(_Sampling):
     def _check(self) -> "ChatRequest":
         if self.top_logprobs is not None and not self.logprobs:
             raise ServingError("top_logprobs needs logprobs=true", ErrorKind.BAD_REQUEST)
-        self._check_length(self.max_completion_tokens or self.max_tokens, "max_tokens")
+        self._check_length(self.max_completion_tokens or self.max_tokens,
+                           "max_completion_tokens" if self.max_completion_tokens else "max_tokens")
         return self
 
     def completion(self, prompt: str) -> CompletionRequest:
