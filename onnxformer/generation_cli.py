@@ -16,8 +16,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artifact", help="artifact directory written by `onnxformer export` (text-generation models)")
     p.add_argument("prompts", nargs="+", help="one or more prompts (source texts for seq2seq models)")
     p.add_argument("--variant", default="fp32", help="fp32 | fp16 | int8 | int4 (default fp32)")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="most tokens to generate per prompt (fewer when a stop sequence or end-of-text comes first)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="most tokens to generate per prompt (fewer when a stop sequence or end-of-text comes first; "
+                        "default 32, required with --ignore-eos)")
+    p.add_argument("--min-tokens", type=int, default=0,
+                   help="end-of-text cannot end a text before this many new tokens (vLLM's min_tokens; default 0)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="end-of-text never ends a text: it runs to --max-new-tokens (vLLM's ignore_eos; for "
+                        "benchmarks)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="--sample: divides the logits (lower: surer)")
     p.add_argument("--top-k", type=int, default=0, help="--sample: keep the k likeliest tokens (0: all)")
@@ -36,12 +42,16 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from onnxformer.errors import InputError
     from onnxformer.runtime.generation import Generator
 
     provider = args.provider.split(",") if "," in args.provider else args.provider
+    if args.ignore_eos and args.max_new_tokens is None:
+        raise InputError("--ignore-eos needs --max-new-tokens: the text runs until it")
     gen = Generator.load(args.artifact, provider, args.variant, threads=args.threads)
     options = dict(do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate)
+                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed, truncate=args.truncate,
+                   min_tokens=args.min_tokens, ignore_eos=args.ignore_eos)
     if len(args.prompts) == 1:  # one prompt: print text as it is produced
         for piece in gen.stream(args.prompts[0], args.max_new_tokens, **options):
             sys.stdout.write(piece)

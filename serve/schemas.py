@@ -21,6 +21,7 @@ MAX_DEPTH = 32  # JSON nesting: the deepest legal body (KServe [N, T] data) need
 MAX_ITEMS = 4096  # list items anywhere in a body (the per-request text limit, --max-texts, is far lower)
 MAX_TEXT_CHARS = 1 << 20  # one text; the token limit (checked from the character count first) is lower
 U64 = (1 << 64) - 1
+DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default, ours for chat too
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Texts = Union[Text, Annotated[list[Text], Field(max_length=MAX_ITEMS)]]
@@ -111,6 +112,8 @@ class _Sampling(_OpenAI):
     stop: Union[Annotated[str, Field(min_length=1, max_length=256)],
                 Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=8)], None] = None
     seed: Optional[Annotated[int, Field(ge=0, le=U64)]] = None
+    min_tokens: int = Field(default=0, ge=0, le=1 << 20)  # not OpenAI's; vLLM's: no end-of-sequence before it
+    ignore_eos: bool = False  # not OpenAI's; vLLM's: end-of-sequence never ends the text (needs max_tokens)
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -130,7 +133,17 @@ class _Sampling(_OpenAI):
         return {"do_sample": sample, "temperature": self.temperature if sample else 1.0, "top_p": self.top_p,
                 "top_k": self.top_k, "repetition_penalty": self.repetition_penalty, "stop": self.stop,
                 "seed": self.seed, "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty, "logit_bias": _token_bias(self.logit_bias)}
+                "frequency_penalty": self.frequency_penalty, "logit_bias": _token_bias(self.logit_bias),
+                "min_tokens": self.min_tokens, "ignore_eos": self.ignore_eos}
+
+    def _check_length(self, max_tokens: Optional[int], name: str) -> None:
+        """vLLM's rules: ignore_eos runs to max_tokens, so the request must carry it; min_tokens ≤ max_tokens."""
+        if self.ignore_eos and max_tokens is None:
+            raise ServingError(f"ignore_eos=true needs {name}: the text runs until it; send {name}",
+                               ErrorKind.BAD_REQUEST)
+        if self.min_tokens > (max_tokens or DEFAULT_MAX_TOKENS):
+            raise ServingError(f"min_tokens={self.min_tokens} is over {name}={max_tokens or DEFAULT_MAX_TOKENS}; "
+                               f"lower min_tokens or raise {name}", ErrorKind.BAD_REQUEST)
 
 
 def _token_bias(bias: Optional[dict[str, float]]) -> dict[int, float]:
@@ -146,7 +159,7 @@ def _token_bias(bias: Optional[dict[str, float]]) -> dict[int, float]:
 class CompletionRequest(_Sampling):
     refused = {"suffix": ("",)}
     prompt: Inputs
-    max_tokens: int = Field(default=16, ge=1, le=1 << 20)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=1 << 20)
     echo: bool = False  # the prompt's text before the completion's
     logprobs: Optional[Annotated[int, Field(ge=0, le=20)]] = None  # the chosen token's and this many top tokens'
     best_of: Optional[Annotated[int, Field(ge=1, le=128)]] = None  # only = n: no server-side ranking
@@ -160,6 +173,7 @@ class CompletionRequest(_Sampling):
         if self.echo and self.logprobs is not None:
             raise ServingError("echo with logprobs would need the prompt's log-probabilities, which this server does "
                                "not compute; send one of them", ErrorKind.BAD_REQUEST)
+        self._check_length(self.max_tokens if "max_tokens" in self.model_fields_set else None, "max_tokens")
         return self
 
     def options(self) -> dict[str, Any]:
@@ -189,12 +203,15 @@ class ChatRequest(_Sampling):
     def _check(self) -> ChatRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ServingError("top_logprobs needs logprobs=true", ErrorKind.BAD_REQUEST)
+        self._check_length(self.max_completion_tokens or self.max_tokens,
+                           "max_completion_tokens" if self.max_completion_tokens else "max_tokens")
         return self
 
     def completion(self, prompt: str) -> CompletionRequest:
         fields = self.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens", "logprobs",
                                           "top_logprobs", "stream_options"})
-        return CompletionRequest(prompt=prompt, max_tokens=self.max_completion_tokens or self.max_tokens or 16,
+        max_tokens = self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+        return CompletionRequest(prompt=prompt, max_tokens=max_tokens,
                                  logprobs=(self.top_logprobs or 0) if self.logprobs else None,
                                  stream_options=self.stream_options, **fields)
 

@@ -249,6 +249,28 @@ def check_reset(gen, make) -> None:
                                       for p, m in zip(BATCH_PROMPTS[3:5], [9, 14])]
 
 
+def check_eos_settings_per_row(gen, scheduler) -> None:
+    """Every continuous batch's contract: rows with their own min_tokens / ignore_eos in one batch (eos made the
+    likeliest token by a logit bias, so the settings decide) equal their solo runs — ids and finish reasons."""
+    eos_first = {t: 100.0 for t in gen.special.eos}
+    rows = [(7, {}), (8, dict(logit_bias=eos_first, min_tokens=3)), (5, dict(logit_bias=eos_first, ignore_eos=True)),
+            (6, dict(logit_bias=eos_first)), (9, dict(min_tokens=9, ignore_eos=True)), (4, dict(min_tokens=2))]
+    solo = []
+    for prompt, (m, opts) in zip(BATCH_PROMPTS, rows):
+        run = gen.start(prompt, m, **opts)
+        run.finish()
+        solo.append((run.streams[0].ids, run.completions()[0].finish_reason))
+    seqs = []
+    for prompt, (m, opts) in zip(BATCH_PROMPTS, rows):
+        seqs.append(scheduler.submit(prompt, m, **opts))
+        scheduler.step()
+    scheduler.run_until_done()
+    assert [(s.ids, s.finish_reason) for s in seqs] == solo
+    eos = gen.special.eos[0]
+    assert [len(ids) for ids, _ in solo[1:4]] == [4, 5, 1] and solo[1][0][-1] == eos and eos not in solo[1][0][:3]
+    assert solo[2] == ([eos] * 5, "length") and len(solo[4][0]) == 9
+
+
 def staggered(scheduler, prompts: list[str], max_new: list[int], gap: int, **options) -> list:
     """Submit one request every ``gap`` steps while the batch runs, then run to the end."""
     seqs = []

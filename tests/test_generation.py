@@ -148,6 +148,10 @@ def test_sampling_filters():
         (dict(logit_bias={-1: 1.0}), "logit_bias maps token ids"),
         (dict(logit_bias={10 ** 6: 1.0}), "logit_bias names token 1000000"),
         (dict(logprobs=-1), "logprobs must be None or an integer >= 0"),
+        (dict(min_tokens=-1), "min_tokens must be an integer from 0 to max_new_tokens=32"),
+        (dict(max_new_tokens=4, min_tokens=5), "min_tokens must be an integer from 0 to max_new_tokens=4"),
+        (dict(ignore_eos=True), "ignore_eos=True needs an explicit max_new_tokens"),
+        (dict(ignore_eos=1, max_new_tokens=3), "ignore_eos must be true or false"),
     ],
 )
 def test_bad_options_fail_clearly(kwargs, message, generator):
@@ -257,6 +261,19 @@ def test_cli_generate_streams_and_reports_bad_input(gen_artifact, generator, cap
     assert "temperature must be > 0 when do_sample=True" in capsys.readouterr().err
 
 
+def test_cli_min_tokens_and_ignore_eos(gen_artifact, generator, capsys):
+    from onnxformer.cli import main
+
+    art, gen = str(gen_artifact("gpt2")), generator("gpt2")
+    assert main(["generate", art, PROMPTS[0], "--max-new-tokens", "6", "--min-tokens", "6", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out == gen.generate(PROMPTS[0], 6, min_tokens=6, ignore_eos=True) + "\n"
+    assert main(["generate", art, "a", "--ignore-eos"]) == 1
+    assert capsys.readouterr().err.strip() == ("onnxformer: error: --ignore-eos needs --max-new-tokens: "
+                                               "the text runs until it")
+    assert main(["generate", art, "a", "--max-new-tokens", "3", "--min-tokens", "4"]) == 1
+    assert "min_tokens must be an integer from 0 to max_new_tokens=3" in capsys.readouterr().err
+
+
 def test_kv_cache_is_written_in_place_into_preallocated_buffers(generator):
     """ORT writes each step's present straight into our buffers (no per-token allocation), and the
     cached keys/values equal a plain run over the whole sequence."""
@@ -332,6 +349,61 @@ def test_rows_stop_independently_at_end_of_sequence_like_transformers(gen_checkp
                              max_new_tokens=32, eos_token_id=eos)
     for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
         assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
+
+
+def test_min_tokens_follows_transformers_min_new_tokens_and_ignore_eos_runs_on(gen_checkpoint, gen_artifact):
+    """A token row 0 generates mid-way made the eos: with min_tokens past it, greedy equals transformers'
+    ``min_new_tokens`` (eos logits at -inf until then); with ignore_eos every row runs to max_new_tokens as if
+    there were no eos (the eos an ordinary token)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from onnxformer.runtime.generation import Generator
+
+    gen = Generator.load(gen_artifact("qwen2"))
+    free = gen.generate_ids(PROMPTS, max_new_tokens=16)
+    at = next(i for i, t in enumerate(free[0]) if i >= 2 and t not in free[0][:i])
+    eos = free[0][at]
+    gen.special = dataclasses.replace(gen.special, eos=(eos,))
+    assert gen.generate_ids(PROMPTS, max_new_tokens=16)[0] == free[0][: at + 1]  # it does stop there
+    got = gen.generate_ids(PROMPTS, max_new_tokens=16, min_tokens=at + 2)
+    assert len(got[0]) > at + 1 and eos not in got[0][: at + 2]
+
+    ckpt = gen_checkpoint("qwen2")
+    tok = AutoTokenizer.from_pretrained(ckpt, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
+                             max_new_tokens=16, eos_token_id=eos, min_new_tokens=at + 2)
+    for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
+        assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
+
+    run = gen.start(PROMPTS, 16, ignore_eos=True)
+    run.finish()
+    assert [s.ids for s in run.streams] == free and {c.finish_reason for c in run.completions()} == {"length"}
+
+
+def test_min_tokens_holds_off_eos_and_stop_strings(generator):
+    """vLLM's semantics: before min_tokens new tokens neither the end-of-sequence token (its logits masked: the next
+    best is chosen, as a -100 logit bias would) nor a stop string ends the text."""
+    gen = generator("gpt2")
+    eos_first = {t: 100.0 for t in gen.special.eos}  # eos is the first token unless masked
+    assert gen.generate_ids([PROMPTS[0]], 8, logit_bias=eos_first) == [[gen.special.eos[0]]]
+    ids = gen.generate_ids([PROMPTS[0]], 8, logit_bias=eos_first, min_tokens=4)[0]
+    banned = gen.generate_ids([PROMPTS[0]], 4, logit_bias={t: -100.0 for t in gen.special.eos})[0]
+    assert ids == banned + [gen.special.eos[0]]
+    run = gen.start(PROMPTS[0], 8, logit_bias=eos_first, ignore_eos=True)
+    run.finish()
+    assert run.streams[0].ids == [gen.special.eos[0]] * 8 and run.completions()[0].finish_reason == "length"
+
+    text = gen.generate(PROMPTS[0], 6)
+    stop = text[:2]
+    assert gen.generate(PROMPTS[0], 6, stop=stop) == ""
+    assert gen.generate(PROMPTS[0], 6, stop=stop, min_tokens=6) == text  # not looked for before min_tokens
+    assert "".join(gen.stream(PROMPTS[0], 6, stop=stop, min_tokens=6)) == text
 
 
 def test_stream_checks_its_input_at_the_call(generator):

@@ -8,6 +8,7 @@ from conftest import (
     BATCH_PROMPTS,
     check_a_failing_row,
     check_cancel_and_deadline,
+    check_eos_settings_per_row,
     check_greedy_rows_equal_solo,
     check_reset,
     check_seeded_sampling,
@@ -138,3 +139,7 @@ def test_the_batch_cache_holds_each_row_right_aligned(gen):
     solo.step()
     past = solo.stepper.cache.host_view(0)[0]  # (heads, length, head size) of the solo run
     np.testing.assert_allclose(cache.host_view(0)[1, :, -len(b.prompt):], past, atol=1e-5)
+
+
+def test_rows_with_their_own_min_tokens_and_ignore_eos_equal_their_solo_runs(gen):
+    check_eos_settings_per_row(gen, Scheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64)))

@@ -8,6 +8,7 @@ from conftest import (
     BATCH_PROMPTS,
     check_a_failing_row,
     check_cancel_and_deadline,
+    check_eos_settings_per_row,
     check_greedy_rows_equal_solo,
     check_reset,
     check_seeded_sampling,
@@ -117,3 +118,7 @@ def test_limits_and_refusals(s2s, gen_artifact, monkeypatch):
     monkeypatch.setattr(seq2seq_batch, "STEP_INPUTS", ("decoder_attention_mask", "an_input_it_lacks"))
     with pytest.raises(ArtifactError, match="takes no an_input_it_lacks .* re-export the checkpoint"):
         batch_scheduler(s2s)
+
+
+def test_rows_with_their_own_min_tokens_and_ignore_eos_equal_their_solo_runs(s2s):
+    check_eos_settings_per_row(s2s, batch_scheduler(s2s, SlotLimits(max_slots=4, max_cached_tokens=4 * 80)))

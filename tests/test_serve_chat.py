@@ -93,6 +93,29 @@ def test_openai_client_completions_whole_and_streamed(chat_server):
     assert "".join(ch.choices[0].text for ch in streamed) == expected
 
 
+def test_openai_client_passes_min_tokens_and_ignore_eos_in_extra_body(chat_artifact, chat_server):
+    """vLLM's extensions through the official client (extra_body), on both routes: eos made the likeliest token by a
+    logit bias, min_tokens holds it off, ignore_eos runs to max_tokens; answers equal the generator's."""
+    import openai
+
+    gen, url = chat_server
+    c, prompt, eos = client(url), rendered(chat_artifact[0], MESSAGES), gen.special.eos[0]
+    bias = {str(eos): 100}
+    r = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_tokens=8, temperature=0,
+                                  logit_bias=bias, extra_body={"min_tokens": 4})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (5, "stop")
+    assert r.choices[0].message.content == gen.generate(prompt, 8, logit_bias={eos: 100}, min_tokens=4)
+    r = c.chat.completions.create(model=gen.manifest.name, messages=MESSAGES, max_completion_tokens=6,
+                                  temperature=0, logit_bias=bias, extra_body={"ignore_eos": True})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (6, "length")
+    r = c.completions.create(model=gen.manifest.name, prompt="The quick brown fox", max_tokens=7, temperature=0,
+                             extra_body={"ignore_eos": True, "min_tokens": 7})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (7, "length")
+    assert r.choices[0].text == gen.generate("The quick brown fox", 7, ignore_eos=True, min_tokens=7)
+    with pytest.raises(openai.BadRequestError, match="ignore_eos=true needs max_tokens"):
+        c.completions.create(model=gen.manifest.name, prompt="hi", extra_body={"ignore_eos": True})
+
+
 def test_concurrent_chats_batch_together_and_stay_exact(chat_artifact, chat_server):
     gen, url = chat_server
     conversations = [[{"role": "user", "content": f"{w} jumps over the lazy dog"}] for w in
@@ -131,6 +154,9 @@ def test_concurrent_chats_batch_together_and_stay_exact(chat_artifact, chat_serv
         ({"messages": MESSAGES, "max_tokens": 65}, 422, "over this server's limit of 64"),
         ({"messages": [{"role": "user", "content": "word " * 40}], "max_tokens": 64}, 422, "positions"),
         ({"messages": MESSAGES, "max_tokens": 3, "max_completion_tokens": 4}, 400, "disagree"),
+        ({"messages": MESSAGES, "ignore_eos": True}, 400, "ignore_eos=true needs max_tokens"),
+        ({"messages": MESSAGES, "min_tokens": 17}, 400, "min_tokens=17 is over max_tokens=16"),
+        ({"messages": MESSAGES, "max_completion_tokens": 3, "min_tokens": 4}, 400, "min_tokens=4 is over"),
     ],
 )
 def test_bad_chat_request_gets_its_status(chat_server, body, status, message):

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BATCH_MAX_NEW, BATCH_PROMPTS, check_a_failing_row, check_greedy_rows_equal_solo, staggered
+from conftest import (
+    BATCH_MAX_NEW,
+    BATCH_PROMPTS,
+    check_a_failing_row,
+    check_eos_settings_per_row,
+    check_greedy_rows_equal_solo,
+    staggered,
+)
 
 from onnxformer.runtime.generation import Generator
 from onnxformer.runtime.generation.scheduler import Scheduler, SlotLimits
@@ -156,3 +163,7 @@ def test_a_failing_row_or_prefill_does_not_disturb_the_others(gen):
     check_a_failing_row(gen, scheduler, a_failing_prefill)
     assert bad.finish_reason == "error"
     assert scheduler.cache.slots == 0
+
+
+def test_rows_with_their_own_min_tokens_and_ignore_eos_equal_their_solo_runs(gen):
+    check_eos_settings_per_row(gen, SlotScheduler(gen, SlotLimits(max_slots=4, max_cached_tokens=4 * 64)))

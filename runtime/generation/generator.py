@@ -74,36 +74,39 @@ class Generator:
         generator.passed_over = dict(opened.passed_over)
         return generator
 
-    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> str | list[str]:
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int | None = None,
+                 **options: Any) -> str | list[str]:
         """Generated text per prompt (a str for a str). Options: do_sample, temperature, top_k, top_p,
         repetition_penalty, presence_penalty and frequency_penalty (OpenAI's), logit_bias ({token id: bias}),
-        stop (str or list: the text ends before it), seed, truncate, logprobs (``start(...).completions()`` carry
+        stop (str or list: the text ends before it), min_tokens and ignore_eos (vLLM's; ignore_eos needs an explicit
+        max_new_tokens, which is 32 otherwise), seed, truncate, logprobs (``start(...).completions()`` carry
         the scores)."""
         run = self.start(prompts, max_new_tokens, **options)
         run.finish()
         texts = [c.text for c in run.completions()]
         return texts[0] if isinstance(prompts, str) else texts
 
-    def stream(self, prompt: str, max_new_tokens: int = 32, **options: Any) -> Iterator[str]:
+    def stream(self, prompt: str, max_new_tokens: int | None = None, **options: Any) -> Iterator[str]:
         """Yield text pieces of one prompt as they are produced; joined they equal ``generate(prompt)``.
         Bad input raises here, at the call, not at the first iteration."""
         if not isinstance(prompt, str):
             raise InputError("stream() takes one prompt string; use generate() for a batch")
         return self.start(prompt, max_new_tokens, **options).pieces()
 
-    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 32, **options: Any) -> list[list[int]]:
+    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int | None = None,
+                     **options: Any) -> list[list[int]]:
         """Generated token ids per prompt, up to and including the end-of-sequence token."""
         run = self.start(prompts, max_new_tokens, **options)
         run.finish()
         return [s.ids for s in run.streams]
 
-    def start(self, prompts: str | Sequence[str], max_new_tokens: int = 32, **options: Any) -> Run:
+    def start(self, prompts: str | Sequence[str], max_new_tokens: int | None = None, **options: Any) -> Run:
         """A generation not yet run: prompts tokenized and options checked (bad input raises here). A prompt is a
         string, or a list of the model's token ids (used as given)."""
         opts = make_options(max_new_tokens, **options)
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         stepper, history, lengths = self._stepper(batch, opts)  # tokenizes and checks the prompts
-        streams = [TextStream(self.prompts.tokenizer, opts.stop) for _ in batch]
+        streams = [TextStream(self.prompts.tokenizer, opts.stop, opts.min_tokens) for _ in batch]
         return Run(stepper, history, opts, self.special, streams, lengths)
 
     def encode_prompts(self, batch: list[str], opts: GenerationOptions) -> Prompts:
@@ -186,6 +189,8 @@ class Run:
 
     def completions(self) -> list[Completion]:
         eos = set(self.special.eos)
+        if self.opts.ignore_eos:
+            eos = set()  # an end-of-sequence token is an ordinary one: only a stop string stops
         return [Completion(s.text, len(s.ids), "stop" if s.stopped or (s.ids and s.ids[-1] in eos) else "length",
                            list(s.scores)) for s in self.streams]
 

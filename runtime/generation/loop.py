@@ -43,13 +43,14 @@ def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, s
     for row, ids in enumerate(history):
         seen[row, ids[ids >= 0]] = True
     for step in range(opts.max_new_tokens):
-        forced = force_tokens(logits, step, opts.max_new_tokens, special)
+        forced = force_tokens(suppress_eos(logits, step, opts, special), step, opts.max_new_tokens, special)
         active = ~finished
         tokens = np.where(active, choose(forced, seen, opts, rng, counts), special.pad)
         seen[rows[active], tokens[active]] = True
         if counts is not None:
             counts[rows[active], tokens[active]] += 1
-        finished |= np.isin(tokens, eos)
+        if not opts.ignore_eos:
+            finished |= np.isin(tokens, eos)
         yield tokens, active, scores(logits, tokens, opts.logprobs) if opts.logprobs is not None else None
         if finished.all() or step == opts.max_new_tokens - 1:
             return
@@ -59,6 +60,16 @@ def token_loop(stepper: Stepper, history: np.ndarray, opts: GenerationOptions, s
 def new_counts(shape: tuple[int, ...], opts: GenerationOptions) -> np.ndarray | None:
     """How often each token was generated per row, (B, V) int32: only when a presence/frequency penalty needs it."""
     return np.zeros(shape, dtype=np.int32) if opts.presence_penalty or opts.frequency_penalty else None
+
+
+def suppress_eos(logits: np.ndarray, step: int, opts: GenerationOptions, special: SpecialTokens) -> np.ndarray:
+    """vLLM's ``min_tokens``: the end-of-sequence logits at -inf while fewer than ``min_tokens`` tokens were generated
+    (``step`` of them), so the next best token is chosen. A token the model forces (``force_tokens``) still wins."""
+    if step >= opts.min_tokens or not special.eos:
+        return logits
+    out = logits.copy()
+    out[..., list(special.eos)] = -np.inf
+    return out
 
 
 def force_tokens(logits: np.ndarray, step: int, max_new: int, special: SpecialTokens) -> np.ndarray:

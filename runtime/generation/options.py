@@ -22,6 +22,10 @@ class GenerationOptions:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits before anything else
     logprobs: int | None = None  # None: none; k: each generated token's log-probability and the k most likely
     stop: tuple[str, ...] = ()
+    # vLLM's: end-of-sequence cannot end the text before min_tokens new tokens (its logits are masked, stop strings
+    # unchecked); ignore_eos: it never does (generated, it is an ordinary token), the text runs to max_new_tokens.
+    min_tokens: int = 0
+    ignore_eos: bool = False
     seed: int | None = None
     truncate: bool = False
 
@@ -49,14 +53,28 @@ class GenerationOptions:
         if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
                                           or self.logprobs < 0):
             raise InputError(f"logprobs must be None or an integer >= 0 (how many top tokens), got {self.logprobs!r}")
+        if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) \
+                or not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise InputError(f"min_tokens must be an integer from 0 to max_new_tokens={self.max_new_tokens}, "
+                             f"got {self.min_tokens!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise InputError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InputError(f"stop sequences must be non-empty strings, got {list(self.stop)!r}")
 
 
-def make_options(max_new_tokens: int = 32, stop: str | Sequence[str] | None = None,
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def make_options(max_new_tokens: int | None = None, stop: str | Sequence[str] | None = None,
                  logit_bias: Mapping[int, float] | Sequence[tuple[int, float]] | None = None,
                  **kwargs: object) -> GenerationOptions:
-    """Options from keyword arguments; ``stop`` may be one string or several, ``logit_bias`` a {token id: bias}."""
+    """Options from keyword arguments; ``stop`` may be one string or several, ``logit_bias`` a {token id: bias}.
+    ``max_new_tokens`` None: 32, unless ``ignore_eos`` is set (then the caller must say how long the text runs)."""
+    if max_new_tokens is None:
+        if kwargs.get("ignore_eos"):
+            raise InputError("ignore_eos=True needs an explicit max_new_tokens (max_tokens): the text runs until it")
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     items = logit_bias.items() if isinstance(logit_bias, Mapping) else (logit_bias or ())
     try:

@@ -31,7 +31,7 @@ from onnxformer.artifact.dtypes import from_name
 from onnxformer.artifact.roles import DECODER
 from onnxformer.errors import InputError, InputKind
 from onnxformer.runtime.generation.cache import KVCache, device_of, flat_names, run_bound
-from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens, new_counts
+from onnxformer.runtime.generation.loop import SpecialTokens, force_tokens, new_counts, suppress_eos
 from onnxformer.runtime.generation.options import GenerationOptions, make_options
 from onnxformer.runtime.generation.sampling import choose, scores
 from onnxformer.runtime.generation.text import TextStream
@@ -281,7 +281,7 @@ class Scheduler:
         return Prefill(self.session, self.generator.cache_layout, joiners, self.special.pad, self.limits.prefill_chunk)
 
     # --- requests ------------------------------------------------------------------------------------------
-    def submit(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
+    def submit(self, prompt: str, max_new_tokens: int | None = None, deadline: float | None = None,
                **options: Any) -> Row:
         """Tokenize and check one prompt (bad input raises here) and queue it."""
         return self.enqueue(self.prepare(prompt, max_new_tokens, deadline, **options))
@@ -291,13 +291,13 @@ class Scheduler:
             self.waiting.append(seq)
         return seq
 
-    def prepare(self, prompt: str, max_new_tokens: int = 32, deadline: float | None = None,
+    def prepare(self, prompt: str, max_new_tokens: int | None = None, deadline: float | None = None,
                 **options: Any) -> Row:
         """A request checked and tokenized, not yet queued (bad input raises here)."""
         opts = make_options(max_new_tokens, **options)
         inputs = self.generator.encode_inputs([prompt], opts)
-        seq = Row(inputs.ids[0].tolist(), opts, TextStream(self.generator.prompts.tokenizer, opts.stop),
-                       deadline)
+        seq = Row(inputs.ids[0].tolist(), opts,
+                  TextStream(self.generator.prompts.tokenizer, opts.stop, opts.min_tokens), deadline)
         if seq.need > self.limits.max_cached_tokens:
             raise InputError(f"the prompt's {len(seq.prompt)} tokens + max_new_tokens={opts.max_new_tokens} need "
                              f"{seq.need} cached tokens; this batch holds {self.limits.max_cached_tokens}: "
@@ -470,7 +470,8 @@ class Scheduler:
                 seq.seen = np.zeros((1, logits.shape[-1]), dtype=bool)
                 seq.seen[0, self.history(seq)] = True
                 seq.counts = new_counts(seq.seen.shape, seq.opts)
-            forced = force_tokens(logits[None, :], step, seq.opts.max_new_tokens, self.special)
+            masked = suppress_eos(logits[None, :], step, seq.opts, self.special)
+            forced = force_tokens(masked, step, seq.opts.max_new_tokens, self.special)
             assert seq.seen is not None  # set at the row's first token, above
             token = int(choose(forced, seq.seen, seq.opts, seq.rng, seq.counts)[0])
             seq.seen[0, token] = True
@@ -482,7 +483,7 @@ class Scheduler:
             now = time.monotonic()
             seq.first_token_at = seq.first_token_at or now
             seq.token_times.append(now)
-            if seq.stream.stopped or token in self.special.eos:
+            if seq.stream.stopped or (token in self.special.eos and not seq.opts.ignore_eos):
                 seq.finish_reason = "stop"
             elif len(seq.ids) >= seq.opts.max_new_tokens:
                 seq.finish_reason = "length"

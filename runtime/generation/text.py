@@ -73,11 +73,13 @@ class TextStream:
     """One row's generated text, decoded as tokens arrive; holds back what might still change.
 
     Held back: an incomplete UTF-8 character (decodes to U+FFFD until its last byte arrives) and any
-    tail that could be the start of a stop sequence. ``text`` stops before the first stop sequence.
+    tail that could be the start of a stop sequence. ``text`` stops before the first stop sequence. Before
+    ``min_tokens`` tokens the stop sequences are not looked for (vLLM's ``min_tokens``): that text is final.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
-        self.tokenizer, self.stop = tokenizer, tuple(stop)
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], min_tokens: int = 0):
+        self.tokenizer, self.stop, self.min_tokens = tokenizer, tuple(stop), min_tokens
+        self.floor = 0  # a stop sequence counts only from here: the text made before min_tokens is not searched
         self.ids: list[int] = []
         self.text = ""
         self.emitted = 0
@@ -95,6 +97,9 @@ class TextStream:
         """Append a token; return the newly final text (possibly empty)."""
         self.ids.append(int(token))
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(self.ids) < self.min_tokens:  # final but an incomplete character's bytes (U+FFFD)
+            self.floor = max(self.floor, len(self.text.rstrip("\ufffd")))
+            return self._emit(max(self.floor, self.emitted))
         hit = self._find_stop()
         if hit is not None:
             self.text, self.stopped = self.text[:hit], True
@@ -112,7 +117,7 @@ class TextStream:
         return chunk
 
     def _find_stop(self) -> int | None:
-        hits = [i for i in (self.text.find(s, max(0, self.emitted - len(s))) for s in self.stop) if i >= 0]
+        hits = [i for i in (self.text.find(s, max(self.floor, self.emitted - len(s))) for s in self.stop) if i >= 0]
         return min(hits) if hits else None
 
     def _held_back(self) -> int:
