@@ -17,8 +17,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompts", nargs="+", help="one or more prompts (source texts for seq2seq models)")
     p.add_argument("--variant", default="fp32", help="fp32 | fp16 | int8 | int4 (default fp32)")
     p.add_argument("--max-new-tokens", type=int,
-                   help="most tokens to generate per prompt (fewer when a stop sequence or end-of-text comes first; "
-                        "default 32, required with --ignore-eos)")
+                   help="most tokens to generate per prompt, fewer when a stop sequence or end-of-text comes first; "
+                        "required with --ignore-eos (default: 32)")  # options.DEFAULT_MAX_NEW_TOKENS
     p.add_argument("--min-tokens", type=int, default=0,
                    help="end-of-text cannot end a text before this many new tokens (vLLM's min_tokens; default 0)")
     p.add_argument("--ignore-eos", action="store_true",
