@@ -327,9 +327,6 @@ def test_rows_stop_independently_at_end_of_sequence_like_transformers(gen_checkp
     """Make a token generated mid-way by row 0 the eos: row 0 stops there, other rows run on (parity)."""
     import dataclasses
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from onnxformer.runtime.generation import Generator
 
     gen = Generator.load(gen_artifact("qwen2"))
@@ -340,13 +337,20 @@ def test_rows_stop_independently_at_end_of_sequence_like_transformers(gen_checkp
     assert got[0] == free[0][: free[0].index(eos) + 1]
     assert any(len(row) == 32 for row in got[1:])
 
-    ckpt = gen_checkpoint("qwen2")
+    _assert_transformers_greedy(gen_checkpoint("qwen2"), got, max_new_tokens=32, eos_token_id=eos)
+
+
+def _assert_transformers_greedy(ckpt, got: list[list[int]], **generate_kwargs) -> None:
+    """Each row of ``got`` equals transformers' greedy ``generate`` on PROMPTS (left-padded), then padding only."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(ckpt, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     with torch.inference_mode():
         out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
-                             max_new_tokens=32, eos_token_id=eos)
+                             **generate_kwargs)
     for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
         assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
 
@@ -356,9 +360,6 @@ def test_min_tokens_follows_transformers_min_new_tokens_and_ignore_eos_runs_on(g
     ``min_new_tokens`` (eos logits at -inf until then); with ignore_eos every row runs to max_new_tokens as if
     there were no eos (the eos an ordinary token)."""
     import dataclasses
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from onnxformer.runtime.generation import Generator
 
@@ -371,15 +372,8 @@ def test_min_tokens_follows_transformers_min_new_tokens_and_ignore_eos_runs_on(g
     got = gen.generate_ids(PROMPTS, max_new_tokens=16, min_tokens=at + 2)
     assert len(got[0]) > at + 1 and eos not in got[0][: at + 2]
 
-    ckpt = gen_checkpoint("qwen2")
-    tok = AutoTokenizer.from_pretrained(ckpt, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
-    enc = tok(PROMPTS, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=False,
-                             max_new_tokens=16, eos_token_id=eos, min_new_tokens=at + 2)
-    for row, ids in zip(out[:, enc.input_ids.shape[1]:].tolist(), got):
-        assert row[: len(ids)] == ids and all(t == tok.pad_token_id for t in row[len(ids):])
+    _assert_transformers_greedy(gen_checkpoint("qwen2"), got, max_new_tokens=16, eos_token_id=eos,
+                                min_new_tokens=at + 2)
 
     run = gen.start(PROMPTS, 16, ignore_eos=True)
     run.finish()
